@@ -1,0 +1,109 @@
+"""collection.yaml: the collection-level facts every output shares (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class CollectionConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class OtherProtocolId:
+    id: str
+    issuer: str
+
+
+@dataclass(frozen=True)
+class ClinicalTrial:
+    sponsor_name: str
+    protocol_id: str
+    protocol_name: str
+    site_id: str = ""
+    site_name: str = ""
+    coordinating_center_name: str = ""
+    other_protocol_ids: tuple[OtherProtocolId, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeidentificationPolicy:
+    """What may survive de-identification; everything defaults to the safe choice."""
+
+    include_label: bool = False
+    keep_slide_id: bool = False
+    keep_dates: bool = False
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    collection_id: str
+    collection_name: str
+    title: str
+    doi: str
+    license: str
+    clinical_trial: ClinicalTrial
+    study_description: str
+    series_description: str
+    deidentification: DeidentificationPolicy = field(default_factory=DeidentificationPolicy)
+
+    @classmethod
+    def load(cls, path: Path) -> CollectionConfig:
+        if not path.is_file():
+            raise CollectionConfigError(f"{path}: collection.yaml does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise CollectionConfigError(f"{path}: not valid YAML ({exc})") from exc
+        return cls.from_dict(raw, source=path)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: Path | str = "collection.yaml") -> CollectionConfig:
+        required = ["collection_id", "collection_name", "title", "doi", "license", "clinical_trial",
+                    "study_description", "series_description"]
+        missing = [key for key in required if key not in raw]
+        if missing:
+            raise CollectionConfigError(f"{source}: missing required keys {missing}")
+        trial = dict(raw["clinical_trial"])
+        others = tuple(OtherProtocolId(**o) for o in trial.pop("other_protocol_ids", []) or [])
+        try:
+            clinical_trial = ClinicalTrial(**trial, other_protocol_ids=others)
+            deid = DeidentificationPolicy(**(raw.get("deidentification") or {}))
+        except TypeError as exc:
+            raise CollectionConfigError(f"{source}: {exc}") from exc
+        return cls(
+            collection_id=str(raw["collection_id"]),
+            collection_name=str(raw["collection_name"]),
+            title=str(raw["title"]),
+            doi=str(raw["doi"]),
+            license=str(raw["license"]),
+            clinical_trial=clinical_trial,
+            study_description=str(raw["study_description"]),
+            series_description=str(raw["series_description"]),
+            deidentification=deid,
+        )
+
+
+DEFAULT_COLLECTION_YAML = """\
+collection_id: bonemarrowwsi_pediatricleukemia
+collection_name: BoneMarrowWSI-PediatricLeukemia
+title: A Comprehensive Dataset of Bone Marrow Aspirate Smear Whole Slide Images (synthetic stand-in)
+doi: "10.5281/zenodo.14933087"
+license: CC BY 4.0
+clinical_trial:
+  sponsor_name: University Hospital Erlangen
+  protocol_id: BoneMarrowWSI-PediatricLeukemia
+  protocol_name: BoneMarrowWSI-PediatricLeukemia
+  site_id: ""
+  site_name: ""
+  coordinating_center_name: University Hospital Erlangen
+  other_protocol_ids:
+    - {id: "doi:10.5281/zenodo.14933087", issuer: DOI}
+study_description: Bone marrow aspirate smear, pediatric leukemia
+series_description: Bone marrow aspirate smear, May-Gruenwald-Giemsa stain
+deidentification: {include_label: false, keep_slide_id: false, keep_dates: false}
+"""

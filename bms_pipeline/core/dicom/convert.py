@@ -1,0 +1,166 @@
+"""Convert one MIRAX slide to a DICOM VL Whole Slide Microscopy series with wsidicomizer.
+
+wsidicomizer does not refuse an existing output folder, so old and new files would mix:
+the series is written into a fresh staging folder on the output filesystem and moved into
+place only when complete. A failed run leaves the previous good series, or nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import Dataset
+from wsidicom.codec import JpegSettings
+from wsidicom.metadata import WsiMetadata
+from wsidicomizer import WsiDicomizer
+from wsidicomizer.metadata import WsiDicomizerMetadata
+from wsidicomizer.wsidicomizer import SourceIdentifier
+
+from bms_pipeline.core.dicom.uids import SlideUidGenerator
+
+logger = logging.getLogger(__name__)
+
+MetadataPostProcessor = Callable[[Dataset, WsiMetadata], Dataset]
+MetadataPreProcessor = Callable[[WsiDicomizerMetadata], WsiMetadata]
+
+
+@dataclass(frozen=True)
+class ConversionSettings:
+    """Output settings; the defaults match wsidicomizer's CLI (JPEG q80, 512 px tiles)."""
+
+    tile_size: int = 512
+    jpeg_quality: int = 80
+    workers: int | None = None
+    chunk_size: int | None = None
+    include_label: bool = False
+    include_overview: bool = True
+    include_thumbnail: bool = True
+    offset_table: str = "eot"
+
+
+@dataclass(frozen=True)
+class SlideIdentity:
+    collection_id: str
+    patient_id: str
+    slide_id: str
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    sm_dir: Path
+    files: tuple[Path, ...]
+    seconds: float
+    total_bytes: int
+    base_width: int
+    base_height: int
+
+    @property
+    def base_megapixels(self) -> float:
+        return self.base_width * self.base_height / 1e6
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.base_megapixels / self.seconds if self.seconds > 0 else float("nan")
+
+
+class ConversionError(RuntimeError):
+    """Conversion failed; the message names the slide and the reason."""
+
+
+def replace_dir_atomically(staged: Path, final: Path) -> None:
+    """Swap a completed staging folder into place, keeping the old one until the new is in.
+
+    Two renames on one filesystem: at every instant `final` is either the previous good
+    output or the new complete one (or, for a first run, absent).
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    retired = final.parent / f".retired-{final.name}-{uuid.uuid4().hex[:8]}"
+    if final.exists():
+        final.rename(retired)
+    try:
+        staged.rename(final)
+    except OSError:
+        if retired.exists():
+            retired.rename(final)
+        raise
+    if retired.exists():
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def convert_slide(
+    mrxs_path: Path,
+    sm_dir: Path,
+    staging_root: Path,
+    identity: SlideIdentity,
+    metadata: WsiMetadata | None = None,
+    metadata_post_processor: MetadataPostProcessor | None = None,
+    metadata_pre_processor: MetadataPreProcessor | None = None,
+    settings: ConversionSettings = ConversionSettings(),
+) -> ConversionResult:
+    """Convert `mrxs_path` into `sm_dir` (replacing it only on success)."""
+    staging_root.mkdir(parents=True, exist_ok=True)
+    scratch = staging_root / f"{identity.slide_id}-sm-{uuid.uuid4().hex[:8]}"
+    target = scratch / "sm"
+    started = time.perf_counter()
+    try:
+        files = WsiDicomizer.convert(
+            mrxs_path,
+            target,
+            metadata=metadata,
+            tile_size=settings.tile_size,
+            uid_generator=SlideUidGenerator(
+                identity.collection_id, identity.patient_id, identity.slide_id
+            ),
+            include_label=settings.include_label,
+            include_overview=settings.include_overview,
+            include_thumbnail=settings.include_thumbnail,
+            metadata_post_processor=metadata_post_processor,
+            metadata_pre_processor=metadata_pre_processor,
+            workers=settings.workers,
+            chunk_size=settings.chunk_size,
+            encoding=JpegSettings(quality=settings.jpeg_quality),
+            offset_table=settings.offset_table,
+            preferred_source=SourceIdentifier.OPENSLIDE,
+        )
+        seconds = time.perf_counter() - started
+        written = sorted(Path(str(f)) for f in files)
+        if not written:
+            raise ConversionError(f"{mrxs_path}: wsidicomizer wrote no files")
+        base_width, base_height = _base_size(written)
+        replace_dir_atomically(target, sm_dir)
+    except ConversionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a named, clear error
+        raise ConversionError(
+            f"{mrxs_path}: conversion of slide {identity.slide_id} failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    final_files = tuple(sm_dir / f.name for f in written)
+    return ConversionResult(
+        sm_dir=sm_dir,
+        files=final_files,
+        seconds=seconds,
+        total_bytes=sum(f.stat().st_size for f in final_files),
+        base_width=base_width,
+        base_height=base_height,
+    )
+
+
+def _base_size(files: list[Path]) -> tuple[int, int]:
+    import pydicom
+
+    best = (0, 0)
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if "VOLUME" in ds.ImageType:
+            size = (int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows))
+            best = max(best, size, key=lambda s: s[0] * s[1])
+    return best

@@ -1,0 +1,101 @@
+"""The data-root layout of DESIGN.md sections 2 and 3, in one place.
+
+Everything below `raw/` is input and is never written; everything below `out/` is output.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA_ROOT_ENV = "BMS_DATA_ROOT"
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get(DATA_ROOT_ENV, "data")).resolve()
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | os.PathLike[str] | None = None) -> DataLayout:
+        return cls(Path(root).resolve() if root is not None else default_data_root())
+
+    # inputs
+    @property
+    def collection_yaml(self) -> Path:
+        return self.root / "collection.yaml"
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def slides_dir(self) -> Path:
+        return self.raw / "slides"
+
+    def mrxs(self, slide_id: str) -> Path:
+        return self.slides_dir / f"{slide_id}.mrxs"
+
+    @property
+    def clinical_csv(self) -> Path:
+        return self.raw / "clinical" / "clinical.csv"
+
+    @property
+    def lab_values_xlsx(self) -> Path:
+        return self.raw / "clinical" / "lab_values.xlsx"
+
+    @property
+    def annotations_dir(self) -> Path:
+        return self.raw / "annotations"
+
+    # outputs
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+    def slide_dicom_dir(self, slide_id: str) -> Path:
+        return self.out / "dicom" / slide_id
+
+    def sm_dir(self, slide_id: str) -> Path:
+        return self.slide_dicom_dir(slide_id) / "sm"
+
+    def ann_dir(self, slide_id: str) -> Path:
+        return self.slide_dicom_dir(slide_id) / "ann"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Scratch space on the output filesystem, so the final move is a rename."""
+        return self.out / ".staging"
+
+    def validation_parquet(self, slide_id: str) -> Path:
+        return self.out / "validation" / f"{slide_id}.parquet"
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.out / "tables"
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.out / "bms.duckdb"
+
+    @property
+    def dagster_home(self) -> Path:
+        """The persistent Dagster instance used by `bms-pipeline run`."""
+        return self.root / ".dagster"
+
+
+def patient_id_of(slide_id: str) -> str:
+    """`<patient_id>_<n>_bm` -> patient_id; a clear error for anything else."""
+    parts = slide_id.split("_")
+    if len(parts) != 3 or parts[2] != "bm" or not parts[1].isdigit():
+        raise ValueError(f"slide id {slide_id!r} is not of the form <patient_id>_<n>_bm")
+    patient_id = parts[0]
+    if len(patient_id) != 32 or any(c not in "0123456789ABCDEF" for c in patient_id):
+        raise ValueError(
+            f"slide id {slide_id!r}: patient id must be 32 upper-case hex characters"
+        )
+    return patient_id
