@@ -1,0 +1,184 @@
+"""`bms-pipeline`: the command line for people and CI (`dagster dev` remains the UI)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bms_pipeline.core.layout import DATA_ROOT_ENV, DataLayout
+
+logger = logging.getLogger("bms_pipeline")
+
+DAGSTER_YAML = """\
+# Written by bms-pipeline for the instance under the data root.
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+"""
+
+
+@dataclass
+class SlideOutcome:
+    slide_id: str
+    success: bool
+    error: str = ""
+    checks: dict[str, bool] = field(default_factory=dict)
+    metadata: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.success and all(self.checks.values())
+
+
+def _data_root(args: argparse.Namespace) -> Path:
+    root = Path(args.data_root or os.environ.get(DATA_ROOT_ENV, "data")).resolve()
+    os.environ[DATA_ROOT_ENV] = str(root)
+    return root
+
+
+def dagster_instance(layout: DataLayout):
+    """The persistent instance under the data root (so `dagster dev` shows the same history)."""
+    from dagster import DagsterInstance
+
+    home = layout.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML, encoding="utf-8")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return DagsterInstance.get()
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from bms_pipeline.core.synthetic.demo import write_demo_dataset
+
+    root = _data_root(args)
+    started = time.perf_counter()
+    try:
+        dataset = write_demo_dataset(
+            root, slides=args.slides, seed=args.seed, size=args.size, force=args.force
+        )
+    except (FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {len(dataset.slides)} {args.size} slides for {len(dataset.patients)} patients "
+        f"to {dataset.layout.raw} in {time.perf_counter() - started:.1f} s"
+    )
+    for slide_id, truth in dataset.slides.items():
+        w, h = truth.spec.geometry.bounds[2:]
+        print(f"  {slide_id}  {w} x {h} px")
+    return 0
+
+
+def _run_slide(job, instance, slide_id: str) -> SlideOutcome:
+    result = job.execute_in_process(partition_key=slide_id, instance=instance, raise_on_error=False)
+    outcome = SlideOutcome(slide_id, result.success)
+    for evaluation in result.get_asset_check_evaluations():
+        outcome.checks[evaluation.check_name] = evaluation.passed
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        outcome.error = error.message.strip().splitlines()[-1] if error else "step failed"
+    for mat in result.asset_materializations_for_node("sm_series"):
+        outcome.metadata = {k: v.value for k, v in mat.metadata.items()}
+    return outcome
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bms_pipeline.core.mirax.discovery import scan_slides
+    from bms_pipeline.definitions import build_definitions
+    from bms_pipeline.partitions import slides_partitions
+
+    root = _data_root(args)
+    layout = DataLayout.at(root)
+    if not layout.slides_dir.is_dir():
+        print(f"error: {layout.slides_dir} does not exist (run `bms-pipeline demo-data`?)", file=sys.stderr)
+        return 2
+    instance = dagster_instance(layout)
+    defs = build_definitions(str(root))
+    job = defs.resolve_job_def("slides_job")
+
+    statuses = scan_slides(layout.slides_dir)
+    if args.slide:
+        wanted = set(args.slide)
+        unknown = wanted - {s.slide_id for s in statuses}
+        if unknown:
+            print(f"error: no such slide under {layout.slides_dir}: {sorted(unknown)}", file=sys.stderr)
+            return 2
+        statuses = [s for s in statuses if s.slide_id in wanted]
+    ready = [s.slide_id for s in statuses if s.ready]
+    known = set(instance.get_dynamic_partitions(slides_partitions.name))
+    new = [k for k in ready if k not in known]
+    if new:
+        instance.add_dynamic_partitions(slides_partitions.name, new)
+    outcomes = [
+        SlideOutcome(s.slide_id, False, error=s.reason) for s in statuses if not s.ready
+    ]
+    started = time.perf_counter()
+    for i, slide_id in enumerate(ready, 1):
+        print(f"[{i}/{len(ready)}] {slide_id}", flush=True)
+        outcomes.append(_run_slide(job, instance, slide_id))
+    elapsed = time.perf_counter() - started
+    return _print_summary(outcomes, elapsed)
+
+
+def _print_summary(outcomes: list[SlideOutcome], elapsed: float) -> int:
+    print()
+    print(f"{'slide':<42} {'result':<7} {'inst':>4} {'levels':>6} {'sec':>7} {'MP/s':>7}  checks / error")
+    for o in sorted(outcomes, key=lambda o: o.slide_id):
+        md = o.metadata
+        checks = ", ".join(f"{name}:{'pass' if ok else 'FAIL'}" for name, ok in sorted(o.checks.items()))
+        print(
+            f"{o.slide_id:<42} {'ok' if o.ok else 'FAILED':<7} {md.get('instances', '-'):>4} "
+            f"{md.get('levels', '-'):>6} {md.get('seconds', '-'):>7} "
+            f"{md.get('megapixels_per_second', '-'):>7}  {checks}{'  ' + o.error if o.error else ''}"
+        )
+    failed = [o for o in outcomes if not o.ok]
+    total_checks = sum(len(o.checks) for o in outcomes)
+    failed_checks = sum(not ok for o in outcomes for ok in o.checks.values())
+    print(
+        f"\n{len(outcomes) - len(failed)}/{len(outcomes)} slides ok, "
+        f"{total_checks - failed_checks}/{total_checks} checks passed, {elapsed:.1f} s"
+    )
+    return 1 if failed or not outcomes else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bms-pipeline", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_root(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--data-root", help=f"data root (default ${DATA_ROOT_ENV} or ./data)")
+        return p
+
+    demo = with_root(sub.add_parser("demo-data", help="write the synthetic BMDeep-shaped dataset"))
+    demo.add_argument("--slides", type=int, default=4, help="number of slides (default 4)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--size", choices=["small", "large"], default="small")
+    demo.add_argument("--force", action="store_true", help="replace an existing raw/ folder")
+    demo.set_defaults(func=cmd_demo_data)
+
+    run = with_root(sub.add_parser("run", help="register slides and materialize every asset with checks"))
+    run.add_argument("--slide", action="append", help="only this slide id (repeatable)")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""The Dagster code location: `dagster dev` (via workspace.yaml) and the CLI load this."""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+
+# Partitioned asset checks are a preview feature in Dagster 1.13; we rely on them knowingly.
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+from bms_pipeline.defs.slides import assets as slide_assets
+from bms_pipeline.defs.slides import checks as slide_checks
+from bms_pipeline.defs.slides.jobs import slides_job
+from bms_pipeline.defs.slides.sensors import new_slides_sensor
+from bms_pipeline.resources import BmsPipelineResource, default_data_root
+
+
+def build_definitions(data_root: str | None = None) -> dg.Definitions:
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([slide_assets]),
+        asset_checks=dg.load_asset_checks_from_modules([slide_checks]),
+        jobs=[slides_job],
+        sensors=[new_slides_sensor],
+        resources={"bms": BmsPipelineResource(data_root=data_root or default_data_root())},
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,120 @@
+"""Per-slide assets: the MIRAX inventory and its DICOM SM series."""
+
+
+import dagster as dg
+
+from bms_pipeline.core.dicom.convert import SlideIdentity, convert_slide
+from bms_pipeline.core.dicom.metadata import (
+    build_post_processor,
+    build_wsi_metadata,
+    strip_identifying_source_metadata,
+)
+from bms_pipeline.core.dicom.series import read_series, volume_levels
+from bms_pipeline.core.layout import patient_id_of
+from bms_pipeline.core.mirax.inventory import inventory, openslide_properties
+from bms_pipeline.partitions import slides_partitions
+from bms_pipeline.resources import BmsPipelineResource
+
+# Properties that identify the slide or patient never reach the event log either.
+REDACTED_PROPERTIES = frozenset(
+    {"mirax.GENERAL.SLIDE_ID", "mirax.GENERAL.SLIDE_NAME", "mirax.GENERAL.SLIDE_CREATIONDATETIME"}
+)
+
+
+@dg.asset(
+    partitions_def=slides_partitions,
+    group_name="slides",
+    kinds={"mirax"},
+    code_version="1",
+)
+def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
+    """The raw MIRAX slide: checked complete, hashed file by file, and opened by OpenSlide.
+
+    Its data version is the content hash, so a changed slide (and only that slide) makes
+    its downstream assets stale.
+    """
+    slide_id = context.partition_key
+    path = bms.layout.mrxs(slide_id)
+    context.log.info("hashing %s", path)
+    inv = inventory(path)
+    props = openslide_properties(path)
+    shown = {k: ("<redacted>" if k in REDACTED_PROPERTIES else v) for k, v in sorted(props.items())}
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(inv.content_hash),
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "content_hash": inv.content_hash,
+            "files": len(inv.files),
+            "bytes": inv.total_bytes,
+            "width": int(props["openslide.level[0].width"]),
+            "height": int(props["openslide.level[0].height"]),
+            "bounds": dg.MetadataValue.json(
+                {k.split("-")[-1]: int(props.get(f"openslide.bounds-{k.split('-')[-1]}", 0))
+                 for k in ("bounds-x", "bounds-y", "bounds-width", "bounds-height")}
+            ),
+            "levels": int(props["openslide.level-count"]),
+            "inventory": dg.MetadataValue.table(
+                records=[
+                    dg.TableRecord({"file": f.relative_path, "bytes": f.size, "sha256": f.sha256})
+                    for f in inv.files
+                ],
+                schema=dg.TableSchema(
+                    columns=[
+                        dg.TableColumn("file", "string"),
+                        dg.TableColumn("bytes", "int"),
+                        dg.TableColumn("sha256", "string"),
+                    ]
+                ),
+            ),
+            "openslide_properties": dg.MetadataValue.json(shown),
+        },
+    )
+
+
+@dg.asset(
+    partitions_def=slides_partitions,
+    group_name="slides",
+    kinds={"dicom", "wsidicomizer"},
+    deps=[mrxs_slide],
+    code_version="1",
+    pool="wsi_conversion",
+)
+def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
+    """The slide as a DICOM VL Whole Slide Microscopy series (all levels, thumbnail, overview,
+    no label), converted by wsidicomizer into staging and moved into out/dicom/<slide>/sm/."""
+    slide_id = context.partition_key
+    patient_id = patient_id_of(slide_id)
+    layout = bms.layout
+    collection = bms.collection()
+    context.log.info("converting %s with wsidicomizer", slide_id)
+    result = convert_slide(
+        layout.mrxs(slide_id),
+        layout.sm_dir(slide_id),
+        layout.staging_dir,
+        SlideIdentity(collection.collection_id, patient_id, slide_id),
+        metadata=build_wsi_metadata(collection, patient_id, slide_id),
+        metadata_post_processor=build_post_processor(collection, patient_id),
+        metadata_pre_processor=strip_identifying_source_metadata,
+        settings=bms.conversion_settings(),
+    )
+    instances = read_series(result.sm_dir)
+    levels = volume_levels(instances)
+    context.log.info(
+        "%s: %d instances, %d levels, %.1f MP/s", slide_id, len(instances), len(levels),
+        result.megapixels_per_second,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(result.sm_dir)),
+            "instances": len(instances),
+            "levels": len(levels),
+            "level_sizes": dg.MetadataValue.json([[i.columns, i.rows] for i in levels]),
+            "image_types": dg.MetadataValue.json(sorted({i.flavor for i in instances})),
+            "bytes": result.total_bytes,
+            "seconds": round(result.seconds, 3),
+            "base_megapixels": round(result.base_megapixels, 3),
+            "megapixels_per_second": round(result.megapixels_per_second, 2),
+            "series_instance_uid": instances[0].series_instance_uid,
+            "study_instance_uid": instances[0].study_instance_uid,
+        }
+    )

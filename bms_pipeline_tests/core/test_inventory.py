@@ -1,0 +1,60 @@
+"""Completeness checks name the file and the reason; the content hash tracks content."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bms_pipeline.core.mirax.inventory import SlideError, check_complete, inventory
+from bms_pipeline_tests.helpers import write_test_slide
+
+
+@pytest.fixture()
+def slide(tmp_path: Path) -> Path:
+    return write_test_slide(tmp_path).mrxs_path
+
+
+def test_complete_slide_lists_every_file_with_sha256(slide: Path) -> None:
+    inv = inventory(slide)
+    names = {f.relative_path for f in inv.files}
+    folder = slide.stem
+    assert f"{slide.name}" in names
+    assert f"{folder}/Slidedat.ini" in names and f"{folder}/Index.dat" in names
+    assert {n for n in names if n.endswith(".dat") and "Data" in n} == {
+        f"{folder}/{p.name}" for p in slide.with_suffix("").glob("Data*.dat")
+    }
+    assert all(len(f.sha256) == 64 for f in inv.files)
+
+
+def test_missing_index_is_named(slide: Path) -> None:
+    (slide.with_suffix("") / "Index.dat").unlink()
+    with pytest.raises(SlideError, match=r"Index\.dat.*missing"):
+        check_complete(slide)
+
+
+def test_truncated_data_file_is_named(slide: Path) -> None:
+    datafile = sorted(slide.with_suffix("").glob("Data*.dat"))[0]
+    data = datafile.read_bytes()
+    datafile.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideError, match=rf"{datafile.name}.*truncated"):
+        check_complete(slide)
+
+
+def test_missing_mrxs_or_folder_is_named(slide: Path, tmp_path: Path) -> None:
+    shutil.rmtree(slide.with_suffix(""))
+    with pytest.raises(SlideError, match="slide folder"):
+        check_complete(slide)
+    with pytest.raises(SlideError, match=r"\.mrxs file does not exist"):
+        check_complete(tmp_path / "nothing.mrxs")
+
+
+def test_content_hash_changes_with_one_byte(slide: Path) -> None:
+    before = inventory(slide).content_hash
+    assert inventory(slide).content_hash == before
+    datafile = sorted(slide.with_suffix("").glob("Data*.dat"))[-1]
+    data = bytearray(datafile.read_bytes())
+    data[-1] ^= 0xFF
+    datafile.write_bytes(bytes(data))
+    assert inventory(slide).content_hash != before
