@@ -1,0 +1,80 @@
+"""The slide assets, checks and sensor, run by the real Dagster in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML
+from bms_pipeline.definitions import build_definitions
+from bms_pipeline.defs.slides.sensors import new_slides_sensor
+from bms_pipeline.partitions import slides_partitions
+from bms_pipeline.resources import BmsPipelineResource
+from bms_pipeline_tests.helpers import PATIENT, write_test_slide
+
+SLIDE_ID = f"{PATIENT}_1_bm"
+
+
+@pytest.fixture()
+def data_root(tmp_path: Path) -> Path:
+    (tmp_path / "collection.yaml").write_text(DEFAULT_COLLECTION_YAML)
+    write_test_slide(tmp_path / "raw" / "slides", slide_id=SLIDE_ID)
+    return tmp_path
+
+
+def test_slide_job_materializes_a_generated_slide_with_passing_checks(data_root: Path) -> None:
+    defs = build_definitions(str(data_root))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(slides_partitions.name, [SLIDE_ID])
+        result = defs.resolve_job_def("slides_job").execute_in_process(
+            partition_key=SLIDE_ID, instance=instance
+        )
+        assert result.success
+        evaluations = result.get_asset_check_evaluations()
+        assert evaluations and all(e.passed for e in evaluations)
+        (mat,) = result.asset_materializations_for_node("sm_series")
+        assert mat.metadata["instances"].value >= 4
+        assert mat.metadata["levels"].value >= 2
+        assert mat.metadata["megapixels_per_second"].value > 0
+        (raw,) = result.asset_materializations_for_node("mrxs_slide")
+        # The data version is the content hash shown in the metadata.
+        assert raw.tags["dagster/data_version"] == raw.metadata["content_hash"].value
+        assert "<redacted>" in json.dumps(raw.metadata["openslide_properties"].value)
+    assert any((data_root / "out" / "dicom" / SLIDE_ID / "sm").glob("*.dcm"))
+
+
+def _evaluate_sensor(instance: dg.DagsterInstance, root: Path, cursor: str | None = None):
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"bms": BmsPipelineResource(data_root=str(root))}
+    )
+    return new_slides_sensor(context)
+
+
+def test_sensor_adds_a_new_complete_slide_and_ignores_an_incomplete_one(tmp_path: Path) -> None:
+    slides = tmp_path / "raw" / "slides"
+    complete = write_test_slide(slides, slide_id=SLIDE_ID)
+    other = "FEDCBA9876543210FEDCBA9876543210_1_bm"
+    incomplete = write_test_slide(slides, slide_id=other, seed=3)
+    (incomplete.mrxs_path.with_suffix("") / "Index.dat").unlink()
+    # Both slides were written just now: backdate them so they count as settled.
+    for path in slides.rglob("*"):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    with dg.instance_for_test() as instance:
+        result = _evaluate_sensor(instance, tmp_path)
+        assert [r.partition_key for r in result.run_requests] == [complete.mrxs_path.stem]
+        (request,) = result.dynamic_partitions_requests
+        assert list(request.partition_keys) == [SLIDE_ID]
+
+
+def test_sensor_waits_while_files_are_still_changing(tmp_path: Path) -> None:
+    write_test_slide(tmp_path / "raw" / "slides", slide_id=SLIDE_ID)
+    with dg.instance_for_test() as instance:
+        first = _evaluate_sensor(instance, tmp_path)
+        assert first.run_requests == [] and first.dynamic_partitions_requests == []
+        # Same files on the next tick: the copy has finished.
+        second = _evaluate_sensor(instance, tmp_path, cursor=first.cursor)
+        assert [r.partition_key for r in second.run_requests] == [SLIDE_ID]
