@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from bms_pipeline.core.mirax.content import scatter_cells
-from bms_pipeline.core.mirax.writer import MiraxGeometry, MiraxGroundTruth, MiraxSlideSpec, write_mirax
+from bms_pipeline.core.mirax.writer import (
+    MiraxGeometry,
+    MiraxGroundTruth,
+    MiraxSlideSpec,
+    write_mirax,
+)
 
 PATIENT = "0123456789ABCDEF0123456789ABCDEF"
 

@@ -10,29 +10,37 @@ import pytest
 import yaml
 from wsidicom import WsiDicom
 
+from bms_pipeline.core.clinical.patients import PatientClinical
 from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML, CollectionConfig
 from bms_pipeline.core.dicom.convert import ConversionError, SlideIdentity, convert_slide
 from bms_pipeline.core.dicom.metadata import (
+    SlideContext,
     build_post_processor,
+    build_pre_processor,
     build_wsi_metadata,
-    strip_identifying_source_metadata,
 )
+from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline.core.mirax.writer import MiraxGroundTruth
 from bms_pipeline_tests.helpers import PATIENT, psnr, write_test_slide
 
 COLLECTION = CollectionConfig.from_dict(yaml.safe_load(DEFAULT_COLLECTION_YAML))
 SLIDE_ID = f"{PATIENT}_1_bm"
+CLINICAL = PatientClinical(
+    patient_id=PATIENT, sex="F", age="007Y", leukemia_type="ALL", leukemia_subtype="B-ALL",
+    ncit_code="C8644", ncit_meaning="B Acute Lymphoblastic Leukemia",
+)
 
 
-def _convert(truth: MiraxGroundTruth, out: Path):
+def _convert(truth: MiraxGroundTruth, out: Path, clinical: PatientClinical = CLINICAL):
+    context = SlideContext(COLLECTION, SLIDE_ID, clinical, openslide_properties(truth.mrxs_path))
     return convert_slide(
         truth.mrxs_path,
         out / "sm",
         out / ".staging",
         SlideIdentity(COLLECTION.collection_id, PATIENT, SLIDE_ID),
-        metadata=build_wsi_metadata(COLLECTION, PATIENT, SLIDE_ID),
-        metadata_post_processor=build_post_processor(COLLECTION, PATIENT),
-        metadata_pre_processor=strip_identifying_source_metadata,
+        metadata=build_wsi_metadata(context),
+        metadata_post_processor=build_post_processor(context),
+        metadata_pre_processor=build_pre_processor(COLLECTION),
     )
 
 
@@ -98,11 +106,12 @@ def test_rerun_reproduces_uids_without_extra_files(converted, tmp_path: Path) ->
 
 
 def test_failed_conversion_keeps_previous_series_and_names_the_slide(converted, tmp_path: Path) -> None:
-    """A data file corrupted after the completeness check fails inside OpenSlide mid-way."""
+    """Tiles destroyed after the completeness check: OpenSlide opens the slide, then fails
+    mid-conversion on a tile (the last data file holds the associated images and stays)."""
     truth = write_test_slide(tmp_path / "raw", slide_id=SLIDE_ID, image_format="PNG")
     good = _convert(truth, tmp_path / "out")
     before = sorted(p.name for p in good.sm_dir.iterdir())
-    for datafile in truth.mrxs_path.with_suffix("").glob("Data*.dat"):
+    for datafile in sorted(truth.mrxs_path.with_suffix("").glob("Data*.dat"))[:-1]:
         data = bytearray(datafile.read_bytes())
         data[300:] = b"\0" * (len(data) - 300)  # keep the header, destroy every image
         datafile.write_bytes(bytes(data))

@@ -35,7 +35,7 @@ def test_missing_index_is_named(slide: Path) -> None:
 
 
 def test_truncated_data_file_is_named(slide: Path) -> None:
-    datafile = sorted(slide.with_suffix("").glob("Data*.dat"))[0]
+    datafile = min(slide.with_suffix("").glob("Data*.dat"))
     data = datafile.read_bytes()
     datafile.write_bytes(data[: len(data) // 2])
     with pytest.raises(SlideError, match=rf"{datafile.name}.*truncated"):
@@ -53,7 +53,7 @@ def test_missing_mrxs_or_folder_is_named(slide: Path, tmp_path: Path) -> None:
 def test_content_hash_changes_with_one_byte(slide: Path) -> None:
     before = inventory(slide).content_hash
     assert inventory(slide).content_hash == before
-    datafile = sorted(slide.with_suffix("").glob("Data*.dat"))[-1]
+    datafile = max(slide.with_suffix("").glob("Data*.dat"))
     data = bytearray(datafile.read_bytes())
     data[-1] ^= 0xFF
     datafile.write_bytes(bytes(data))

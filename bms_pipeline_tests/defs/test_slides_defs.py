@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
-from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML
+from bms_pipeline.core.synthetic.demo import write_demo_dataset
 from bms_pipeline.definitions import build_definitions
 from bms_pipeline.defs.slides.sensors import new_slides_sensor
 from bms_pipeline.partitions import slides_partitions
@@ -19,19 +18,14 @@ from bms_pipeline_tests.helpers import PATIENT, write_test_slide
 SLIDE_ID = f"{PATIENT}_1_bm"
 
 
-@pytest.fixture()
-def data_root(tmp_path: Path) -> Path:
-    (tmp_path / "collection.yaml").write_text(DEFAULT_COLLECTION_YAML)
-    write_test_slide(tmp_path / "raw" / "slides", slide_id=SLIDE_ID)
-    return tmp_path
-
-
-def test_slide_job_materializes_a_generated_slide_with_passing_checks(data_root: Path) -> None:
-    defs = build_definitions(str(data_root))
+def test_slide_job_materializes_a_generated_slide_with_passing_checks(tmp_path: Path) -> None:
+    dataset = write_demo_dataset(tmp_path, slides=1, seed=5)
+    (slide_id,) = dataset.slides
+    defs = build_definitions(str(tmp_path))
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(slides_partitions.name, [SLIDE_ID])
+        instance.add_dynamic_partitions(slides_partitions.name, [slide_id])
         result = defs.resolve_job_def("slides_job").execute_in_process(
-            partition_key=SLIDE_ID, instance=instance
+            partition_key=slide_id, instance=instance
         )
         assert result.success
         evaluations = result.get_asset_check_evaluations()
@@ -44,7 +38,7 @@ def test_slide_job_materializes_a_generated_slide_with_passing_checks(data_root:
         # The data version is the content hash shown in the metadata.
         assert raw.tags["dagster/data_version"] == raw.metadata["content_hash"].value
         assert "<redacted>" in json.dumps(raw.metadata["openslide_properties"].value)
-    assert any((data_root / "out" / "dicom" / SLIDE_ID / "sm").glob("*.dcm"))
+    assert any(dataset.layout.sm_dir(slide_id).glob("*.dcm"))
 
 
 def _evaluate_sensor(instance: dg.DagsterInstance, root: Path, cursor: str | None = None):

@@ -136,7 +136,7 @@ def convert_slide(
         replace_dir_atomically(target, sm_dir)
     except ConversionError:
         raise
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a named, clear error
+    except Exception as exc:
         raise ConversionError(
             f"{mrxs_path}: conversion of slide {identity.slide_id} failed: "
             f"{type(exc).__name__}: {exc}"

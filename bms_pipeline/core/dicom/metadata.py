@@ -1,21 +1,99 @@
 """The IDC metadata of an SM series: wsidicom's model plus a post-processor for the rest.
 
-`build_wsi_metadata` gives the user metadata that overrides what wsidicomizer reads from
-the MIRAX file; `strip_identifying_source_metadata` removes what the file says about
-the slide's identity (SLIDE_NAME becomes SeriesDescription and SLIDE_ID becomes
-ContainerIdentifier in wsidicomizer) before it is merged; `build_post_processor` adds
-the attributes wsidicom does not model.
+Three hooks of wsidicomizer are used, each for what it is meant for:
+
+- `build_wsi_metadata` gives the user metadata that overrides what wsidicomizer reads from
+  the MIRAX file: patient, study, series, equipment and the full specimen description;
+- `build_pre_processor` removes what the file says about the slide's identity before it is
+  merged (wsidicomizer turns SLIDE_NAME into SeriesDescription and SLIDE_ID into
+  ContainerIdentifier; the slide name can carry a patient name), and the dates when the
+  de-identification policy says so;
+- `build_post_processor` adds the attributes wsidicom does not model: PatientAge, the
+  clinical-trial module, the admitting diagnosis and the de-identification method codes.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 from pydicom import Dataset
-from wsidicom.metadata import Patient, Series, Slide, Study, WsiMetadata
+from pydicom.sr.coding import Code
+from wsidicom.conceptcode import (
+    AnatomicPathologySpecimenTypesCode,
+    ContainerTypeCode,
+    SpecimenCollectionProcedureCode,
+    SpecimenSamplingProcedureCode,
+    SpecimenStainsCode,
+)
+from wsidicom.metadata import (
+    Equipment,
+    Patient,
+    PatientDeIdentification,
+    PatientSex,
+    Series,
+    Slide,
+    SlideSample,
+    Specimen,
+    Staining,
+    Study,
+    WsiMetadata,
+)
+from wsidicom.metadata.sample import Collection
 from wsidicomizer.metadata import WsiDicomizerMetadata
 
+from bms_pipeline.core.clinical.patients import PatientClinical
 from bms_pipeline.core.collection import CollectionConfig
+
+# DICOM PS3.16 CID 7050 de-identification method codes.
+BASIC_PROFILE = Code("113100", "DCM", "Basic Application Confidentiality Profile")
+RETAIN_FULL_DATES = Code("113106", "DCM", "Retain Longitudinal Temporal Information Full Dates Option")
+RETAIN_PATIENT_CHARACTERISTICS = Code("113108", "DCM", "Retain Patient Characteristics Option")
+RETAIN_DEVICE_IDENTITY = Code("113109", "DCM", "Retain Device Identity Option")
+CLEAN_DESCRIPTORS = Code("113105", "DCM", "Clean Descriptors Option")
+
+BONE_MARROW = Code("14016003", "SCT", "Bone marrow")
+NCIT_SCHEME = "NCIt"
+
+# MIRAX properties that may pass into DICOM headers (through wsidicomizer's MIRAX
+# metadata or ours). Everything else, SLIDE_ID and SLIDE_NAME above all, stays out.
+ALLOWED_MIRAX_PROPERTIES = frozenset(
+    {
+        "mirax.GENERAL.OBJECTIVE_MAGNIFICATION",
+        "mirax.GENERAL.SCANNER_HARDWARE_VERSION",
+        "mirax.GENERAL.SCANNER_SOFTWARE_VERSION",
+        "mirax.GENERAL.SCANNER_HARDWARE_ID",
+        "mirax.GENERAL.SLIDE_CREATIONDATETIME",  # only when the policy keeps dates
+        "openslide.mpp-x",
+        "openslide.mpp-y",
+        "openslide.objective-power",
+        "openslide.bounds-x",
+        "openslide.bounds-y",
+        "openslide.bounds-width",
+        "openslide.bounds-height",
+        "openslide.background-color",
+    }
+)
+
+_SEX = {"F": PatientSex.F, "M": PatientSex.M, "O": PatientSex.O}
+
+
+@dataclass(frozen=True)
+class SlideContext:
+    """Everything the metadata of one slide is made from."""
+
+    collection: CollectionConfig
+    slide_id: str
+    clinical: PatientClinical
+    properties: Mapping[str, str]
+
+    @property
+    def patient_id(self) -> str:
+        return self.clinical.patient_id
+
+    @property
+    def slide_number(self) -> int:
+        return int(self.slide_id.split("_")[1])
 
 
 def sm_series_number(slide_number: int) -> int:
@@ -23,37 +101,135 @@ def sm_series_number(slide_number: int) -> int:
     return 100 * slide_number + 1
 
 
-def slide_number_of(slide_id: str) -> int:
-    return int(slide_id.split("_")[1])
+def ann_series_number(slide_number: int, index: int) -> int:
+    return 100 * slide_number + 10 + index
 
 
-def build_wsi_metadata(collection: CollectionConfig, patient_id: str, slide_id: str) -> WsiMetadata:
-    """User metadata that overrides the file's: identity, descriptions and the container."""
+def deidentification_methods(collection: CollectionConfig) -> list[Code]:
+    methods = [BASIC_PROFILE, RETAIN_PATIENT_CHARACTERISTICS, RETAIN_DEVICE_IDENTITY, CLEAN_DESCRIPTORS]
+    if collection.deidentification.keep_dates:
+        methods.append(RETAIN_FULL_DATES)
+    return methods
+
+
+def specimen_slide(slide_id: str) -> Slide:
+    """Aspiration -> aspirate in a specimen vial -> smear on a microscope slide, MGG stained."""
+    aspirate = Specimen(
+        identifier=f"{slide_id}_aspirate",
+        extraction_step=Collection(method=SpecimenCollectionProcedureCode("Aspiration")),
+        type=AnatomicPathologySpecimenTypesCode("Aspirate"),
+        container=ContainerTypeCode("Specimen vial"),
+    )
+    smear = SlideSample(
+        identifier=f"{slide_id}_smear",
+        anatomical_sites=[BONE_MARROW],
+        sampled_from=aspirate.sample(method=SpecimenSamplingProcedureCode("Smear procedure")),
+    )
+    return Slide(
+        identifier=slide_id,
+        stainings=[Staining(substances=[SpecimenStainsCode("May-Grunwald Giemsa stain")])],
+        samples=[smear],
+    )
+
+
+def equipment_from(properties: Mapping[str, str]) -> Equipment:
+    software = properties.get("mirax.GENERAL.SCANNER_SOFTWARE_VERSION")
+    return Equipment(
+        manufacturer="3DHISTECH",
+        model_name=properties.get("mirax.GENERAL.SCANNER_HARDWARE_VERSION"),
+        device_serial_number=properties.get("mirax.GENERAL.SCANNER_HARDWARE_ID"),
+        software_versions=[software] if software else None,
+    )
+
+
+def build_wsi_metadata(context: SlideContext) -> WsiMetadata:
+    """User metadata that overrides the file's."""
+    collection = context.collection
     return WsiDicomizerMetadata(
-        study=Study(identifier=patient_id[:16], description=collection.study_description),
+        study=Study(
+            identifier=context.patient_id[:16],
+            description=collection.study_description,
+        ),
         series=Series(
-            number=sm_series_number(slide_number_of(slide_id)),
+            number=sm_series_number(context.slide_number),
             description=collection.series_description,
         ),
-        patient=Patient(identifier=patient_id, name=patient_id),
-        slide=Slide(identifier=slide_id),
+        patient=Patient(
+            identifier=context.patient_id,
+            name=context.patient_id,
+            sex=_SEX[context.clinical.sex],
+            de_identification=PatientDeIdentification(
+                identity_removed=True, methods=deidentification_methods(collection)
+            ),
+        ),
+        equipment=equipment_from(context.properties),
+        slide=specimen_slide(context.slide_id),
     )
 
 
-def strip_identifying_source_metadata(metadata: WsiDicomizerMetadata) -> WsiDicomizerMetadata:
-    """Drop the slide name (it can carry a patient name) and the scanner's slide id."""
-    return replace(
-        metadata,
-        series=replace(metadata.series, description=None),
-        slide=replace(metadata.slide, identifier=None),
-    )
+def build_pre_processor(collection: CollectionConfig) -> Callable[[WsiDicomizerMetadata], WsiMetadata]:
+    """Strip the slide name, the scanner's slide id and (by policy) dates from the file's metadata."""
+
+    def pre_process(metadata: WsiDicomizerMetadata) -> WsiMetadata:
+        stripped = replace(
+            metadata,
+            series=replace(metadata.series, description=None),
+            slide=replace(metadata.slide, identifier=None),
+            label=replace(metadata.label, text=None, barcode=None),
+        )
+        if not collection.deidentification.keep_dates:
+            stripped = replace(
+                stripped,
+                study=replace(stripped.study, date=None, time=None),
+                pyramid=replace(
+                    stripped.pyramid,
+                    image=replace(stripped.pyramid.image, acquisition_datetime=None),
+                ),
+            )
+        return stripped
+
+    return pre_process
 
 
-def build_post_processor(collection: CollectionConfig, patient_id: str):
-    """Attributes wsidicom does not model (filled out by the IDC metadata work)."""
+def build_post_processor(context: SlideContext) -> Callable[[Dataset, WsiMetadata], Dataset]:
+    """Attributes wsidicom does not model."""
+    collection = context.collection
+    trial = collection.clinical_trial
+    clinical = context.clinical
 
     def post_process(dataset: Dataset, metadata: WsiMetadata) -> Dataset:
+        dataset.PatientAge = clinical.age
         dataset.PatientIdentityRemoved = "YES"
+        dataset.ClinicalTrialSponsorName = trial.sponsor_name
+        dataset.ClinicalTrialProtocolID = trial.protocol_id
+        dataset.ClinicalTrialProtocolName = trial.protocol_name
+        dataset.ClinicalTrialSiteID = trial.site_id
+        dataset.ClinicalTrialSiteName = trial.site_name
+        dataset.ClinicalTrialSubjectID = clinical.patient_id
+        if trial.coordinating_center_name:
+            dataset.ClinicalTrialCoordinatingCenterName = trial.coordinating_center_name
+        if trial.other_protocol_ids:
+            items = []
+            for other in trial.other_protocol_ids:
+                item = Dataset()
+                item.ClinicalTrialProtocolID = other.id
+                item.IssuerOfClinicalTrialProtocolID = other.issuer
+                items.append(item)
+            dataset.OtherClinicalTrialProtocolIDsSequence = items
+        if clinical.has_diagnosis:
+            code = Dataset()
+            code.CodeValue = clinical.ncit_code
+            code.CodingSchemeDesignator = NCIT_SCHEME
+            code.CodeMeaning = clinical.ncit_meaning
+            dataset.AdmittingDiagnosesCodeSequence = [code]
+            dataset.AdmittingDiagnosesDescription = clinical.ncit_meaning
+        if not collection.deidentification.keep_dates:
+            for keyword in ("StudyDate", "StudyTime"):
+                if keyword in dataset:
+                    setattr(dataset, keyword, "")  # Type 2: present, empty
+            for keyword in ("SeriesDate", "SeriesTime"):
+                if keyword in dataset:
+                    delattr(dataset, keyword)
         return dataset
 
     return post_process

@@ -7,7 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bms_pipeline.core.layout import patient_id_of
-from bms_pipeline.core.mirax.inventory import SlideError, check_complete, file_signature, newest_mtime
+from bms_pipeline.core.mirax.inventory import (
+    SlideError,
+    check_complete,
+    file_signature,
+    newest_mtime,
+)
 
 
 @dataclass(frozen=True)

@@ -213,7 +213,7 @@ class _DataFiles:
         number = len(self.names)
         name = f"Data{number:04d}.dat"
         self.names.append(name)
-        self._handle = open(self._folder / name, "wb")
+        self._handle = open(self._folder / name, "wb")  # noqa: SIM115 - held across appends, closed in close()
         header = INDEX_VERSION + self._slide_id + f"{number:03d}".encode("ascii") + bytes(256)
         self._handle.write(header)
         self._size = len(header)

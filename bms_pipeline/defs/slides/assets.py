@@ -3,11 +3,13 @@
 
 import dagster as dg
 
+from bms_pipeline.core.clinical.patients import clinical_for
 from bms_pipeline.core.dicom.convert import SlideIdentity, convert_slide
 from bms_pipeline.core.dicom.metadata import (
+    SlideContext,
     build_post_processor,
+    build_pre_processor,
     build_wsi_metadata,
-    strip_identifying_source_metadata,
 )
 from bms_pipeline.core.dicom.series import read_series, volume_levels
 from bms_pipeline.core.layout import patient_id_of
@@ -86,15 +88,21 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
     patient_id = patient_id_of(slide_id)
     layout = bms.layout
     collection = bms.collection()
+    slide_context = SlideContext(
+        collection=collection,
+        slide_id=slide_id,
+        clinical=clinical_for(layout.clinical_csv, patient_id),
+        properties=openslide_properties(layout.mrxs(slide_id)),
+    )
     context.log.info("converting %s with wsidicomizer", slide_id)
     result = convert_slide(
         layout.mrxs(slide_id),
         layout.sm_dir(slide_id),
         layout.staging_dir,
         SlideIdentity(collection.collection_id, patient_id, slide_id),
-        metadata=build_wsi_metadata(collection, patient_id, slide_id),
-        metadata_post_processor=build_post_processor(collection, patient_id),
-        metadata_pre_processor=strip_identifying_source_metadata,
+        metadata=build_wsi_metadata(slide_context),
+        metadata_post_processor=build_post_processor(slide_context),
+        metadata_pre_processor=build_pre_processor(collection),
         settings=bms.conversion_settings(),
     )
     instances = read_series(result.sm_dir)

@@ -2,7 +2,6 @@
 
 import dagster as dg
 
-
 SLIDE_GROUPS = ("slides",)
 
 slides_job = dg.define_asset_job(

@@ -1,0 +1,1 @@
+"""Clinical and lab inputs: readers with clear, file-and-row errors."""

@@ -1,0 +1,1 @@
+"""Synthetic BMDeep-shaped dataset: slides, clinical and lab tables, annotations."""

@@ -1,0 +1,174 @@
+"""The embedded demo dataset: BMDeep's input contract with synthetic slides and tables.
+
+One generator makes the demo data and every test fixture, so what the tests prove is
+what the demo runs. Output is a pure function of (slides, seed, size).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML
+from bms_pipeline.core.layout import DataLayout
+from bms_pipeline.core.mirax.content import scatter_cells
+from bms_pipeline.core.mirax.writer import (
+    MiraxGeometry,
+    MiraxGroundTruth,
+    MiraxSlideSpec,
+    write_mirax,
+)
+from bms_pipeline.core.synthetic.tables import (
+    SlideAnnotationSource,
+    SyntheticPatient,
+    make_patients,
+    write_annotation_csvs,
+    write_clinical_csv,
+    write_lab_values_xlsx,
+)
+
+logger = logging.getLogger(__name__)
+
+Size = Literal["small", "large"]
+
+
+@dataclass(frozen=True)
+class DemoDataset:
+    layout: DataLayout
+    patients: tuple[SyntheticPatient, ...]
+    slides: dict[str, MiraxGroundTruth]
+
+
+def _missing_fields(rng: np.random.Generator, fields_x: int, fields_y: int) -> frozenset[tuple[int, int]]:
+    """First column and row unscanned (non-zero bounds) plus a few interior holes (sparse scan)."""
+    missing = {(0, y) for y in range(fields_y)} | {(x, 0) for x in range(fields_x)}
+    interior = [(x, y) for x in range(2, fields_x - 1) for y in range(2, fields_y - 1)]
+    holes = max(1, len(interior) // 40)
+    for i in rng.choice(len(interior), size=min(holes, len(interior)), replace=False):
+        missing.add(interior[int(i)])
+    return frozenset(missing)
+
+
+def slide_geometry(rng: np.random.Generator, size: Size, index: int) -> MiraxGeometry:
+    if size == "large":
+        # >= 30,000 px each way after the unscanned first row and column are cropped.
+        fields_x, fields_y = 31, 41
+        return MiraxGeometry(
+            image_width=512,
+            image_height=384,
+            fields_x=fields_x,
+            fields_y=fields_y,
+            divisions=2,
+            overlap_x=16,
+            overlap_y=12,
+            levels=6,
+            missing_fields=_missing_fields(rng, fields_x, fields_y),
+        )
+    # Small slides vary their tiling so the converter sees more than one shape.
+    fields_x, fields_y = 6 + index % 2, 5
+    divisions = 2 if index % 3 != 2 else 1
+    return MiraxGeometry(
+        image_width=256,
+        image_height=192,
+        fields_x=fields_x * (2 // divisions),
+        fields_y=fields_y * (2 // divisions),
+        divisions=divisions,
+        overlap_x=(16, 8, 0)[index % 3],
+        overlap_y=(12, 6, 0)[index % 3],
+        levels=4,
+        missing_fields=_missing_fields(rng, fields_x * (2 // divisions), fields_y * (2 // divisions)),
+    )
+
+
+def slide_ids_for(patients: list[SyntheticPatient], n_slides: int) -> list[str]:
+    """The first patient gets two slides when there are three or more, as real patients can."""
+    ids: list[str] = []
+    for i in range(n_slides):
+        if n_slides >= 3 and i == 1:
+            ids.append(f"{patients[0].patient_id}_2_bm")
+        else:
+            p = patients[i if n_slides < 3 or i == 0 else i - 1]
+            ids.append(f"{p.patient_id}_1_bm")
+    return ids
+
+
+def write_demo_dataset(
+    root: Path,
+    slides: int = 4,
+    seed: int = 0,
+    size: Size = "small",
+    force: bool = False,
+    image_format: Literal["JPEG", "PNG"] = "JPEG",
+) -> DemoDataset:
+    """Write collection.yaml and raw/ under `root`; raw/ appears only when complete."""
+    if slides < 1:
+        raise ValueError("--slides must be at least 1")
+    layout = DataLayout.at(root)
+    if layout.raw.exists():
+        if not force:
+            raise FileExistsError(
+                f"{layout.raw} already exists; demo-data never overwrites inputs "
+                "(pass --force to replace the demo dataset)"
+            )
+        shutil.rmtree(layout.raw)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    tmp = layout.root / ".raw-incomplete"
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    master = np.random.default_rng(seed)
+    n_patients = slides - 1 if slides >= 3 else slides
+    patients = make_patients(np.random.default_rng([seed, 1]), n_patients)
+    slide_ids = slide_ids_for(patients, slides)
+
+    truths: dict[str, MiraxGroundTruth] = {}
+    sources: list[SlideAnnotationSource] = []
+    slides_dir = tmp / "slides"
+    slides_dir.mkdir(parents=True)
+    for index, slide_id in enumerate(slide_ids):
+        rng = np.random.default_rng([seed, 100 + index])
+        geometry = slide_geometry(rng, size, index)
+        cells = scatter_cells(rng, *geometry.canvas_size)
+        created = datetime(2019, 1, 7, 8, 0, 0) + timedelta(
+            days=int(rng.integers(0, 900)), seconds=int(rng.integers(0, 36000))
+        )
+        spec = replace(
+            MiraxSlideSpec(),
+            geometry=geometry,
+            image_format=image_format,
+            mirax_slide_id=f"{rng.integers(0, 2**63):016x}-{index:04d}-synthetic",
+            slide_name=f"KM {created:%Y}-{index + 17:04d} MUSTERMANN",
+            label_text=f"MUSTERMANN, Erika\n*0{1 + index % 9}.03.201{index % 10}\nKM {created:%Y}-{index + 17:04d}",
+            creation_datetime=created,
+            scanner_hardware_id=f"{int(master.integers(0, 2**31)):08X}",
+        )
+        logger.info("writing slide %d/%d %s (%s)", index + 1, slides, slide_id, size)
+        truth = write_mirax(slides_dir / f"{slide_id}.mrxs", spec, cells)
+        final_path = layout.mrxs(slide_id)
+        truths[slide_id] = replace(truth, mrxs_path=final_path)
+        cell_boxes, lineage = truth.cell_boxes()
+        sources.append(
+            SlideAnnotationSource(
+                slide_id=slide_id,
+                field_rects=geometry.field_rects(),
+                cell_boxes=cell_boxes,
+                cell_lineage=lineage,
+                nucleus_boxes=truth.nucleus_boxes(),
+            )
+        )
+    (tmp / "clinical").mkdir()
+    write_clinical_csv(tmp / "clinical" / "clinical.csv", patients, np.random.default_rng([seed, 2]))
+    write_lab_values_xlsx(
+        tmp / "clinical" / "lab_values.xlsx", patients, np.random.default_rng([seed, 3])
+    )
+    (tmp / "annotations").mkdir()
+    write_annotation_csvs(tmp / "annotations", sources, np.random.default_rng([seed, 4]))
+    tmp.rename(layout.raw)
+    if not layout.collection_yaml.exists() or force:
+        layout.collection_yaml.write_text(DEFAULT_COLLECTION_YAML, encoding="utf-8")
+    return DemoDataset(layout=layout, patients=tuple(patients), slides=truths)
