@@ -156,7 +156,6 @@ def build_wsi_metadata(context: SlideContext) -> WsiMetadata:
         ),
         patient=Patient(
             identifier=context.patient_id,
-            name=context.patient_id,
             sex=_SEX[context.clinical.sex],
             de_identification=PatientDeIdentification(
                 identity_removed=True, methods=deidentification_methods(collection)

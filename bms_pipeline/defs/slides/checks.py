@@ -3,6 +3,7 @@
 
 import dagster as dg
 
+from bms_pipeline.core.dicom.phi import identifiers_of, scan_files
 from bms_pipeline.core.dicom.series import read_series, volume_levels
 from bms_pipeline.core.layout import patient_id_of
 from bms_pipeline.core.mirax.inventory import openslide_properties
@@ -43,4 +44,29 @@ def sm_series_matches_source(
         passed=not problems,
         metadata={"problems": dg.MetadataValue.json(problems), "instances": len(instances)},
         description="; ".join(problems) or "series matches its source",
+    )
+
+
+@dg.asset_check(asset=sm_series, blocking=True, partitions_def=slides_partitions)
+def sm_series_free_of_slide_identifiers(
+    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
+) -> dg.AssetCheckResult:
+    """No byte of any output file of the slide holds its MIRAX SLIDE_ID or SLIDE_NAME."""
+    slide_id = context.partition_key
+    layout = bms.layout
+    identifiers = identifiers_of(openslide_properties(layout.mrxs(slide_id)))
+    files = sorted(layout.slide_dicom_dir(slide_id).rglob("*.dcm"))
+    hits = scan_files(files, identifiers)
+    return dg.AssetCheckResult(
+        passed=not hits,
+        metadata={
+            "files_scanned": len(files),
+            "identifiers_checked": dg.MetadataValue.json(sorted(identifiers)),
+            "hits": dg.MetadataValue.json(
+                [{"file": h.file.name, "identifier": h.name, "offset": h.offset} for h in hits]
+            ),
+        },
+        description=(
+            f"{len(hits)} file(s) hold a slide identifier" if hits else "no slide identifier found"
+        ),
     )

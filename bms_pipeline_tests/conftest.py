@@ -1,0 +1,62 @@
+"""Session fixtures: generated data, converted once, shared by the tests that only read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bms_pipeline.core.clinical.patients import PatientClinical
+from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML, CollectionConfig
+from bms_pipeline.core.dicom.convert import ConversionResult, SlideIdentity, convert_slide
+from bms_pipeline.core.dicom.metadata import (
+    SlideContext,
+    build_post_processor,
+    build_pre_processor,
+    build_wsi_metadata,
+)
+from bms_pipeline.core.mirax.inventory import openslide_properties
+from bms_pipeline.core.mirax.writer import MiraxGroundTruth
+from bms_pipeline_tests.helpers import PATIENT, write_test_slide
+
+COLLECTION = CollectionConfig.from_dict(yaml.safe_load(DEFAULT_COLLECTION_YAML))
+SLIDE_ID = f"{PATIENT}_1_bm"
+CLINICAL = PatientClinical(
+    patient_id=PATIENT, sex="F", age="007Y", leukemia_type="ALL", leukemia_subtype="B-ALL",
+    ncit_code="C8644", ncit_meaning="B Acute Lymphoblastic Leukemia",
+)
+
+
+def convert_test_slide(
+    truth: MiraxGroundTruth,
+    out: Path,
+    clinical: PatientClinical = CLINICAL,
+    slide_id: str = SLIDE_ID,
+    collection: CollectionConfig = COLLECTION,
+) -> ConversionResult:
+    context = SlideContext(collection, slide_id, clinical, openslide_properties(truth.mrxs_path))
+    return convert_slide(
+        truth.mrxs_path,
+        out / "sm",
+        out / ".staging",
+        SlideIdentity(collection.collection_id, clinical.patient_id, slide_id),
+        metadata=build_wsi_metadata(context),
+        metadata_post_processor=build_post_processor(context),
+        metadata_pre_processor=build_pre_processor(collection),
+    )
+
+
+@dataclass(frozen=True)
+class ConvertedSlide:
+    truth: MiraxGroundTruth
+    result: ConversionResult
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> ConvertedSlide:
+    """One lossless (PNG) test slide converted with the full IDC metadata."""
+    root = tmp_path_factory.mktemp("converted")
+    truth = write_test_slide(root / "raw", slide_id=SLIDE_ID, image_format="PNG")
+    return ConvertedSlide(truth, convert_test_slide(truth, root / "out"))
