@@ -13,6 +13,7 @@ from bms_pipeline.core.dicom.convert import ConversionError
 from bms_pipeline_tests.conftest import SLIDE_ID, ConvertedSlide, convert_test_slide
 from bms_pipeline_tests.helpers import PATIENT, psnr, write_test_slide
 
+
 def test_base_level_is_the_openslide_bounds(converted: ConvertedSlide) -> None:
     truth, result = converted.truth, converted.result
     assert (result.base_width, result.base_height) == truth.bounds[2:]
