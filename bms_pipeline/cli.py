@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bms_pipeline.core.layout import DATA_ROOT_ENV, DataLayout
@@ -21,19 +20,6 @@ telemetry:
 nux:
   enabled: false
 """
-
-
-@dataclass
-class SlideOutcome:
-    slide_id: str
-    success: bool
-    error: str = ""
-    checks: dict[str, bool] = field(default_factory=dict)
-    metadata: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.success and all(self.checks.values())
 
 
 def _data_root(args: argparse.Namespace) -> Path:
@@ -77,65 +63,71 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_slide(job, instance, slide_id: str) -> SlideOutcome:
-    result = job.execute_in_process(partition_key=slide_id, instance=instance, raise_on_error=False)
-    outcome = SlideOutcome(slide_id, result.success)
-    for evaluation in result.get_asset_check_evaluations():
-        outcome.checks[evaluation.check_name] = evaluation.passed
-    for event in result.get_step_failure_events():
-        error = event.step_failure_data.error
-        outcome.error = error.message.strip().splitlines()[-1] if error else "step failed"
-    for mat in result.asset_materializations_for_node("sm_series"):
-        outcome.metadata = {k: v.value for k, v in mat.metadata.items()}
-    return outcome
+def _instance_and_defs(root: Path):
+    from bms_pipeline.definitions import build_definitions
+
+    layout = DataLayout.at(root)
+    return layout, dagster_instance(layout), build_definitions(str(root))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bms_pipeline.core.mirax.discovery import scan_slides
-    from bms_pipeline.definitions import build_definitions
-    from bms_pipeline.partitions import slides_partitions
+    from bms_pipeline.operations import SlideOutcome, plan_slides, register_slides, run_slide
 
     root = _data_root(args)
     layout = DataLayout.at(root)
     if not layout.slides_dir.is_dir():
         print(f"error: {layout.slides_dir} does not exist (run `bms-pipeline demo-data`?)", file=sys.stderr)
         return 2
-    instance = dagster_instance(layout)
-    defs = build_definitions(str(root))
-    job = defs.resolve_job_def("slides_job")
-
-    statuses = scan_slides(layout.slides_dir)
-    if args.slide:
-        wanted = set(args.slide)
-        unknown = wanted - {s.slide_id for s in statuses}
+    layout, instance, defs = _instance_and_defs(root)
+    wanted = set(args.slide) if args.slide else None
+    plans = plan_slides(instance, defs, layout, wanted)
+    if wanted:
+        unknown = wanted - {p.slide_id for p in plans}
         if unknown:
             print(f"error: no such slide under {layout.slides_dir}: {sorted(unknown)}", file=sys.stderr)
             return 2
-        statuses = [s for s in statuses if s.slide_id in wanted]
-    ready = [s.slide_id for s in statuses if s.ready]
-    known = set(instance.get_dynamic_partitions(slides_partitions.name))
-    new = [k for k in ready if k not in known]
-    if new:
-        instance.add_dynamic_partitions(slides_partitions.name, new)
-    outcomes = [
-        SlideOutcome(s.slide_id, False, error=s.reason) for s in statuses if not s.ready
-    ]
+    register_slides(instance, [p.slide_id for p in plans if p.state != "not-ready"])
+    outcomes: list[SlideOutcome] = []
+    todo = [p for p in plans if p.state != "not-ready" and (args.force or p.needs_run)]
+    for plan in plans:
+        if plan.state == "not-ready":
+            outcomes.append(SlideOutcome(plan.slide_id, False, error=plan.detail))
+        elif plan not in todo:
+            outcomes.append(SlideOutcome(plan.slide_id, True, skipped=True))
     started = time.perf_counter()
-    for i, slide_id in enumerate(ready, 1):
-        print(f"[{i}/{len(ready)}] {slide_id}", flush=True)
-        outcomes.append(_run_slide(job, instance, slide_id))
-    elapsed = time.perf_counter() - started
-    return _print_summary(outcomes, elapsed)
+    for i, plan in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {plan.slide_id}: {plan.state} {plan.detail}".rstrip(), flush=True)
+        outcomes.append(run_slide(instance, defs, plan, force=args.force))
+    return _print_summary(outcomes, time.perf_counter() - started)
 
 
-def _print_summary(outcomes: list[SlideOutcome], elapsed: float) -> int:
+def cmd_status(args: argparse.Namespace) -> int:
+    from bms_pipeline.operations import plan_slides
+
+    root = _data_root(args)
+    layout = DataLayout.at(root)
+    if not layout.slides_dir.is_dir():
+        print(f"error: {layout.slides_dir} does not exist", file=sys.stderr)
+        return 2
+    layout, instance, defs = _instance_and_defs(root)
+    plans = plan_slides(instance, defs, layout)
+    for plan in plans:
+        print(f"{plan.slide_id:<42} {plan.state:<11} {plan.detail}")
+    counts: dict[str, int] = {}
+    for plan in plans:
+        counts[plan.state] = counts.get(plan.state, 0) + 1
+    print("\n" + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    return 0
+
+
+def _print_summary(outcomes, elapsed: float) -> int:
     print()
     print(f"{'slide':<42} {'result':<7} {'inst':>4} {'levels':>6} {'sec':>7} {'MP/s':>7}  checks / error")
     for o in sorted(outcomes, key=lambda o: o.slide_id):
         md = o.metadata
         checks = ", ".join(f"{name}:{'pass' if ok else 'FAIL'}" for name, ok in sorted(o.checks.items()))
         print(
-            f"{o.slide_id:<42} {'ok' if o.ok else 'FAILED':<7} {md.get('instances', '-'):>4} "
+            f"{o.slide_id:<42} {('fresh' if o.skipped else 'ok') if o.ok else 'FAILED':<7} {md.get('instances', '-'):>4} "
             f"{md.get('levels', '-'):>6} {md.get('seconds', '-'):>7} "
             f"{md.get('megapixels_per_second', '-'):>7}  {checks}{'  ' + o.error if o.error else ''}"
         )
@@ -167,7 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = with_root(sub.add_parser("run", help="register slides and materialize every asset with checks"))
     run.add_argument("--slide", action="append", help="only this slide id (repeatable)")
+    run.add_argument("--force", action="store_true", help="rematerialize even up-to-date slides")
     run.set_defaults(func=cmd_run)
+
+    status = with_root(
+        sub.add_parser("status", help="which slides are missing, stale, failed or up to date")
+    )
+    status.set_defaults(func=cmd_status)
     return parser
 
 

@@ -13,7 +13,7 @@ from bms_pipeline.core.dicom.metadata import (
 )
 from bms_pipeline.core.dicom.series import read_series, volume_levels
 from bms_pipeline.core.layout import patient_id_of
-from bms_pipeline.core.mirax.inventory import inventory, openslide_properties
+from bms_pipeline.core.mirax.inventory import file_signature, inventory, openslide_properties
 from bms_pipeline.partitions import slides_partitions
 from bms_pipeline.resources import BmsPipelineResource
 
@@ -46,6 +46,7 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
         metadata={
             "path": dg.MetadataValue.path(str(path)),
             "content_hash": inv.content_hash,
+            "file_signature": file_signature(path),
             "files": len(inv.files),
             "bytes": inv.total_bytes,
             "width": int(props["openslide.level[0].width"]),

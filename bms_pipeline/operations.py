@@ -1,0 +1,185 @@
+"""What each slide needs (status) and running exactly that, shared by the CLI and tests.
+
+A slide is up to date when its MIRAX inventory matches the files on disk and Dagster
+reports every slide asset FRESH (no code-version change, no newer upstream data version).
+So a second `run` converts nothing, a code change marks every slide stale, and a changed
+slide marks only itself stale.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import dagster as dg
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.loader import LoadingContextForTest
+
+from bms_pipeline.core.layout import DataLayout
+from bms_pipeline.core.mirax.discovery import SlideStatus, scan_slides
+from bms_pipeline.partitions import slides_partitions
+
+SlideState = Literal["not-ready", "missing", "changed", "stale", "failed", "up-to-date"]
+INVENTORY_KEY = dg.AssetKey("mrxs_slide")
+SLIDE_JOB = "slides_job"
+
+
+@dataclass
+class SlidePlan:
+    slide_id: str
+    state: SlideState
+    detail: str = ""
+    status: SlideStatus | None = None
+
+    @property
+    def needs_run(self) -> bool:
+        return self.state not in ("up-to-date", "not-ready")
+
+
+@dataclass
+class SlideOutcome:
+    slide_id: str
+    success: bool
+    skipped: bool = False
+    error: str = ""
+    checks: dict[str, bool] = field(default_factory=dict)
+    metadata: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.success and all(self.checks.values())
+
+
+def slide_asset_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
+    graph = defs.resolve_asset_graph()
+    return sorted(
+        (key for key in graph.get_all_asset_keys() if graph.get(key).partitions_def == slides_partitions),
+        key=lambda k: k.to_user_string(),
+    )
+
+
+def _recorded_signature(instance: dg.DagsterInstance, slide_id: str) -> str | None:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=INVENTORY_KEY, asset_partitions=[slide_id]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    value = records[0].asset_materialization.metadata.get("file_signature")
+    return str(value.value) if value is not None else None
+
+
+def _last_run_failed(instance: dg.DagsterInstance, slide_id: str) -> bool:
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(job_name=SLIDE_JOB, tags={"dagster/partition": slide_id}), limit=1
+    )
+    return bool(records) and records[0].dagster_run.status == dg.DagsterRunStatus.FAILURE
+
+
+def plan_slides(
+    instance: dg.DagsterInstance, defs: dg.Definitions, layout: DataLayout, slide_ids: set[str] | None = None
+) -> list[SlidePlan]:
+    """The state of every slide under raw/slides (or of `slide_ids`)."""
+    statuses = scan_slides(layout.slides_dir)
+    if slide_ids is not None:
+        statuses = [s for s in statuses if s.slide_id in slide_ids]
+    known = set(instance.get_dynamic_partitions(slides_partitions.name))
+    resolver = CachingStaleStatusResolver(
+        instance, defs.resolve_asset_graph(), LoadingContextForTest(instance)
+    )
+    keys = slide_asset_keys(defs)
+    plans = []
+    for status in statuses:
+        sid = status.slide_id
+        if not status.ready:
+            plans.append(SlidePlan(sid, "not-ready", status.reason, status))
+            continue
+        if sid not in known:
+            plans.append(SlidePlan(sid, "missing", "not registered yet", status))
+            continue
+        recorded = _recorded_signature(instance, sid)
+        if recorded is None:
+            plans.append(SlidePlan(sid, "missing", "never inventoried", status))
+            continue
+        if recorded != status.signature:
+            plans.append(SlidePlan(sid, "changed", "slide files changed on disk", status))
+            continue
+        states = {key: resolver.get_status(key, sid) for key in keys}
+        missing = [k.to_user_string() for k, s in states.items() if s == StaleStatus.MISSING]
+        stale = [k.to_user_string() for k, s in states.items() if s == StaleStatus.STALE]
+        if missing:
+            plans.append(SlidePlan(sid, "missing", f"not materialized: {', '.join(missing)}", status))
+        elif _last_run_failed(instance, sid):
+            plans.append(SlidePlan(sid, "failed", "the last run failed", status))
+        elif stale:
+            causes = sorted(
+                {c.category.value.lower() for k in keys for c in resolver.get_stale_causes(k, sid)}
+            )
+            plans.append(
+                SlidePlan(sid, "stale", f"stale ({'/'.join(causes)}): {', '.join(stale)}", status)
+            )
+        else:
+            plans.append(SlidePlan(sid, "up-to-date", "", status))
+    return plans
+
+
+def register_slides(instance: dg.DagsterInstance, slide_ids: list[str]) -> None:
+    known = set(instance.get_dynamic_partitions(slides_partitions.name))
+    new = [s for s in slide_ids if s not in known]
+    if new:
+        instance.add_dynamic_partitions(slides_partitions.name, new)
+
+
+def _outcome(slide_id: str, result: dg.ExecuteInProcessResult, outcome: SlideOutcome | None = None) -> SlideOutcome:
+    outcome = outcome or SlideOutcome(slide_id, True)
+    outcome.success = outcome.success and result.success
+    for evaluation in result.get_asset_check_evaluations():
+        outcome.checks[evaluation.check_name] = evaluation.passed
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        message = error.message.strip().splitlines()[-1] if error and error.message else "step failed"
+        outcome.error = f"{event.step_key}: {message}"
+    for mat in result.asset_materializations_for_node("sm_series"):
+        outcome.metadata = {k: v.value for k, v in mat.metadata.items()}
+    return outcome
+
+
+def run_slide(
+    instance: dg.DagsterInstance, defs: dg.Definitions, plan: SlidePlan, force: bool = False
+) -> SlideOutcome:
+    """Re-inventory a missing or changed slide, then materialize whatever is not FRESH
+    (everything, with `force`)."""
+    job = defs.resolve_job_def(SLIDE_JOB)
+    outcome = SlideOutcome(plan.slide_id, True)
+    if force:
+        return _outcome(
+            plan.slide_id,
+            job.execute_in_process(partition_key=plan.slide_id, instance=instance, raise_on_error=False),
+            outcome,
+        )
+    if plan.state in ("missing", "changed"):
+        result = job.execute_in_process(
+            partition_key=plan.slide_id,
+            instance=instance,
+            asset_selection=[INVENTORY_KEY],
+            raise_on_error=False,
+        )
+        _outcome(plan.slide_id, result, outcome)
+        if not result.success:
+            return outcome
+    resolver = CachingStaleStatusResolver(
+        instance, defs.resolve_asset_graph(), LoadingContextForTest(instance)
+    )
+    downstream = [
+        key
+        for key in slide_asset_keys(defs)
+        if key != INVENTORY_KEY
+        and (plan.state == "failed" or resolver.get_status(key, plan.slide_id) != StaleStatus.FRESH)
+    ]
+    if not downstream:
+        outcome.skipped = plan.state != "missing"
+        return outcome
+    result = job.execute_in_process(
+        partition_key=plan.slide_id,
+        instance=instance,
+        asset_selection=downstream,
+        raise_on_error=False,
+    )
+    return _outcome(plan.slide_id, result, outcome)
