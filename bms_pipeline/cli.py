@@ -71,7 +71,13 @@ def _instance_and_defs(root: Path):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bms_pipeline.operations import SlideOutcome, plan_slides, register_slides, run_slide
+    from bms_pipeline.operations import (
+        SlideOutcome,
+        plan_slides,
+        register_slides,
+        run_collection,
+        run_slide,
+    )
 
     root = _data_root(args)
     layout = DataLayout.at(root)
@@ -98,6 +104,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for i, plan in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {plan.slide_id}: {plan.state} {plan.detail}".rstrip(), flush=True)
         outcomes.append(run_slide(instance, defs, plan, force=args.force))
+    if any(p.state != "not-ready" for p in plans):
+        print("collection-wide tables and reports", flush=True)
+        outcomes.append(run_collection(instance, defs, force=args.force))
     return _print_summary(outcomes, time.perf_counter() - started)
 
 
@@ -123,7 +132,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _print_summary(outcomes, elapsed: float) -> int:
     print()
     print(f"{'slide':<42} {'result':<7} {'inst':>4} {'levels':>6} {'sec':>7} {'MP/s':>7}  checks / error")
-    for o in sorted(outcomes, key=lambda o: o.slide_id):
+    for o in outcomes:
         md = o.metadata
         checks = ", ".join(f"{name}:{'pass' if ok else 'FAIL'}" for name, ok in sorted(o.checks.items()))
         print(

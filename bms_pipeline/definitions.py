@@ -11,16 +11,18 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 from bms_pipeline.defs.slides import assets as slide_assets
 from bms_pipeline.defs.slides import checks as slide_checks
-from bms_pipeline.defs.slides.jobs import slides_job
+from bms_pipeline.defs.slides.jobs import collection_job, slides_job
 from bms_pipeline.defs.slides.sensors import new_slides_sensor
+from bms_pipeline.defs.validation import assets as validation_assets
+from bms_pipeline.defs.validation import checks as validation_checks
 from bms_pipeline.resources import BmsPipelineResource, default_data_root
 
 
 def build_definitions(data_root: str | None = None) -> dg.Definitions:
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([slide_assets]),
-        asset_checks=dg.load_asset_checks_from_modules([slide_checks]),
-        jobs=[slides_job],
+        assets=dg.load_assets_from_modules([slide_assets, validation_assets]),
+        asset_checks=dg.load_asset_checks_from_modules([slide_checks, validation_checks]),
+        jobs=[slides_job, collection_job],
         sensors=[new_slides_sensor],
         resources={"bms": BmsPipelineResource(data_root=data_root or default_data_root())},
     )

@@ -20,6 +20,8 @@ from bms_pipeline.partitions import slides_partitions
 SlideState = Literal["not-ready", "missing", "changed", "stale", "failed", "up-to-date"]
 INVENTORY_KEY = dg.AssetKey("mrxs_slide")
 SLIDE_JOB = "slides_job"
+COLLECTION_JOB = "collection_job"
+COLLECTION = "(collection)"
 
 
 @dataclass
@@ -133,12 +135,20 @@ def _outcome(slide_id: str, result: dg.ExecuteInProcessResult, outcome: SlideOut
     for evaluation in result.get_asset_check_evaluations():
         outcome.checks[evaluation.check_name] = evaluation.passed
     for event in result.get_step_failure_events():
-        error = event.step_failure_data.error
-        message = error.message.strip().splitlines()[-1] if error and error.message else "step failed"
-        outcome.error = f"{event.step_key}: {message}"
+        outcome.error = f"{event.step_key}: {_root_cause(event.step_failure_data.error)}"
     for mat in result.asset_materializations_for_node("sm_series"):
         outcome.metadata = {k: v.value for k, v in mat.metadata.items()}
     return outcome
+
+
+def _root_cause(error) -> str:
+    """The innermost error of a step failure, which names the file and the reason."""
+    if error is None:
+        return "step failed"
+    while error.cause is not None:
+        error = error.cause
+    lines = (error.message or "").strip().splitlines()
+    return lines[-1] if lines else error.cls_name or "step failed"
 
 
 def run_slide(
@@ -167,12 +177,19 @@ def run_slide(
     resolver = CachingStaleStatusResolver(
         instance, defs.resolve_asset_graph(), LoadingContextForTest(instance)
     )
-    downstream = [
+    candidates = [key for key in slide_asset_keys(defs) if key != INVENTORY_KEY]
+    not_fresh = [
         key
-        for key in slide_asset_keys(defs)
-        if key != INVENTORY_KEY
-        and (plan.state == "failed" or resolver.get_status(key, plan.slide_id) != StaleStatus.FRESH)
+        for key in candidates
+        if plan.state == "failed" or resolver.get_status(key, plan.slide_id) != StaleStatus.FRESH
     ]
+    # Dagster reports only the first stale asset of a chain; everything below it reruns too.
+    below = (
+        dg.AssetSelection.assets(*not_fresh).downstream().resolve(defs.resolve_asset_graph())
+        if not_fresh
+        else set()
+    )
+    downstream = [key for key in candidates if key in below]
     if not downstream:
         outcome.skipped = plan.state != "missing"
         return outcome
@@ -183,3 +200,32 @@ def run_slide(
         raise_on_error=False,
     )
     return _outcome(plan.slide_id, result, outcome)
+
+
+def collection_asset_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
+    graph = defs.resolve_asset_graph()
+    job = defs.resolve_job_def(COLLECTION_JOB)
+    return sorted(
+        (key for key in graph.get_all_asset_keys() if key in job.asset_layer.selected_asset_keys),
+        key=lambda k: k.to_user_string(),
+    )
+
+
+def run_collection(
+    instance: dg.DagsterInstance, defs: dg.Definitions, force: bool = False
+) -> SlideOutcome:
+    """Materialize the unpartitioned tables and reports that are missing or stale."""
+    resolver = CachingStaleStatusResolver(
+        instance, defs.resolve_asset_graph(), LoadingContextForTest(instance)
+    )
+    keys = [
+        key
+        for key in collection_asset_keys(defs)
+        if force or resolver.get_status(key) != StaleStatus.FRESH
+    ]
+    if not keys:
+        return SlideOutcome(COLLECTION, True, skipped=True)
+    result = defs.resolve_job_def(COLLECTION_JOB).execute_in_process(
+        instance=instance, asset_selection=keys, raise_on_error=False
+    )
+    return _outcome(COLLECTION, result)

@@ -1,0 +1,91 @@
+"""Conformance as data: dicom3tools messages per slide, and a report over all slides."""
+
+import dagster as dg
+import duckdb
+import polars as pl
+
+from bms_pipeline.core.atomic import write_parquet_atomic
+from bms_pipeline.core.validation.slide import slide_series_files, validate_slide
+from bms_pipeline.defs.metadata import column_schema, markdown_table
+from bms_pipeline.defs.slides.assets import sm_series
+from bms_pipeline.partitions import slides_partitions
+from bms_pipeline.resources import BmsPipelineResource
+
+
+@dg.asset(
+    partitions_def=slides_partitions,
+    group_name="slides",
+    kinds={"dicom3tools", "parquet"},
+    deps=[sm_series],
+    code_version="1",
+)
+def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
+    """`dciodvfy -new` on every DICOM file of the slide and `dcentvfy` on each series and on the
+    patient's study; every message is a row of out/validation/<slide_id>.parquet."""
+    slide_id = context.partition_key
+    layout = bms.layout
+    series = slide_series_files(layout, slide_id)
+    context.log.info(
+        "validating %d files in %d series of %s", sum(map(len, series.values())), len(series), slide_id
+    )
+    frame = validate_slide(layout, slide_id)
+    path = write_parquet_atomic(frame, layout.validation_parquet(slide_id))
+    errors = frame.filter(pl.col("level") == "Error")
+    warnings = frame.filter(pl.col("level") == "Warning")
+    unexplained = warnings.filter(pl.col("known_noise").is_null())
+    by_message = (
+        frame.group_by("level", "message").len().sort(["level", "len"], descending=[False, True]).head(20)
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "files": sum(map(len, series.values())),
+            "series": len(series),
+            "errors": errors.height,
+            "warnings": warnings.height,
+            "unexplained_warnings": unexplained.height,
+            "dagster/row_count": frame.height,
+            "dagster/column_schema": column_schema(frame),
+            "messages": markdown_table(by_message, "no messages"),
+        }
+    )
+
+
+@dg.asset(
+    group_name="reports",
+    kinds={"duckdb"},
+    deps=[dicom_validation],
+    code_version="1",
+)
+def validation_report(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
+    """All slides' validation messages in one table, summarised by level and message."""
+    layout = bms.layout
+    files = sorted((layout.out / "validation").glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{layout.out / 'validation'}: no validation results yet")
+    frame = pl.concat([pl.read_parquet(f) for f in files], how="vertical")
+    path = write_parquet_atomic(frame, layout.tables_dir / "validation_messages.parquet")
+    with duckdb.connect() as con:
+        cursor = con.execute(
+            """
+            select level, message, coalesce(known_noise, '') as known_noise,
+                   count(*) as occurrences, count(distinct slide_id) as slides
+            from read_parquet(?) group by all order by level, occurrences desc
+            """,
+            [str(path)],
+        )
+        columns = [d[0] for d in cursor.description]
+        summary = pl.DataFrame(cursor.fetchall(), schema=columns, orient="row")
+    errors = frame.filter(pl.col("level") == "Error").height
+    context.log.info("%d slides, %d errors, %d messages", len(files), errors, frame.height)
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "slides": len(files),
+            "errors": errors,
+            "warnings": frame.filter(pl.col("level") == "Warning").height,
+            "dagster/row_count": frame.height,
+            "dagster/column_schema": column_schema(frame),
+            "summary": markdown_table(summary, "no messages"),
+        }
+    )

@@ -1,0 +1,27 @@
+"""The slide is conformant: zero dciodvfy/dcentvfy errors."""
+
+import dagster as dg
+import polars as pl
+
+from bms_pipeline.defs.validation.assets import dicom_validation
+from bms_pipeline.partitions import slides_partitions
+from bms_pipeline.resources import BmsPipelineResource
+
+
+@dg.asset_check(asset=dicom_validation, blocking=True, partitions_def=slides_partitions)
+def no_dicom_validation_errors(
+    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
+) -> dg.AssetCheckResult:
+    """Fails on any Error from dciodvfy or dcentvfy for the slide's files, series or study."""
+    frame = pl.read_parquet(bms.layout.validation_parquet(context.partition_key))
+    errors = frame.filter(pl.col("level") == "Error")
+    return dg.AssetCheckResult(
+        passed=errors.height == 0,
+        metadata={
+            "errors": errors.height,
+            "first_errors": dg.MetadataValue.json(
+                errors.select("file", "tool", "message").head(10).to_dicts()
+            ),
+        },
+        description=f"{errors.height} error(s)" if errors.height else "no errors",
+    )

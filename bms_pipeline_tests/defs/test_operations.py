@@ -1,0 +1,95 @@
+"""Only what changed reruns; raw/ is never written; failures are per slide."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from bms_pipeline.core.synthetic.demo import DemoDataset, write_demo_dataset
+from bms_pipeline.definitions import build_definitions
+from bms_pipeline.operations import plan_slides, register_slides, run_collection, run_slide
+
+
+def _hash_tree(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _run_all(instance: dg.DagsterInstance, defs: dg.Definitions, dataset: DemoDataset):
+    plans = plan_slides(instance, defs, dataset.layout)
+    register_slides(instance, [p.slide_id for p in plans if p.state != "not-ready"])
+    outcomes = {p.slide_id: run_slide(instance, defs, p) for p in plans if p.needs_run}
+    return plans, outcomes
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> DemoDataset:
+    return write_demo_dataset(tmp_path_factory.mktemp("ops"), slides=3, seed=11)
+
+
+def test_second_run_converts_nothing_and_a_changed_slide_alone_reruns(dataset: DemoDataset) -> None:
+    raw_before = _hash_tree(dataset.layout.raw)
+    defs = build_definitions(str(dataset.layout.root))
+    with dg.instance_for_test() as instance:
+        plans, outcomes = _run_all(instance, defs, dataset)
+        assert {p.state for p in plans} == {"missing"}
+        assert all(o.ok for o in outcomes.values()), outcomes
+        assert run_collection(instance, defs).ok
+
+        again = plan_slides(instance, defs, dataset.layout)
+        assert {p.state for p in again} == {"up-to-date"}
+
+        # Touch one slide's timestamps only: re-inventoried, same data version, no conversion.
+        first, second, third = sorted(dataset.slides)
+        sm_files = {s: sorted(dataset.layout.sm_dir(s).iterdir()) for s in dataset.slides}
+        mtimes = {s: [p.stat().st_mtime_ns for p in sm_files[s]] for s in dataset.slides}
+        folder = dataset.layout.mrxs(first).with_suffix("")
+        for path in folder.iterdir():
+            os.utime(path)
+        (plan,) = [p for p in plan_slides(instance, defs, dataset.layout) if p.slide_id == first]
+        assert plan.state == "changed"
+        outcome = run_slide(instance, defs, plan)
+        assert outcome.ok and outcome.skipped
+        assert [p.stat().st_mtime_ns for p in sm_files[first]] == mtimes[first]
+
+        # Change one slide's content: only that slide is stale and reconverted.
+        slidedat = dataset.layout.mrxs(second).with_suffix("") / "Slidedat.ini"
+        slidedat.write_bytes(slidedat.read_bytes().replace(b"OBJECTIVE_NAME = Plan-Apochromat 40x", b"OBJECTIVE_NAME = Plan-Apochromat 40x/0.95"))
+        states = {p.slide_id: p.state for p in plan_slides(instance, defs, dataset.layout)}
+        assert states == {first: "up-to-date", second: "changed", third: "up-to-date"}
+        (plan,) = [p for p in plan_slides(instance, defs, dataset.layout) if p.slide_id == second]
+        outcome = run_slide(instance, defs, plan)
+        assert outcome.ok and not outcome.skipped and outcome.metadata["instances"] >= 4
+        for untouched in (first, third):
+            assert [p.stat().st_mtime_ns for p in sm_files[untouched]] == mtimes[untouched]
+        final = plan_slides(instance, defs, dataset.layout)
+        assert {p.state for p in final} == {"up-to-date"}, [(p.slide_id, p.state, p.detail) for p in final]
+    changed = {k for k, v in _hash_tree(dataset.layout.raw).items() if raw_before.get(k) != v}
+    assert changed == {f"slides/{second}/Slidedat.ini"}  # only the test's own edit
+
+
+def test_bad_slides_fail_alone_and_raw_stays_byte_identical(tmp_path: Path) -> None:
+    dataset = write_demo_dataset(tmp_path, slides=3, seed=12)
+    good, truncated, no_index = sorted(dataset.slides)
+    datafile = min(dataset.layout.mrxs(truncated).with_suffix("").glob("Data*.dat"))
+    datafile.write_bytes(datafile.read_bytes()[:5000])
+    (dataset.layout.mrxs(no_index).with_suffix("") / "Index.dat").unlink()
+    raw_before = _hash_tree(dataset.layout.raw)
+    defs = build_definitions(str(tmp_path))
+    with dg.instance_for_test() as instance:
+        plans, outcomes = _run_all(instance, defs, dataset)
+        by_id = {p.slide_id: p for p in plans}
+        assert by_id[truncated].state == "not-ready"
+        assert datafile.name in by_id[truncated].detail and "truncated" in by_id[truncated].detail
+        assert by_id[no_index].state == "not-ready" and "Index.dat" in by_id[no_index].detail
+        assert outcomes[good].ok
+        assert set(outcomes) == {good}
+    assert _hash_tree(dataset.layout.raw) == raw_before
+    assert not dataset.layout.slide_dicom_dir(truncated).exists()
