@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from bms_pipeline.core.layout import DATA_ROOT_ENV, DataLayout
+from bms_pipeline.instance import MachineBudget
 
 logger = logging.getLogger("bms_pipeline")
 
-DAGSTER_YAML = """\
-# Written by bms-pipeline for the instance under the data root.
-telemetry:
-  enabled: false
-nux:
-  enabled: false
-"""
 
 
 def _data_root(args: argparse.Namespace) -> Path:
@@ -32,11 +28,10 @@ def dagster_instance(layout: DataLayout):
     """The persistent instance under the data root (so `dagster dev` shows the same history)."""
     from dagster import DagsterInstance
 
+    from bms_pipeline.instance import ensure_instance_home
+
     home = layout.dagster_home
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(DAGSTER_YAML, encoding="utf-8")
+    ensure_instance_home(home)
     os.environ["DAGSTER_HOME"] = str(home)
     return DagsterInstance.get()
 
@@ -63,11 +58,20 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _instance_and_defs(root: Path):
+def _instance_and_defs(root: Path, workers: int | None = None):
     from bms_pipeline.definitions import build_definitions
 
     layout = DataLayout.at(root)
-    return layout, dagster_instance(layout), build_definitions(str(root))
+    return layout, dagster_instance(layout), build_definitions(str(root), workers=workers)
+
+
+def _run_in_worker(root: str, workers: int, plan, force: bool):
+    """One slide in a worker process, against the same persistent instance."""
+    from bms_pipeline.operations import run_slide
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _, instance, defs = _instance_and_defs(Path(root), workers)
+    return run_slide(instance, defs, plan, force=force)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -101,9 +105,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif plan not in todo:
             outcomes.append(SlideOutcome(plan.slide_id, True, skipped=True))
     started = time.perf_counter()
-    for i, plan in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {plan.slide_id}: {plan.state} {plan.detail}".rstrip(), flush=True)
-        outcomes.append(run_slide(instance, defs, plan, force=args.force))
+    budget = MachineBudget.detect()
+    jobs = max(1, min(args.jobs or budget.concurrent_conversions, len(todo) or 1))
+    workers = max(1, budget.cores // jobs)
+    print(f"{len(todo)} slide(s) to run, {jobs} at a time, {workers} wsidicomizer thread(s) each")
+    if jobs == 1:
+        _, instance, defs = _instance_and_defs(root, workers)
+        for i, plan in enumerate(todo, 1):
+            print(f"[{i}/{len(todo)}] {plan.slide_id}: {plan.state} {plan.detail}".rstrip(), flush=True)
+            outcomes.append(run_slide(instance, defs, plan, force=args.force))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = {
+                pool.submit(_run_in_worker, str(root), workers, plan, args.force): plan for plan in todo
+            }
+            for i, future in enumerate(as_completed(futures), 1):
+                plan = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as exc:  # noqa: BLE001 - a crashed worker fails its slide only
+                    outcome = SlideOutcome(plan.slide_id, False, error=f"worker crashed: {exc}")
+                print(f"[{i}/{len(todo)}] {plan.slide_id}: {'ok' if outcome.ok else 'FAILED'}", flush=True)
+                outcomes.append(outcome)
     if any(p.state != "not-ready" for p in plans):
         print("collection-wide tables and reports", flush=True)
         outcomes.append(run_collection(instance, defs, force=args.force))
@@ -169,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = with_root(sub.add_parser("run", help="register slides and materialize every asset with checks"))
     run.add_argument("--slide", action="append", help="only this slide id (repeatable)")
     run.add_argument("--force", action="store_true", help="rematerialize even up-to-date slides")
+    run.add_argument(
+        "--jobs", type=int, default=None,
+        help="slides converted at once (default: what fits in memory, at most the cores)",
+    )
     run.set_defaults(func=cmd_run)
 
     status = with_root(

@@ -18,13 +18,15 @@ from bms_pipeline.defs.validation import checks as validation_checks
 from bms_pipeline.resources import BmsPipelineResource, default_data_root
 
 
-def build_definitions(data_root: str | None = None) -> dg.Definitions:
+def build_definitions(data_root: str | None = None, workers: int | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules([slide_assets, validation_assets]),
         asset_checks=dg.load_asset_checks_from_modules([slide_checks, validation_checks]),
         jobs=[slides_job, collection_job],
         sensors=[new_slides_sensor],
-        resources={"bms": BmsPipelineResource(data_root=data_root or default_data_root())},
+        resources={
+            "bms": BmsPipelineResource(data_root=data_root or default_data_root(), workers=workers)
+        },
     )
 
 

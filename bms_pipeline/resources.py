@@ -19,7 +19,8 @@ class BmsPipelineResource(dg.ConfigurableResource):
     tile_size: int = Field(default=512, description="Output tile size in pixels")
     jpeg_quality: int = Field(default=80, description="JPEG quality of re-encoded tiles")
     workers: int | None = Field(
-        default=None, description="wsidicomizer threads per conversion (None: all cores)"
+        default=None,
+        description="wsidicomizer threads per conversion (None: cores / concurrent conversions)",
     )
 
     @property
@@ -30,8 +31,11 @@ class BmsPipelineResource(dg.ConfigurableResource):
         return CollectionConfig.load(self.layout.collection_yaml)
 
     def conversion_settings(self) -> ConversionSettings:
+        from bms_pipeline.instance import MachineBudget
+
+        workers = self.workers or MachineBudget.detect().threads_per_conversion
         return ConversionSettings(
-            tile_size=self.tile_size, jpeg_quality=self.jpeg_quality, workers=self.workers
+            tile_size=self.tile_size, jpeg_quality=self.jpeg_quality, workers=workers
         )
 
 
