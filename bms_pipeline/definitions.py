@@ -9,6 +9,7 @@ import dagster as dg
 # Partitioned asset checks are a preview feature in Dagster 1.13; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
+from bms_pipeline.defs.automation import automation_sensor
 from bms_pipeline.defs.slides import assets as slide_assets
 from bms_pipeline.defs.slides import checks as slide_checks
 from bms_pipeline.defs.slides.jobs import collection_job, slides_job
@@ -23,7 +24,7 @@ def build_definitions(data_root: str | None = None, workers: int | None = None) 
         assets=dg.load_assets_from_modules([slide_assets, validation_assets]),
         asset_checks=dg.load_asset_checks_from_modules([slide_checks, validation_checks]),
         jobs=[slides_job, collection_job],
-        sensors=[new_slides_sensor],
+        sensors=[new_slides_sensor, automation_sensor],
         resources={
             "bms": BmsPipelineResource(data_root=data_root or default_data_root(), workers=workers)
         },

@@ -14,6 +14,7 @@ from bms_pipeline.core.dicom.metadata import (
 from bms_pipeline.core.dicom.series import read_series, volume_levels
 from bms_pipeline.core.layout import patient_id_of
 from bms_pipeline.core.mirax.inventory import file_signature, inventory, openslide_properties
+from bms_pipeline.defs.automation import nightly
 from bms_pipeline.partitions import slides_partitions
 from bms_pipeline.resources import BmsPipelineResource
 
@@ -28,6 +29,7 @@ REDACTED_PROPERTIES = frozenset(
     group_name="slides",
     kinds={"mirax"},
     code_version="1",
+    automation_condition=nightly,
 )
 def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """The raw MIRAX slide: checked complete, hashed file by file, and opened by OpenSlide.
@@ -80,6 +82,7 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     kinds={"dicom", "wsidicomizer"},
     deps=[mrxs_slide],
     code_version="1",
+    automation_condition=nightly,
     pool="wsi_conversion",
 )
 def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:

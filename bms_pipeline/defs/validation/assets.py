@@ -6,6 +6,7 @@ import polars as pl
 
 from bms_pipeline.core.atomic import write_parquet_atomic
 from bms_pipeline.core.validation.slide import slide_series_files, validate_slide
+from bms_pipeline.defs.automation import nightly
 from bms_pipeline.defs.metadata import column_schema, markdown_table
 from bms_pipeline.defs.slides.assets import sm_series
 from bms_pipeline.partitions import slides_partitions
@@ -18,6 +19,7 @@ from bms_pipeline.resources import BmsPipelineResource
     kinds={"dicom3tools", "parquet"},
     deps=[sm_series],
     code_version="1",
+    automation_condition=nightly,
 )
 def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """`dciodvfy -new` on every DICOM file of the slide and `dcentvfy` on each series and on the
@@ -56,6 +58,7 @@ def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource
     kinds={"duckdb"},
     deps=[dicom_validation],
     code_version="1",
+    automation_condition=nightly,
 )
 def validation_report(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """All slides' validation messages in one table, summarised by level and message."""
