@@ -10,14 +10,12 @@ import numpy as np
 import polars as pl
 import pytest
 
+from bms_pipeline.core.annotations.consensus import NO_CONSENSUS, apply_rename, consensus_label
 from bms_pipeline.core.reference import reference_path
 from bms_pipeline.core.synthetic.tables import (
     NCIT_LEUKEMIA,
-    NO_CONSENSUS,
     AnnotationTruth,
     SlideAnnotationSource,
-    apply_rename,
-    consensus_label,
     make_patients,
     write_annotation_csvs,
     write_clinical_csv,

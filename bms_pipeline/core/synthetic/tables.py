@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -23,6 +22,10 @@ import numpy as np
 import polars as pl
 import xlsxwriter
 
+from bms_pipeline.core.annotations.consensus import (
+    consensus_label,
+    source_names,
+)
 from bms_pipeline.core.clinical.patients import ncit_leukemia
 from bms_pipeline.core.reference import reference_path
 
@@ -326,7 +329,6 @@ def _write_text_xlsx(
 
 # --------------------------------------------------------------------------- cell labels
 
-NO_CONSENSUS = "no_consensus_found"
 LINEAGES = ("lymphoid", "myeloid", "erythroid")
 """Index -> name of `SlideAnnotationSource.cell_lineage` values."""
 
@@ -388,50 +390,6 @@ _GERMAN_OTHER = (
 )
 
 
-@cache
-def _renames() -> dict[str, str]:
-    with reference_path("label_renames.csv").open(encoding="utf-8", newline="") as fh:
-        return {row["source_label"]: row["label"] for row in csv.DictReader(fh)}
-
-
-@cache
-def _source_names() -> dict[str, tuple[str, ...]]:
-    """Canonical label -> the source names that rename to it, in file order."""
-    out: dict[str, list[str]] = {}
-    for source, label in _renames().items():
-        out.setdefault(label, []).append(source)
-    return {label: tuple(names) for label, names in out.items()}
-
-
-def apply_rename(label: str) -> str:
-    """Map an old or German source label (label_renames.csv) to its current label.
-
-    Labels without a rename pass through, so current labels are unchanged.
-    """
-    label = label.strip()
-    return _renames().get(label, label)
-
-
-def consensus_label(labels: Sequence[str]) -> str:
-    """The consensus of one cell's expert labels, in session order.
-
-    Renames are applied first, so ``lymphoblast`` and ``lymphoid_precursor_cell`` count as one
-    vote each for the same label; blank labels are ignored. A consensus needs two or more
-    votes and a most-frequent label with at least half of them, else it is
-    ``no_consensus_found``. A tie (two labels with exactly half, e.g. ``[a, b]`` or
-    ``[a, b, b, a]``) goes to the label whose first vote came in the earliest session, so
-    the first expert's call decides and the result never depends on label spelling.
-    """
-    votes = [apply_rename(label) for label in labels if label.strip()]
-    if len(votes) < 2:
-        return NO_CONSENSUS
-    counts = Counter(votes)  # keeps first-vote order, which the tie-break relies on
-    best = max(counts.values())
-    if 2 * best < len(votes):
-        return NO_CONSENSUS
-    return next(label for label, count in counts.items() if count == best)
-
-
 def _weighted(rng: np.random.Generator, table: Mapping[str, float]) -> str:
     labels = list(table)
     p = np.array(list(table.values()), dtype=np.float64)
@@ -439,7 +397,7 @@ def _weighted(rng: np.random.Generator, table: Mapping[str, float]) -> str:
 
 
 def _maybe_source_name(rng: np.random.Generator, label: str) -> str:
-    names = _source_names().get(label)
+    names = source_names().get(label)
     if names and rng.random() < _SOURCE_NAME_P:
         return names[int(rng.integers(len(names)))]
     return label
