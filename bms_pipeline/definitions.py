@@ -9,11 +9,15 @@ import dagster as dg
 # Partitioned asset checks are a preview feature in Dagster 1.13; we rely on them knowingly.
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
+from bms_pipeline.defs.annotations import assets as annotation_assets
+from bms_pipeline.defs.annotations import checks as annotation_checks
 from bms_pipeline.defs.automation import automation_sensor
 from bms_pipeline.defs.slides import assets as slide_assets
 from bms_pipeline.defs.slides import checks as slide_checks
 from bms_pipeline.defs.slides.jobs import collection_job, slides_job
 from bms_pipeline.defs.slides.sensors import new_slides_sensor
+from bms_pipeline.defs.tables import assets as table_assets
+from bms_pipeline.defs.tables import checks as table_checks
 from bms_pipeline.defs.validation import assets as validation_assets
 from bms_pipeline.defs.validation import checks as validation_checks
 from bms_pipeline.resources import BmsPipelineResource, default_data_root
@@ -21,8 +25,12 @@ from bms_pipeline.resources import BmsPipelineResource, default_data_root
 
 def build_definitions(data_root: str | None = None, workers: int | None = None) -> dg.Definitions:
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([slide_assets, validation_assets]),
-        asset_checks=dg.load_asset_checks_from_modules([slide_checks, validation_checks]),
+        assets=dg.load_assets_from_modules(
+            [slide_assets, annotation_assets, validation_assets, table_assets]
+        ),
+        asset_checks=dg.load_asset_checks_from_modules(
+            [slide_checks, annotation_checks, validation_checks, table_checks]
+        ),
         jobs=[slides_job, collection_job],
         sensors=[new_slides_sensor, automation_sensor],
         resources={

@@ -40,6 +40,14 @@ class DeidentificationPolicy:
 
 
 @dataclass(frozen=True)
+class DetectionAlgorithm:
+    """The model that made the nuclei boxes, for the AUTOMATIC ANN series."""
+
+    name: str = "BMDeep nucleus detector"
+    version: str = "unspecified"
+
+
+@dataclass(frozen=True)
 class CollectionConfig:
     collection_id: str
     collection_name: str
@@ -50,6 +58,7 @@ class CollectionConfig:
     study_description: str
     series_description: str
     deidentification: DeidentificationPolicy = field(default_factory=DeidentificationPolicy)
+    detection_algorithm: DetectionAlgorithm = field(default_factory=DetectionAlgorithm)
 
     @classmethod
     def load(cls, path: Path) -> CollectionConfig:
@@ -73,6 +82,7 @@ class CollectionConfig:
         try:
             clinical_trial = ClinicalTrial(**trial, other_protocol_ids=others)
             deid = DeidentificationPolicy(**(raw.get("deidentification") or {}))
+            algorithm = DetectionAlgorithm(**(raw.get("detection_algorithm") or {}))
         except TypeError as exc:
             raise CollectionConfigError(f"{source}: {exc}") from exc
         return cls(
@@ -85,6 +95,7 @@ class CollectionConfig:
             study_description=str(raw["study_description"]),
             series_description=str(raw["series_description"]),
             deidentification=deid,
+            detection_algorithm=algorithm,
         )
 
 
@@ -106,4 +117,5 @@ clinical_trial:
 study_description: Bone marrow aspirate smear, pediatric leukemia
 series_description: Bone marrow aspirate smear, May-Gruenwald-Giemsa stain
 deidentification: {include_label: false, keep_slide_id: false, keep_dates: false}
+detection_algorithm: {name: BMDeep nucleus detector (synthetic), version: "1.0"}
 """

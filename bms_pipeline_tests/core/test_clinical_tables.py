@@ -39,11 +39,11 @@ from bms_pipeline.core.clinical.tables import (
     duplicate_patients,
     free_text_phi_columns,
     patients_missing_in_dicom,
-    write_duckdb_tables,
     write_outputs,
 )
 from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML, CollectionConfig
 from bms_pipeline.core.layout import DataLayout
+from bms_pipeline.core.store import write_duckdb_tables
 from bms_pipeline.core.synthetic.tables import (
     make_patients,
     write_clinical_csv,

@@ -59,6 +59,11 @@ NEWLINE_SAMPLE = (
 )
 # Real warnings that KNOWN_NOISE must explain (each entry must explain at least one).
 REAL_NOISE = (
+    (  # from an ANN object's cell-id measurement (EFO 0010197)
+        "</AnnotationGroupSequence(006a,0002)[22]/MeasurementsSequence(0066,0121)[1]/"
+        "ConceptNameCodeSequence(0040,a043)[1]/CodingSchemeDesignator(0008,0102)[1]> - "
+        "Unrecognized defined term = <EFO>"
+    ),
     (
         "</ImagedVolumeWidth(0048,0001)> - ImagedVolumeWidth inconsistent with "
         "TotalPixelMatrixColumns and PixelSpacing = <0.10934 > - expected 0.109227 for 410 "

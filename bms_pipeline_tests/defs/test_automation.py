@@ -38,7 +38,10 @@ def test_nightly_tick_requests_every_missing_slide(tmp_path: Path) -> None:
         # same tick count as present); the report waits until the slides exist.
         slides = set(dataset.slides)
         assert requested == {
-            "mrxs_slide": slides, "sm_series": slides, "dicom_validation": slides,
+            "mrxs_slide": slides,
+            "sm_series": slides,
+            "ann_series": slides,
+            "dicom_validation": slides,
         }
 
 

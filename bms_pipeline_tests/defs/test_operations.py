@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 
 from bms_pipeline.core.synthetic.demo import DemoDataset, write_demo_dataset
@@ -41,7 +42,18 @@ def test_second_run_converts_nothing_and_a_changed_slide_alone_reruns(dataset: D
         plans, outcomes = _run_all(instance, defs, dataset)
         assert {p.state for p in plans} == {"missing"}
         assert all(o.ok for o in outcomes.values()), outcomes
-        assert run_collection(instance, defs).ok
+        collection = run_collection(instance, defs)
+        assert collection.ok and len(collection.checks) >= 3, collection
+        with duckdb.connect(str(dataset.layout.duckdb_path), read_only=True) as con:
+            tables = {row[0] for row in con.execute("select table_name from duckdb_tables()").fetchall()}
+            index_patients = {
+                row[0] for row in con.execute("select distinct PatientID from index").fetchall()
+            }
+            groups = con.execute("select count(*) from ann_group_index").fetchone()[0]
+        assert {"index", "sm_index", "sm_instance_index", "ann_index", "ann_group_index",
+                "validation_messages", "column_metadata", "table_metadata"} <= tables
+        assert index_patients == {p.patient_id for p in dataset.patients}
+        assert groups > 0
 
         again = plan_slides(instance, defs, dataset.layout)
         assert {p.state for p in again} == {"up-to-date"}

@@ -24,8 +24,8 @@ from highdicom.color import CIELabColor
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from bms_pipeline.core.reference import reference_path
 from bms_pipeline.core.annotations.consensus import NO_CONSENSUS, apply_rename
+from bms_pipeline.core.reference import reference_path
 
 __all__ = [
     "DETECTION_LABEL",

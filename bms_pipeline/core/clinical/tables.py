@@ -41,22 +41,16 @@ tables other writers put there (e.g. the DICOM index) are kept.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
-import time
-import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
 import polars as pl
 
 from bms_pipeline.core.clinical.lab import (
@@ -74,6 +68,13 @@ from bms_pipeline.core.clinical.patients import (
 )
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.layout import DataLayout
+from bms_pipeline.core.store import (
+    atomic_write_parquet,
+    atomic_write_text,
+    duckdb_lock_path,
+    exclusive_lock,
+    rebuild_duckdb,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -198,10 +199,6 @@ _CLINICAL_LABELS: dict[str, str] = {
 }
 _SEX_MEANING = {"F": "female", "M": "male", "O": "other"}
 _AGE_UNIT_DAYS = {"D": 1, "W": 7, "M": 365.25 / 12, "Y": 365.25}
-
-
-class OutputWriteError(RuntimeError):
-    """An output that cannot be written safely (e.g. an unreadable existing database)."""
 
 
 @dataclass(frozen=True)
@@ -786,160 +783,6 @@ def _descriptions(tables: ClinicalTables, table: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- writing
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _temp_beside(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-
-
-def _commit(tmp: Path, path: Path) -> None:
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
-    """Write a text file so readers see the old or the new content, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        if mode is not None:
-            tmp.chmod(mode)
-        _commit(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    """Write a parquet file atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(path)
-    try:
-        frame.write_parquet(tmp)
-        _commit(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def duckdb_lock_path(db_path: Path) -> Path:
-    """The sidecar lock every writer of ``db_path`` takes first."""
-    return db_path.with_name(f"{db_path.name}.lock")
-
-
-@contextmanager
-def exclusive_lock(path: Path, timeout: float = 600.0) -> Iterator[None]:
-    """Hold an exclusive flock on ``path`` (created if missing), waiting up to ``timeout`` s.
-
-    flock locks belong to the open file, so two threads of one process exclude each other
-    as two processes do; the kernel releases the lock if the holder dies. (flock is not
-    reliable on some network filesystems; keep out/ on a local disk or use one writer.)
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout
-    with path.open("a+b") as fh:
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{path}: another writer held the lock for {timeout} s")
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _replace_duckdb(
-    db_path: Path, parquet_by_table: Mapping[str, Path], views: Mapping[str, str]
-) -> None:
-    """Rebuild ``db_path`` with these tables and views; the caller holds the lock.
-
-    The existing file (with its WAL) is copied to a temporary file, the named tables and
-    views are replaced there, and the copy is checkpointed, fsynced and renamed over the
-    original. Other tables survive; readers see the old or the new file, never a mix.
-    """
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(db_path)
-    tmp_wal = Path(f"{tmp}.wal")
-    wal = Path(f"{db_path}.wal")
-    try:
-        if db_path.exists():
-            shutil.copyfile(db_path, tmp)
-            if wal.exists():
-                shutil.copyfile(wal, tmp_wal)
-        try:
-            con = duckdb.connect(str(tmp))
-        except duckdb.Error as exc:
-            raise OutputWriteError(
-                f"{db_path}: the existing database cannot be opened ({exc}); move it away "
-                "to let the pipeline rebuild it"
-            ) from exc
-        try:
-            existing = dict(
-                con.execute(
-                    "SELECT table_name, 'TABLE' FROM duckdb_tables() "
-                    "WHERE database_name = current_database() AND schema_name = 'main' "
-                    "UNION ALL SELECT view_name, 'VIEW' FROM duckdb_views() "
-                    "WHERE database_name = current_database() AND schema_name = 'main' "
-                    "AND NOT internal"
-                ).fetchall()
-            )
-            for name in [*parquet_by_table, *views]:
-                if name in existing:
-                    con.execute(f"DROP {existing[name]} {_ident(name)}")
-            for name, path in parquet_by_table.items():
-                con.execute(
-                    f"CREATE TABLE {_ident(name)} AS "
-                    f"SELECT * FROM read_parquet({_literal(str(path))})"
-                )
-            for name, sql in views.items():
-                con.execute(f"CREATE VIEW {_ident(name)} AS {sql}")
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
-        # The old WAL belongs to the old file (its content is in the copy); left beside the
-        # new file it would be replayed onto it.
-        wal.unlink(missing_ok=True)
-        _commit(tmp, db_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp_wal.unlink(missing_ok=True)
-
-
-def write_duckdb_tables(
-    db_path: Path,
-    parquet_by_table: Mapping[str, Path],
-    views: Mapping[str, str] | None = None,
-    *,
-    lock_timeout: float = 600.0,
-) -> None:
-    """Put parquet files into ``db_path`` as tables (plus views), one writer at a time.
-
-    For every writer of out/bms.duckdb (the DICOM index too), so that concurrent runs
-    serialise on the same lock and never lose each other's tables.
-    """
-    with exclusive_lock(duckdb_lock_path(db_path), lock_timeout):
-        _replace_duckdb(db_path, parquet_by_table, views or {})
-
-
 def bigquery_dir(layout: DataLayout) -> Path:
     return layout.out / "bigquery"
 
@@ -1010,7 +853,7 @@ def write_outputs(
             schemas[name] = bq / f"{name}.schema.json"
             schema = bigquery_schema(frame.schema, _descriptions(tables, name))
             atomic_write_text(schemas[name], json.dumps(schema, indent=2) + "\n")
-        _replace_duckdb(layout.duckdb_path, parquet, {CLINICAL_INDEX: CLINICAL_INDEX_SQL})
+        rebuild_duckdb(layout.duckdb_path, parquet, {CLINICAL_INDEX: CLINICAL_INDEX_SQL})
         load_script = write_load_script(layout, tables.target)
     return WrittenTables(
         parquet=parquet,

@@ -92,6 +92,14 @@ _NUMBER = r"[-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
 
 KNOWN_NOISE: tuple[KnownNoise, ...] = (
     KnownNoise(
+        pattern=r"CodingSchemeDesignator\(0008,0102\)\[1\]> - Unrecognized defined term = <EFO>$",
+        reason=(
+            "EFO (Experimental Factor Ontology) is not among PS3.16's coding schemes, so it is "
+            "declared in CodingSchemeIdentificationSequence as PS3.3 C.12.1.1.2 requires; EFO "
+            "0010197 'single cell identifier' is the code IDC's own BMDeep ANN objects use."
+        ),
+    ),
+    KnownNoise(
         pattern=(
             r"^</ImagedVolume(?:Width|Height)\(0048,000[12]\)> - ImagedVolume(?:Width|Height) "
             r"inconsistent with TotalPixelMatrix(?:Columns|Rows) and PixelSpacing = "
@@ -344,7 +352,9 @@ def validate_files(
     jobs: list[Callable[[], list[ValidationMessage]]] = []
     for series, files in files_by_series.items():
         jobs.extend(partial(dciodvfy, path, series, timeout=timeout) for path in files)
-        if files:
+        # A one-file series (each ANN object) has nothing to be consistent with, and alone
+        # its reference to the SM instance looks dangling; the study run covers it.
+        if len(files) > 1:
             scope = os.path.commonpath([str(Path(f).absolute().parent) for f in files])
             jobs.append(partial(dcentvfy, list(files), scope, series, timeout=timeout))
     if study_files:

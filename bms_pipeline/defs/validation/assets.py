@@ -4,8 +4,9 @@ import dagster as dg
 import duckdb
 import polars as pl
 
-from bms_pipeline.core.atomic import write_parquet_atomic
+from bms_pipeline.core.store import atomic_write_parquet, write_duckdb_tables
 from bms_pipeline.core.validation.slide import slide_series_files, validate_slide
+from bms_pipeline.defs.annotations.assets import ann_series
 from bms_pipeline.defs.automation import nightly
 from bms_pipeline.defs.metadata import column_schema, markdown_table
 from bms_pipeline.defs.slides.assets import sm_series
@@ -17,7 +18,7 @@ from bms_pipeline.resources import BmsPipelineResource
     partitions_def=slides_partitions,
     group_name="slides",
     kinds={"dicom3tools", "parquet"},
-    deps=[sm_series],
+    deps=[sm_series, ann_series],
     code_version="1",
     automation_condition=nightly,
 )
@@ -31,7 +32,8 @@ def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource
         "validating %d files in %d series of %s", sum(map(len, series.values())), len(series), slide_id
     )
     frame = validate_slide(layout, slide_id)
-    path = write_parquet_atomic(frame, layout.validation_parquet(slide_id))
+    path = layout.validation_parquet(slide_id)
+    atomic_write_parquet(frame, path)
     errors = frame.filter(pl.col("level") == "Error")
     warnings = frame.filter(pl.col("level") == "Warning")
     unexplained = warnings.filter(pl.col("known_noise").is_null())
@@ -61,13 +63,16 @@ def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource
     automation_condition=nightly,
 )
 def validation_report(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
-    """All slides' validation messages in one table, summarised by level and message."""
+    """All slides' validation messages in one table (parquet and the DuckDB table
+    `validation_messages`), summarised by level and message."""
     layout = bms.layout
     files = sorted((layout.out / "validation").glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"{layout.out / 'validation'}: no validation results yet")
     frame = pl.concat([pl.read_parquet(f) for f in files], how="vertical")
-    path = write_parquet_atomic(frame, layout.tables_dir / "validation_messages.parquet")
+    path = layout.tables_dir / "validation_messages.parquet"
+    atomic_write_parquet(frame, path)
+    write_duckdb_tables(layout.duckdb_path, {"validation_messages": path})
     with duckdb.connect() as con:
         cursor = con.execute(
             """

@@ -1,0 +1,33 @@
+"""Write the DICOM index tables next to the clinical tables, in the same formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bms_pipeline.core.clinical.tables import bigquery_dir, bigquery_schema, write_load_script
+from bms_pipeline.core.index.dicom_index import DicomIndex
+from bms_pipeline.core.layout import DataLayout
+from bms_pipeline.core.store import (
+    atomic_write_parquet,
+    atomic_write_text,
+    duckdb_lock_path,
+    exclusive_lock,
+    rebuild_duckdb,
+)
+
+
+def write_dicom_index(index: DicomIndex, layout: DataLayout) -> dict[str, Path]:
+    """Parquet, BigQuery schema and DuckDB table for each index table, under the DuckDB lock."""
+    parquet: dict[str, Path] = {}
+    with exclusive_lock(duckdb_lock_path(layout.duckdb_path)):
+        for name, frame in index.tables().items():
+            parquet[name] = layout.tables_dir / f"{name}.parquet"
+            atomic_write_parquet(frame, parquet[name])
+            schema = bigquery_schema(frame.schema)
+            atomic_write_text(
+                bigquery_dir(layout) / f"{name}.schema.json", json.dumps(schema, indent=2) + "\n"
+            )
+        rebuild_duckdb(layout.duckdb_path, parquet, {})
+        write_load_script(layout)
+    return parquet

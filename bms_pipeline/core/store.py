@@ -1,0 +1,178 @@
+"""Writing outputs safely: atomic files, one DuckDB writer at a time.
+
+Readers (and a crashed run) see the old file or the new one, never half of one; every
+writer of out/bms.duckdb takes the same lock, so concurrent runs never lose each other's
+tables.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+
+class OutputWriteError(RuntimeError):
+    """An output could not be written; the message names the file and the reason."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
+    """Write a text file so readers see the old or the new content, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        if mode is not None:
+            tmp.chmod(mode)
+        _commit(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    """Write a parquet file atomically (temp file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(path)
+    try:
+        frame.write_parquet(tmp)
+        _commit(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def duckdb_lock_path(db_path: Path) -> Path:
+    """The sidecar lock every writer of ``db_path`` takes first."""
+    return db_path.with_name(f"{db_path.name}.lock")
+
+
+@contextmanager
+def exclusive_lock(path: Path, timeout: float = 600.0) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created if missing), waiting up to ``timeout`` s.
+
+    flock locks belong to the open file, so two threads of one process exclude each other
+    as two processes do; the kernel releases the lock if the holder dies. (flock is not
+    reliable on some network filesystems; keep out/ on a local disk or use one writer.)
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with path.open("a+b") as fh:
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{path}: another writer held the lock for {timeout} s")
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def rebuild_duckdb(
+    db_path: Path, parquet_by_table: Mapping[str, Path], views: Mapping[str, str]
+) -> None:
+    """Rebuild ``db_path`` with these tables and views; the caller holds the lock.
+
+    The existing file (with its WAL) is copied to a temporary file, the named tables and
+    views are replaced there, and the copy is checkpointed, fsynced and renamed over the
+    original. Other tables survive; readers see the old or the new file, never a mix.
+    """
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(db_path)
+    tmp_wal = Path(f"{tmp}.wal")
+    wal = Path(f"{db_path}.wal")
+    try:
+        if db_path.exists():
+            shutil.copyfile(db_path, tmp)
+            if wal.exists():
+                shutil.copyfile(wal, tmp_wal)
+        try:
+            con = duckdb.connect(str(tmp))
+        except duckdb.Error as exc:
+            raise OutputWriteError(
+                f"{db_path}: the existing database cannot be opened ({exc}); move it away "
+                "to let the pipeline rebuild it"
+            ) from exc
+        try:
+            existing = dict(
+                con.execute(
+                    "SELECT table_name, 'TABLE' FROM duckdb_tables() "
+                    "WHERE database_name = current_database() AND schema_name = 'main' "
+                    "UNION ALL SELECT view_name, 'VIEW' FROM duckdb_views() "
+                    "WHERE database_name = current_database() AND schema_name = 'main' "
+                    "AND NOT internal"
+                ).fetchall()
+            )
+            for name in [*parquet_by_table, *views]:
+                if name in existing:
+                    con.execute(f"DROP {existing[name]} {_ident(name)}")
+            for name, path in parquet_by_table.items():
+                con.execute(
+                    f"CREATE TABLE {_ident(name)} AS "
+                    f"SELECT * FROM read_parquet({_literal(str(path))})"
+                )
+            for name, sql in views.items():
+                con.execute(f"CREATE VIEW {_ident(name)} AS {sql}")
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        # The old WAL belongs to the old file (its content is in the copy); left beside the
+        # new file it would be replayed onto it.
+        wal.unlink(missing_ok=True)
+        _commit(tmp, db_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_wal.unlink(missing_ok=True)
+
+
+def write_duckdb_tables(
+    db_path: Path,
+    parquet_by_table: Mapping[str, Path],
+    views: Mapping[str, str] | None = None,
+    *,
+    lock_timeout: float = 600.0,
+) -> None:
+    """Put parquet files into ``db_path`` as tables (plus views), one writer at a time.
+
+    For every writer of out/bms.duckdb (the DICOM index too), so that concurrent runs
+    serialise on the same lock and never lose each other's tables.
+    """
+    with exclusive_lock(duckdb_lock_path(db_path), lock_timeout):
+        rebuild_duckdb(db_path, parquet_by_table, views or {})

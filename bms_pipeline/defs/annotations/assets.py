@@ -1,0 +1,66 @@
+"""Per-slide ANN series: the expert cell boxes and the model's nuclei boxes."""
+
+import dagster as dg
+import polars as pl
+
+from bms_pipeline.core.annotations.ann import base_level_dataset, build_ann_series
+from bms_pipeline.core.annotations.inputs import slide_bounds
+from bms_pipeline.core.dicom.series import read_series, volume_levels
+from bms_pipeline.core.mirax.inventory import openslide_properties
+from bms_pipeline.defs.automation import nightly
+from bms_pipeline.defs.metadata import markdown_table
+from bms_pipeline.defs.slides.assets import sm_series
+from bms_pipeline.partitions import slides_partitions
+from bms_pipeline.resources import BmsPipelineResource
+
+
+@dg.asset(
+    partitions_def=slides_partitions,
+    group_name="slides",
+    kinds={"dicom", "highdicom"},
+    deps=[sm_series],
+    code_version="1",
+    automation_condition=nightly,
+)
+def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
+    """Microscopy Bulk Simple Annotations (rois, session_<k>, consensus, detections) built with
+    highdicom from rois.csv, cells.csv and detections.csv, shifted by the slide's bounds and
+    referencing the base level of the SM series; written atomically to out/dicom/<slide>/ann/."""
+    slide_id = context.partition_key
+    layout = bms.layout
+    collection = bms.collection()
+    base = volume_levels(read_series(layout.sm_dir(slide_id)))[0]
+    properties = openslide_properties(layout.mrxs(slide_id))
+    result = build_ann_series(
+        slide_id,
+        layout,
+        collection.collection_id,
+        base_level_dataset(layout.sm_dir(slide_id)),
+        bounds=slide_bounds(properties),
+        image_size=(base.columns, base.rows),
+        algorithm_name=collection.detection_algorithm.name,
+        algorithm_version=collection.detection_algorithm.version,
+    )
+    if result.disagreements.height:
+        context.log.warning(
+            "%s: %d cell(s) whose original_consensus_label differs from the recomputed consensus",
+            slide_id, result.disagreements.height,
+        )
+    series = [
+        {"series": s.name, "number": s.series_number, "groups": s.group_count, "rows": s.rows, "bytes": s.bytes}
+        for s in result.series
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(result.ann_dir)),
+            "series": markdown_table(pl.DataFrame(series)),
+            "series_written": len(result.series),
+            "series_skipped": dg.MetadataValue.json(list(result.skipped)),
+            "input_rows": dg.MetadataValue.json(result.input_rows),
+            "annotations": sum(s.rows for s in result.series),
+            "consensus_disagreements": result.disagreements.height,
+            "disagreement_examples": markdown_table(result.disagreements.head(10)),
+            "bytes": result.total_bytes,
+            "seconds": round(result.seconds, 3),
+        }
+    )

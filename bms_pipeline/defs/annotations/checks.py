@@ -1,0 +1,45 @@
+"""Every input row is in the ANN series, exactly once per series it belongs to."""
+
+import dagster as dg
+
+from bms_pipeline.core.annotations.ann import expected_counts, read_back
+from bms_pipeline.core.annotations.inputs import read_slide_annotations, slide_bounds
+from bms_pipeline.core.dicom.series import read_series, volume_levels
+from bms_pipeline.core.mirax.inventory import openslide_properties
+from bms_pipeline.defs.annotations.assets import ann_series
+from bms_pipeline.partitions import slides_partitions
+from bms_pipeline.resources import BmsPipelineResource
+
+
+@dg.asset_check(asset=ann_series, blocking=True, partitions_def=slides_partitions)
+def ann_counts_match_input(
+    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
+) -> dg.AssetCheckResult:
+    """Per series and label, the annotations read back with highdicom equal the input rows."""
+    slide_id = context.partition_key
+    layout = bms.layout
+    base = volume_levels(read_series(layout.sm_dir(slide_id)))[0]
+    annotations = read_slide_annotations(
+        slide_id,
+        layout.annotations_dir,
+        slide_bounds(openslide_properties(layout.mrxs(slide_id))),
+        (base.columns, base.rows),
+    )
+    expected = expected_counts(annotations)
+    actual = read_back(layout.ann_dir(slide_id))
+    problems = [
+        f"{series}/{label}: expected {count}, found {actual.get(series, {}).get(label, 0)}"
+        for series, labels in expected.items()
+        for label, count in labels.items()
+        if actual.get(series, {}).get(label, 0) != count
+    ]
+    problems += [f"{series}: not expected" for series in actual if series not in expected]
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={
+            "series": len(actual),
+            "annotations": sum(sum(labels.values()) for labels in actual.values()),
+            "problems": dg.MetadataValue.json(problems[:50]),
+        },
+        description="; ".join(problems[:5]) or "every input row is encoded",
+    )

@@ -1,0 +1,84 @@
+"""Collection-wide tables: clinical and lab data the IDC way, and an idc-index-like index."""
+
+import dagster as dg
+import polars as pl
+
+from bms_pipeline.core.clinical.tables import build_clinical_tables, write_outputs
+from bms_pipeline.core.index import build_dicom_index
+from bms_pipeline.core.index.write import write_dicom_index
+from bms_pipeline.defs.annotations.assets import ann_series
+from bms_pipeline.defs.automation import nightly
+from bms_pipeline.defs.metadata import column_schema, markdown_table
+from bms_pipeline.defs.slides.assets import sm_series
+from bms_pipeline.resources import BmsPipelineResource
+
+
+@dg.asset(
+    group_name="tables",
+    kinds={"polars", "duckdb", "parquet", "bigquery"},
+    deps=[sm_series],
+    code_version="1",
+    automation_condition=nightly,
+)
+def clinical_tables(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
+    """`<collection>_clinical` and `<collection>_laboratory` with IDC's `table_metadata` and
+    `column_metadata`, as parquet, DuckDB tables (plus the `clinical_index` view) and BigQuery
+    schemas with a load script. Censored lab values keep their source string, with typed
+    `_value` and `_qualifier` companions."""
+    layout = bms.layout
+    tables = build_clinical_tables(layout, bms.collection())
+    for warning in tables.warnings:
+        context.log.warning(warning)
+    written = write_outputs(tables, layout)
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(layout.tables_dir)),
+            "duckdb": dg.MetadataValue.path(str(written.duckdb)),
+            "load_script": dg.MetadataValue.path(str(written.load_script)),
+            "row_counts": dg.MetadataValue.json(written.row_counts),
+            "warnings": len(tables.warnings),
+            "warning_examples": dg.MetadataValue.json(tables.warnings[:20]),
+            "dagster/row_count": tables.clinical.height,
+            "dagster/column_schema": column_schema(tables.clinical),
+            "laboratory_schema": column_schema(tables.laboratory),
+            "clinical_preview": markdown_table(tables.clinical.head(10)),
+        }
+    )
+
+
+@dg.asset(
+    group_name="tables",
+    kinds={"dicom", "duckdb", "parquet"},
+    deps=[sm_series, ann_series],
+    code_version="1",
+    automation_condition=nightly,
+)
+def dicom_index(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
+    """idc-index-shaped tables (`index`, `sm_index`, `sm_instance_index`, `ann_index`,
+    `ann_group_index`) read from the headers of every file under out/dicom."""
+    layout = bms.layout
+    collection = bms.collection()
+    index = build_dicom_index(
+        layout.out / "dicom", collection.collection_id, collection.doi, collection.license
+    )
+    paths = write_dicom_index(index, layout)
+    counts = {name: frame.height for name, frame in index.tables().items()}
+    context.log.info("dicom index: %s", counts)
+    by_label = (
+        index.ann_group_index.group_by("AnnotationGroupLabel")
+        .agg(pl.col("NumberOfAnnotations").sum())
+        .sort("NumberOfAnnotations", descending=True)
+        .head(15)
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(paths["index"].parent)),
+            "row_counts": dg.MetadataValue.json(counts),
+            "dagster/row_count": index.index.height,
+            "dagster/column_schema": column_schema(index.index),
+            "series": markdown_table(
+                index.index.select("PatientID", "SeriesNumber", "Modality", "SeriesDescription", "instanceCount")
+            ),
+            "annotations_by_label": markdown_table(by_label),
+        }
+    )

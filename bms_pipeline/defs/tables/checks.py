@@ -1,0 +1,74 @@
+"""The clinical tables agree with the DICOM and carry no free text that could identify anyone."""
+
+import dagster as dg
+import polars as pl
+
+from bms_pipeline.core.clinical.tables import (
+    build_clinical_tables,
+    column_metadata_matches_schema,
+    dicom_patients_without_clinical,
+    duplicate_patients,
+    free_text_phi_columns,
+    patients_missing_in_dicom,
+)
+from bms_pipeline.defs.tables.assets import clinical_tables, dicom_index
+from bms_pipeline.resources import BmsPipelineResource
+
+
+def _clinical(bms: BmsPipelineResource) -> pl.DataFrame:
+    return pl.read_parquet(bms.layout.tables_dir / f"{bms.collection().collection_id}_clinical.parquet")
+
+
+def _dicom_patients(bms: BmsPipelineResource) -> set[str]:
+    index = pl.read_parquet(bms.layout.tables_dir / "index.parquet")
+    return set(index["PatientID"].to_list())
+
+
+@dg.asset_check(asset=clinical_tables, blocking=True, additional_deps=[dicom_index])
+def clinical_patients_match_dicom(bms: BmsPipelineResource) -> dg.AssetCheckResult:
+    """Every dicom_patient_id is a PatientID in the converted DICOM; a converted patient
+    without a clinical row is reported too."""
+    clinical = _clinical(bms)
+    patients = _dicom_patients(bms)
+    orphans = patients_missing_in_dicom(clinical, patients)
+    without = dicom_patients_without_clinical(clinical, patients)
+    return dg.AssetCheckResult(
+        passed=not orphans and not without,
+        severity=dg.AssetCheckSeverity.ERROR if orphans else dg.AssetCheckSeverity.WARN,
+        metadata={
+            "clinical_rows_without_dicom": dg.MetadataValue.json(orphans),
+            "dicom_patients_without_clinical_row": dg.MetadataValue.json(without),
+        },
+        description=(
+            f"{len(orphans)} clinical patient(s) with no DICOM, "
+            f"{len(without)} DICOM patient(s) with no clinical row"
+        ),
+    )
+
+
+@dg.asset_check(asset=clinical_tables, blocking=True)
+def clinical_tables_have_no_duplicates_or_free_text(bms: BmsPipelineResource) -> dg.AssetCheckResult:
+    """One row per patient in every table, and no name, date or free-text column."""
+    layout = bms.layout
+    collection_id = bms.collection().collection_id
+    problems: list[str] = []
+    for table in (f"{collection_id}_clinical", f"{collection_id}_laboratory"):
+        frame = pl.read_parquet(layout.tables_dir / f"{table}.parquet")
+        problems += [f"{table}: duplicate patient {p}" for p in duplicate_patients(frame)]
+        problems += [f"{table}: possible free-text PHI column {c}" for c in free_text_phi_columns(frame)]
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={"problems": dg.MetadataValue.json(problems)},
+        description="; ".join(problems[:5]) or "no duplicates, no free text",
+    )
+
+
+@dg.asset_check(asset=clinical_tables, blocking=True)
+def column_metadata_matches_tables(bms: BmsPipelineResource) -> dg.AssetCheckResult:
+    """column_metadata describes every column of every table exactly, with IDC's schemas."""
+    problems = column_metadata_matches_schema(build_clinical_tables(bms.layout, bms.collection()))
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={"problems": dg.MetadataValue.json(problems)},
+        description="; ".join(problems[:5]) or "column_metadata matches",
+    )
