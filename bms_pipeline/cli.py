@@ -11,7 +11,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from bms_pipeline.core.layout import DATA_ROOT_ENV, DataLayout
+from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, DataLayout
 from bms_pipeline.instance import MachineBudget
 
 logger = logging.getLogger("bms_pipeline")
@@ -19,8 +19,11 @@ logger = logging.getLogger("bms_pipeline")
 
 
 def _data_root(args: argparse.Namespace) -> Path:
+    """The data root; also exported (with --output-root) so worker processes see the same."""
     root = Path(args.data_root or os.environ.get(DATA_ROOT_ENV, "data")).resolve()
     os.environ[DATA_ROOT_ENV] = str(root)
+    if getattr(args, "output_root", None):
+        os.environ[OUTPUT_ROOT_ENV] = str(Path(args.output_root).resolve())
     return root
 
 
@@ -62,7 +65,8 @@ def _instance_and_defs(root: Path, workers: int | None = None):
     from bms_pipeline.definitions import build_definitions
 
     layout = DataLayout.at(root)
-    return layout, dagster_instance(layout), build_definitions(str(root), workers=workers)
+    defs = build_definitions(str(root), workers=workers, output_root=os.environ.get(OUTPUT_ROOT_ENV))
+    return layout, dagster_instance(layout), defs
 
 
 def _run_in_worker(root: str, workers: int, plan, force: bool):
@@ -191,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo_data)
 
     run = with_root(sub.add_parser("run", help="register slides and materialize every asset with checks"))
+    run.add_argument(
+        "--output-root", help=f"outputs here instead of <data root>/out (or ${OUTPUT_ROOT_ENV})"
+    )
     run.add_argument("--slide", action="append", help="only this slide id (repeatable)")
     run.add_argument("--force", action="store_true", help="rematerialize even up-to-date slides")
     run.add_argument(
@@ -202,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = with_root(
         sub.add_parser("status", help="which slides are missing, stale, failed or up to date")
     )
+    status.add_argument("--output-root", help="as for run")
     status.set_defaults(func=cmd_status)
     return parser
 

@@ -23,7 +23,9 @@ from bms_pipeline.defs.validation import checks as validation_checks
 from bms_pipeline.resources import BmsPipelineResource, default_data_root
 
 
-def build_definitions(data_root: str | None = None, workers: int | None = None) -> dg.Definitions:
+def build_definitions(
+    data_root: str | None = None, workers: int | None = None, output_root: str | None = None
+) -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules(
             [slide_assets, annotation_assets, validation_assets, table_assets]
@@ -34,7 +36,9 @@ def build_definitions(data_root: str | None = None, workers: int | None = None) 
         jobs=[slides_job, collection_job],
         sensors=[new_slides_sensor, automation_sensor],
         resources={
-            "bms": BmsPipelineResource(data_root=data_root or default_data_root(), workers=workers)
+            "bms": BmsPipelineResource(
+                data_root=data_root or default_data_root(), output_root=output_root, workers=workers
+            )
         },
     )
 

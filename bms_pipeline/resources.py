@@ -16,6 +16,10 @@ class BmsPipelineResource(dg.ConfigurableResource):
     """The data root (inputs under raw/, outputs under out/) and conversion settings."""
 
     data_root: str = Field(description="Folder holding collection.yaml, raw/ and out/")
+    output_root: str | None = Field(
+        default=None,
+        description="Where outputs go (default <data_root>/out); may be another filesystem",
+    )
     tile_size: int = Field(default=512, description="Output tile size in pixels")
     jpeg_quality: int = Field(default=80, description="JPEG quality of re-encoded tiles")
     workers: int | None = Field(
@@ -25,7 +29,7 @@ class BmsPipelineResource(dg.ConfigurableResource):
 
     @property
     def layout(self) -> DataLayout:
-        return DataLayout.at(self.data_root)
+        return DataLayout.at(self.data_root, self.output_root)
 
     def collection(self) -> CollectionConfig:
         return CollectionConfig.load(self.layout.collection_yaml)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATA_ROOT_ENV = "BMS_DATA_ROOT"
+OUTPUT_ROOT_ENV = "BMS_OUTPUT_ROOT"
 
 
 def default_data_root() -> Path:
@@ -18,11 +19,23 @@ def default_data_root() -> Path:
 
 @dataclass(frozen=True)
 class DataLayout:
+    """Inputs under `root`; outputs under `out_root` (default `root/out`), which may be on
+    another filesystem: outputs are staged and renamed within `out_root` only."""
+
     root: Path
+    out_root: Path | None = None
 
     @classmethod
-    def at(cls, root: str | os.PathLike[str] | None = None) -> DataLayout:
-        return cls(Path(root).resolve() if root is not None else default_data_root())
+    def at(
+        cls,
+        root: str | os.PathLike[str] | None = None,
+        out_root: str | os.PathLike[str] | None = None,
+    ) -> DataLayout:
+        out_root = out_root if out_root is not None else os.environ.get(OUTPUT_ROOT_ENV) or None
+        return cls(
+            Path(root).resolve() if root is not None else default_data_root(),
+            Path(out_root).resolve() if out_root is not None else None,
+        )
 
     # inputs
     @property
@@ -55,7 +68,7 @@ class DataLayout:
     # outputs
     @property
     def out(self) -> Path:
-        return self.root / "out"
+        return self.out_root if self.out_root is not None else self.root / "out"
 
     def slide_dicom_dir(self, slide_id: str) -> Path:
         return self.out / "dicom" / slide_id

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
 from bms_pipeline.definitions import build_definitions
@@ -72,3 +75,28 @@ def test_sensor_waits_while_files_are_still_changing(tmp_path: Path) -> None:
         # Same files on the next tick: the copy has finished.
         second = _evaluate_sensor(instance, tmp_path, cursor=first.cursor)
         assert [r.partition_key for r in second.run_requests] == [SLIDE_ID]
+
+
+def test_outputs_on_another_filesystem_than_the_inputs(tmp_path: Path) -> None:
+    """Inputs on disk, outputs on tmpfs: staging and the final rename stay on the output side."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second local filesystem (tmpfs at /dev/shm) on this machine")
+    out_root = Path(tempfile.mkdtemp(dir=shm, prefix="bms-out-"))
+    try:
+        dataset = write_demo_dataset(tmp_path, slides=1, seed=8)
+        (slide_id,) = dataset.slides
+        defs = build_definitions(str(tmp_path), output_root=str(out_root))
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions(slides_partitions.name, [slide_id])
+            result = defs.resolve_job_def("slides_job").execute_in_process(
+                partition_key=slide_id, instance=instance
+            )
+            assert result.success
+            assert all(e.passed for e in result.get_asset_check_evaluations())
+        assert any((out_root / "dicom" / slide_id / "sm").glob("*.dcm"))
+        assert any((out_root / "dicom" / slide_id / "ann").glob("*.dcm"))
+        assert (out_root / "validation" / f"{slide_id}.parquet").is_file()
+        assert not (tmp_path / "out").exists()
+    finally:
+        shutil.rmtree(out_root, ignore_errors=True)
