@@ -28,3 +28,9 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     minimum_interval_seconds=60,
     description="Evaluates the nightly condition of every asset; on by default under `dagster dev`.",
 )
+
+
+IDEMPOTENT_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+"""For assets whose writes are atomic and idempotent and whose failures can be transient
+(the DuckDB lock timing out, a validator subprocess timing out). Conversions get none:
+a corrupt slide fails the same way every time, and should fail fast with its reason."""

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from bms_pipeline.core.mirax.inventory import SlideError, check_complete, inventory
+from bms_pipeline.core.mirax.inventory import (
+    SlideError,
+    check_complete,
+    find_unreadable_images,
+    inventory,
+)
 from bms_pipeline_tests.helpers import write_test_slide
 
 
@@ -58,3 +63,14 @@ def test_content_hash_changes_with_one_byte(slide: Path) -> None:
     data[-1] ^= 0xFF
     datafile.write_bytes(bytes(data))
     assert inventory(slide).content_hash != before
+
+
+def test_unreadable_tile_is_named_by_level_position_and_file(tmp_path: Path) -> None:
+    truth = write_test_slide(tmp_path, image_format="JPEG")
+    datafile = min(truth.mrxs_path.with_suffix("").glob("Data*.dat"))
+    data = bytearray(datafile.read_bytes())
+    data[2000:2400] = b"\xff" * 400  # inside the first stored image, after the file header
+    datafile.write_bytes(bytes(data))
+    check_complete(truth.mrxs_path)  # still complete: every byte is there
+    (problem,) = find_unreadable_images(truth.mrxs_path)
+    assert problem.startswith("level 0 image (x=") and datafile.name in problem

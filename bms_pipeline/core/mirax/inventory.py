@@ -105,8 +105,20 @@ def slide_files(mrxs_path: Path) -> SlideFiles:
     return SlideFiles(mrxs_path, folder, slidedat, index, datafiles, sections)
 
 
-def _records(index: bytes, slide_id: str, files: SlideFiles) -> Iterator[tuple[int, int, int]]:
-    """Yield (fileno, offset, length) of every hier and nonhier record in Index.dat."""
+@dataclass(frozen=True)
+class IndexRecord:
+    """One stored blob: a pyramid image (`level`, `image_index`) or a nonhier record."""
+
+    level: int | None
+    image_index: int | None
+    nonhier_record: int | None
+    fileno: int
+    offset: int
+    length: int
+
+
+def index_records(index: bytes, slide_id: str, files: SlideFiles) -> Iterator[IndexRecord]:
+    """Every hier (pyramid image) and nonhier record of Index.dat, as OpenSlide reads them."""
     head = INDEX_VERSION + slide_id.encode("utf-8")
     if not index.startswith(head):
         raise SlideError(files.index, "Index.dat does not start with the version and SLIDE_ID")
@@ -132,7 +144,7 @@ def _records(index: bytes, slide_id: str, files: SlideFiles) -> Iterator[tuple[i
             count, next_ptr = i32(page), i32(page + 4)
             for k in range(count):
                 at = page + 8 + 16 * k
-                yield i32(at + 12), i32(at + 4), i32(at + 8)
+                yield IndexRecord(level, i32(at), None, i32(at + 12), i32(at + 4), i32(at + 8))
             if next_ptr == 0:
                 break
             page = next_ptr
@@ -144,7 +156,62 @@ def _records(index: bytes, slide_id: str, files: SlideFiles) -> Iterator[tuple[i
         page = i32(list_head + 4)
         if i32(page) < 1:
             continue
-        yield i32(page + 24), i32(page + 16), i32(page + 20)
+        yield IndexRecord(None, None, record, i32(page + 24), i32(page + 16), i32(page + 20))
+
+
+def _records(index: bytes, slide_id: str, files: SlideFiles) -> Iterator[tuple[int, int, int]]:
+    """(fileno, offset, length) of every record, for the completeness check."""
+    for record in index_records(index, slide_id, files):
+        yield record.fileno, record.offset, record.length
+
+
+def find_unreadable_images(mrxs_path: Path, limit: int = 5) -> list[str]:
+    """Decode every stored pyramid image; describe the first `limit` that fail or have the
+    wrong size, naming level, image (x, y), data file and offset.
+
+    Used after a conversion fails inside OpenSlide, whose message does not say which tile.
+    """
+    import io
+
+    from PIL import Image
+
+    files = check_complete(mrxs_path)
+    general = files.sections["GENERAL"]
+    images_x = int(general["IMAGENUMBER_X"])
+    hier = files.sections["HIERARCHICAL"]
+    expected = {}
+    for level in range(int(hier["HIER_0_COUNT"])):
+        section = files.sections.get(hier.get(f"HIER_0_VAL_{level}_SECTION", ""), {})
+        expected[level] = (int(section.get("DIGITIZER_WIDTH", 0)), int(section.get("DIGITIZER_HEIGHT", 0)))
+    problems: list[str] = []
+    handles = [open(p, "rb") for p in files.datafiles]  # noqa: SIM115 - closed below
+    try:
+        for record in index_records(files.index.read_bytes(), general["SLIDE_ID"], files):
+            if record.level is None or record.image_index is None:
+                continue
+            handle = handles[record.fileno]
+            handle.seek(record.offset)
+            blob = handle.read(record.length)
+            x, y = record.image_index % images_x, record.image_index // images_x
+            where = (
+                f"level {record.level} image (x={x}, y={y}) in "
+                f"{files.datafiles[record.fileno].name} at offset {record.offset}"
+            )
+            try:
+                with Image.open(io.BytesIO(blob)) as image:
+                    image.load()
+                    size = image.size
+            except Exception as exc:  # noqa: BLE001 - any decoder failure is the finding
+                problems.append(f"{where}: {exc}")
+            else:
+                if size != expected[record.level]:
+                    problems.append(f"{where}: decodes to {size}, expected {expected[record.level]}")
+            if len(problems) >= limit:
+                break
+    finally:
+        for handle in handles:
+            handle.close()
+    return problems
 
 
 def check_complete(mrxs_path: Path) -> SlideFiles:

@@ -4,7 +4,7 @@
 import dagster as dg
 
 from bms_pipeline.core.clinical.patients import clinical_for
-from bms_pipeline.core.dicom.convert import SlideIdentity, convert_slide
+from bms_pipeline.core.dicom.convert import ConversionError, SlideIdentity, convert_slide
 from bms_pipeline.core.dicom.metadata import (
     SlideContext,
     build_post_processor,
@@ -13,7 +13,12 @@ from bms_pipeline.core.dicom.metadata import (
 )
 from bms_pipeline.core.dicom.series import read_series, volume_levels
 from bms_pipeline.core.layout import patient_id_of
-from bms_pipeline.core.mirax.inventory import file_signature, inventory, openslide_properties
+from bms_pipeline.core.mirax.inventory import (
+    file_signature,
+    find_unreadable_images,
+    inventory,
+    openslide_properties,
+)
 from bms_pipeline.defs.automation import nightly
 from bms_pipeline.partitions import slides_partitions
 from bms_pipeline.resources import BmsPipelineResource
@@ -99,16 +104,23 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
         properties=openslide_properties(layout.mrxs(slide_id)),
     )
     context.log.info("converting %s with wsidicomizer", slide_id)
-    result = convert_slide(
-        layout.mrxs(slide_id),
-        layout.sm_dir(slide_id),
-        layout.staging_dir,
-        SlideIdentity(collection.collection_id, patient_id, slide_id),
-        metadata=build_wsi_metadata(slide_context),
-        metadata_post_processor=build_post_processor(slide_context),
-        metadata_pre_processor=build_pre_processor(collection),
-        settings=bms.conversion_settings(),
-    )
+    try:
+        result = convert_slide(
+            layout.mrxs(slide_id),
+            layout.sm_dir(slide_id),
+            layout.staging_dir,
+            SlideIdentity(collection.collection_id, patient_id, slide_id),
+            metadata=build_wsi_metadata(slide_context),
+            metadata_post_processor=build_post_processor(slide_context),
+            metadata_pre_processor=build_pre_processor(collection),
+            settings=bms.conversion_settings(),
+        )
+    except ConversionError as exc:
+        # OpenSlide's message does not say which tile; decode the stored images to find it.
+        unreadable = find_unreadable_images(layout.mrxs(slide_id))
+        if unreadable:
+            raise ConversionError(f"{exc}; unreadable stored image(s): {'; '.join(unreadable)}") from exc
+        raise
     instances = read_series(result.sm_dir)
     levels = volume_levels(instances)
     context.log.info(

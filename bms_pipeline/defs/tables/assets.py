@@ -7,7 +7,7 @@ from bms_pipeline.core.clinical.tables import build_clinical_tables, write_outpu
 from bms_pipeline.core.index import build_dicom_index
 from bms_pipeline.core.index.write import write_dicom_index
 from bms_pipeline.defs.annotations.assets import ann_series
-from bms_pipeline.defs.automation import nightly
+from bms_pipeline.defs.automation import IDEMPOTENT_RETRY, nightly
 from bms_pipeline.defs.metadata import column_schema, markdown_table
 from bms_pipeline.defs.slides.assets import sm_series
 from bms_pipeline.resources import BmsPipelineResource
@@ -19,6 +19,7 @@ from bms_pipeline.resources import BmsPipelineResource
     deps=[sm_series],
     code_version="1",
     automation_condition=nightly,
+    retry_policy=IDEMPOTENT_RETRY,
 )
 def clinical_tables(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """`<collection>_clinical` and `<collection>_laboratory` with IDC's `table_metadata` and
@@ -52,6 +53,7 @@ def clinical_tables(context: dg.AssetExecutionContext, bms: BmsPipelineResource)
     deps=[sm_series, ann_series],
     code_version="1",
     automation_condition=nightly,
+    retry_policy=IDEMPOTENT_RETRY,
 )
 def dicom_index(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """idc-index-shaped tables (`index`, `sm_index`, `sm_instance_index`, `ann_index`,

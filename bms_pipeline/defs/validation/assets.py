@@ -7,7 +7,7 @@ import polars as pl
 from bms_pipeline.core.store import atomic_write_parquet, write_duckdb_tables
 from bms_pipeline.core.validation.slide import slide_series_files, validate_slide
 from bms_pipeline.defs.annotations.assets import ann_series
-from bms_pipeline.defs.automation import nightly
+from bms_pipeline.defs.automation import IDEMPOTENT_RETRY, nightly
 from bms_pipeline.defs.metadata import column_schema, markdown_table
 from bms_pipeline.defs.slides.assets import sm_series
 from bms_pipeline.partitions import slides_partitions
@@ -21,6 +21,7 @@ from bms_pipeline.resources import BmsPipelineResource
     deps=[sm_series, ann_series],
     code_version="1",
     automation_condition=nightly,
+    retry_policy=IDEMPOTENT_RETRY,
 )
 def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """`dciodvfy -new` on every DICOM file of the slide and `dcentvfy` on each series and on the
@@ -61,6 +62,7 @@ def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource
     deps=[dicom_validation],
     code_version="1",
     automation_condition=nightly,
+    retry_policy=IDEMPOTENT_RETRY,
 )
 def validation_report(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """All slides' validation messages in one table (parquet and the DuckDB table
