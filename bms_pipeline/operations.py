@@ -13,6 +13,7 @@ import dagster as dg
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 
+from bms_pipeline.core.dicom.overrides import override_paths
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.mirax.discovery import SlideStatus, scan_slides
 from bms_pipeline.partitions import slides_partitions
@@ -79,7 +80,9 @@ def plan_slides(
     instance: dg.DagsterInstance, defs: dg.Definitions, layout: DataLayout, slide_ids: set[str] | None = None
 ) -> list[SlidePlan]:
     """The state of every slide under raw/slides (or of `slide_ids`)."""
-    statuses = scan_slides(layout.slides_dir)
+    statuses = scan_slides(
+        layout.slides_dir, extra_inputs=lambda slide_id: override_paths(layout.root, slide_id)
+    )
     if slide_ids is not None:
         statuses = [s for s in statuses if s.slide_id in slide_ids]
     known = set(instance.get_dynamic_partitions(slides_partitions.name))

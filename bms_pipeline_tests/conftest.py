@@ -10,12 +10,10 @@ import yaml
 
 from bms_pipeline.core.clinical.patients import PatientClinical
 from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML, CollectionConfig
-from bms_pipeline.core.dicom.convert import ConversionResult, SlideIdentity, convert_slide
+from bms_pipeline.core.dicom.convert import ConversionResult
+from bms_pipeline.core.dicom.idc import convert_with_idc_metadata
 from bms_pipeline.core.dicom.metadata import (
     SlideContext,
-    build_post_processor,
-    build_pre_processor,
-    build_wsi_metadata,
 )
 from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline.core.mirax.writer import MiraxGroundTruth
@@ -37,15 +35,7 @@ def convert_test_slide(
     collection: CollectionConfig = COLLECTION,
 ) -> ConversionResult:
     context = SlideContext(collection, slide_id, clinical, openslide_properties(truth.mrxs_path))
-    return convert_slide(
-        truth.mrxs_path,
-        out / "sm",
-        out / ".staging",
-        SlideIdentity(collection.collection_id, clinical.patient_id, slide_id),
-        metadata=build_wsi_metadata(context),
-        metadata_post_processor=build_post_processor(context),
-        metadata_pre_processor=build_pre_processor(collection),
-    )
+    return convert_with_idc_metadata(truth.mrxs_path, out / "sm", out / ".staging", context)
 
 
 @dataclass(frozen=True)

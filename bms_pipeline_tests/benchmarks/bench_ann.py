@@ -22,39 +22,15 @@ COLLECTION_ID = "bonemarrowwsi_pediatricleukemia"
 
 def _convert_small_slide(root: Path) -> str:
     """Write and convert a one-slide demo dataset under `root`; returns its slide id."""
-    from bms_pipeline.core.clinical.patients import clinical_for
     from bms_pipeline.core.collection import CollectionConfig
-    from bms_pipeline.core.dicom.convert import SlideIdentity, convert_slide
-    from bms_pipeline.core.dicom.metadata import (
-        SlideContext,
-        build_post_processor,
-        build_pre_processor,
-        build_wsi_metadata,
-    )
-    from bms_pipeline.core.layout import patient_id_of
-    from bms_pipeline.core.mirax.inventory import openslide_properties
+    from bms_pipeline.core.dicom.idc import convert_layout_slide
     from bms_pipeline.core.synthetic.demo import write_demo_dataset
 
     dataset = write_demo_dataset(root, slides=1, seed=11)
     layout = dataset.layout
     collection = CollectionConfig.load(layout.collection_yaml)
     (slide_id,) = dataset.slides
-    patient_id = patient_id_of(slide_id)
-    context = SlideContext(
-        collection,
-        slide_id,
-        clinical_for(layout.clinical_csv, patient_id),
-        openslide_properties(layout.mrxs(slide_id)),
-    )
-    convert_slide(
-        layout.mrxs(slide_id),
-        layout.sm_dir(slide_id),
-        layout.staging_dir,
-        SlideIdentity(collection.collection_id, patient_id, slide_id),
-        metadata=build_wsi_metadata(context),
-        metadata_post_processor=build_post_processor(context),
-        metadata_pre_processor=build_pre_processor(collection),
-    )
+    convert_layout_slide(layout, collection, slide_id)
     return slide_id
 
 

@@ -48,15 +48,8 @@ from bms_pipeline.core.annotations.labels import (
     UnknownLabelError,
     load_label_table,
 )
-from bms_pipeline.core.clinical.patients import clinical_for
 from bms_pipeline.core.collection import CollectionConfig
-from bms_pipeline.core.dicom.convert import SlideIdentity, convert_slide
-from bms_pipeline.core.dicom.metadata import (
-    SlideContext,
-    build_post_processor,
-    build_pre_processor,
-    build_wsi_metadata,
-)
+from bms_pipeline.core.dicom.idc import convert_layout_slide
 from bms_pipeline.core.layout import DataLayout, patient_id_of
 from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
@@ -87,22 +80,7 @@ class Demo:
 
 
 def _convert(layout: DataLayout, collection: CollectionConfig, slide_id: str) -> None:
-    patient_id = patient_id_of(slide_id)
-    context = SlideContext(
-        collection,
-        slide_id,
-        clinical_for(layout.clinical_csv, patient_id),
-        openslide_properties(layout.mrxs(slide_id)),
-    )
-    convert_slide(
-        layout.mrxs(slide_id),
-        layout.sm_dir(slide_id),
-        layout.staging_dir,
-        SlideIdentity(collection.collection_id, patient_id, slide_id),
-        metadata=build_wsi_metadata(context),
-        metadata_post_processor=build_post_processor(context),
-        metadata_pre_processor=build_pre_processor(collection),
-    )
+    convert_layout_slide(layout, collection, slide_id)
 
 
 def _build(layout: DataLayout, collection_id: str, slide: SlideRef) -> AnnResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from bms_pipeline.core.clinical.patients import (
     read_clinical_csv,
 )
 from bms_pipeline.core.collection import CollectionConfig
+from bms_pipeline.core.dicom.idc import convert_with_idc_metadata
+from bms_pipeline.core.dicom.metadata import SlideContext
+from bms_pipeline.core.dicom.overrides import OverrideError, load_overrides
 from bms_pipeline.core.dicom.phi import identifiers_of, scan_files
 from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline_tests.conftest import (
@@ -189,3 +193,41 @@ def test_malformed_or_missing_clinical_row_names_patient_and_file(tmp_path: Path
 def test_collection_yaml_missing_keys_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="missing required keys"):
         CollectionConfig.from_dict({"collection_id": "x"})
+
+
+def test_collection_and_slide_overrides_correct_pixel_spacing_and_equipment(tmp_path: Path) -> None:
+    truth = write_test_slide(tmp_path / "raw", slide_id=SLIDE_ID)
+    overrides = tmp_path / "overrides"
+    overrides.mkdir()
+    (overrides / "collection.json").write_text(json.dumps(
+        {"equipment": {"model_name": "Pannoramic MIDI II"},
+         "pyramid": {"image": {"pixel_spacing": {"width": 0.0003, "height": 0.0003}}}}
+    ))
+    (overrides / f"{SLIDE_ID}.json").write_text(json.dumps(
+        {"pyramid": {"image": {"pixel_spacing": {"width": 0.00012, "height": 0.00012}}}}
+    ))
+    loaded = load_overrides(tmp_path, SLIDE_ID)
+    assert [o.path.name for o in loaded] == ["collection.json", f"{SLIDE_ID}.json"]
+    context = SlideContext(
+        COLLECTION, SLIDE_ID, CLINICAL, openslide_properties(truth.mrxs_path), loaded
+    )
+    result = convert_with_idc_metadata(truth.mrxs_path, tmp_path / "sm", tmp_path / ".staging", context)
+    base = next(
+        ds for ds in (pydicom.dcmread(f, stop_before_pixels=True) for f in result.files)
+        if ds.ImageType[2] == "VOLUME" and ds.ImageType[0] == "ORIGINAL"
+    )
+    spacing = base.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    assert [float(v) for v in spacing] == pytest.approx([0.00012, 0.00012])  # the slide's wins
+    assert base.ManufacturerModelName == "Pannoramic MIDI II"  # from the collection file
+    assert base.PatientID == PATIENT  # identity is not lost in the merge
+    assert loaded[1].summary()["sets"] == {
+        "pyramid": {"image": {"pixel_spacing": {"width": 0.00012, "height": 0.00012}}}
+    }
+
+
+def test_malformed_override_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "overrides").mkdir()
+    bad = tmp_path / "overrides" / "collection.json"
+    bad.write_text('{"pyramid": {"image": {"pixel_spacing": "wide"}}}')
+    with pytest.raises(OverrideError, match="collection.json"):
+        load_overrides(tmp_path, SLIDE_ID)

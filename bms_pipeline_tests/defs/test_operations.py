@@ -81,6 +81,18 @@ def test_second_run_converts_nothing_and_a_changed_slide_alone_reruns(dataset: D
         assert outcome.ok and not outcome.skipped and outcome.metadata["instances"] >= 4
         for untouched in (first, third):
             assert [p.stat().st_mtime_ns for p in sm_files[untouched]] == mtimes[untouched]
+        # A metadata override file for one slide: only that slide reconverts, with it applied.
+        overrides = dataset.layout.root / "overrides"
+        overrides.mkdir()
+        (overrides / f"{third}.json").write_text('{"equipment": {"model_name": "Pannoramic 1000"}}')
+        states = {p.slide_id: p.state for p in plan_slides(instance, defs, dataset.layout)}
+        assert states == {first: "up-to-date", second: "up-to-date", third: "changed"}
+        (plan,) = [p for p in plan_slides(instance, defs, dataset.layout) if p.slide_id == third]
+        outcome = run_slide(instance, defs, plan)
+        assert outcome.ok and not outcome.skipped
+        assert outcome.metadata["metadata_overrides"][0]["sets"] == {
+            "equipment": {"model_name": "Pannoramic 1000"}
+        }
         final = plan_slides(instance, defs, dataset.layout)
         assert {p.state for p in final} == {"up-to-date"}, [(p.slide_id, p.state, p.detail) for p in final]
     changed = {k for k, v in _hash_tree(dataset.layout.raw).items() if raw_before.get(k) != v}

@@ -44,6 +44,7 @@ from wsidicomizer.metadata import WsiDicomizerMetadata
 
 from bms_pipeline.core.clinical.patients import PatientClinical
 from bms_pipeline.core.collection import CollectionConfig
+from bms_pipeline.core.dicom.overrides import MetadataOverride, apply_overrides
 
 # DICOM PS3.16 CID 7050 de-identification method codes.
 BASIC_PROFILE = Code("113100", "DCM", "Basic Application Confidentiality Profile")
@@ -86,6 +87,7 @@ class SlideContext:
     slide_id: str
     clinical: PatientClinical
     properties: Mapping[str, str]
+    overrides: tuple[MetadataOverride, ...] = ()
 
     @property
     def patient_id(self) -> str:
@@ -143,9 +145,9 @@ def equipment_from(properties: Mapping[str, str]) -> Equipment:
 
 
 def build_wsi_metadata(context: SlideContext) -> WsiMetadata:
-    """User metadata that overrides the file's."""
+    """User metadata that overrides the file's, with the override files applied last."""
     collection = context.collection
-    return WsiDicomizerMetadata(
+    ours = WsiDicomizerMetadata(
         study=Study(
             identifier=context.patient_id[:16],
             description=collection.study_description,
@@ -164,6 +166,7 @@ def build_wsi_metadata(context: SlideContext) -> WsiMetadata:
         equipment=equipment_from(context.properties),
         slide=specimen_slide(context.slide_id),
     )
+    return apply_overrides(ours, context.overrides)
 
 
 def build_pre_processor(collection: CollectionConfig) -> Callable[[WsiDicomizerMetadata], WsiMetadata]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,18 +30,20 @@ def scan_slides(
     settle_seconds: float = 0.0,
     previous_signatures: dict[str, str] | None = None,
     now: float | None = None,
+    extra_inputs: Callable[[str], Sequence[Path]] | None = None,
 ) -> list[SlideStatus]:
     """Every `.mrxs` under `slides_dir`, each ready or not with the reason.
 
     A slide is ready when it is complete and not being written: its files are unchanged
-    since the previous scan, or untouched for `settle_seconds`.
+    since the previous scan, or untouched for `settle_seconds`. `extra_inputs` names further
+    files per slide (metadata overrides) whose changes count as the slide's.
     """
     now = time.time() if now is None else now
     previous = previous_signatures or {}
     statuses = []
     for mrxs in sorted(Path(slides_dir).glob("*.mrxs")):
         slide_id = mrxs.stem
-        signature = file_signature(mrxs)
+        signature = file_signature(mrxs, extra_inputs(slide_id) if extra_inputs else ())
         try:
             patient_id_of(slide_id)
             check_complete(mrxs)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import configparser
 import hashlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -260,12 +260,14 @@ def inventory(mrxs_path: Path) -> SlideInventory:
     )
 
 
-def file_signature(mrxs_path: Path) -> str:
-    """Cheap change detector (sizes and mtimes of the files present), for sensors."""
+def file_signature(mrxs_path: Path, extra: Sequence[Path] = ()) -> str:
+    """Cheap change detector (sizes and mtimes of the files present, plus `extra` inputs such
+    as metadata override files), for sensors and `status`."""
     mrxs_path = Path(mrxs_path)
     folder = mrxs_path.with_suffix("")
     parts = []
-    for path in [mrxs_path, *sorted(folder.glob("*"))] if folder.is_dir() else [mrxs_path]:
+    slide_paths = [mrxs_path, *sorted(folder.glob("*"))] if folder.is_dir() else [mrxs_path]
+    for path in [*slide_paths, *extra]:
         try:
             stat = path.stat()
         except FileNotFoundError:

@@ -1,23 +1,19 @@
 """Per-slide assets: the MIRAX inventory and its DICOM SM series."""
 
+import hashlib
 
 import dagster as dg
 
-from bms_pipeline.core.clinical.patients import clinical_for
-from bms_pipeline.core.dicom.convert import ConversionError, SlideIdentity, convert_slide
-from bms_pipeline.core.dicom.metadata import (
-    SlideContext,
-    build_post_processor,
-    build_pre_processor,
-    build_wsi_metadata,
-)
+from bms_pipeline.core.dicom.convert import ConversionError
+from bms_pipeline.core.dicom.idc import convert_layout_slide
+from bms_pipeline.core.dicom.overrides import load_overrides, override_paths
 from bms_pipeline.core.dicom.series import read_series, volume_levels
-from bms_pipeline.core.layout import patient_id_of
 from bms_pipeline.core.mirax.inventory import (
     file_signature,
     find_unreadable_images,
     inventory,
     openslide_properties,
+    sha256_file,
 )
 from bms_pipeline.defs.automation import nightly
 from bms_pipeline.partitions import slides_partitions
@@ -39,21 +35,27 @@ REDACTED_PROPERTIES = frozenset(
 def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """The raw MIRAX slide: checked complete, hashed file by file, and opened by OpenSlide.
 
-    Its data version is the content hash, so a changed slide (and only that slide) makes
-    its downstream assets stale.
+    Its data version is the content hash (with the slide's metadata override files), so a
+    changed slide (and only that slide) makes its downstream assets stale.
     """
     slide_id = context.partition_key
     path = bms.layout.mrxs(slide_id)
     context.log.info("hashing %s", path)
     inv = inventory(path)
     props = openslide_properties(path)
+    overrides = override_paths(bms.layout.root, slide_id)
+    # Override files change the DICOM as the slide does, so they are part of its version.
+    version = hashlib.sha256(
+        "".join([inv.content_hash, *(sha256_file(p) for p in overrides)]).encode()
+    ).hexdigest() if overrides else inv.content_hash
     shown = {k: ("<redacted>" if k in REDACTED_PROPERTIES else v) for k, v in sorted(props.items())}
     return dg.MaterializeResult(
-        data_version=dg.DataVersion(inv.content_hash),
+        data_version=dg.DataVersion(version),
         metadata={
             "path": dg.MetadataValue.path(str(path)),
             "content_hash": inv.content_hash,
-            "file_signature": file_signature(path),
+            "file_signature": file_signature(path, overrides),
+            "override_files": dg.MetadataValue.json([str(p) for p in overrides]),
             "files": len(inv.files),
             "bytes": inv.total_bytes,
             "width": int(props["openslide.level[0].width"]),
@@ -94,27 +96,10 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
     """The slide as a DICOM VL Whole Slide Microscopy series (all levels, thumbnail, overview,
     no label), converted by wsidicomizer into staging and moved into out/dicom/<slide>/sm/."""
     slide_id = context.partition_key
-    patient_id = patient_id_of(slide_id)
     layout = bms.layout
-    collection = bms.collection()
-    slide_context = SlideContext(
-        collection=collection,
-        slide_id=slide_id,
-        clinical=clinical_for(layout.clinical_csv, patient_id),
-        properties=openslide_properties(layout.mrxs(slide_id)),
-    )
     context.log.info("converting %s with wsidicomizer", slide_id)
     try:
-        result = convert_slide(
-            layout.mrxs(slide_id),
-            layout.sm_dir(slide_id),
-            layout.staging_dir,
-            SlideIdentity(collection.collection_id, patient_id, slide_id),
-            metadata=build_wsi_metadata(slide_context),
-            metadata_post_processor=build_post_processor(slide_context),
-            metadata_pre_processor=build_pre_processor(collection),
-            settings=bms.conversion_settings(),
-        )
+        result = convert_layout_slide(layout, bms.collection(), slide_id, bms.conversion_settings())
     except ConversionError as exc:
         # OpenSlide's message does not say which tile; decode the stored images to find it.
         unreadable = find_unreadable_images(layout.mrxs(slide_id))
@@ -139,6 +124,9 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
             "base_megapixels": round(result.base_megapixels, 3),
             "megapixels_per_second": round(result.megapixels_per_second, 2),
             "series_instance_uid": instances[0].series_instance_uid,
+            "metadata_overrides": dg.MetadataValue.json(
+                [o.summary() for o in load_overrides(layout.root, slide_id)]
+            ),
             "study_instance_uid": instances[0].study_instance_uid,
         }
     )
