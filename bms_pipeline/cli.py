@@ -158,6 +158,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_summary(outcomes, elapsed: float) -> int:
+    from bms_pipeline.operations import COLLECTION
+
     print()
     print(f"{'slide':<42} {'result':<7} {'inst':>4} {'levels':>6} {'sec':>7} {'MP/s':>7}  checks / error")
     for o in outcomes:
@@ -169,11 +171,14 @@ def _print_summary(outcomes, elapsed: float) -> int:
             f"{md.get('megapixels_per_second', '-'):>7}  {checks}{'  ' + o.error if o.error else ''}"
         )
     failed = [o for o in outcomes if not o.ok]
+    slides = [o for o in outcomes if o.slide_id != COLLECTION]
     total_checks = sum(len(o.checks) for o in outcomes)
     failed_checks = sum(not ok for o in outcomes for ok in o.checks.values())
+    collection = next((o for o in outcomes if o.slide_id == COLLECTION), None)
     print(
-        f"\n{len(outcomes) - len(failed)}/{len(outcomes)} slides ok, "
-        f"{total_checks - failed_checks}/{total_checks} checks passed, {elapsed:.1f} s"
+        f"\n{sum(o.ok for o in slides)}/{len(slides)} slides ok"
+        + (f", collection tables {'ok' if collection.ok else 'FAILED'}" if collection else "")
+        + f", {total_checks - failed_checks}/{total_checks} checks passed, {elapsed:.1f} s"
     )
     return 1 if failed or not outcomes else 0
 
