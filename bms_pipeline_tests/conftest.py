@@ -10,7 +10,7 @@ import yaml
 
 from bms_pipeline.core.clinical.patients import PatientClinical
 from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML, CollectionConfig
-from bms_pipeline.core.dicom.convert import ConversionResult
+from bms_pipeline.core.dicom.convert import ConversionResult, ConversionSettings
 from bms_pipeline.core.dicom.idc import convert_with_idc_metadata
 from bms_pipeline.core.dicom.metadata import (
     SlideContext,
@@ -33,9 +33,12 @@ def convert_test_slide(
     clinical: PatientClinical = CLINICAL,
     slide_id: str = SLIDE_ID,
     collection: CollectionConfig = COLLECTION,
+    settings: ConversionSettings | None = None,
 ) -> ConversionResult:
     context = SlideContext(collection, slide_id, clinical, openslide_properties(truth.mrxs_path))
-    return convert_with_idc_metadata(truth.mrxs_path, out / "sm", out / ".staging", context)
+    return convert_with_idc_metadata(
+        truth.mrxs_path, out / "sm", out / ".staging", context, settings
+    )
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from wsidicomizer import WsiDicomizer
 from wsidicomizer.metadata import WsiDicomizerMetadata
 from wsidicomizer.wsidicomizer import SourceIdentifier
 
+from bms_pipeline.core.dicom.fast_source import FastOpenSlideSource
 from bms_pipeline.core.dicom.uids import SlideUidGenerator
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class ConversionSettings:
     include_overview: bool = True
     include_thumbnail: bool = True
     offset_table: str = "eot"
+    fast_composite: bool = True
+    """Read through `FastOpenSlideSource` (bit-identical output, cheaper compositing)."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,9 @@ def convert_slide(
             chunk_size=settings.chunk_size,
             encoding=JpegSettings(quality=settings.jpeg_quality),
             offset_table=settings.offset_table,
-            preferred_source=SourceIdentifier.OPENSLIDE,
+            preferred_source=(
+                FastOpenSlideSource if settings.fast_composite else SourceIdentifier.OPENSLIDE
+            ),
         )
         seconds = time.perf_counter() - started
         written = sorted(Path(str(f)) for f in files)

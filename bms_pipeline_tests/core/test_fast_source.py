@@ -1,0 +1,48 @@
+"""The faster compositing is bit-identical to wsidicomizer's, tile and slide."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from wsidicom import WsiDicom
+
+from bms_pipeline.core.dicom.convert import ConversionSettings
+from bms_pipeline.core.dicom.fast_source import composite_over_background
+from bms_pipeline_tests.conftest import convert_test_slide
+from bms_pipeline_tests.helpers import write_test_slide
+
+
+def _wsidicomizer_composite(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """wsidicomizer 0.31's formula, written out as the reference."""
+    alpha = rgba[..., 3:4].astype(np.int32)
+    rgb = rgba[..., :3].astype(np.int32)
+    return ((rgb * alpha + np.asarray(background, np.int32) * (255 - alpha) + 127) // 255).astype(
+        np.uint8
+    )
+
+
+@pytest.mark.parametrize("background", [(255, 255, 255), (0, 0, 0), (12, 200, 77)])
+def test_composite_is_bit_exact_for_every_alpha(background: tuple[int, int, int]) -> None:
+    rng = np.random.default_rng(1)
+    rgba = rng.integers(0, 256, (256, 256, 4), dtype=np.uint8)
+    rgba[0, :256, 3] = np.arange(256)  # every alpha value at least once
+    expected = _wsidicomizer_composite(rgba, background)
+    np.testing.assert_array_equal(composite_over_background(rgba, background), expected)
+    rgba[..., 3] = 255
+    np.testing.assert_array_equal(composite_over_background(rgba, background), rgba[..., :3])
+
+
+def test_fast_and_stock_sources_write_identical_pixels(tmp_path: Path) -> None:
+    truth = write_test_slide(tmp_path / "raw", image_format="PNG")
+    fast = convert_test_slide(truth, tmp_path / "fast", settings=ConversionSettings())
+    stock = convert_test_slide(
+        truth, tmp_path / "stock", settings=ConversionSettings(fast_composite=False)
+    )
+    assert [p.name for p in fast.files] == [p.name for p in stock.files]
+    for a, b in zip(fast.files, stock.files, strict=True):
+        assert pydicom.dcmread(a).PixelData == pydicom.dcmread(b).PixelData, a.name
+    with WsiDicom.open(fast.sm_dir) as wsi:
+        assert wsi.size.width == truth.bounds[2]
