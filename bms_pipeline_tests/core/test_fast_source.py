@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import openslide
 import pydicom
 import pytest
 from wsidicom import WsiDicom
 
 from bms_pipeline.core.dicom.convert import ConversionSettings
 from bms_pipeline.core.dicom.fast_source import composite_over_background
+from bms_pipeline.core.mirax.writer import MiraxGeometry
 from bms_pipeline_tests.conftest import convert_test_slide
 from bms_pipeline_tests.helpers import write_test_slide
 
@@ -36,7 +38,17 @@ def test_composite_is_bit_exact_for_every_alpha(background: tuple[int, int, int]
 
 
 def test_fast_and_stock_sources_write_identical_pixels(tmp_path: Path) -> None:
-    truth = write_test_slide(tmp_path / "raw", image_format="PNG")
+    """Opaque tiles take the direct BGRA encode, edge tiles the compositing: both must
+    give wsidicomizer's bytes."""
+    geometry = MiraxGeometry(
+        image_width=256, image_height=192, fields_x=5, fields_y=5, divisions=2,
+        overlap_x=16, overlap_y=12, levels=3, missing_fields=frozenset({(0, 0), (3, 3)}),
+    )
+    truth = write_test_slide(tmp_path / "raw", geometry=geometry, image_format="PNG")
+    with openslide.OpenSlide(str(truth.mrxs_path)) as slide:
+        bx, by = truth.bounds[:2]
+        tile = np.asarray(slide.read_region((bx, by + 512), 0, (512, 512)))  # DICOM tile (0, 1)
+        assert tile[..., 3].min() == 255, "the test needs an opaque tile"
     fast = convert_test_slide(truth, tmp_path / "fast", settings=ConversionSettings())
     stock = convert_test_slide(
         truth, tmp_path / "stock", settings=ConversionSettings(fast_composite=False)
