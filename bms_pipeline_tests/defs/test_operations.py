@@ -100,12 +100,24 @@ def test_second_run_converts_nothing_and_a_changed_slide_alone_reruns(dataset: D
 
 
 def test_bad_slides_fail_alone_and_raw_stays_byte_identical(tmp_path: Path) -> None:
-    dataset = write_demo_dataset(tmp_path, slides=3, seed=12)
-    good, truncated, no_index = sorted(dataset.slides)
-    datafile = min(dataset.layout.mrxs(truncated).with_suffix("").glob("Data*.dat"))
+    """Truncated data file, missing index, a box outside the image and an orphan clinical
+    row: each reported with its file and reason while the good slides convert."""
+    dataset = write_demo_dataset(tmp_path, slides=6, seed=12)
+    layout = dataset.layout
+    # Six slides of five patients; four of them have a single slide.
+    single = sorted(s for s in dataset.slides if s.endswith("_1_bm") and f"{s[:32]}_2_bm" not in dataset.slides)
+    good, truncated, no_index, bad_box = single[:4]
+    datafile = min(layout.mrxs(truncated).with_suffix("").glob("Data*.dat"))
     datafile.write_bytes(datafile.read_bytes()[:5000])
-    (dataset.layout.mrxs(no_index).with_suffix("") / "Index.dat").unlink()
-    raw_before = _hash_tree(dataset.layout.raw)
+    (layout.mrxs(no_index).with_suffix("") / "Index.dat").unlink()
+    cells = layout.annotations_dir / "cells.csv"
+    with cells.open("a", encoding="utf-8") as handle:
+        handle.write(f'999999,{bad_box},-1,90000,90000,90050,90050,lymphocyte,"lymphocyte,lymphocyte"\n')
+    bad_line = len(cells.read_text(encoding="utf-8").splitlines())
+    orphan = "F" * 32
+    with layout.clinical_csv.open("a", encoding="utf-8") as handle:
+        handle.write(f"{orphan};female;9;ALL;;C3167\n")
+    raw_before = _hash_tree(layout.raw)
     defs = build_definitions(str(tmp_path))
     with dg.instance_for_test() as instance:
         plans, outcomes = _run_all(instance, defs, dataset)
@@ -114,6 +126,12 @@ def test_bad_slides_fail_alone_and_raw_stays_byte_identical(tmp_path: Path) -> N
         assert datafile.name in by_id[truncated].detail and "truncated" in by_id[truncated].detail
         assert by_id[no_index].state == "not-ready" and "Index.dat" in by_id[no_index].detail
         assert outcomes[good].ok
-        assert set(outcomes) == {good}
-    assert _hash_tree(dataset.layout.raw) == raw_before
-    assert not dataset.layout.slide_dicom_dir(truncated).exists()
+        assert not outcomes[bad_box].ok
+        assert outcomes[bad_box].error.startswith("ann_series:")
+        assert f"cells.csv:{bad_line}" in outcomes[bad_box].error
+        assert any(layout.sm_dir(bad_box).glob("*.dcm"))  # its image series still converted
+        assert not layout.ann_dir(bad_box).exists()  # and no half-written annotations
+        collection = run_collection(instance, defs)
+        assert collection.checks["clinical_patients_match_dicom"] is False
+    assert _hash_tree(layout.raw) == raw_before
+    assert not layout.slide_dicom_dir(truncated).exists()
