@@ -78,6 +78,21 @@ def _run_in_worker(root: str, workers: int, plan, force: bool):
     return run_slide(instance, defs, plan, force=force)
 
 
+PARALLEL_MIN_BYTES = 256 << 20
+
+
+def _default_jobs(todo, budget: MachineBudget) -> int:
+    """Slides at once: what fits in memory, but one when the work is too small to repay
+    starting worker processes (each imports Dagster and wsidicomizer, several seconds)."""
+    total = sum(
+        p.stat().st_size
+        for plan in todo
+        if plan.status is not None
+        for p in [plan.status.mrxs_path, *plan.status.mrxs_path.with_suffix("").glob("*")]
+    )
+    return budget.concurrent_conversions if total >= PARALLEL_MIN_BYTES else 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bms_pipeline.operations import (
         SlideOutcome,
@@ -110,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             outcomes.append(SlideOutcome(plan.slide_id, True, skipped=True))
     started = time.perf_counter()
     budget = MachineBudget.detect()
-    jobs = max(1, min(args.jobs or budget.concurrent_conversions, len(todo) or 1))
+    jobs = max(1, min(args.jobs or _default_jobs(todo, budget), len(todo) or 1))
     workers = max(1, budget.cores // jobs)
     print(f"{len(todo)} slide(s) to run, {jobs} at a time, {workers} wsidicomizer thread(s) each")
     if jobs == 1:
