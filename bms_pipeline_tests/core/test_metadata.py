@@ -126,12 +126,14 @@ def test_optics_equipment_and_icc(volume: Dataset, converted: ConvertedSlide) ->
 
 def test_dates_removed_by_default_and_kept_when_allowed(volume: Dataset, tmp_path: Path) -> None:
     assert volume.StudyDate == ""
+    assert "SeriesDate" not in volume
     assert "2019" not in str(volume.get("AcquisitionDateTime", ""))
     keep = replace(COLLECTION, deidentification=replace(COLLECTION.deidentification, keep_dates=True))
     truth = write_test_slide(tmp_path / "raw", slide_id=SLIDE_ID)
     result = convert_test_slide(truth, tmp_path / "out", collection=keep)
     ds = pydicom.dcmread(result.files[0], stop_before_pixels=True)
     assert ds.StudyDate == truth.spec.creation_datetime.strftime("%Y%m%d")
+    assert ds.SeriesDate == ds.StudyDate
     assert ("113106", "DCM") in _codes(ds.DeidentificationMethodCodeSequence)
 
 

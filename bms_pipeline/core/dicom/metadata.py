@@ -225,7 +225,12 @@ def build_post_processor(context: SlideContext) -> Callable[[Dataset, WsiMetadat
             code.CodeMeaning = clinical.ncit_meaning
             dataset.AdmittingDiagnosesCodeSequence = [code]
             dataset.AdmittingDiagnosesDescription = clinical.ncit_meaning
-        if not collection.deidentification.keep_dates:
+        if collection.deidentification.keep_dates:
+            # The scan is the series: SeriesDate/Time from SLIDE_CREATIONDATETIME, as StudyDate.
+            if dataset.get("StudyDate"):
+                dataset.SeriesDate = dataset.StudyDate
+                dataset.SeriesTime = dataset.get("StudyTime", "")
+        else:
             for keyword in ("StudyDate", "StudyTime"):
                 if keyword in dataset:
                     setattr(dataset, keyword, "")  # Type 2: present, empty
