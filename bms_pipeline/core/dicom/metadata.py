@@ -56,25 +56,6 @@ CLEAN_DESCRIPTORS = Code("113105", "DCM", "Clean Descriptors Option")
 BONE_MARROW = Code("14016003", "SCT", "Bone marrow")
 NCIT_SCHEME = "NCIt"
 
-# MIRAX properties that may pass into DICOM headers (through wsidicomizer's MIRAX
-# metadata or ours). Everything else, SLIDE_ID and SLIDE_NAME above all, stays out.
-ALLOWED_MIRAX_PROPERTIES = frozenset(
-    {
-        "mirax.GENERAL.OBJECTIVE_MAGNIFICATION",
-        "mirax.GENERAL.SCANNER_HARDWARE_VERSION",
-        "mirax.GENERAL.SCANNER_SOFTWARE_VERSION",
-        "mirax.GENERAL.SCANNER_HARDWARE_ID",
-        "mirax.GENERAL.SLIDE_CREATIONDATETIME",  # only when the policy keeps dates
-        "openslide.mpp-x",
-        "openslide.mpp-y",
-        "openslide.objective-power",
-        "openslide.bounds-x",
-        "openslide.bounds-y",
-        "openslide.bounds-width",
-        "openslide.bounds-height",
-        "openslide.background-color",
-    }
-)
 
 _SEX = {"F": PatientSex.F, "M": PatientSex.M, "O": PatientSex.O}
 

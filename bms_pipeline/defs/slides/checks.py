@@ -51,7 +51,8 @@ def sm_series_matches_source(
 def sm_series_free_of_slide_identifiers(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
-    """No byte of any output file of the slide holds its MIRAX SLIDE_ID or SLIDE_NAME."""
+    """No byte of any output file of the slide holds its MIRAX SLIDE_ID, SLIDE_NAME or any
+    other identifying-looking MIRAX property outside the allow-list."""
     slide_id = context.partition_key
     layout = bms.layout
     identifiers = identifiers_of(openslide_properties(layout.mrxs(slide_id)))
