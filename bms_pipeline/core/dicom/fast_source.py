@@ -51,17 +51,6 @@ def composite_over_background(rgba: np.ndarray, background: tuple[int, int, int]
         # (here x <= 255 * 255 + 127).
         rgb[partial] = ((mixed + 1 + (mixed >> 8)) >> 8).astype(np.uint8)
     return rgb
-    bg = np.broadcast_to(np.asarray(background, dtype=np.uint16), (3,))
-    np.copyto(rgb, bg.astype(np.uint8), where=(alpha == 0)[..., None])
-    partial = (alpha != 0) & (alpha != 255)
-    if partial.any():
-        a = alpha[partial][:, None].astype(np.uint16)
-        # src*a + bg*(255-a) <= 255*255, so +127 still fits in uint16.
-        mixed = rgba[..., :3][partial].astype(np.uint16) * a + bg * (255 - a) + 127
-        # x // 255 without a division: (x + 1 + (x >> 8)) >> 8, exact for 0 <= x <= 65534
-        # (here x <= 255 * 255 + 127).
-        rgb[partial] = ((mixed + 1 + (mixed >> 8)) >> 8).astype(np.uint8)
-    return rgb
 
 
 _JPEG_COLORSPACES = {Channels.YBR: JPEG8.CS.YCbCr, Channels.RGB: JPEG8.CS.RGB}
@@ -123,7 +112,8 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
         bgra = self._read_bgra(Region(tile * self.tile_size, self.tile_size))
         if self._detect_blank_tile(bgra):
             return self._get_blank_encoded_frame(self.tile_size)
-        if bgra[..., 3].min() != 255:
+        # Opaque means every uint32 pixel (A in the top byte) is at least 0xFF000000.
+        if bgra.view(np.uint32).min() < 0xFF000000:
             convert_argb_to_rgba(bgra.view(ctypes.c_uint32))  # type: ignore[arg-type]
             return self.encoder.encode(self._composite_over_background(bgra))
         quality, subsampling, colorspace = direct
