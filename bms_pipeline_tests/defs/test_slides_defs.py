@@ -25,6 +25,8 @@ def test_slide_job_materializes_a_generated_slide_with_passing_checks(tmp_path: 
     dataset = write_demo_dataset(tmp_path, slides=1, seed=5)
     (slide_id,) = dataset.slides
     defs = build_definitions(str(tmp_path))
+    # Launched runs keep a slide's steps in one process (no per-step import cost).
+    assert defs.resolve_job_def("slides_job").executor_def.name == "in_process"
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(slides_partitions.name, [slide_id])
         result = defs.resolve_job_def("slides_job").execute_in_process(
