@@ -26,7 +26,7 @@ from bms_pipeline.core.annotations.consensus import (
     consensus_label,
     source_names,
 )
-from bms_pipeline.core.clinical.patients import ncit_leukemia
+from bms_pipeline.core.clinical.patients import CLINICAL_COLUMNS, ncit_leukemia
 from bms_pipeline.core.reference import reference_path
 
 # --------------------------------------------------------------------------- patients
@@ -101,14 +101,6 @@ def make_patients(rng: np.random.Generator, n: int) -> list[SyntheticPatient]:
 
 # --------------------------------------------------------------------------- clinical.csv
 
-CLINICAL_COLUMNS = (
-    "patient_id",
-    "gender",
-    "age",
-    "leukemia_type",
-    "leukemia_subtype",
-    "ncit_concept_code",
-)
 
 
 def write_clinical_csv(
