@@ -8,23 +8,27 @@
 No Dagster here: the ``ann_series`` asset only wires these functions together.
 """
 
-from bms_pipeline.core.annotations.ann import (
-    AnnResult,
-    SeriesContent,
-    SeriesResult,
-    base_level_dataset,
-    build_ann_series,
-    expected_counts,
-    read_back,
-    read_series_content,
-)
-from bms_pipeline.core.annotations.inputs import (
-    AnnotationInputError,
-    SlideAnnotations,
-    read_slide_annotations,
-    slide_bounds,
-)
-from bms_pipeline.core.annotations.labels import LabelTable, cell_labels
+from importlib import import_module
+from typing import Any
+
+# Re-exported lazily: the consensus rule (used by the demo-data generator) must not pull in
+# highdicom and wsidicomizer just to be imported.
+_EXPORTS = {
+    "AnnResult": "ann",
+    "SeriesContent": "ann",
+    "SeriesResult": "ann",
+    "base_level_dataset": "ann",
+    "build_ann_series": "ann",
+    "expected_counts": "ann",
+    "read_back": "ann",
+    "read_series_content": "ann",
+    "AnnotationInputError": "inputs",
+    "SlideAnnotations": "inputs",
+    "read_slide_annotations": "inputs",
+    "slide_bounds": "inputs",
+    "LabelTable": "labels",
+    "cell_labels": "labels",
+}
 
 __all__ = [
     "AnnResult",
@@ -42,3 +46,9 @@ __all__ = [
     "read_slide_annotations",
     "slide_bounds",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
