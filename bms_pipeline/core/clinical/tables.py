@@ -690,6 +690,23 @@ def free_text_phi_columns(df: pl.DataFrame, allowed: Iterable[str] = ()) -> list
     return flagged
 
 
+def read_written_tables(layout: DataLayout, collection_id: str) -> ClinicalTables:
+    """The tables as `write_outputs` published them (parquet), for checks of what shipped."""
+    folder = layout.tables_dir
+
+    def read(name: str) -> pl.DataFrame:
+        return pl.read_parquet(folder / f"{name}.parquet")
+
+    return ClinicalTables(
+        collection_id=collection_id,
+        clinical=read(f"{collection_id}_clinical"),
+        laboratory=read(f"{collection_id}_laboratory"),
+        table_metadata=read(TABLE_METADATA),
+        column_metadata=read(COLUMN_METADATA),
+        target=BigQueryTarget.from_env(),
+    )
+
+
 def column_metadata_matches_schema(tables: ClinicalTables) -> list[str]:
     """Every way column_metadata and table_metadata disagree with the tables; empty if none."""
     problems: list[str] = []
