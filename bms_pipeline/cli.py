@@ -61,6 +61,13 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _has_slides(root: Path) -> bool:
+    slides = DataLayout.at(root).slides_dir
+    if not slides.is_dir():
+        print(f"error: {slides} does not exist (run `bms-pipeline demo-data`?)", file=sys.stderr)
+    return slides.is_dir()
+
+
 def _instance_and_defs(root: Path, workers: int | None = None):
     from bms_pipeline.definitions import build_definitions
 
@@ -103,9 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
     root = _data_root(args)
-    layout = DataLayout.at(root)
-    if not layout.slides_dir.is_dir():
-        print(f"error: {layout.slides_dir} does not exist (run `bms-pipeline demo-data`?)", file=sys.stderr)
+    if not _has_slides(root):
         return 2
     layout, instance, defs = _instance_and_defs(root)
     wanted = set(args.slide) if args.slide else None
@@ -129,7 +134,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     workers = max(1, budget.cores // jobs)
     print(f"{len(todo)} slide(s) to run, {jobs} at a time, {workers} wsidicomizer thread(s) each")
     if jobs == 1:
-        _, instance, defs = _instance_and_defs(root, workers)
+        from bms_pipeline.definitions import build_definitions
+
+        # Same instance; definitions again only for the thread count chosen above.
+        defs = build_definitions(
+            str(root), workers=workers, output_root=os.environ.get(OUTPUT_ROOT_ENV)
+        )
         for i, plan in enumerate(todo, 1):
             print(f"[{i}/{len(todo)}] {plan.slide_id}: {plan.state} {plan.detail}".rstrip(), flush=True)
             outcomes.append(run_slide(instance, defs, plan, force=args.force))
@@ -157,9 +167,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from bms_pipeline.operations import plan_slides
 
     root = _data_root(args)
-    layout = DataLayout.at(root)
-    if not layout.slides_dir.is_dir():
-        print(f"error: {layout.slides_dir} does not exist", file=sys.stderr)
+    if not _has_slides(root):
         return 2
     layout, instance, defs = _instance_and_defs(root)
     plans = plan_slides(instance, defs, layout)
