@@ -20,10 +20,18 @@ logger = logging.getLogger("bms_pipeline")
 
 def _data_root(args: argparse.Namespace) -> Path:
     """The data root; also exported (with --output-root) so worker processes see the same."""
-    root = Path(args.data_root or os.environ.get(DATA_ROOT_ENV, "data")).resolve()
+    given = args.data_root or os.environ.get(DATA_ROOT_ENV, "data")
+    if "://" in given and not given.startswith("file://"):
+        raise SystemExit(
+            f"error: {given}: the command line works on a local data root (it keeps the Dagster "
+            "instance there); run the assets through Dagster for a data root in object storage"
+        )
+    root = Path(given.removeprefix("file://")).resolve()
     os.environ[DATA_ROOT_ENV] = str(root)
-    if getattr(args, "output_root", None):
-        os.environ[OUTPUT_ROOT_ENV] = str(Path(args.output_root).resolve())
+    out = getattr(args, "output_root", None)
+    if out:
+        # A URL output root (s3://, gs://...) is used as given; a path is made absolute.
+        os.environ[OUTPUT_ROOT_ENV] = out if "://" in out else str(Path(out).resolve())
     return root
 
 

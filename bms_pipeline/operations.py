@@ -17,6 +17,7 @@ from bms_pipeline.core.dicom.overrides import override_paths
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.mirax.discovery import SlideStatus, scan_slides
 from bms_pipeline.partitions import slides_partitions
+from bms_pipeline.resources import BmsPipelineResource
 
 SlideState = Literal["not-ready", "missing", "changed", "stale", "failed", "up-to-date"]
 INVENTORY_KEY = dg.AssetKey("mrxs_slide")
@@ -79,10 +80,15 @@ def _last_run_failed(instance: dg.DagsterInstance, slide_id: str) -> bool:
 def plan_slides(
     instance: dg.DagsterInstance, defs: dg.Definitions, layout: DataLayout, slide_ids: set[str] | None = None
 ) -> list[SlidePlan]:
-    """The state of every slide under raw/slides (or of `slide_ids`)."""
-    statuses = scan_slides(
-        layout.slides_dir, extra_inputs=lambda slide_id: override_paths(layout.root, slide_id)
-    )
+    """The state of every slide under raw/slides (or of `slide_ids`), scanned through the
+    definitions' `bms` resource (so a URL data root works) or else at `layout`."""
+    bms = defs.resources.get("bms")
+    if isinstance(bms, BmsPipelineResource):
+        statuses = bms.scan()
+    else:
+        statuses = scan_slides(
+            layout.slides_dir, extra_inputs=lambda slide_id: override_paths(layout.root, slide_id)
+        )
     if slide_ids is not None:
         statuses = [s for s in statuses if s.slide_id in slide_ids]
     known = set(instance.get_dynamic_partitions(slides_partitions.name))

@@ -1,24 +1,36 @@
-"""Resources: where the data root is and how slides are converted."""
+"""Resources: where the data and output roots are (paths or URLs) and how slides are converted."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.dicom.convert import ConversionSettings
-from bms_pipeline.core.layout import DATA_ROOT_ENV, DataLayout
+from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, DataLayout
+from bms_pipeline.core.mirax.discovery import SlideStatus
 
 
 class BmsPipelineResource(dg.ConfigurableResource):
-    """The data root (inputs under raw/, outputs under out/) and conversion settings."""
+    """The data root (inputs under raw/, outputs under out/) and conversion settings.
 
-    data_root: str = Field(description="Folder holding collection.yaml, raw/ and out/")
+    Both roots are paths or fsspec URLs. Assets work on `layout`, which is local: the roots
+    themselves when they are local folders, otherwise their mirrors in `scratch_dir`, which
+    assets `fetch` before reading and `publish` after writing (no-ops for local roots).
+    """
+
+    data_root: str = Field(description="Folder or URL holding collection.yaml, raw/ and out/")
     output_root: str | None = Field(
         default=None,
-        description="Where outputs go (default <data_root>/out); may be another filesystem",
+        description="Where outputs go (default <data_root>/out); another filesystem or a URL",
+    )
+    scratch_dir: str | None = Field(
+        default=None,
+        description="Local scratch for remote roots: staged MIRAX and output mirrors "
+        "(default $BMS_SCRATCH or $TMPDIR/bms-pipeline)",
     )
     tile_size: int = Field(default=512, description="Output tile size in pixels")
     jpeg_quality: int = Field(default=80, description="JPEG quality of re-encoded tiles")
@@ -27,12 +39,85 @@ class BmsPipelineResource(dg.ConfigurableResource):
         description="wsidicomizer threads per conversion (None: cores / concurrent conversions)",
     )
 
+    # -- roots -----------------------------------------------------------------------------
+    @property
+    def inputs(self):  # -> StorageRoot (imported lazily: fsspec is not needed to load defs)
+        from bms_pipeline.core.storage import StorageRoot
+
+        return StorageRoot.of(self.data_root, self.scratch_dir)
+
+    @property
+    def outputs(self):  # -> StorageRoot
+        from bms_pipeline.core.storage import StorageRoot
+
+        url = self.output_root or os.environ.get(OUTPUT_ROOT_ENV)
+        if url is None:
+            url = f"{self.data_root.rstrip('/')}/out"
+        return StorageRoot.of(url, self.scratch_dir)
+
     @property
     def layout(self) -> DataLayout:
-        return DataLayout.at(self.data_root, self.output_root)
+        return DataLayout.at(self.inputs.local_root, self.outputs.local_root)
 
+    def _root_of(self, path: Path):  # -> tuple[StorageRoot, str]
+        for root in (self.outputs, self.inputs):  # outputs first: out/ may sit below the data root
+            try:
+                return root, path.relative_to(root.local_root).as_posix()
+            except ValueError:
+                continue
+        raise ValueError(f"{path} is under neither the data root nor the output root")
+
+    def fetch(self, path: Path, required: bool = False) -> Path:
+        """Bring a local path of `layout` up to date from its root before reading it."""
+        root, rel = self._root_of(path)
+        return root.fetch(rel, required=required)
+
+    def publish(self, path: Path) -> None:
+        """Upload a path of `layout` just written to its root (atomically per path)."""
+        root, rel = self._root_of(path)
+        root.publish(rel)
+
+    def stage_slide(self, slide_id: str) -> Path:
+        """The slide's local .mrxs, for OpenSlide: in place for a local root, otherwise its
+        files (and metadata override files) copied into scratch, unchanged files skipped."""
+        layout = self.layout
+        if not self.inputs.is_local:
+            mrxs = self.fetch(layout.mrxs(slide_id), required=True)
+            self.fetch(mrxs.with_suffix(""))
+            for name in ("collection.json", f"{slide_id}.json"):
+                self.fetch(layout.root / "overrides" / name)
+            return mrxs
+        return layout.mrxs(slide_id)
+
+    def slide_signature(self, slide_id: str) -> str:
+        """The slide's cheap change detector, the same value `scan` reports for it."""
+        from bms_pipeline.core.dicom.overrides import override_paths
+        from bms_pipeline.core.mirax.discovery import remote_slide_signature
+        from bms_pipeline.core.mirax.inventory import file_signature
+
+        inputs = self.inputs
+        if not inputs.is_local:
+            return remote_slide_signature(inputs, slide_id)
+        layout = self.layout
+        return file_signature(layout.mrxs(slide_id), override_paths(layout.root, slide_id))
+
+    def scan(self, settle_seconds: float = 0.0, previous: dict[str, str] | None = None) -> list[SlideStatus]:
+        """Every slide under raw/slides, ready or not with the reason (no download)."""
+        from bms_pipeline.core.dicom.overrides import override_paths
+        from bms_pipeline.core.mirax.discovery import scan_remote_slides, scan_slides
+
+        inputs = self.inputs
+        if not inputs.is_local:
+            return scan_remote_slides(inputs, settle_seconds, previous)
+        layout = self.layout
+        return scan_slides(
+            layout.slides_dir, settle_seconds, previous,
+            extra_inputs=lambda slide_id: override_paths(layout.root, slide_id),
+        )
+
+    # -- configuration ---------------------------------------------------------------------
     def collection(self) -> CollectionConfig:
-        return CollectionConfig.load(self.layout.collection_yaml)
+        return CollectionConfig.load(self.fetch(self.layout.collection_yaml, required=True))
 
     def conversion_settings(self) -> ConversionSettings:
         from bms_pipeline.instance import MachineBudget

@@ -834,6 +834,10 @@ def load_script_text(tables: Sequence[str], target: BigQueryTarget | None = None
     return "\n".join(lines) + "\n"
 
 
+def load_script_path(layout: DataLayout) -> Path:
+    return bigquery_dir(layout) / "load.sh"
+
+
 def write_load_script(layout: DataLayout, target: BigQueryTarget | None = None) -> Path:
     """(Re)write out/bigquery/load.sh for every table that has a schema and a parquet file.
 
@@ -847,7 +851,7 @@ def write_load_script(layout: DataLayout, target: BigQueryTarget | None = None) 
         for p in folder.glob(f"*{suffix}")
         if (layout.tables_dir / f"{p.name[: -len(suffix)]}.parquet").is_file()
     )
-    path = folder / "load.sh"
+    path = load_script_path(layout)
     atomic_write_text(path, load_script_text(tables, target), mode=0o755)
     return path
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from bms_pipeline.core.layout import patient_id_of
 from bms_pipeline.core.mirax.inventory import (
@@ -14,6 +16,9 @@ from bms_pipeline.core.mirax.inventory import (
     file_signature,
     newest_mtime,
 )
+
+if TYPE_CHECKING:
+    from bms_pipeline.core.storage import StorageRoot
 
 
 @dataclass(frozen=True)
@@ -57,4 +62,59 @@ def scan_slides(
             )
             continue
         statuses.append(SlideStatus(slide_id, mrxs, True, signature))
+    return statuses
+
+
+def _remote_slide_signature(
+    slide_id: str, slides: dict[str, dict], overrides: dict[str, dict]
+) -> tuple[str, list[str]]:
+    from bms_pipeline.core.storage import _fingerprint
+
+    prefix = f"raw/slides/{slide_id}"
+    names = sorted(n for n in slides if n == f"{prefix}.mrxs" or n.startswith(f"{prefix}/"))
+    extra = [n for n in ("overrides/collection.json", f"overrides/{slide_id}.json") if n in overrides]
+    parts = [f"{n}:{_fingerprint({**slides, **overrides}[n])}" for n in [*names, *extra]]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16], names
+
+
+def remote_slide_signature(root: StorageRoot, slide_id: str) -> str:
+    """The change detector of a slide on a remote root: names, sizes and store versions of its
+    files and override files (the same value `scan_remote_slides` reports)."""
+    return _remote_slide_signature(slide_id, root.listing("raw/slides"), root.listing("overrides"))[0]
+
+
+def scan_remote_slides(
+    root: StorageRoot, settle_seconds: float = 0.0, previous_signatures: dict[str, str] | None = None
+) -> list[SlideStatus]:
+    """`scan_slides` for a root in object storage, from one listing and without downloading.
+
+    Completeness beyond the presence of Slidedat.ini and Index.dat is checked when the slide
+    is staged (by `mrxs_slide`); a slide counts as settled once two scans see the same files.
+    """
+    previous = previous_signatures or {}
+    slides = root.listing("raw/slides")
+    overrides = root.listing("overrides")
+    statuses = []
+    for name in sorted(n for n in slides if n.count("/") == 2 and n.endswith(".mrxs")):
+        slide_id = PurePosixPath(name).stem
+        url = root.url_of(name)
+        signature, names = _remote_slide_signature(slide_id, slides, overrides)
+        local = root.local_root / name
+        try:
+            patient_id_of(slide_id)
+        except ValueError as exc:
+            statuses.append(SlideStatus(slide_id, local, False, signature, str(exc)))
+            continue
+        missing = [
+            f for f in ("Slidedat.ini", "Index.dat") if f"raw/slides/{slide_id}/{f}" not in names
+        ]
+        if missing:
+            reason = f"{url}: slide folder lacks {', '.join(missing)}"
+            statuses.append(SlideStatus(slide_id, local, False, signature, reason))
+            continue
+        if settle_seconds > 0 and previous.get(slide_id) != signature:
+            reason = f"{url}: files are new or still changing"
+            statuses.append(SlideStatus(slide_id, local, False, signature, reason))
+            continue
+        statuses.append(SlideStatus(slide_id, local, True, signature))
     return statuses

@@ -29,8 +29,9 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     slide_id = context.partition_key
     layout = bms.layout
     collection = bms.collection()
-    base = volume_levels(read_series(layout.sm_dir(slide_id)))[0]
-    properties = openslide_properties(layout.mrxs(slide_id))
+    base = volume_levels(read_series(bms.fetch(layout.sm_dir(slide_id), required=True)))[0]
+    properties = openslide_properties(bms.stage_slide(slide_id))
+    bms.fetch(layout.annotations_dir)
     result = build_ann_series(
         slide_id,
         layout,
@@ -41,6 +42,7 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
         algorithm_name=collection.detection_algorithm.name,
         algorithm_version=collection.detection_algorithm.version,
     )
+    bms.publish(result.ann_dir)
     if result.disagreements.height:
         context.log.warning(
             "%s: %d cell(s) whose original_consensus_label differs from the recomputed consensus",
@@ -52,7 +54,7 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     ]
     return dg.MaterializeResult(
         metadata={
-            "path": dg.MetadataValue.path(str(result.ann_dir)),
+            "path": dg.MetadataValue.path(bms.outputs.url_of(f"dicom/{slide_id}/ann")),
             "series": markdown_table(pl.DataFrame(series)),
             "series_written": len(result.series),
             "series_skipped": dg.MetadataValue.json(list(result.skipped)),

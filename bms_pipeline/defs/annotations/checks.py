@@ -18,15 +18,16 @@ def ann_counts_match_input(
     """Per series and label, the annotations read back with highdicom equal the input rows."""
     slide_id = context.partition_key
     layout = bms.layout
-    base = volume_levels(read_series(layout.sm_dir(slide_id)))[0]
+    base = volume_levels(read_series(bms.fetch(layout.sm_dir(slide_id), required=True)))[0]
+    bms.fetch(layout.annotations_dir)
     annotations = read_slide_annotations(
         slide_id,
         layout.annotations_dir,
-        slide_bounds(openslide_properties(layout.mrxs(slide_id))),
+        slide_bounds(openslide_properties(bms.stage_slide(slide_id))),
         (base.columns, base.rows),
     )
     expected = expected_counts(annotations)
-    actual = read_back(layout.ann_dir(slide_id))
+    actual = read_back(bms.fetch(layout.ann_dir(slide_id)))
     problems = [
         f"{series}/{label}: expected {count}, found {actual.get(series, {}).get(label, 0)}"
         for series, labels in expected.items()

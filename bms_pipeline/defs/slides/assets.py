@@ -9,7 +9,6 @@ from bms_pipeline.core.dicom.idc import convert_layout_slide
 from bms_pipeline.core.dicom.overrides import load_overrides, override_paths
 from bms_pipeline.core.dicom.series import read_series, volume_levels
 from bms_pipeline.core.mirax.inventory import (
-    file_signature,
     find_unreadable_images,
     inventory,
     openslide_properties,
@@ -39,11 +38,12 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     changed slide (and only that slide) makes its downstream assets stale.
     """
     slide_id = context.partition_key
-    path = bms.layout.mrxs(slide_id)
+    path = bms.stage_slide(slide_id)
     context.log.info("hashing %s", path)
     inv = inventory(path)
     props = openslide_properties(path)
     overrides = override_paths(bms.layout.root, slide_id)
+    url = bms.inputs.url_of(f"raw/slides/{slide_id}.mrxs")
     # Override files change the DICOM as the slide does, so they are part of its version.
     version = hashlib.sha256(
         "".join([inv.content_hash, *(sha256_file(p) for p in overrides)]).encode()
@@ -52,9 +52,9 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
-            "path": dg.MetadataValue.path(str(path)),
+            "path": dg.MetadataValue.path(url),
             "content_hash": inv.content_hash,
-            "file_signature": file_signature(path, overrides),
+            "file_signature": bms.slide_signature(slide_id),
             "override_files": dg.MetadataValue.json([str(p) for p in overrides]),
             "files": len(inv.files),
             "bytes": inv.total_bytes,
@@ -97,6 +97,8 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
     no label), converted by wsidicomizer into staging and moved into out/dicom/<slide>/sm/."""
     slide_id = context.partition_key
     layout = bms.layout
+    bms.stage_slide(slide_id)
+    bms.fetch(layout.clinical_csv, required=True)
     context.log.info("converting %s with wsidicomizer", slide_id)
     try:
         result = convert_layout_slide(layout, bms.collection(), slide_id, bms.conversion_settings())
@@ -107,6 +109,7 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
             raise ConversionError(f"{exc}; unreadable stored image(s): {'; '.join(unreadable)}") from exc
         raise
     instances = read_series(result.sm_dir)
+    bms.publish(result.sm_dir)
     levels = volume_levels(instances)
     context.log.info(
         "%s: %d instances, %d levels, %.1f MP/s", slide_id, len(instances), len(levels),
@@ -114,7 +117,7 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
     )
     return dg.MaterializeResult(
         metadata={
-            "path": dg.MetadataValue.path(str(result.sm_dir)),
+            "path": dg.MetadataValue.path(bms.outputs.url_of(f"dicom/{slide_id}/sm")),
             "instances": len(instances),
             "levels": len(levels),
             "level_sizes": dg.MetadataValue.json([[i.columns, i.rows] for i in levels]),

@@ -19,12 +19,12 @@ def sm_series_matches_source(
     """Base level equals the OpenSlide bounds, no LABEL, PatientID and ContainerIdentifier set."""
     slide_id = context.partition_key
     layout = bms.layout
-    props = openslide_properties(layout.mrxs(slide_id))
+    props = openslide_properties(bms.stage_slide(slide_id))
     expected = (
         int(props.get("openslide.bounds-width", props["openslide.level[0].width"])),
         int(props.get("openslide.bounds-height", props["openslide.level[0].height"])),
     )
-    instances = read_series(layout.sm_dir(slide_id))
+    instances = read_series(bms.fetch(layout.sm_dir(slide_id), required=True))
     levels = volume_levels(instances)
     problems: list[str] = []
     if not levels:
@@ -55,8 +55,8 @@ def sm_series_free_of_slide_identifiers(
     other identifying-looking MIRAX property outside the allow-list."""
     slide_id = context.partition_key
     layout = bms.layout
-    identifiers = identifiers_of(openslide_properties(layout.mrxs(slide_id)))
-    files = sorted(layout.slide_dicom_dir(slide_id).rglob("*.dcm"))
+    identifiers = identifiers_of(openslide_properties(bms.stage_slide(slide_id)))
+    files = sorted(bms.fetch(layout.slide_dicom_dir(slide_id)).rglob("*.dcm"))
     hits = scan_files(files, identifiers)
     return dg.AssetCheckResult(
         passed=not hits,

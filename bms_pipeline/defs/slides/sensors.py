@@ -5,8 +5,6 @@ import json
 
 import dagster as dg
 
-from bms_pipeline.core.dicom.overrides import override_paths
-from bms_pipeline.core.mirax.discovery import scan_slides
 from bms_pipeline.defs.slides.jobs import slides_job
 from bms_pipeline.partitions import slides_partitions
 from bms_pipeline.resources import BmsPipelineResource
@@ -19,11 +17,7 @@ def new_slides_sensor(context: dg.SensorEvaluationContext, bms: BmsPipelineResou
     """Adds a `slides` partition for every new, complete slide under raw/slides and requests a
     run for new or changed slides. Slides still being copied wait until their files settle."""
     previous: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    layout = bms.layout
-    statuses = scan_slides(
-        layout.slides_dir, SETTLE_SECONDS, previous,
-        extra_inputs=lambda slide_id: override_paths(layout.root, slide_id),
-    )
+    statuses = bms.scan(SETTLE_SECONDS, previous)
     known = set(context.instance.get_dynamic_partitions(slides_partitions.name))
     ready = [s for s in statuses if s.ready]
     for status in statuses:

@@ -3,7 +3,12 @@
 import dagster as dg
 import polars as pl
 
-from bms_pipeline.core.clinical.tables import build_clinical_tables, write_outputs
+from bms_pipeline.core.clinical.tables import (
+    bigquery_dir,
+    build_clinical_tables,
+    load_script_path,
+    write_outputs,
+)
 from bms_pipeline.core.index import build_dicom_index
 from bms_pipeline.core.index.write import write_dicom_index
 from bms_pipeline.defs.annotations.assets import ann_series
@@ -27,10 +32,17 @@ def clinical_tables(context: dg.AssetExecutionContext, bms: BmsPipelineResource)
     schemas with a load script. Censored lab values keep their source string, with typed
     `_value` and `_qualifier` companions."""
     layout = bms.layout
-    tables = build_clinical_tables(layout, bms.collection())
+    collection = bms.collection()
+    bms.fetch(layout.clinical_csv.parent, required=True)
+    tables = build_clinical_tables(layout, collection)
     for warning in tables.warnings:
         context.log.warning(warning)
+    # The load script lists every table with a schema and parquet file, other writers' too.
+    for shared in (layout.duckdb_path, layout.tables_dir, bigquery_dir(layout)):
+        bms.fetch(shared)
     written = write_outputs(tables, layout)
+    for path in [*written.parquet.values(), *written.schemas.values(), written.load_script, written.duckdb]:
+        bms.publish(path)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(layout.tables_dir)),
@@ -61,9 +73,14 @@ def dicom_index(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> 
     layout = bms.layout
     collection = bms.collection()
     index = build_dicom_index(
-        layout.out / "dicom", collection.collection_id, collection.doi, collection.license
+        bms.fetch(layout.out / "dicom"), collection.collection_id, collection.doi, collection.license
     )
+    for shared in (layout.duckdb_path, layout.tables_dir, bigquery_dir(layout)):
+        bms.fetch(shared)
     paths = write_dicom_index(index, layout)
+    schemas = [bigquery_dir(layout) / f"{name}.schema.json" for name in paths]
+    for path in [*paths.values(), *schemas, load_script_path(layout), layout.duckdb_path]:
+        bms.publish(path)
     counts = {name: frame.height for name, frame in index.tables().items()}
     context.log.info("dicom index: %s", counts)
     by_label = (

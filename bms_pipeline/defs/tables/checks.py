@@ -16,11 +16,12 @@ from bms_pipeline.resources import BmsPipelineResource
 
 
 def _clinical(bms: BmsPipelineResource) -> pl.DataFrame:
-    return pl.read_parquet(bms.layout.tables_dir / f"{bms.collection().collection_id}_clinical.parquet")
+    name = f"{bms.collection().collection_id}_clinical.parquet"
+    return pl.read_parquet(bms.fetch(bms.layout.tables_dir / name, required=True))
 
 
 def _dicom_patients(bms: BmsPipelineResource) -> set[str]:
-    index = pl.read_parquet(bms.layout.tables_dir / "index.parquet")
+    index = pl.read_parquet(bms.fetch(bms.layout.tables_dir / "index.parquet", required=True))
     return set(index["PatientID"].to_list())
 
 
@@ -51,6 +52,7 @@ def clinical_tables_have_no_duplicates_or_free_text(bms: BmsPipelineResource) ->
     """One row per patient in every table, and no name, date or free-text column."""
     layout = bms.layout
     collection_id = bms.collection().collection_id
+    bms.fetch(layout.tables_dir)
     problems: list[str] = []
     for table in (f"{collection_id}_clinical", f"{collection_id}_laboratory"):
         frame = pl.read_parquet(layout.tables_dir / f"{table}.parquet")
@@ -67,6 +69,7 @@ def clinical_tables_have_no_duplicates_or_free_text(bms: BmsPipelineResource) ->
 def column_metadata_matches_tables(bms: BmsPipelineResource) -> dg.AssetCheckResult:
     """The published column_metadata describes every column of every published table
     exactly, with IDC's schemas."""
+    bms.fetch(bms.layout.tables_dir)
     written = read_written_tables(bms.layout, bms.collection().collection_id)
     problems = column_metadata_matches_schema(written)
     return dg.AssetCheckResult(

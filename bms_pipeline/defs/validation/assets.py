@@ -28,6 +28,7 @@ def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource
     patient's study; every message is a row of out/validation/<slide_id>.parquet."""
     slide_id = context.partition_key
     layout = bms.layout
+    bms.fetch(layout.out / "dicom")  # dcentvfy checks the patient's whole study
     series = slide_series_files(layout, slide_id)
     context.log.info(
         "validating %d files in %d series of %s", sum(map(len, series.values())), len(series), slide_id
@@ -35,6 +36,7 @@ def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource
     frame = validate_slide(layout, slide_id)
     path = layout.validation_parquet(slide_id)
     atomic_write_parquet(frame, path)
+    bms.publish(path)
     errors = frame.filter(pl.col("level") == "Error")
     warnings = frame.filter(pl.col("level") == "Warning")
     unexplained = warnings.filter(pl.col("known_noise").is_null())
@@ -43,7 +45,7 @@ def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource
     )
     return dg.MaterializeResult(
         metadata={
-            "path": dg.MetadataValue.path(str(path)),
+            "path": dg.MetadataValue.path(bms.outputs.url_of(f"validation/{slide_id}.parquet")),
             "files": sum(map(len, series.values())),
             "series": len(series),
             "errors": errors.height,
@@ -68,13 +70,16 @@ def validation_report(context: dg.AssetExecutionContext, bms: BmsPipelineResourc
     """All slides' validation messages in one table (parquet and the DuckDB table
     `validation_messages`), summarised by level and message."""
     layout = bms.layout
-    files = sorted((layout.out / "validation").glob("*.parquet"))
+    files = sorted(bms.fetch(layout.out / "validation").glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"{layout.out / 'validation'}: no validation results yet")
     frame = pl.concat([pl.read_parquet(f) for f in files], how="vertical")
     path = layout.tables_dir / "validation_messages.parquet"
     atomic_write_parquet(frame, path)
+    bms.fetch(layout.duckdb_path)
     write_duckdb_tables(layout.duckdb_path, {"validation_messages": path})
+    bms.publish(path)
+    bms.publish(layout.duckdb_path)
     with duckdb.connect() as con:
         cursor = con.execute(
             """

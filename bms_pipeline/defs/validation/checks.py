@@ -13,7 +13,7 @@ def no_dicom_validation_errors(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
     """Fails on any Error from dciodvfy or dcentvfy for the slide's files, series or study."""
-    frame = pl.read_parquet(bms.layout.validation_parquet(context.partition_key))
+    frame = pl.read_parquet(bms.fetch(bms.layout.validation_parquet(context.partition_key), required=True))
     errors = frame.filter(pl.col("level") == "Error")
     return dg.AssetCheckResult(
         passed=errors.height == 0,

@@ -1,0 +1,253 @@
+"""Data and output roots addressed by URL (fsspec): a local folder, or object storage.
+
+OpenSlide, dicom3tools and DuckDB need local files, so every root has a local side. A
+local root (a plain path or ``file://``) is its own local side and nothing is copied. A
+remote root (``s3://``, ``gs://``, ``memory://``, ...) is mirrored into a scratch folder:
+steps ``fetch`` what they read (only files whose remote size or version changed since the
+last fetch, and local leftovers the remote no longer has are dropped) and ``publish`` what
+they wrote, so a step can run on any machine that reaches the root.
+
+Publishing uploads a whole series or table beside its target (``<target>.partial-<token>``)
+and only then replaces the target, so a failed upload leaves the previous version in
+place; a stale partial is removed by the next publish of the same target. Object stores
+have no atomic rename of a prefix, so readers of a remote root can briefly see the target
+missing while it is being replaced; they never see half of a new series.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+SCRATCH_ENV = "BMS_SCRATCH"
+MANIFEST = ".bms-fetched.json"
+_VERSION_KEYS = ("ETag", "etag", "md5Hash", "generation", "VersionId", "mtime", "LastModified", "created")
+_LOCKS: dict[Path, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+class StorageError(RuntimeError):
+    """A fetch or publish failed; the message names the URL."""
+
+
+def default_scratch() -> Path:
+    return Path(os.environ.get(SCRATCH_ENV) or Path(os.environ.get("TMPDIR", "/tmp")) / "bms-pipeline")
+
+
+def _fingerprint(info: dict[str, Any]) -> str:
+    """Size plus the store's version marker (ETag, generation, mtime...), whichever it has."""
+    version = next((str(info[k]) for k in _VERSION_KEYS if info.get(k) not in (None, "")), "")
+    return f"{info.get('size')}:{version}"
+
+
+@contextmanager
+def _mirror_lock(root: Path) -> Iterator[None]:
+    """One fetch or publish at a time per mirror, across threads and processes."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(root, threading.Lock())
+    with lock, open(root / ".bms-mirror.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class StorageRoot:
+    """A root URL and its local side (`local_root`), which the rest of the code reads and writes."""
+
+    url: str
+    scratch: Path = field(default_factory=default_scratch)
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            raise ValueError("a storage root URL must not be empty")
+
+    @classmethod
+    def of(cls, url: str | os.PathLike[str], scratch: str | os.PathLike[str] | None = None) -> StorageRoot:
+        return cls(os.fspath(url), Path(scratch) if scratch is not None else default_scratch())
+
+    @property
+    def _fs_and_path(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        fs, path = fsspec.core.url_to_fs(self.url)
+        return fs, path.rstrip("/") or "/"
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return self._fs_and_path[0]
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    @property
+    def local_root(self) -> Path:
+        """The root itself when local; otherwise this root's mirror under the scratch folder."""
+        if self.is_local:
+            return Path(self._fs_and_path[1]).resolve()
+        digest = hashlib.sha256(self.url.rstrip("/").encode()).hexdigest()[:16]
+        return (self.scratch / "mirror" / digest).resolve()
+
+    def remote(self, rel: str | PurePosixPath) -> str:
+        rel = str(PurePosixPath(rel))
+        return self._fs_and_path[1] if rel in ("", ".") else f"{self._fs_and_path[1]}/{rel}"
+
+    def url_of(self, rel: str | PurePosixPath) -> str:
+        """For messages: the URL a user would look at."""
+        return str(self.local_root / rel) if self.is_local else f"{self.url.rstrip('/')}/{rel}"
+
+    # -- listing ---------------------------------------------------------------------------
+    def listing(self, rel: str) -> dict[str, dict[str, Any]]:
+        """Every file at or below `rel`, keyed by path relative to the root."""
+        fs, base = self._fs_and_path
+        target = self.remote(rel)
+        try:
+            if fs.isfile(target):
+                found = {target: fs.info(target)}
+            elif fs.isdir(target):
+                found = fs.find(target, detail=True, withdirs=False)
+            else:
+                return {}
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for path, info in found.items():
+            path = path if path.startswith("/") or not base.startswith("/") else "/" + path
+            name = str(PurePosixPath(path).relative_to(base)) if base != "/" else path.lstrip("/")
+            out[name] = info
+        return out
+
+    def signature(self, rels: list[str]) -> str:
+        """A cheap change detector over the files at or below `rels` (names, sizes, versions)."""
+        parts = []
+        for rel in rels:
+            for name, info in sorted(self.listing(rel).items()):
+                parts.append(f"{name}:{_fingerprint(info)}")
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    # -- mirror ----------------------------------------------------------------------------
+    def _manifest(self) -> dict[str, str]:
+        path = self.local_root / MANIFEST
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def _save_manifest(self, manifest: dict[str, str]) -> None:
+        path = self.local_root / MANIFEST
+        tmp = path.with_name(f"{MANIFEST}.{uuid.uuid4().hex}")
+        tmp.write_text(json.dumps(manifest, sort_keys=True))
+        os.replace(tmp, path)
+
+    def fetch(self, rel: str, required: bool = False) -> Path:
+        """The local path of `rel` (file or folder), brought up to date with the remote.
+
+        Files unchanged since the last fetch are not downloaded again; local files below
+        `rel` that the remote no longer has are removed, so a replaced series never keeps
+        stale instances. `required` raises FileNotFoundError naming the URL when absent.
+        """
+        local = self.local_root / rel
+        if self.is_local:
+            if required and not local.exists():
+                raise FileNotFoundError(f"{local}: not found")
+            return local
+        with _mirror_lock(self.local_root):
+            remote = self.listing(rel)
+            if required and not remote:
+                raise FileNotFoundError(f"{self.url_of(rel)}: not found")
+            manifest = self._manifest()
+            fs = self.fs
+            for name, info in remote.items():
+                target = self.local_root / name
+                stamp = _fingerprint(info)
+                if manifest.get(name) == stamp and target.is_file():
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+                try:
+                    fs.get_file(self.remote(name), str(tmp))
+                    os.replace(tmp, target)
+                except Exception as exc:
+                    tmp.unlink(missing_ok=True)
+                    raise StorageError(f"{self.url_of(name)}: download failed ({exc})") from exc
+                manifest[name] = stamp
+            self._drop_stale(rel, set(remote), manifest)
+            self._save_manifest(manifest)
+        return local
+
+    def _drop_stale(self, rel: str, keep: set[str], manifest: dict[str, str]) -> None:
+        local = self.local_root / rel
+        paths = [local] if local.is_file() else (p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []
+        for path in list(paths):
+            name = path.relative_to(self.local_root).as_posix()
+            if name not in keep and not path.name.startswith(".bms-"):
+                path.unlink()
+                manifest.pop(name, None)
+        if local.is_dir():
+            for folder in sorted((p for p in local.rglob("*") if p.is_dir()), reverse=True):
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+        for name in [n for n in manifest if (n == rel or n.startswith(f"{rel}/")) and n not in keep]:
+            manifest.pop(name)
+
+    def publish(self, rel: str) -> None:
+        """Upload the local `rel` (file or folder) to the remote, replacing what was there.
+
+        The upload goes beside the target first and is moved over it only when complete.
+        A missing local `rel` removes the remote one. Nothing happens for a local root.
+        """
+        if self.is_local:
+            return
+        local = self.local_root / rel
+        fs = self.fs
+        target = self.remote(rel)
+        partial = f"{target}.partial-{uuid.uuid4().hex[:12]}"
+        with _mirror_lock(self.local_root):
+            try:
+                for stale in fs.glob(f"{target}.partial-*"):
+                    fs.rm(stale, recursive=True)
+                files = (
+                    [(local, partial)]
+                    if local.is_file()
+                    else [
+                        (p, f"{partial}/{p.relative_to(local).as_posix()}")
+                        for p in sorted(local.rglob("*"))
+                        if p.is_file()
+                    ]
+                    if local.is_dir()
+                    else []
+                )
+                for source, dest in files:
+                    fs.put_file(str(source), dest)
+                if fs.exists(target):
+                    fs.rm(target, recursive=True)
+                if files:
+                    fs.mv(partial, target, recursive=True)
+            except Exception as exc:  # fsspec backends raise their own types
+                with contextlib.suppress(Exception):
+                    if fs.exists(partial):
+                        fs.rm(partial, recursive=True)
+                raise StorageError(f"{self.url_of(rel)}: upload failed ({exc})") from exc
+            manifest = self._manifest()
+            remote = self.listing(rel)
+            for name, info in remote.items():
+                manifest[name] = _fingerprint(info)
+            for name in [n for n in manifest if (n == rel or n.startswith(f"{rel}/")) and n not in remote]:
+                manifest.pop(name)
+            self._save_manifest(manifest)
