@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
 from bms_pipeline.core.collection import CollectionConfig
-from bms_pipeline.core.dicom.convert import ConversionSettings
 from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, DataLayout
 from bms_pipeline.core.mirax.discovery import SlideStatus
+
+if TYPE_CHECKING:
+    # wsidicomizer takes seconds to import; only the conversion step needs it.
+    from bms_pipeline.core.dicom.convert import ConversionSettings
 
 
 class BmsPipelineResource(dg.ConfigurableResource):
@@ -120,6 +124,7 @@ class BmsPipelineResource(dg.ConfigurableResource):
         return CollectionConfig.load(self.fetch(self.layout.collection_yaml, required=True))
 
     def conversion_settings(self) -> ConversionSettings:
+        from bms_pipeline.core.dicom.convert import ConversionSettings
         from bms_pipeline.instance import MachineBudget
 
         workers = self.workers or MachineBudget.detect().threads_per_conversion

@@ -1,7 +1,13 @@
 """Helpers that turn polars frames into Dagster UI metadata."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import dagster as dg
-import polars as pl
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 def column_schema(frame: pl.DataFrame) -> dg.TableSchema:

@@ -1,11 +1,7 @@
 """Per-slide ANN series: the expert cell boxes and the model's nuclei boxes."""
 
 import dagster as dg
-import polars as pl
 
-from bms_pipeline.core.annotations.ann import base_level_dataset, build_ann_series
-from bms_pipeline.core.annotations.inputs import slide_bounds
-from bms_pipeline.core.dicom.series import read_series, volume_levels
 from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline.defs.automation import nightly
 from bms_pipeline.defs.metadata import markdown_table
@@ -26,6 +22,12 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     """Microscopy Bulk Simple Annotations (rois, session_<k>, consensus, detections) built with
     highdicom from rois.csv, cells.csv and detections.csv, shifted by the slide's bounds and
     referencing the base level of the SM series; written atomically to out/dicom/<slide>/ann/."""
+    import polars as pl
+
+    from bms_pipeline.core.annotations.ann import base_level_dataset, build_ann_series
+    from bms_pipeline.core.annotations.inputs import slide_bounds
+    from bms_pipeline.core.dicom.series import read_series, volume_levels
+
     slide_id = context.partition_key
     layout = bms.layout
     collection = bms.collection()

@@ -2,9 +2,6 @@
 
 import dagster as dg
 
-from bms_pipeline.core.annotations.ann import expected_counts, read_back
-from bms_pipeline.core.annotations.inputs import read_slide_annotations, slide_bounds
-from bms_pipeline.core.dicom.series import read_series, volume_levels
 from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline.defs.annotations.assets import ann_series
 from bms_pipeline.partitions import slides_partitions
@@ -16,6 +13,10 @@ def ann_counts_match_input(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
     """Per series and label, the annotations read back with highdicom equal the input rows."""
+    from bms_pipeline.core.annotations.ann import expected_counts, read_back
+    from bms_pipeline.core.annotations.inputs import read_slide_annotations, slide_bounds
+    from bms_pipeline.core.dicom.series import read_series, volume_levels
+
     slide_id = context.partition_key
     layout = bms.layout
     base = volume_levels(read_series(bms.fetch(layout.sm_dir(slide_id), required=True)))[0]

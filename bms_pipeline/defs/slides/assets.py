@@ -4,10 +4,6 @@ import hashlib
 
 import dagster as dg
 
-from bms_pipeline.core.dicom.convert import ConversionError
-from bms_pipeline.core.dicom.idc import convert_layout_slide
-from bms_pipeline.core.dicom.overrides import load_overrides, override_paths
-from bms_pipeline.core.dicom.series import read_series, volume_levels
 from bms_pipeline.core.mirax.inventory import (
     find_unreadable_images,
     inventory,
@@ -37,6 +33,8 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     Its data version is the content hash (with the slide's metadata override files), so a
     changed slide (and only that slide) makes its downstream assets stale.
     """
+    from bms_pipeline.core.dicom.overrides import override_paths
+
     slide_id = context.partition_key
     path = bms.stage_slide(slide_id)
     context.log.info("hashing %s", path)
@@ -95,6 +93,11 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
 def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """The slide as a DICOM VL Whole Slide Microscopy series (all levels, thumbnail, overview,
     no label), converted by wsidicomizer into staging and moved into out/dicom/<slide>/sm/."""
+    from bms_pipeline.core.dicom.convert import ConversionError
+    from bms_pipeline.core.dicom.idc import convert_layout_slide
+    from bms_pipeline.core.dicom.overrides import load_overrides
+    from bms_pipeline.core.dicom.series import read_series, volume_levels
+
     slide_id = context.partition_key
     layout = bms.layout
     bms.stage_slide(slide_id)

@@ -3,8 +3,6 @@
 
 import dagster as dg
 
-from bms_pipeline.core.dicom.phi import identifiers_of, scan_files
-from bms_pipeline.core.dicom.series import read_series, volume_levels
 from bms_pipeline.core.layout import patient_id_of
 from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline.defs.slides.assets import sm_series
@@ -17,6 +15,8 @@ def sm_series_matches_source(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
     """Base level equals the OpenSlide bounds, no LABEL, PatientID and ContainerIdentifier set."""
+    from bms_pipeline.core.dicom.series import read_series, volume_levels
+
     slide_id = context.partition_key
     layout = bms.layout
     props = openslide_properties(bms.stage_slide(slide_id))
@@ -53,6 +53,8 @@ def sm_series_free_of_slide_identifiers(
 ) -> dg.AssetCheckResult:
     """No byte of any output file of the slide holds its MIRAX SLIDE_ID, SLIDE_NAME or any
     other identifying-looking MIRAX property outside the allow-list."""
+    from bms_pipeline.core.dicom.phi import identifiers_of, scan_files
+
     slide_id = context.partition_key
     layout = bms.layout
     identifiers = identifiers_of(openslide_properties(bms.stage_slide(slide_id)))

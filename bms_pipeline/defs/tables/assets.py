@@ -1,16 +1,7 @@
 """Collection-wide tables: clinical and lab data the IDC way, and an idc-index-like index."""
 
 import dagster as dg
-import polars as pl
 
-from bms_pipeline.core.clinical.tables import (
-    bigquery_dir,
-    build_clinical_tables,
-    load_script_path,
-    write_outputs,
-)
-from bms_pipeline.core.index import build_dicom_index
-from bms_pipeline.core.index.write import write_dicom_index
 from bms_pipeline.defs.annotations.assets import ann_series
 from bms_pipeline.defs.automation import IDEMPOTENT_RETRY, nightly
 from bms_pipeline.defs.metadata import column_schema, markdown_table
@@ -31,6 +22,8 @@ def clinical_tables(context: dg.AssetExecutionContext, bms: BmsPipelineResource)
     `column_metadata`, as parquet, DuckDB tables (plus the `clinical_index` view) and BigQuery
     schemas with a load script. Censored lab values keep their source string, with typed
     `_value` and `_qualifier` companions."""
+    from bms_pipeline.core.clinical.tables import bigquery_dir, build_clinical_tables, write_outputs
+
     layout = bms.layout
     collection = bms.collection()
     bms.fetch(layout.clinical_csv.parent, required=True)
@@ -70,6 +63,12 @@ def clinical_tables(context: dg.AssetExecutionContext, bms: BmsPipelineResource)
 def dicom_index(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """idc-index-shaped tables (`index`, `sm_index`, `sm_instance_index`, `ann_index`,
     `ann_group_index`) read from the headers of every file under out/dicom."""
+    import polars as pl
+
+    from bms_pipeline.core.clinical.tables import bigquery_dir, load_script_path
+    from bms_pipeline.core.index import build_dicom_index
+    from bms_pipeline.core.index.write import write_dicom_index
+
     layout = bms.layout
     collection = bms.collection()
     index = build_dicom_index(

@@ -1,26 +1,21 @@
 """The clinical tables agree with the DICOM and carry no free text that could identify anyone."""
 
 import dagster as dg
-import polars as pl
 
-from bms_pipeline.core.clinical.tables import (
-    column_metadata_matches_schema,
-    dicom_patients_without_clinical,
-    duplicate_patients,
-    free_text_phi_columns,
-    patients_missing_in_dicom,
-    read_written_tables,
-)
 from bms_pipeline.defs.tables.assets import clinical_tables, dicom_index
 from bms_pipeline.resources import BmsPipelineResource
 
 
-def _clinical(bms: BmsPipelineResource) -> pl.DataFrame:
+def _clinical(bms: BmsPipelineResource):  # -> pl.DataFrame
+    import polars as pl
+
     name = f"{bms.collection().collection_id}_clinical.parquet"
     return pl.read_parquet(bms.fetch(bms.layout.tables_dir / name, required=True))
 
 
 def _dicom_patients(bms: BmsPipelineResource) -> set[str]:
+    import polars as pl
+
     index = pl.read_parquet(bms.fetch(bms.layout.tables_dir / "index.parquet", required=True))
     return set(index["PatientID"].to_list())
 
@@ -29,6 +24,11 @@ def _dicom_patients(bms: BmsPipelineResource) -> set[str]:
 def clinical_patients_match_dicom(bms: BmsPipelineResource) -> dg.AssetCheckResult:
     """Every dicom_patient_id is a PatientID in the converted DICOM; a converted patient
     without a clinical row is reported too."""
+    from bms_pipeline.core.clinical.tables import (
+        dicom_patients_without_clinical,
+        patients_missing_in_dicom,
+    )
+
     clinical = _clinical(bms)
     patients = _dicom_patients(bms)
     orphans = patients_missing_in_dicom(clinical, patients)
@@ -50,6 +50,10 @@ def clinical_patients_match_dicom(bms: BmsPipelineResource) -> dg.AssetCheckResu
 @dg.asset_check(asset=clinical_tables, blocking=True)
 def clinical_tables_have_no_duplicates_or_free_text(bms: BmsPipelineResource) -> dg.AssetCheckResult:
     """One row per patient in every table, and no name, date or free-text column."""
+    import polars as pl
+
+    from bms_pipeline.core.clinical.tables import duplicate_patients, free_text_phi_columns
+
     layout = bms.layout
     collection_id = bms.collection().collection_id
     bms.fetch(layout.tables_dir)
@@ -69,6 +73,11 @@ def clinical_tables_have_no_duplicates_or_free_text(bms: BmsPipelineResource) ->
 def column_metadata_matches_tables(bms: BmsPipelineResource) -> dg.AssetCheckResult:
     """The published column_metadata describes every column of every published table
     exactly, with IDC's schemas."""
+    from bms_pipeline.core.clinical.tables import (
+        column_metadata_matches_schema,
+        read_written_tables,
+    )
+
     bms.fetch(bms.layout.tables_dir)
     written = read_written_tables(bms.layout, bms.collection().collection_id)
     problems = column_metadata_matches_schema(written)

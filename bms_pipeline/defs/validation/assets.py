@@ -1,11 +1,7 @@
 """Conformance as data: dicom3tools messages per slide, and a report over all slides."""
 
 import dagster as dg
-import duckdb
-import polars as pl
 
-from bms_pipeline.core.store import atomic_write_parquet, write_duckdb_tables
-from bms_pipeline.core.validation.slide import slide_series_files, validate_slide
 from bms_pipeline.defs.annotations.assets import ann_series
 from bms_pipeline.defs.automation import IDEMPOTENT_RETRY, nightly
 from bms_pipeline.defs.metadata import column_schema, markdown_table
@@ -26,6 +22,11 @@ from bms_pipeline.resources import BmsPipelineResource
 def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """`dciodvfy -new` on every DICOM file of the slide and `dcentvfy` on each series and on the
     patient's study; every message is a row of out/validation/<slide_id>.parquet."""
+    import polars as pl
+
+    from bms_pipeline.core.store import atomic_write_parquet
+    from bms_pipeline.core.validation.slide import slide_series_files, validate_slide
+
     slide_id = context.partition_key
     layout = bms.layout
     bms.fetch(layout.out / "dicom")  # dcentvfy checks the patient's whole study
@@ -69,6 +70,11 @@ def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource
 def validation_report(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """All slides' validation messages in one table (parquet and the DuckDB table
     `validation_messages`), summarised by level and message."""
+    import duckdb
+    import polars as pl
+
+    from bms_pipeline.core.store import atomic_write_parquet, write_duckdb_tables
+
     layout = bms.layout
     files = sorted(bms.fetch(layout.out / "validation").glob("*.parquet"))
     if not files:

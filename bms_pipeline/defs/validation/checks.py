@@ -1,7 +1,6 @@
 """The slide is conformant: zero dciodvfy/dcentvfy errors."""
 
 import dagster as dg
-import polars as pl
 
 from bms_pipeline.defs.validation.assets import dicom_validation
 from bms_pipeline.partitions import slides_partitions
@@ -13,6 +12,8 @@ def no_dicom_validation_errors(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
     """Fails on any Error from dciodvfy or dcentvfy for the slide's files, series or study."""
+    import polars as pl
+
     frame = pl.read_parquet(bms.fetch(bms.layout.validation_parquet(context.partition_key), required=True))
     errors = frame.filter(pl.col("level") == "Error")
     return dg.AssetCheckResult(
