@@ -12,6 +12,7 @@ from wsidicom import WsiDicom
 
 from bms_pipeline.core.dicom.convert import ConversionSettings
 from bms_pipeline.core.dicom.fast_source import composite_over_background
+from bms_pipeline.core.mirax.direct import MiraxDirectReader
 from bms_pipeline.core.mirax.writer import MiraxGeometry
 from bms_pipeline_tests.conftest import convert_test_slide
 from bms_pipeline_tests.helpers import write_test_slide
@@ -58,3 +59,22 @@ def test_fast_and_stock_sources_write_identical_pixels(tmp_path: Path) -> None:
         assert pydicom.dcmread(a).PixelData == pydicom.dcmread(b).PixelData, a.name
     with WsiDicom.open(fast.sm_dir) as wsi:
         assert wsi.size.width == truth.bounds[2]
+
+
+def test_direct_mirax_reads_write_the_same_pixels_as_openslide_reads(tmp_path: Path) -> None:
+    """JPEG camera images, so overlapping fields differ by compression artifacts: the
+    direct reader must paint them in OpenSlide's order to give the same tiles."""
+    geometry = MiraxGeometry(
+        image_width=256, image_height=192, fields_x=5, fields_y=4, divisions=2,
+        overlap_x=16, overlap_y=12, levels=3, missing_fields=frozenset({(1, 1)}),
+    )
+    truth = write_test_slide(tmp_path / "raw", geometry=geometry, image_format="JPEG")
+    with MiraxDirectReader.open(truth.mrxs_path) as reader:
+        assert reader.supports_level(0), "the test needs level 0 read directly"
+    direct = convert_test_slide(truth, tmp_path / "direct", settings=ConversionSettings())
+    via_openslide = convert_test_slide(
+        truth, tmp_path / "openslide", settings=ConversionSettings(direct_mirax=False)
+    )
+    assert [p.name for p in direct.files] == [p.name for p in via_openslide.files]
+    for a, b in zip(direct.files, via_openslide.files, strict=True):
+        assert pydicom.dcmread(a).PixelData == pydicom.dcmread(b).PixelData, a.name

@@ -22,7 +22,7 @@ from wsidicomizer import WsiDicomizer
 from wsidicomizer.metadata import WsiDicomizerMetadata
 from wsidicomizer.wsidicomizer import SourceIdentifier
 
-from bms_pipeline.core.dicom.fast_source import FastOpenSlideSource
+from bms_pipeline.core.dicom.fast_source import FastOpenSlideSource, OpenSlideReadSource
 from bms_pipeline.core.dicom.uids import SlideUidGenerator
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ class ConversionSettings:
     offset_table: str = "eot"
     fast_composite: bool = True
     """Read through `FastOpenSlideSource` (bit-identical output, cheaper compositing)."""
+    direct_mirax: bool = True
+    """With `fast_composite`, read MIRAX pixels with `MiraxDirectReader` where it reproduces
+    OpenSlide exactly (same output, fewer decodes)."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,9 @@ def convert_slide(
             encoding=JpegSettings(quality=settings.jpeg_quality),
             offset_table=settings.offset_table,
             preferred_source=(
-                FastOpenSlideSource if settings.fast_composite else SourceIdentifier.OPENSLIDE
+                (FastOpenSlideSource if settings.direct_mirax else OpenSlideReadSource)
+                if settings.fast_composite
+                else SourceIdentifier.OPENSLIDE
             ),
         )
         seconds = time.perf_counter() - started
