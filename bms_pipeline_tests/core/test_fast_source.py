@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import openslide
 import pydicom
 import pytest
 from wsidicom import WsiDicom
+from wsidicomizer.extras.openslide.openslide_image_data import OpenSlideLevelImageData
 
 from bms_pipeline.core.dicom.convert import ConversionSettings
-from bms_pipeline.core.dicom.fast_source import composite_over_background
+from bms_pipeline.core.dicom.fast_source import (
+    FastOpenSlideLevelImageData,
+    composite_over_background,
+)
 from bms_pipeline.core.mirax.direct import MiraxDirectReader
 from bms_pipeline.core.mirax.writer import MiraxGeometry
 from bms_pipeline_tests.conftest import convert_test_slide
@@ -78,3 +83,43 @@ def test_direct_mirax_reads_write_the_same_pixels_as_openslide_reads(tmp_path: P
     assert [p.name for p in direct.files] == [p.name for p in via_openslide.files]
     for a, b in zip(direct.files, via_openslide.files, strict=True):
         assert pydicom.dcmread(a).PixelData == pydicom.dcmread(b).PixelData, a.name
+
+
+@pytest.mark.parametrize("blank_color", [(255, 255, 255), (250, 240, 230), 245])
+def test_blank_detection_agrees_with_wsidicomizer(blank_color: tuple[int, int, int] | int) -> None:
+    """The fused check on BGRA words must call exactly the tiles blank that wsidicomizer's
+    `_detect_blank_tile` does (both run on the same premultiplied BGRA buffer).
+
+    Both are called unbound with an object that only carries `blank_color`: building a
+    level image data needs an open slide, and these methods read nothing else."""
+    holder = SimpleNamespace(blank_color=blank_color)
+    rgb = (blank_color,) * 3 if isinstance(blank_color, int) else blank_color
+    rng = np.random.default_rng(0)
+    tiles = []
+    transparent = np.zeros((64, 48, 4), np.uint8)
+    tiles.append(transparent)
+    background = np.empty((64, 48, 4), np.uint8)
+    background[..., :3] = rgb
+    background[..., 3] = 255
+    tiles.append(background)
+    swapped = background.copy()
+    swapped[..., :3] = rgb[::-1]  # the other byte order: blank only if the colour is grey
+    tiles.append(swapped)
+    for y, x in [(0, 0), (30, 20), (63, 47)]:
+        dot = background.copy()
+        dot[y, x, 1] ^= 1
+        tiles.append(dot)
+        hole = transparent.copy()
+        hole[y, x] = 255
+        tiles.append(hole)
+    translucent = background.copy()
+    translucent[..., 3] = 128
+    tiles.append(translucent)
+    tiles += [rng.integers(0, 256, (64, 48, 4), dtype=np.uint8) for _ in range(3)]
+    verdicts = []
+    for tile in tiles:
+        expected = OpenSlideLevelImageData._detect_blank_tile(holder, tile)  # type: ignore[arg-type]
+        pixels = np.ascontiguousarray(tile).view(np.uint32)[..., 0]
+        assert FastOpenSlideLevelImageData._is_blank(holder, pixels) == expected  # type: ignore[arg-type]
+        verdicts.append(expected)
+    assert True in verdicts and False in verdicts

@@ -117,6 +117,21 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
         subsampling = settings.subsampling.name.lstrip("R") if settings.subsampling else None
         return settings.quality, subsampling, _JPEG_COLORSPACES[settings.channels]
 
+    def _is_blank(self, pixels: np.ndarray) -> bool:
+        """wsidicomizer's `_detect_blank_tile` on the BGRA words, without its fancy indexing
+        (a quarter of a millisecond per tile): all transparent, or every pixel's first three
+        bytes equal to the blank colour (compared in the same byte order as wsidicomizer, so
+        the same tiles come out blank)."""
+        corners = (int(pixels[0, 0]), int(pixels[0, -1]), int(pixels[-1, 0]), int(pixels[-1, -1]))
+        if not any(c >> 24 for c in corners) and not (pixels >> 24).any():
+            return True
+        color = self.blank_color
+        r, g, b = (color, color, color) if isinstance(color, int) else color
+        low = r | g << 8 | b << 16
+        if any(c & 0xFFFFFF != low for c in corners):
+            return False
+        return bool(((pixels & 0xFFFFFF) == low).all())
+
     def _read_bgra(self, region: Region) -> np.ndarray:
         """OpenSlide's premultiplied pixels of `region` as an (h, w, 4) BGRA array."""
         location = region.start * self._downsample + self._offset
@@ -148,10 +163,11 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
         if path not in self.optical_paths:
             raise WsiDicomNotFoundError(f"optical path {path}", str(self))
         bgra = self._read_bgra(Region(tile * self.tile_size, self.tile_size))
-        if self._detect_blank_tile(bgra):
+        pixels = bgra.view(np.uint32)[..., 0]
+        if self._is_blank(pixels):
             return self._get_blank_encoded_frame(self.tile_size)
         # Opaque means every uint32 pixel (A in the top byte) is at least 0xFF000000.
-        if bgra.view(np.uint32).min() < 0xFF000000:
+        if pixels.min() < 0xFF000000:
             convert_argb_to_rgba(bgra.view(ctypes.c_uint32))  # type: ignore[arg-type]
             return self.encoder.encode(self._composite_over_background(bgra))
         quality, subsampling, colorspace = direct
