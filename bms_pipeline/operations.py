@@ -13,7 +13,6 @@ import dagster as dg
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 
-from bms_pipeline.core.dicom.overrides import override_paths
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.mirax.discovery import SlideStatus, scan_slides
 from bms_pipeline.partitions import slides_partitions
@@ -86,6 +85,8 @@ def plan_slides(
     if isinstance(bms, BmsPipelineResource):
         statuses = bms.scan()
     else:
+        from bms_pipeline.core.dicom.overrides import override_paths  # imports wsidicom
+
         statuses = scan_slides(
             layout.slides_dir, extra_inputs=lambda slide_id: override_paths(layout.root, slide_id)
         )

@@ -11,7 +11,7 @@ On the same cached ``large`` synthetic slide (> 30,000 x 30,000 px after croppin
 comparable output settings (baseline JPEG, quality 80, 512 x 512 tiles), it measures:
 
 * **A** the ``sm_series`` asset materialized through Dagster (``slides_job`` restricted to
-  ``sm_series`` without its checks, in-process executor, ephemeral instance);
+  ``sm_series`` without its checks, in-process executor, the persistent SQLite instance a run worker would load);
 * **B** the bare wsidicomizer Python API, ``WsiDicomizer.convert(mrxs, out,
   include_label=False)``, all other arguments at their defaults;
 * **C** the ``wsidicomizer`` CLI with ``--no-label``; its JPEG is 4:2:0 where the API's default
@@ -65,7 +65,7 @@ from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODULE = "bms_pipeline_tests.benchmarks.bench_conversion"
-VARIANTS = "ABCDEFG"
+VARIANTS = "ABCDEFGHI"
 TILE = 512
 QUALITY = 80
 GIGA = 1e9
@@ -82,6 +82,10 @@ DESCRIPTIONS = {
     "instead of read through OpenSlide), patched into the child by the benchmark",
     "G": "before: A with wsidicomizer's stock `OpenSlideSource` instead of the project's "
     "`FastOpenSlideSource` (patched into the child), i.e. A as it was before that change",
+    "H": "before: A with every pixel read through OpenSlide with its default 32 MiB cache "
+    "(`OpenSlideReadSource`), i.e. A before the direct MIRAX reader and the cache sizing",
+    "I": "lever: A with every pixel read through OpenSlide, its cache sized as A's "
+    "(`OpenSlideReadSource`): the cache alone, without the direct MIRAX reader",
 }
 
 
@@ -181,14 +185,27 @@ def _write_result(path: str, payload: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(payload), encoding="utf-8")
 
 
-def patch_converter(stock_source: bool, regenerate: bool) -> str:
-    """Levers tried by variants F and G, patched into this child process only.
+def patch_converter(
+    stock_source: bool, regenerate: bool, openslide_reads: bool = False, default_cache: bool = False
+) -> str:
+    """Levers tried by variants F, G, H and I, patched into this child process only.
 
     `stock_source`: make `convert_slide` read through wsidicomizer's own `OpenSlideSource`
     instead of the project's `FastOpenSlideSource`. `regenerate`: force
-    `regenerate_pyramid=True` on every `WsiDicomizer.convert` call. Returns "" or why the
-    patch cannot apply to this tree.
+    `regenerate_pyramid=True` on every `WsiDicomizer.convert` call. `openslide_reads`: use
+    `OpenSlideReadSource` (no direct MIRAX reader); `default_cache`: give OpenSlide its
+    default 32 MiB cache instead of one sized for a tile row. Returns "" or why the patch
+    cannot apply to this tree.
     """
+    if openslide_reads or default_cache:
+        from bms_pipeline.core.dicom import convert, fast_source
+
+        if not hasattr(fast_source, "OpenSlideReadSource"):
+            return "this tree has no OpenSlideReadSource (no direct MIRAX reader to turn off)"
+        if openslide_reads:
+            convert.FastOpenSlideSource = fast_source.OpenSlideReadSource  # type: ignore[misc]
+        if default_cache:
+            fast_source.decoded_image_cache_bytes = lambda width: 32 << 20
     if stock_source:
         from wsidicomizer.extras.openslide import OpenSlideSource
 
@@ -212,11 +229,14 @@ def patch_converter(stock_source: bool, regenerate: bool) -> str:
 
 def child_dagster(spec: dict[str, Any]) -> None:
     """A: materialize sm_series (without its checks) through Dagster in this process.
-    F/G: the same with one lever patched in (see `patch_converter`)."""
+    F-I: the same with one lever patched in (see `patch_converter`)."""
     started = time.perf_counter()
     import dagster as dg
 
-    why = patch_converter(spec.get("stock_source", False), spec.get("regenerate", False))
+    why = patch_converter(
+        spec.get("stock_source", False), spec.get("regenerate", False),
+        spec.get("openslide_reads", False), spec.get("default_cache", False),
+    )
     if why:
         print(why, file=sys.stderr)
         raise SystemExit(3)
@@ -228,7 +248,11 @@ def child_dagster(spec: dict[str, Any]) -> None:
     job = defs.resolve_job_def("slides_job").get_subset(
         asset_selection={dg.AssetKey("sm_series")}, asset_check_selection=set()
     )
-    with dg.instance_for_test() as instance:
+    # The persistent instance a deployment's run worker loads (prepared by `init_instance`,
+    # untimed): creating an ephemeral one would add seconds of SQLite schema migrations
+    # that no real run pays.
+    os.environ["DAGSTER_HOME"] = spec["dagster_home"]
+    with dg.DagsterInstance.get() as instance:
         register_slides(instance, [spec["slide_id"]])
         job_started = time.perf_counter()
         result = job.execute_in_process(partition_key=spec["slide_id"], instance=instance)
@@ -245,6 +269,23 @@ def child_dagster(spec: dict[str, Any]) -> None:
             "steps": steps,
         },
     )
+
+
+def child_init_instance(spec: dict[str, Any]) -> None:
+    """Create the persistent Dagster instance the A-like children load (storage migrated)."""
+    import dagster as dg
+
+    from bms_pipeline.instance import ensure_instance_home
+    from bms_pipeline.operations import register_slides
+
+    home = Path(spec["dagster_home"])
+    ensure_instance_home(home)
+    os.environ["DAGSTER_HOME"] = str(home)
+    with dg.DagsterInstance.get() as instance:
+        register_slides(instance, [spec["slide_id"]])
+        instance.get_runs(limit=1)
+        instance.get_asset_records()
+    _write_result(spec["result"], {})
 
 
 def child_wsidicomizer_api(spec: dict[str, Any]) -> None:
@@ -378,12 +419,25 @@ def child_stages(spec: dict[str, Any]) -> None:
         from bms_pipeline.core.dicom.fast_source import composite_over_background
     except ImportError:
         composite_over_background = None
+    try:
+        from bms_pipeline.core.dicom.fast_source import (
+            FastOpenSlideLevelImageData,
+            decoded_image_cache_bytes,
+        )
+        from bms_pipeline.core.mirax.direct import MiraxDirectReader
+    except ImportError:
+        MiraxDirectReader = None
 
     class Stub:  # the two stock methods only read `blank_color`
         blank_color = (255, 255, 255)
 
     stub = Stub()
     slide = OpenSlide(spec["mrxs"])
+    reader = (
+        MiraxDirectReader.open(Path(spec["mrxs"]), decoded_image_cache_bytes(slide.dimensions[0]))
+        if MiraxDirectReader is not None
+        else None
+    )
     props = slide.properties
     bx, by = int(props.get("openslide.bounds-x", 0)), int(props.get("openslide.bounds-y", 0))
     bw, bh = spec["bounds"]
@@ -413,9 +467,23 @@ def child_stages(spec: dict[str, Any]) -> None:
                 t.append(time.perf_counter())
                 tiles += 1
                 stock["read"] += t[1] - t[0]
-                fast["read"] += t[1] - t[0]
                 stock["blank"] += t[2] - t[1]
-                fast["blank"] += t[2] - t[1]
+                if reader is not None and reader.supports_level(level):
+                    t0 = time.perf_counter()
+                    mine_bgra = reader.read_bgra(level, bx + tx * TILE * scale, by + ty * TILE * scale, TILE, TILE)
+                    fast["read"] += time.perf_counter() - t0
+                    if not np.array_equal(mine_bgra, bgra):
+                        raise AssertionError(f"direct MIRAX read differs from OpenSlide's (level {level})")
+                else:
+                    fast["read"] += t[1] - t[0]
+                if reader is not None:
+                    t0 = time.perf_counter()
+                    verdict = FastOpenSlideLevelImageData._is_blank(stub, bgra.view(np.uint32)[..., 0])  # type: ignore[arg-type]
+                    fast["blank"] += time.perf_counter() - t0
+                    if verdict != blank:
+                        raise AssertionError("the project's blank check disagrees with wsidicomizer's")
+                else:
+                    fast["blank"] += t[2] - t[1]
                 if blank:
                     blanks += 1
                     continue
@@ -457,13 +525,17 @@ def child_stages(spec: dict[str, Any]) -> None:
             "stock_ms": {k: v / tiles * 1000 for k, v in stock.items()},
             "fast_ms": {k: v / tiles * 1000 for k, v in fast.items()},
         })
-    _write_result(spec["result"], {"levels": per_level,
+    direct_levels = [lv for lv in range(spec["levels"]) if reader is not None and reader.supports_level(lv)]
+    if reader is not None:
+        reader.close()
+    _write_result(spec["result"], {"levels": per_level, "direct_levels": direct_levels,
                                    "project_composite": composite_over_background is not None})
 
 
 CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
     "stages": child_stages,
     "dagster": child_dagster,
+    "init_instance": child_init_instance,
     "api": child_wsidicomizer_api,
     "convert_slide": child_convert_slide,
     "codec": child_codec,
@@ -738,6 +810,16 @@ class Bench:
             raise SystemExit(f"ground truth bounds {self.truth.bounds} != OpenSlide {self.bounds}")
         self.source_before = source_state()
         self.stats = {key: VariantStats(key) for key in args.variants}
+        self.dagster_home = self.cache / "instance"
+        shutil.rmtree(self.dagster_home, ignore_errors=True)
+        # Every child_dagster (A, F-I, the overhead and the profile) loads this instance.
+        init = run_child(
+            "init_instance",
+            {"dagster_home": str(self.dagster_home), "slide_id": self.slide_id},
+            self.logs / "init-instance.log",
+        )
+        if not init.ok:
+            raise SystemExit(f"could not create the Dagster instance, see {self.logs / 'init-instance.log'}")
         self.psnr = TruthRegions(self.truth, args.psnr_regions)
         self.orthanc: str | None = None
         if "E" in self.stats:
@@ -754,12 +836,14 @@ class Bench:
         log = self.logs / f"{key}-run{run}.log"
         out_dir: Path | None = None
         root: Path | None = None
-        if key in "AFG":
+        if key in "AFGHI":
             root = run_root(self.data_root, self.scratch)
             proc = run_child(
                 "dagster",
                 {"data_root": str(root), "slide_id": self.slide_id, "workers": self.workers,
-                 "regenerate": key == "F", "stock_source": key == "G"},
+                 "dagster_home": str(self.dagster_home),
+                 "regenerate": key == "F", "stock_source": key == "G",
+                 "openslide_reads": key in "HI", "default_cache": key == "H"},
                 log,
             )
             out_dir = root / "out" / "dicom" / self.slide_id / "sm"
@@ -800,7 +884,7 @@ class Bench:
             print(f"  {key} run {run} FAILED (exit {proc.returncode}), see {log}", flush=True)
             if key == "E" and not stats.samples and run == 0:
                 stats.skipped = f"OrthancWSIDicomizer failed: {' | '.join(tail)}"
-            if proc.returncode == 3 and key in "FG":
+            if proc.returncode == 3 and key in "FGHI":
                 stats.skipped = " | ".join(tail)
             self._cleanup(out_dir, root)
             return
@@ -816,13 +900,14 @@ class Bench:
             sample.out_bytes = sum(p.stat().st_size for p in files)
             sample.base = base_size(files)
             stats.files = len(files)
-            if key in "AFG":
+            if key in "AFGHI":
                 stats.extra.setdefault("job_seconds", []).append(proc.result.get("job_seconds"))
+                stats.extra.setdefault("setup_seconds", []).append(proc.result.get("setup_seconds"))
                 stats.extra["steps"] = proc.result.get("steps")
             if stats.errors is None and not self.args.no_validate:
                 print(f"  dciodvfy on {len(files)} {key} files ...", flush=True)
                 stats.errors = dciodvfy_errors(files)
-            if key in "ACFG" and "psnr" not in stats.extra and self.args.psnr_regions > 0:
+            if key in "ACFGHI" and "psnr" not in stats.extra and self.args.psnr_regions > 0:
                 print(f"  level-0 PSNR of {key} against the ground truth ...", flush=True)
                 stats.extra["psnr"] = self.psnr.measure(out_dir)
         stats.samples.append(sample)
@@ -859,7 +944,8 @@ class Bench:
             order = ("asset", "bare") if run % 2 == 0 else ("bare", "asset")
             for what in order:
                 root = run_root(small, self.scratch)
-                spec = {"data_root": str(root), "slide_id": slide_id, "workers": self.workers}
+                spec = {"data_root": str(root), "slide_id": slide_id, "workers": self.workers,
+                        "dagster_home": str(self.dagster_home)}
                 log = self.logs / f"overhead-{what}-run{run}.log"
                 proc = run_child("dagster" if what == "asset" else "convert_slide", spec, log)
                 if not proc.ok:
@@ -958,7 +1044,8 @@ class Bench:
                 root = run_root(self.data_root, self.scratch)
                 proc = run_child(
                     "dagster",
-                    {"data_root": str(root), "slide_id": self.slide_id, "workers": self.workers},
+                    {"data_root": str(root), "slide_id": self.slide_id, "workers": self.workers,
+                     "dagster_home": str(self.dagster_home)},
                     log, wrapper,
                 )
                 shutil.rmtree(root, ignore_errors=True)
@@ -1292,15 +1379,21 @@ def render(bench: Bench, overhead: dict | None, backfill: dict | None, stages: d
             add(f"- {key} failures: " + "; ".join(st.failures))
         if st.errors and st.errors[2]:
             add(f"- {key} dciodvfy errors, e.g.: " + "; ".join(f"`{m}`" for m in st.errors[2][:3]))
-    for key in "AFG":
+    for key in "AFGHI":
         st = bench.stats.get(key)
         if st and st.samples:
             jobs = [x for x in st.extra.get("job_seconds", []) if x is not None]
-            add(f"- {key} inside its process: `execute_in_process` {statistics.median(jobs):.1f} s, "
-                f"of which wsidicomizer (`convert_slide`'s own timer) {st.median('inner'):.1f} s; "
-                f"the remaining {st.median('wall') - statistics.median(jobs):.1f} s of its wall time "
-                "are interpreter start-up, imports (wsidicomizer alone takes several seconds to "
-                "import), and the Dagster definitions and instance.")
+            setups = [x for x in st.extra.get("setup_seconds", []) if x is not None]
+            setup = statistics.median(setups) if setups else 0.0
+            job = statistics.median(jobs)
+            add(f"- {key} inside its process: {setup:.1f} s before `execute_in_process` (importing "
+                "Dagster and the definitions, loading the instance"
+                + ("" if key == "A" else "; importing wsidicomizer to patch the lever in")
+                + f"), `execute_in_process` {job:.1f} s, of which the conversion "
+                f"(`convert_slide`'s own timer) {st.median('inner'):.1f} s (the rest: "
+                + ("importing wsidicomizer and pydicom in the step, " if key == "A" else "")
+                + "metadata, Dagster's events); "
+                f"{st.median('wall') - job - setup:.1f} s are interpreter start-up and exit.")
     b = bench.stats.get("B")
     if b and b.samples:
         add(f"- B inside its process: `WsiDicomizer.convert` {b.median('inner'):.1f} s "
@@ -1330,7 +1423,7 @@ def render(bench: Bench, overhead: dict | None, backfill: dict | None, stages: d
         add("|---|---:|---:|---:|---:|")
         e = bench.stats.get("E")
         c = bench.stats.get("C")
-        for key in "AFG":
+        for key in "AFGHI":
             st = bench.stats.get(key)
             if not st or not st.samples:
                 continue
@@ -1352,10 +1445,16 @@ def render(bench: Bench, overhead: dict | None, backfill: dict | None, stages: d
             f"{args.stage_rows} whole tile rows per level (raster order, as the converter reads), "
             f"{sampled:,} of the {total_tiles:,} tiles, then scaled to every tile of the slide. "
             "*stock* is wsidicomizer's `OpenSlideLevelImageData` path; *project* is "
-            "`bms_pipeline.core.dicom.fast_source.FastOpenSlideLevelImageData` (opaque tiles "
-            "encoded straight from OpenSlide's BGRA buffer, the others composited by "
-            "`composite_over_background`). On every sampled tile the benchmark checked that the "
-            "project's JPEG bytes and composited pixels equal wsidicomizer's.")
+            "`bms_pipeline.core.dicom.fast_source.FastOpenSlideLevelImageData`: pixels read by "
+            "`MiraxDirectReader` on the levels it reproduces exactly ("
+            + (", ".join(f"L{lv}" for lv in stages.get("direct_levels", [])) or "none")
+            + "; OpenSlide with a cache sized for a tile row on the others), blank tiles found "
+            "on the BGRA words, opaque tiles encoded straight from the BGRA buffer, the others "
+            "composited by `composite_over_background`. On every sampled tile the benchmark "
+            "checked that the direct reader's pixels equal OpenSlide's, that the blank verdicts "
+            "agree, and that the project's JPEG bytes and composited pixels equal "
+            "wsidicomizer's. (The stock read runs first on each tile and warms nothing for the "
+            "direct reader, which has its own cache.)")
         add("")
         add("Opaque tiles per level: " + ", ".join(
             f"L{lv['level']} {lv['opaque']}/{lv['tiles_sampled'] - lv['blank']}"
@@ -1381,8 +1480,9 @@ def render(bench: Bench, overhead: dict | None, backfill: dict | None, stages: d
         add("")
         add(f"CPU seconds are for all {total_tiles:,} tiles of the {bench.levels} levels; on "
             f"{cores()} cores the project path's per-tile work alone bounds the conversion at "
-            f"about {fast_total / cores():.1f} s wall, of which OpenSlide's `read_region` is "
-            f"{cpu('fast', 'read') / fast_total * 100:.0f} %.")
+            f"about {fast_total / cores():.1f} s wall, of which reading pixels is "
+            f"{cpu('fast', 'read') / fast_total * 100:.0f} % (stock: OpenSlide's `read_region`, "
+            f"{cpu('stock', 'read') / stock_total * 100:.0f} %).")
         add("")
     elif stages:
         add(f"Stage timing skipped: {stages['skipped']}.")
