@@ -8,6 +8,7 @@ import re
 import shutil
 import struct
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,32 +24,15 @@ from bms_pipeline.core.mirax.direct import (
     decode_image_bgra,
 )
 from bms_pipeline.core.mirax.inventory import check_complete, index_records
-from bms_pipeline.core.mirax.writer import MiraxGeometry, MiraxGroundTruth
+from bms_pipeline.core.mirax.writer import MiraxGroundTruth
 from bms_pipeline_tests.helpers import TINY_GEOMETRY, write_test_slide
 
 # Overlaps that are multiples of 8 keep every field at a whole pixel of level 3, so all
 # four levels (with images split into sub-tiles from level 2 on) are plain pastes.
-ALIGNED_GEOMETRY = MiraxGeometry(
-    image_width=128,
-    image_height=96,
-    fields_x=5,
-    fields_y=4,
-    divisions=2,
-    overlap_x=16,
-    overlap_y=8,
-    levels=4,
-    missing_fields=TINY_GEOMETRY.missing_fields,
-)
+ALIGNED_GEOMETRY = replace(TINY_GEOMETRY, overlap_x=16, overlap_y=8, levels=4)
 # No overlap and no position layer: OpenSlide's other tile-map branch.
-PLAIN_GEOMETRY = MiraxGeometry(
-    image_width=128,
-    image_height=96,
-    fields_x=4,
-    fields_y=3,
-    divisions=2,
-    overlap_x=0,
-    overlap_y=0,
-    levels=4,
+PLAIN_GEOMETRY = replace(
+    TINY_GEOMETRY, fields_x=4, fields_y=3, overlap_x=0, overlap_y=0, levels=4,
     missing_fields=frozenset({(1, 1), (3, 0)}),
 )
 
