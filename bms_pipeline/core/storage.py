@@ -210,7 +210,9 @@ class StorageRoot:
         """Upload the local `rel` (file or folder) to the remote, replacing what was there.
 
         The upload goes beside the target first and is moved over it only when complete.
-        A missing local `rel` removes the remote one. Nothing happens for a local root.
+        A missing local `rel` is an error, never a deletion: another process's fetch may
+        have dropped an unpublished file, and that must not remove the published one.
+        Nothing happens for a local root.
         """
         if self.is_local:
             return
@@ -219,6 +221,8 @@ class StorageRoot:
         target = self.remote(rel)
         partial = f"{target}.partial-{uuid.uuid4().hex[:12]}"
         with _mirror_lock(self.local_root):
+            if not local.exists():
+                raise StorageError(f"{self.url_of(rel)}: nothing to publish at {local}")
             try:
                 for stale in fs.glob(f"{target}.partial-*"):
                     fs.rm(stale, recursive=True)
@@ -230,8 +234,6 @@ class StorageRoot:
                         for p in sorted(local.rglob("*"))
                         if p.is_file()
                     ]
-                    if local.is_dir()
-                    else []
                 )
                 for source, dest in files:
                     fs.put_file(str(source), dest)

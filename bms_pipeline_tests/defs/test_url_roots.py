@@ -223,3 +223,15 @@ def test_a_failed_publish_keeps_the_previous_version(tmp_path: Path, bucket: str
     _FailingUploads.budget = 10
     root.publish("dicom/s/sm")
     assert sorted(root.listing("dicom")) == [f"dicom/s/sm/{i}.dcm" for i in range(4)]
+
+
+def test_publishing_a_missing_local_path_is_an_error_not_a_deletion(tmp_path: Path, bucket: str) -> None:
+    root = StorageRoot.of(f"{bucket}/out", tmp_path / "scratch")
+    table = root.local_root / "tables" / "index.parquet"
+    table.parent.mkdir(parents=True)
+    table.write_bytes(b"v1")
+    root.publish("tables/index.parquet")
+    table.unlink()  # e.g. dropped by another process's fetch before it was published
+    with pytest.raises(StorageError, match=r"tables/index.parquet: nothing to publish"):
+        root.publish("tables/index.parquet")
+    assert root.fs.cat_file(root.remote("tables/index.parquet")) == b"v1"
