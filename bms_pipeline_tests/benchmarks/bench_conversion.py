@@ -1100,7 +1100,8 @@ WAITING = ("Condition.wait (", "_wait_for_tstate_lock (", "Event.wait (", "Semap
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     ("RGBA->RGB compositing (wsidicomizer int32, or the project's for partly transparent tiles)",
      ("_composite_over_background (", "composite_over_background (")),
-    ("blank-tile detection (`_detect_blank_tile`)", ("_detect_blank_tile (",)),
+    ("blank-tile detection (`_detect_blank_tile`, the project's `_is_blank`)",
+     ("_detect_blank_tile (", "_is_blank (")),
     ("opacity check (`bgra[..., 3].min()`)", ("_amin (", "_wrapreduction (")),
     ("JPEG encode (libjpeg-turbo via imagecodecs)", ("Encoder.encode (codec/encoder.py",)),
     ("pyramid downsampling", ("downsample",)),
@@ -1151,6 +1152,8 @@ def profile_buckets() -> list[tuple[str, tuple[str, ...]]]:
         BUCKETS[1],
         ("OpenSlide `read_region` in C (MIRAX JPEG decode, stitching, premultiplied ARGB)",
          tuple(read)),
+        ("direct MIRAX read (`MiraxDirectReader`: camera JPEG decode to BGRA, cache, paste)",
+         ("decode_image_bgra (", "MiraxDirectReader.", "_ImageCache.")),
         ("ARGB->RGBA (`argb2rgba`)", tuple(argb)),
         ("JPEG encode (libjpeg-turbo via imagecodecs)", (*encode, *BUCKETS[3][1])),
         BUCKETS[2],
