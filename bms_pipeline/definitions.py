@@ -35,7 +35,7 @@ def build_definitions(
         ),
         jobs=[slides_job, collection_job],
         # A slide's steps run one after the other anyway, and each step process would pay
-        # ~10 s of imports (Dagster, wsidicomizer, highdicom, polars): runs execute in one
+        # 4-6 s of imports (Dagster, wsidicomizer, highdicom, polars): runs execute in one
         # process, and parallelism comes from concurrent runs (one per slide), capped by
         # the run queue and the `wsi_conversion` pool in dagster.yaml.
         executor=dg.in_process_executor,
