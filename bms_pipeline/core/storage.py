@@ -4,7 +4,7 @@ OpenSlide, dicom3tools and DuckDB need local files, so every root has a local si
 local root (a plain path or ``file://``) is its own local side and nothing is copied. A
 remote root (``s3://``, ``gs://``, ``memory://``, ...) is mirrored into a scratch folder:
 steps ``fetch`` what they read (only files whose remote size or version changed since the
-last fetch, and local leftovers the remote no longer has are dropped) and ``publish`` what
+last fetch, and local copies of files the remote no longer has are dropped) and ``publish`` what
 they wrote, so a step can run on any machine that reaches the root.
 
 Publishing uploads a whole series or table beside its target (``<target>.partial-<token>``)
@@ -192,13 +192,20 @@ class StorageRoot:
         return local
 
     def _drop_stale(self, rel: str, keep: set[str], manifest: dict[str, str]) -> None:
+        """Remove local files below `rel` that came from the remote (fetched or published)
+        and that the remote no longer has. Files the manifest does not know are another
+        step's work in progress, written but not yet published: they stay."""
         local = self.local_root / rel
-        paths = [local] if local.is_file() else (p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []
-        for path in list(paths):
+        if local.is_file():
+            paths = [local]
+        elif local.is_dir():
+            paths = [p for p in local.rglob("*") if p.is_file()]
+        else:
+            paths = []
+        for path in paths:
             name = path.relative_to(self.local_root).as_posix()
-            if name not in keep and not path.name.startswith(".bms-"):
+            if name in manifest and name not in keep:
                 path.unlink()
-                manifest.pop(name, None)
         if local.is_dir():
             for folder in sorted((p for p in local.rglob("*") if p.is_dir()), reverse=True):
                 if not any(folder.iterdir()):

@@ -180,6 +180,11 @@ def test_fetch_downloads_only_changes_and_drops_what_the_remote_lost(tmp_path: P
     root.fetch("raw/slides/a")
     assert (local / "Data0001.dat").stat().st_ino == kept
     assert data_inode != (local / "Data0000.dat").stat().st_ino
+    # A file written locally and not yet published (another step's work) is not stale.
+    unpublished = local / "Data0002.dat"
+    unpublished.write_bytes(b"work in progress")
+    root.fetch("raw/slides/a")
+    assert unpublished.read_bytes() == b"work in progress"
     with pytest.raises(FileNotFoundError, match=f"{bucket}/data/raw/slides/missing.mrxs: not found"):
         root.fetch("raw/slides/missing.mrxs", required=True)
 
