@@ -158,9 +158,10 @@ class StorageRoot:
     def fetch(self, rel: str, required: bool = False) -> Path:
         """The local path of `rel` (file or folder), brought up to date with the remote.
 
-        Files unchanged since the last fetch are not downloaded again; local files below
-        `rel` that the remote no longer has are removed, so a replaced series never keeps
-        stale instances. `required` raises FileNotFoundError naming the URL when absent.
+        Files unchanged since the last fetch are not downloaded again; local copies of
+        remote files below `rel` that the remote no longer has are removed, so a replaced
+        series never keeps stale instances (unpublished local output is left alone).
+        `required` raises FileNotFoundError naming the URL when absent.
         """
         local = self.local_root / rel
         if self.is_local:
