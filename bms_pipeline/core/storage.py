@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -50,6 +51,12 @@ def _fingerprint(info: dict[str, Any]) -> str:
     """Size plus the store's version marker (ETag, generation, mtime...), whichever it has."""
     version = next((str(info[k]) for k in _VERSION_KEYS if info.get(k) not in (None, "")), "")
     return f"{info.get('size')}:{version}"
+
+
+def listing_signature(entries: dict[str, dict[str, Any]]) -> str:
+    """A cheap change detector over listed files: names, sizes and store versions."""
+    parts = [f"{name}:{_fingerprint(info)}" for name, info in sorted(entries.items())]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 @contextmanager
@@ -83,7 +90,7 @@ class StorageRoot:
     def of(cls, url: str | os.PathLike[str], scratch: str | os.PathLike[str] | None = None) -> StorageRoot:
         return cls(os.fspath(url), Path(scratch) if scratch is not None else default_scratch())
 
-    @property
+    @cached_property
     def _fs_and_path(self) -> tuple[fsspec.AbstractFileSystem, str]:
         fs, path = fsspec.core.url_to_fs(self.url)
         return fs, path.rstrip("/") or "/"
@@ -134,12 +141,8 @@ class StorageRoot:
         return out
 
     def signature(self, rels: list[str]) -> str:
-        """A cheap change detector over the files at or below `rels` (names, sizes, versions)."""
-        parts = []
-        for rel in rels:
-            for name, info in sorted(self.listing(rel).items()):
-                parts.append(f"{name}:{_fingerprint(info)}")
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+        """`listing_signature` over the files at or below `rels`."""
+        return listing_signature({n: i for rel in rels for n, i in self.listing(rel).items()})
 
     # -- mirror ----------------------------------------------------------------------------
     def _manifest(self) -> dict[str, str]:

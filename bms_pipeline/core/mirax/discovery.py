@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,13 +67,13 @@ def scan_slides(
 def _remote_slide_signature(
     slide_id: str, slides: dict[str, dict], overrides: dict[str, dict]
 ) -> tuple[str, list[str]]:
-    from bms_pipeline.core.storage import _fingerprint
+    from bms_pipeline.core.storage import listing_signature
 
     prefix = f"raw/slides/{slide_id}"
     names = sorted(n for n in slides if n == f"{prefix}.mrxs" or n.startswith(f"{prefix}/"))
     extra = [n for n in ("overrides/collection.json", f"overrides/{slide_id}.json") if n in overrides]
-    parts = [f"{n}:{_fingerprint({**slides, **overrides}[n])}" for n in [*names, *extra]]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16], names
+    entries = {n: slides[n] for n in names} | {n: overrides[n] for n in extra}
+    return listing_signature(entries), names
 
 
 def remote_slide_signature(root: StorageRoot, slide_id: str) -> str:
