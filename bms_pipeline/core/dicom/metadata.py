@@ -45,6 +45,7 @@ from wsidicomizer.metadata import WsiDicomizerMetadata
 from bms_pipeline.core.clinical.patients import PatientClinical
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.dicom.overrides import MetadataOverride, apply_overrides
+from bms_pipeline.core.dicom.viewer_compat import apply_viewer_conventions
 
 # DICOM PS3.16 CID 7050 de-identification method codes.
 BASIC_PROFILE = Code("113100", "DCM", "Basic Application Confidentiality Profile")
@@ -218,6 +219,6 @@ def build_post_processor(context: SlideContext) -> Callable[[Dataset, WsiMetadat
             for keyword in ("SeriesDate", "SeriesTime"):
                 if keyword in dataset:
                     delattr(dataset, keyword)
-        return dataset
+        return apply_viewer_conventions(dataset)
 
     return post_process

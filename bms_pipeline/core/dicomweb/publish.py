@@ -1,0 +1,274 @@
+"""STOW-RS a slide's SM and ANN instances, idempotently, and prove they arrived.
+
+Per series: QIDO-RS lists what the server already holds. An instance it holds is retrieved
+(WADO-RS, stored transfer syntax) and compared with our file: equal -> nothing is sent; different
+-> it is stored again under the same SOP Instance UID, replacing the old copy (the UIDs are
+deterministic, so a reconverted slide keeps its UIDs). Only missing or changed instances are
+sent, one per request, so a failure names its instance and memory stays at one instance.
+
+After storing: QIDO-RS must list every instance of ours; WADO-RS must return, for each image,
+its first frame byte for byte as our file holds it, and for each annotation object (no frames)
+the object itself, equal to ours. A server that keeps the old copy of a changed instance (Orthanc
+without `OverwriteInstances`) fails this check with a message saying so.
+
+Transient failures (connection errors, 408/429/5xx) are retried a bounded number of times with
+backoff; anything else fails at once with the instance and the server's answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import requests
+from pydicom import Dataset, dcmread
+from pydicom.encaps import get_frame
+
+from bms_pipeline.core.dicomweb.config import auth_from_env
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRIABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+STORED_TRANSFER_SYNTAX = (("application/dicom", "*"),)  # as stored: no transcoding
+ANY_FRAME = (("application/octet-stream", "*"),)
+
+
+class DicomwebError(RuntimeError):
+    """A publication failure: the instance (file), the server and what the server answered."""
+
+
+@dataclass(frozen=True)
+class LocalInstance:
+    path: Path
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    modality: str
+    size: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.path.parent.name}/{self.path.name} (SOP Instance UID {self.sop_uid})"
+
+
+@dataclass
+class PublishReport:
+    server: str
+    auth: str
+    instances: int = 0  # ours, SM + ANN
+    stored: list[str] = field(default_factory=list)  # new on the server
+    replaced: list[str] = field(default_factory=list)  # were there with other content
+    unchanged: list[str] = field(default_factory=list)
+    left_on_server: list[str] = field(default_factory=list)  # in our series there, not ours
+    bytes_sent: int = 0
+    seconds: float = 0.0
+    verified_frames: int = 0
+    verified_objects: int = 0
+    series: dict[str, int] = field(default_factory=dict)  # series UID -> instances on the server
+
+
+def slide_instances(sm_dir: Path, ann_dir: Path) -> list[LocalInstance]:
+    """Every .dcm of the slide's sm/ and ann/ folders (headers only)."""
+    found = []
+    for folder in (sm_dir, ann_dir):
+        for path in sorted(folder.glob("*.dcm")) if folder.is_dir() else []:
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=[
+                "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"])
+            found.append(LocalInstance(path, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
+                                       str(ds.SOPInstanceUID), str(ds.Modality), path.stat().st_size))
+    if not found:
+        raise DicomwebError(f"{sm_dir.parent}: no DICOM files in sm/ or ann/ to publish")
+    return found
+
+
+def make_client(url: str, timeout: float = 120.0):
+    """A dicomweb-client for `url`, authenticated from the environment; its own retries are off
+    (this module retries, boundedly, so that each attempt is logged against its instance)."""
+    from dicomweb_client.api import DICOMwebClient
+    from dicomweb_client.session_utils import create_session, create_session_from_auth
+
+    description, auth, headers = auth_from_env()
+    session = create_session_from_auth(auth) if auth is not None else create_session()
+    client = DICOMwebClient(url, session=session, headers=headers or None, timeout=timeout)
+    client.set_http_retry_params(retry=False)
+    return client, description
+
+
+def _answer(exc: BaseException) -> str:
+    """What the server said, short: status and the start of its body, or the connection error."""
+    response = getattr(exc, "response", None)
+    if response is not None:
+        body = (response.text or "").strip().replace("\n", " ")
+        return f"HTTP {response.status_code} {response.reason}: {body[:300]}".rstrip(": ")
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _retriable(exc: BaseException) -> bool:
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        return True
+    response = getattr(exc, "response", None)
+    return response is not None and response.status_code in RETRIABLE_STATUS
+
+
+def with_retries(what: str, server: str, call: Callable[[], T], attempts: int = 3,
+                 backoff: float = 1.0) -> T:
+    """`call()`, retried on transient failures at most `attempts` times in all."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except (requests.RequestException, OSError) as exc:
+            if attempt == attempts or not _retriable(exc):
+                tries = f" after {attempt} attempts" if attempt > 1 else ""
+                raise DicomwebError(f"{what}: {server} answered{tries}: {_answer(exc)}") from exc
+            logger.warning("%s: attempt %d failed (%s); retrying", what, attempt, _answer(exc))
+            time.sleep(backoff * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def _uids_on_server(client, server: str, study_uid: str, series_uid: str) -> set[str]:
+    def search() -> list[dict]:
+        try:
+            return client.search_for_instances(
+                study_instance_uid=study_uid, series_instance_uid=series_uid,
+                fields=["00080018"], get_remaining=True,
+            )
+        except requests.HTTPError as exc:
+            if exc.response is not None and exc.response.status_code == 404:
+                return []  # some servers answer 404 for a series they do not hold
+            raise
+
+    found = with_retries(f"QIDO-RS series {series_uid}", server, search)
+    return {item["00080018"]["Value"][0] for item in found if "00080018" in item}
+
+
+def _retrieve(client, server: str, inst: LocalInstance) -> Dataset:
+    return with_retries(
+        f"WADO-RS {inst.label}", server,
+        lambda: client.retrieve_instance(inst.study_uid, inst.series_uid, inst.sop_uid,
+                                         media_types=STORED_TRANSFER_SYNTAX),
+    )
+
+
+def _same_content(local: Dataset, remote: Dataset) -> bool:
+    """Equal data sets (the file meta group is the server's business, e.g. its AE title)."""
+    return local == remote
+
+
+def first_frame(ds: Dataset) -> bytes:
+    """Frame 1 of an image as the file stores it (an encapsulated fragment, or native bytes)."""
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        frames = int(ds.get("NumberOfFrames", 1))
+        extended = None
+        if "ExtendedOffsetTable" in ds:
+            extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+        return get_frame(ds.PixelData, 0, extended_offsets=extended, number_of_frames=frames)
+    frame_bytes = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * (int(ds.BitsAllocated) // 8)
+    return bytes(ds.PixelData[:frame_bytes])
+
+
+def _frames_equal(ours: bytes, theirs: bytes) -> bool:
+    # A fragment is padded to even length; a server may return the frame without the pad byte.
+    return ours == theirs or ours.rstrip(b"\0") == theirs.rstrip(b"\0")
+
+
+def publish_slide(
+    instances: Iterable[LocalInstance],
+    url: str,
+    client=None,
+    attempts: int = 3,
+    delete_strays: bool = False,
+) -> PublishReport:
+    """Store what the server lacks or holds differently, then verify everything (see module doc).
+
+    `delete_strays` asks the server (DICOMweb DELETE, not supported by every server) to remove
+    instances of our series that we no longer have; otherwise they are only reported."""
+    started = time.perf_counter()
+    instances = list(instances)
+    auth = "given client"
+    if client is None:
+        client, auth = make_client(url)
+    report = PublishReport(server=url, auth=auth, instances=len(instances))
+    by_series: dict[tuple[str, str], list[LocalInstance]] = {}
+    for inst in instances:
+        by_series.setdefault((inst.study_uid, inst.series_uid), []).append(inst)
+
+    to_store: list[tuple[LocalInstance, Dataset, bool]] = []  # (instance, dataset, replacing)
+    for (study_uid, series_uid), members in by_series.items():
+        present = _uids_on_server(client, url, study_uid, series_uid)
+        ours = {m.sop_uid for m in members}
+        report.left_on_server.extend(sorted(present - ours))
+        for inst in members:
+            local = dcmread(inst.path)
+            if inst.sop_uid not in present:
+                to_store.append((inst, local, False))
+            elif _same_content(local, _retrieve(client, url, inst)):
+                report.unchanged.append(inst.sop_uid)
+            else:
+                to_store.append((inst, local, True))
+        if delete_strays:
+            for stray in sorted(present - ours):
+                with_retries(f"DELETE instance {stray}", url,
+                             lambda s=stray: client.delete_instance(study_uid, series_uid, s), attempts)
+                report.left_on_server.remove(stray)
+
+    for inst, ds, replacing in to_store:
+        answer = with_retries(f"STOW-RS {inst.label}", url,
+                              lambda ds=ds, inst=inst: client.store_instances([ds], inst.study_uid),
+                              attempts)
+        failed = answer.get("FailedSOPSequence") or []
+        if failed:
+            reason = failed[0].get("FailureReason", "no reason given")
+            raise DicomwebError(f"STOW-RS {inst.label}: {url} refused it (FailureReason {reason})")
+        (report.replaced if replacing else report.stored).append(inst.sop_uid)
+        report.bytes_sent += inst.size
+        logger.info("stored %s%s", inst.label, " (replacing the server's copy)" if replacing else "")
+
+    _verify(client, url, by_series, {i.sop_uid for i, _, r in to_store if r}, report, attempts)
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _verify(client, url: str, by_series: dict[tuple[str, str], list[LocalInstance]],
+            replaced: set[str], report: PublishReport, attempts: int) -> None:
+    for (study_uid, series_uid), members in by_series.items():
+        present = _uids_on_server(client, url, study_uid, series_uid)
+        missing = [m.label for m in members if m.sop_uid not in present]
+        if missing:
+            raise DicomwebError(f"QIDO-RS after STOW-RS: {url} does not list {', '.join(missing)}")
+        report.series[series_uid] = len(present)
+        for inst in members:
+            if inst.modality == "SM":
+                local = dcmread(inst.path)
+                ours = first_frame(local)
+                theirs = with_retries(
+                    f"WADO-RS frame 1 of {inst.label}", url,
+                    lambda inst=inst: client.retrieve_instance_frames(
+                        inst.study_uid, inst.series_uid, inst.sop_uid, [1], media_types=ANY_FRAME),
+                    attempts,
+                )[0]
+                if not _frames_equal(ours, theirs):
+                    raise DicomwebError(
+                        f"WADO-RS frame 1 of {inst.label} from {url}: {len(theirs)} bytes that differ "
+                        f"from the file's {len(ours)}"
+                        + (" (the server kept its old copy: it must overwrite instances stored "
+                           "again, e.g. Orthanc's OverwriteInstances)" if inst.sop_uid in replaced else "")
+                    )
+                report.verified_frames += 1
+                if inst.sop_uid in replaced and not _same_content(local, _retrieve(client, url, inst)):
+                    raise DicomwebError(
+                        f"WADO-RS {inst.label} from {url}: still the old copy after storing the changed "
+                        "one (the server must overwrite instances stored again, e.g. Orthanc's "
+                        "OverwriteInstances)"
+                    )
+            else:
+                if not _same_content(dcmread(inst.path), _retrieve(client, url, inst)):
+                    raise DicomwebError(
+                        f"WADO-RS {inst.label} from {url}: differs from the file"
+                        + (" (the server kept its old copy: it must overwrite instances stored "
+                           "again, e.g. Orthanc's OverwriteInstances)" if inst.sop_uid in replaced else "")
+                    )
+                report.verified_objects += 1
