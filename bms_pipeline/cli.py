@@ -69,6 +69,22 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dicomweb_target(args: argparse.Namespace, root: Path) -> bool:
+    """Export --dicomweb-url (worker processes build the same definitions) and say where the
+    slides are published, or that they are not; False on a malformed URL."""
+    from bms_pipeline.core.dicomweb.config import URL_ENV, resolve_target
+
+    try:
+        target = resolve_target(args.dicomweb_url, DataLayout.at(root).collection_yaml)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    if target is not None and args.dicomweb_url:
+        os.environ[URL_ENV] = target.url
+    print(f"DICOMweb: {f'publishing to {target.url} ({target.source})' if target else 'not configured, nothing is published'}")
+    return True
+
+
 def _has_slides(root: Path) -> bool:
     slides = DataLayout.at(root).slides_dir
     if not slides.is_dir():
@@ -119,6 +135,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     root = _data_root(args)
     if not _has_slides(root):
+        return 2
+    if not _dicomweb_target(args, root):
         return 2
     layout, instance, defs = _instance_and_defs(root)
     wanted = set(args.slide) if args.slide else None
@@ -233,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = with_root(sub.add_parser("run", help="register slides and materialize every asset with checks"))
     run.add_argument(
         "--output-root", help=f"outputs here instead of <data root>/out (or ${OUTPUT_ROOT_ENV})"
+    )
+    run.add_argument(
+        "--dicomweb-url",
+        help="publish each slide that passed its checks to this DICOMweb root by STOW-RS "
+        "(or $BMS_DICOMWEB_URL, or dicomweb.url in collection.yaml; credentials from "
+        "$BMS_DICOMWEB_USER/$BMS_DICOMWEB_PASSWORD or $BMS_DICOMWEB_TOKEN)",
     )
     run.add_argument("--slide", action="append", help="only this slide id (repeatable)")
     run.add_argument("--force", action="store_true", help="rematerialize even up-to-date slides")

@@ -12,6 +12,7 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 from bms_pipeline.defs.annotations import assets as annotation_assets
 from bms_pipeline.defs.annotations import checks as annotation_checks
 from bms_pipeline.defs.automation import automation_sensor
+from bms_pipeline.defs.dicomweb.assets import dicomweb_assets
 from bms_pipeline.defs.slides import assets as slide_assets
 from bms_pipeline.defs.slides import checks as slide_checks
 from bms_pipeline.defs.slides.jobs import collection_job, slides_job
@@ -26,10 +27,14 @@ from bms_pipeline.resources import BmsPipelineResource, default_data_root
 def build_definitions(
     data_root: str | None = None, workers: int | None = None, output_root: str | None = None
 ) -> dg.Definitions:
+    data_root = data_root or default_data_root()
     return dg.Definitions(
-        assets=dg.load_assets_from_modules(
-            [slide_assets, annotation_assets, validation_assets, table_assets]
-        ),
+        assets=[
+            *dg.load_assets_from_modules(
+                [slide_assets, annotation_assets, validation_assets, table_assets]
+            ),
+            *dicomweb_assets(data_root),  # only when a DICOMweb server is configured
+        ],
         asset_checks=dg.load_asset_checks_from_modules(
             [slide_checks, annotation_checks, validation_checks, table_checks]
         ),
@@ -42,7 +47,7 @@ def build_definitions(
         sensors=[new_slides_sensor, automation_sensor],
         resources={
             "bms": BmsPipelineResource(
-                data_root=data_root or default_data_root(), output_root=output_root, workers=workers
+                data_root=data_root, output_root=output_root, workers=workers
             )
         },
     )
