@@ -53,3 +53,18 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> ConvertedSlide:
     root = tmp_path_factory.mktemp("converted")
     truth = write_test_slide(root / "raw", slide_id=SLIDE_ID, image_format="PNG")
     return ConvertedSlide(truth, convert_test_slide(truth, root / "out"))
+
+
+@pytest.fixture(scope="session")
+def pipeline_output(tmp_path_factory: pytest.TempPathFactory):
+    """The demo collection converted by the pipeline once per session (no DICOMweb server)."""
+    import os
+
+    from bms_pipeline_tests.pipeline_output import convert_demo
+
+    saved = os.environ.pop("BMS_DICOMWEB_URL", None)  # converting only; publishing is tested apart
+    try:
+        return convert_demo(tmp_path_factory.mktemp("pipeline") / "data")
+    finally:
+        if saved is not None:
+            os.environ["BMS_DICOMWEB_URL"] = saved

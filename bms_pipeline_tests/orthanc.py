@@ -110,8 +110,11 @@ def orthanc_config(folder: Path, port: int) -> dict:
 
 
 @contextmanager
-def running_orthanc(folder: Path, port: int | None = None) -> Iterator[OrthancServer]:
-    """Start Orthanc with its private configuration in `folder`; stop it on exit."""
+def running_orthanc(
+    folder: Path, port: int | None = None, extra: dict | None = None
+) -> Iterator[OrthancServer]:
+    """Start Orthanc with its private configuration (updated with `extra`) in `folder`; stop it
+    on exit."""
     reason = missing_reason()
     if reason:
         raise RuntimeError(reason)
@@ -119,7 +122,7 @@ def running_orthanc(folder: Path, port: int | None = None) -> Iterator[OrthancSe
     (folder / "tmp").mkdir(exist_ok=True)
     port = port or free_port()
     config = folder / "orthanc.json"
-    config.write_text(json.dumps(orthanc_config(folder, port), indent=2))
+    config.write_text(json.dumps({**orthanc_config(folder, port), **(extra or {})}, indent=2))
     log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 - closed after the server stops
     process = subprocess.Popen(
         [ORTHANC, str(config)], cwd=folder, stdout=log, stderr=subprocess.STDOUT,

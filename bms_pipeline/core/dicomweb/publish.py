@@ -129,7 +129,7 @@ def with_retries(what: str, server: str, call: Callable[[], T], attempts: int = 
     raise AssertionError("unreachable")
 
 
-def _uids_on_server(client, server: str, study_uid: str, series_uid: str) -> set[str]:
+def _uids_on_server(client, server: str, study_uid: str, series_uid: str, attempts: int = 3) -> set[str]:
     def search() -> list[dict]:
         try:
             return client.search_for_instances(
@@ -141,15 +141,16 @@ def _uids_on_server(client, server: str, study_uid: str, series_uid: str) -> set
                 return []  # some servers answer 404 for a series they do not hold
             raise
 
-    found = with_retries(f"QIDO-RS series {series_uid}", server, search)
+    found = with_retries(f"QIDO-RS series {series_uid}", server, search, attempts)
     return {item["00080018"]["Value"][0] for item in found if "00080018" in item}
 
 
-def _retrieve(client, server: str, inst: LocalInstance) -> Dataset:
+def _retrieve(client, server: str, inst: LocalInstance, attempts: int = 3) -> Dataset:
     return with_retries(
         f"WADO-RS {inst.label}", server,
         lambda: client.retrieve_instance(inst.study_uid, inst.series_uid, inst.sop_uid,
                                          media_types=STORED_TRANSFER_SYNTAX),
+        attempts,
     )
 
 
@@ -198,14 +199,14 @@ def publish_slide(
 
     to_store: list[tuple[LocalInstance, Dataset, bool]] = []  # (instance, dataset, replacing)
     for (study_uid, series_uid), members in by_series.items():
-        present = _uids_on_server(client, url, study_uid, series_uid)
+        present = _uids_on_server(client, url, study_uid, series_uid, attempts)
         ours = {m.sop_uid for m in members}
         report.left_on_server.extend(sorted(present - ours))
         for inst in members:
             local = dcmread(inst.path)
             if inst.sop_uid not in present:
                 to_store.append((inst, local, False))
-            elif _same_content(local, _retrieve(client, url, inst)):
+            elif _same_content(local, _retrieve(client, url, inst, attempts)):
                 report.unchanged.append(inst.sop_uid)
             else:
                 to_store.append((inst, local, True))
@@ -234,12 +235,17 @@ def publish_slide(
 
 def _verify(client, url: str, by_series: dict[tuple[str, str], list[LocalInstance]],
             replaced: set[str], report: PublishReport, attempts: int) -> None:
+    missing = []
     for (study_uid, series_uid), members in by_series.items():
-        present = _uids_on_server(client, url, study_uid, series_uid)
-        missing = [m.label for m in members if m.sop_uid not in present]
-        if missing:
-            raise DicomwebError(f"QIDO-RS after STOW-RS: {url} does not list {', '.join(missing)}")
+        present = _uids_on_server(client, url, study_uid, series_uid, attempts)
+        missing.extend(m.label for m in members if m.sop_uid not in present)
         report.series[series_uid] = len(present)
+    if missing:
+        raise DicomwebError(
+            f"QIDO-RS after STOW-RS: {url} accepted but does not list {', '.join(missing)} "
+            "(the server dropped them; its log says why)"
+        )
+    for members in by_series.values():
         for inst in members:
             if inst.modality == "SM":
                 local = dcmread(inst.path)
@@ -258,14 +264,14 @@ def _verify(client, url: str, by_series: dict[tuple[str, str], list[LocalInstanc
                            "again, e.g. Orthanc's OverwriteInstances)" if inst.sop_uid in replaced else "")
                     )
                 report.verified_frames += 1
-                if inst.sop_uid in replaced and not _same_content(local, _retrieve(client, url, inst)):
+                if inst.sop_uid in replaced and not _same_content(local, _retrieve(client, url, inst, attempts)):
                     raise DicomwebError(
                         f"WADO-RS {inst.label} from {url}: still the old copy after storing the changed "
                         "one (the server must overwrite instances stored again, e.g. Orthanc's "
                         "OverwriteInstances)"
                     )
             else:
-                if not _same_content(dcmread(inst.path), _retrieve(client, url, inst)):
+                if not _same_content(dcmread(inst.path), _retrieve(client, url, inst, attempts)):
                     raise DicomwebError(
                         f"WADO-RS {inst.label} from {url}: differs from the file"
                         + (" (the server kept its old copy: it must overwrite instances stored "
