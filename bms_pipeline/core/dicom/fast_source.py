@@ -205,6 +205,23 @@ class FastOpenSlideSource(OpenSlideSource):
             self._direct.close()
         super().close()
 
+    def _create_overview_image_data(self) -> BaseDicomizerImageData | None:
+        """The slide preview, with the nominal pixel spacing of core/dicom/viewer_compat.py."""
+        from wsidicomizer.sources.openslide_like.openslide_like_source import (
+            OpenSlideLikeAssociatedImageType,
+        )
+
+        from bms_pipeline.core.dicom.viewer_compat import NominalSpacingOverviewImageData
+
+        image = self._get_associated_image(OpenSlideLikeAssociatedImageType.MACRO)
+        if image is None:
+            return None
+        overview = self.metadata.overview
+        system = overview.image.image_coordinate_system if overview and overview.image else None
+        return NominalSpacingOverviewImageData(
+            image, self._blank_color, self._encoder, image_coordinate_system=system
+        )
+
     def _create_level_image_data(self, level_index: int) -> BaseDicomizerImageData:
         image_data = FastOpenSlideLevelImageData(
             self._slide,

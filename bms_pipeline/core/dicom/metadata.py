@@ -45,7 +45,7 @@ from wsidicomizer.metadata import WsiDicomizerMetadata
 from bms_pipeline.core.clinical.patients import PatientClinical
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.dicom.overrides import MetadataOverride, apply_overrides
-from bms_pipeline.core.dicom.viewer_compat import apply_viewer_conventions
+from bms_pipeline.core.dicom.viewer_compat import viewer_coordinate_systems
 
 # DICOM PS3.16 CID 7050 de-identification method codes.
 BASIC_PROFILE = Code("113100", "DCM", "Basic Application Confidentiality Profile")
@@ -161,6 +161,7 @@ def build_pre_processor(collection: CollectionConfig) -> Callable[[WsiDicomizerM
             slide=replace(metadata.slide, identifier=None),
             label=replace(metadata.label, text=None, barcode=None),
         )
+        stripped = viewer_coordinate_systems(stripped)  # as viewers show OpenSlide's image
         if not collection.deidentification.keep_dates:
             stripped = replace(
                 stripped,
@@ -219,6 +220,6 @@ def build_post_processor(context: SlideContext) -> Callable[[Dataset, WsiMetadat
             for keyword in ("SeriesDate", "SeriesTime"):
                 if keyword in dataset:
                     delattr(dataset, keyword)
-        return apply_viewer_conventions(dataset)
+        return dataset
 
     return post_process
