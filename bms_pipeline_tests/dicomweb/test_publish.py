@@ -125,7 +125,7 @@ def test_a_changed_instance_replaces_the_old_copy_and_the_report_says_so(
     shutil.copytree(pipeline_output.slide_dir, slide)
     first = publish_slide(slide_instances(slide / "sm", slide / "ann"), empty_orthanc.dicomweb_url)
     count = empty_orthanc.instance_count()
-    changed = sorted((slide / "ann").glob("*.dcm"))[0]
+    changed = min((slide / "ann").glob("*.dcm"))
     ds = dcmread(changed)
     ds.ContentDescription = "changed after publishing"  # same UIDs, other content
     ds.save_as(changed)

@@ -24,10 +24,10 @@ def _handler(upstream: str, user: str, password: str) -> type[BaseHTTPRequestHan
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
 
     class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet test output
+        def log_message(self, format: str, *args) -> None:
             return
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             REQUESTS.append(self.path)
             if self.path.startswith("/dicom-web/"):
                 self._proxy()

@@ -42,7 +42,7 @@ def url_from_collection_yaml(path: Path) -> str | None:
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     section = data.get("dicomweb") or {}
     if not isinstance(section, dict):
-        raise ValueError(f"{path}: `dicomweb` must be a mapping with a `url` key")
+        raise ValueError(f"{path}: `dicomweb` must be a mapping with a `url` key")  # noqa: TRY004
     url = section.get("url")
     return str(url) if url else None
 

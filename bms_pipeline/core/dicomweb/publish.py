@@ -114,7 +114,7 @@ def _retriable(exc: BaseException) -> bool:
     return response is not None and response.status_code in RETRIABLE_STATUS
 
 
-def with_retries(what: str, server: str, call: Callable[[], T], attempts: int = 3,
+def with_retries[T](what: str, server: str, call: Callable[[], T], attempts: int = 3,
                  backoff: float = 1.0) -> T:
     """`call()`, retried on transient failures at most `attempts` times in all."""
     for attempt in range(1, attempts + 1):
@@ -213,7 +213,8 @@ def publish_slide(
         if delete_strays:
             for stray in sorted(present - ours):
                 with_retries(f"DELETE instance {stray}", url,
-                             lambda s=stray: client.delete_instance(study_uid, series_uid, s), attempts)
+                             lambda s=stray, st=study_uid, se=series_uid: client.delete_instance(st, se, s),
+                             attempts)
                 report.left_on_server.remove(stray)
 
     for inst, ds, replacing in to_store:
