@@ -1,0 +1,37 @@
+"""`bms-pipeline run --dicomweb-url` as a user runs it, twice, against a real Orthanc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bms_pipeline.cli import main
+from bms_pipeline.core.dicomweb.config import PASSWORD_ENV, URL_ENV, USER_ENV
+from bms_pipeline_tests.orthanc import PASSWORD, USER, OrthancServer
+
+
+def test_run_publishes_every_instance_once_and_a_second_run_stores_nothing(
+    empty_orthanc: OrthancServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(USER_ENV, USER)
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    # The CLI exports these for its worker processes: recorded here so that they are restored.
+    for name in (URL_ENV, "DAGSTER_HOME", "BMS_DATA_ROOT"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    root = tmp_path / "data"
+    assert main(["demo-data", "--data-root", str(root), "--slides", "1", "--seed", "3"]) == 0
+    args = ["run", "--data-root", str(root), "--dicomweb-url", empty_orthanc.dicomweb_url]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    files = sorted((root / "out" / "dicom").rglob("*.dcm"))
+    assert f"publishing to {empty_orthanc.dicomweb_url} (--dicomweb-url)" in first
+    assert files and empty_orthanc.instance_count() == len(files)
+    stored = empty_orthanc.rest("/statistics")["TotalDiskSize"]
+    assert main(args) == 0
+    second = capsys.readouterr().out
+    assert "1/1 slides ok" in second and "fresh" in second
+    assert empty_orthanc.instance_count() == len(files)
+    assert empty_orthanc.rest("/statistics")["TotalDiskSize"] == stored
