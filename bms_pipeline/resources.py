@@ -81,6 +81,11 @@ class BmsPipelineResource(dg.ConfigurableResource):
         root, rel = self._root_of(path)
         root.publish(rel)
 
+    def withdraw(self, path: Path) -> bool:
+        """Remove a path of `layout` from its root and mirror (see `StorageRoot.withdraw`)."""
+        root, rel = self._root_of(path)
+        return root.withdraw(rel)
+
     def stage_slide(self, slide_id: str) -> Path:
         """The slide's local .mrxs, for OpenSlide: in place for a local root, otherwise its
         files (and metadata override files) copied into scratch, unchanged files skipped."""

@@ -60,6 +60,20 @@ class CollectionConfig:
     deidentification: DeidentificationPolicy = field(default_factory=DeidentificationPolicy)
     detection_algorithm: DetectionAlgorithm = field(default_factory=DetectionAlgorithm)
 
+    @property
+    def carried_values(self) -> tuple[str, ...]:
+        """The collection's own names, which every output carries on purpose (never leaks,
+        even where a MIRAX property equals one of them)."""
+        trial = self.clinical_trial
+        values = [
+            self.collection_id, self.collection_name, self.title, self.doi, self.license,
+            trial.sponsor_name, trial.protocol_id, trial.protocol_name, trial.site_id,
+            trial.site_name, trial.coordinating_center_name, self.study_description,
+            self.series_description, self.detection_algorithm.name,
+            *(o.id for o in trial.other_protocol_ids),
+        ]
+        return tuple(v for v in values if v)
+
     @classmethod
     def load(cls, path: Path) -> CollectionConfig:
         if not path.is_file():

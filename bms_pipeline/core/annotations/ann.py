@@ -23,10 +23,11 @@ one in one rename, so readers see the old series or the new ones, never a mix.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -57,6 +58,7 @@ from bms_pipeline.core.annotations.labels import (
 )
 from bms_pipeline.core.dicom.convert import replace_dir_atomically
 from bms_pipeline.core.dicom.metadata import ann_series_number
+from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
 from bms_pipeline.core.dicom.uids import series_uid, stable_uid, study_uid
 from bms_pipeline.core.layout import DataLayout, patient_id_of
 
@@ -349,7 +351,15 @@ def _encode(
         content_time=(sm_base.get("ContentTime") or None) if content_date else None,
     )
     _drop_wall_clock(ann)
+    _copy_deidentification(sm_base, ann)
     return ann
+
+
+def _copy_deidentification(sm_base: Dataset, ann: Dataset) -> None:
+    """The ANN object describes the same de-identified patient as the image it annotates."""
+    for keyword in ("PatientIdentityRemoved", "DeidentificationMethodCodeSequence"):
+        if keyword in sm_base and keyword not in ann:
+            setattr(ann, keyword, copy.deepcopy(sm_base[keyword].value))
 
 
 def _drop_wall_clock(ann: Dataset) -> None:
@@ -494,12 +504,15 @@ def build_ann_series(
     image_size: tuple[int, int],
     algorithm_name: str = DEFAULT_ALGORITHM_NAME,
     algorithm_version: str = DEFAULT_ALGORITHM_VERSION,
+    gate: Callable[[Sequence[Path]], Sequence[GateProblem]] | None = None,
 ) -> AnnResult:
     """Read the slide's annotation rows and write its ANN series to ``ann/`` atomically.
 
     `bounds` are the slide's (openslide.bounds-x, -y) and `image_size` the (width, height)
     of `sm_base_dataset`, the base-level SM instance every series references. Raises
-    `AnnotationInputError` (naming file and line) for bad input, before anything is written.
+    `AnnotationInputError` (naming file and line) for bad input, before anything is written,
+    and `PublicationRefused` when `gate` finds a problem in the staged files (nothing is
+    published then).
     """
     started = time.perf_counter()
     study = _check_reference(sm_base_dataset, collection_id, slide_id, image_size)
@@ -519,6 +532,9 @@ def build_ann_series(
             size = write_ann(ann, staged / f"{spec.name}.dcm")
             written.append((spec, _summary(ann), size))
             del ann
+        problems = list(gate(sorted(staged.glob("*.dcm")))) if gate is not None else []
+        if problems:
+            raise PublicationRefused(slide_id, "ANN", problems)
         replace_dir_atomically(staged, final)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

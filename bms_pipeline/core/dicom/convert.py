@@ -1,8 +1,10 @@
 """Convert one MIRAX slide to a DICOM VL Whole Slide Microscopy series with wsidicomizer.
 
 wsidicomizer does not refuse an existing output folder, so old and new files would mix:
-the series is written into a fresh staging folder on the output filesystem and moved into
-place only when complete. A failed run leaves the previous good series, or nothing.
+the series is written into a fresh staging folder on the output filesystem, made
+byte-deterministic (`core.dicom.determinism`), judged by the publication gate
+(`core.dicom.publication`) and moved into place only when complete and passed. A failed
+run leaves the previous good series, or nothing; a refused one leaves nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +24,16 @@ from wsidicomizer import WsiDicomizer
 from wsidicomizer.metadata import WsiDicomizerMetadata
 from wsidicomizer.wsidicomizer import SourceIdentifier
 
+from bms_pipeline.core.dicom.determinism import contributing_equipment, normalize_series
 from bms_pipeline.core.dicom.fast_source import FastOpenSlideSource, OpenSlideReadSource
+from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
 from bms_pipeline.core.dicom.uids import SlideUidGenerator
 
 logger = logging.getLogger(__name__)
 
 MetadataPostProcessor = Callable[[Dataset, WsiMetadata], Dataset]
 MetadataPreProcessor = Callable[[WsiDicomizerMetadata], WsiMetadata]
+Gate = Callable[[Sequence[Path]], Sequence[GateProblem]]
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class ConversionSettings:
     include_label: bool = False
     include_overview: bool = True
     include_thumbnail: bool = True
+    """A THUMBNAIL rendered from the pyramid (`core.dicom.thumbnail`); with the stock
+    source (`fast_composite=False`) wsidicomizer's copy of the MIRAX preview instead."""
     offset_table: str = "eot"
     fast_composite: bool = True
     """Read through `FastOpenSlideSource` (bit-identical output, cheaper compositing)."""
@@ -108,8 +115,10 @@ def convert_slide(
     metadata_post_processor: MetadataPostProcessor | None = None,
     metadata_pre_processor: MetadataPreProcessor | None = None,
     settings: ConversionSettings = ConversionSettings(),
+    gate: Gate | None = None,
 ) -> ConversionResult:
-    """Convert `mrxs_path` into `sm_dir` (replacing it only on success)."""
+    """Convert `mrxs_path` into `sm_dir`, replacing it only on success and only when `gate`
+    finds no problem in the staged files (else `PublicationRefused`)."""
     staging_root.mkdir(parents=True, exist_ok=True)
     scratch = staging_root / f"{identity.slide_id}-sm-{uuid.uuid4().hex[:8]}"
     target = scratch / "sm"
@@ -119,6 +128,7 @@ def convert_slide(
             mrxs_path,
             target,
             metadata=metadata,
+            default_metadata=WsiDicomizerMetadata(contributing_equipment=[contributing_equipment()]),
             tile_size=settings.tile_size,
             uid_generator=SlideUidGenerator(
                 identity.collection_id, identity.patient_id, identity.slide_id
@@ -143,8 +153,12 @@ def convert_slide(
         if not written:
             raise ConversionError(f"{mrxs_path}: wsidicomizer wrote no files")
         base_width, base_height = _base_size(written)
+        normalize_series(written)
+        problems = list(gate(written)) if gate is not None else []
+        if problems:
+            raise PublicationRefused(identity.slide_id, "SM", problems)
         replace_dir_atomically(target, sm_dir)
-    except ConversionError:
+    except (ConversionError, PublicationRefused):
         raise
     except Exception as exc:
         raise ConversionError(

@@ -31,8 +31,14 @@ from wsidicom.geometry import Point, Region
 from wsidicomizer.extras.openslide.openslide import _read_region, convert_argb_to_rgba
 from wsidicomizer.extras.openslide.openslide_image_data import OpenSlideLevelImageData
 from wsidicomizer.extras.openslide.openslide_source import OpenSlideSource
+from wsidicom.geometry import SizeMm
+from wsidicom.metadata import ImageCoordinateSystem
 from wsidicomizer.image_data import BaseDicomizerImageData
+from wsidicomizer.sources.openslide_like.openslide_like_image_data import (
+    OpenSlideLikeSingleImageData,
+)
 
+from bms_pipeline.core.dicom.thumbnail import render_thumbnail
 from bms_pipeline.core.mirax.direct import MiraxDirectReader, MiraxDirectUnsupported
 
 logger = logging.getLogger(__name__)
@@ -182,6 +188,45 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
         )
 
 
+class PyramidThumbnailImageData(OpenSlideLikeSingleImageData):
+    """A THUMBNAIL rendered from the converted region of the pyramid (see `core.dicom.thumbnail`),
+    with the pixel spacing of its own size and the pyramid's coordinate system."""
+
+    def __init__(
+        self,
+        pixels: np.ndarray,
+        blank_color: int | tuple[int, int, int] | None,
+        encoder: Encoder,
+        base_spacing: SizeMm,
+        bounds_size: tuple[int, int],
+        image_coordinate_system: ImageCoordinateSystem | None,
+    ) -> None:
+        from PIL import Image as PilImage
+
+        super().__init__(PilImage.fromarray(pixels), blank_color, encoder)
+        height, width = pixels.shape[:2]
+        self._pixel_spacing = SizeMm(
+            base_spacing.width * bounds_size[0] / width,
+            base_spacing.height * bounds_size[1] / height,
+        )
+        self._imaged_size = SizeMm(
+            base_spacing.width * bounds_size[0], base_spacing.height * bounds_size[1]
+        )
+        self._image_coordinate_system = image_coordinate_system
+
+    @property
+    def image_coordinate_system(self) -> ImageCoordinateSystem | None:
+        return self._image_coordinate_system
+
+    @property
+    def pixel_spacing(self) -> SizeMm:
+        return self._pixel_spacing
+
+    @property
+    def imaged_size(self) -> SizeMm:
+        return self._imaged_size
+
+
 class FastOpenSlideSource(OpenSlideSource):
     """wsidicomizer's OpenSlide source, with `FastOpenSlideLevelImageData` for the levels and,
     for MIRAX, a `MiraxDirectReader` beside the OpenSlide handle."""
@@ -204,6 +249,26 @@ class FastOpenSlideSource(OpenSlideSource):
         if self._direct is not None:
             self._direct.close()
         super().close()
+
+    def _create_thumbnail_image_data(self) -> BaseDicomizerImageData | None:
+        """The converted region of the pyramid, never the MIRAX preview (which may cover
+        another region, or be absent)."""
+        image = self.metadata.pyramid.image
+        if image.pixel_spacing is None:
+            raise ValueError("no pixel spacing: give one in the metadata to make a THUMBNAIL")
+        x, y = (self._base_level_offset.x, self._base_level_offset.y) if self._base_level_offset else (0, 0)
+        width, height = (
+            (self._base_level_size.width, self._base_level_size.height)
+            if self._base_level_size
+            else self._slide.dimensions
+        )
+        color = self._blank_color if self._blank_color is not None else 255
+        background = (color, color, color) if isinstance(color, int) else color
+        pixels = render_thumbnail(self._slide, (x, y, width, height), background)
+        return PyramidThumbnailImageData(
+            pixels, color, self._encoder, image.pixel_spacing, (width, height),
+            image.image_coordinate_system,
+        )
 
     def _create_level_image_data(self, level_index: int) -> BaseDicomizerImageData:
         image_data = FastOpenSlideLevelImageData(

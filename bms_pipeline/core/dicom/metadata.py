@@ -161,6 +161,7 @@ def build_pre_processor(collection: CollectionConfig) -> Callable[[WsiDicomizerM
             label=replace(metadata.label, text=None, barcode=None),
         )
         if not collection.deidentification.keep_dates:
+            # Every image of the slide: the pyramid, the overview and the label.
             stripped = replace(
                 stripped,
                 study=replace(stripped.study, date=None, time=None),
@@ -169,6 +170,22 @@ def build_pre_processor(collection: CollectionConfig) -> Callable[[WsiDicomizerM
                     image=replace(stripped.pyramid.image, acquisition_datetime=None),
                 ),
             )
+            if stripped.overview is not None and stripped.overview.image is not None:
+                stripped = replace(
+                    stripped,
+                    overview=replace(
+                        stripped.overview,
+                        image=replace(stripped.overview.image, acquisition_datetime=None),
+                    ),
+                )
+            if stripped.label is not None and stripped.label.image is not None:
+                stripped = replace(
+                    stripped,
+                    label=replace(
+                        stripped.label,
+                        image=replace(stripped.label.image, acquisition_datetime=None),
+                    ),
+                )
         return stripped
 
     return pre_process
