@@ -81,6 +81,13 @@ class BmsPipelineResource(dg.ConfigurableResource):
         root, rel = self._root_of(path)
         root.publish(rel)
 
+    def published_patients(self) -> set[str]:
+        """Patients with at least one published SM series (a listing, no download)."""
+        from bms_pipeline.core.layout import patient_id_of, published_slide_ids
+
+        slides = published_slide_ids(self.outputs.listing("dicom"))
+        return {patient_id_of(s) for s in slides}
+
     def withdraw(self, path: Path) -> bool:
         """Remove a path of `layout` from its root and mirror (see `StorageRoot.withdraw`)."""
         root, rel = self._root_of(path)

@@ -59,6 +59,9 @@ class CollectionConfig:
     series_description: str
     deidentification: DeidentificationPolicy = field(default_factory=DeidentificationPolicy)
     detection_algorithm: DetectionAlgorithm = field(default_factory=DetectionAlgorithm)
+    keep_patients_without_dicom: bool = False
+    """Publish clinical and lab rows of patients without a converted slide (default: leave
+    them out and list them; a real lab sheet has more patients than slides)."""
 
     @property
     def carried_values(self) -> tuple[str, ...]:
@@ -110,6 +113,7 @@ class CollectionConfig:
             series_description=str(raw["series_description"]),
             deidentification=deid,
             detection_algorithm=algorithm,
+            keep_patients_without_dicom=bool(raw.get("keep_patients_without_dicom", False)),
         )
 
 

@@ -46,7 +46,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -231,6 +231,8 @@ class ClinicalTables:
     target: BigQueryTarget
     warnings: list[str] = field(default_factory=list)
     lab: LabSheet | None = None
+    left_out: dict[str, list[str]] = field(default_factory=dict)
+    """Patient ids left out of each table because they have no converted slide."""
 
     @property
     def clinical_name(self) -> str:
@@ -536,13 +538,16 @@ def build_clinical_tables(
     target: BigQueryTarget | None = None,
     added_at: datetime | None = None,
     idc_version: str | None = None,
+    converted_patients: Collection[str] | None = None,
 ) -> ClinicalTables:
     """Read raw/clinical and build the clinical, laboratory and IDC metadata tables.
 
     Invalid clinical.csv rows raise ClinicalDataError (`read_clinical_csv`'s rules). Lab cells
     that cannot be understood become warnings naming sheet, Excel row and column, or with
     ``strict=True`` a ClinicalDataError. ``added_at`` fixes table_added_datetime (default:
-    now, UTC), so a caller can make the output byte-reproducible.
+    now, UTC), so a caller can make the output byte-reproducible. With ``converted_patients``
+    (and unless the collection keeps them) rows of other patients are left out of both
+    tables and listed in ``left_out``: only patients with DICOM are published.
     """
     target = target or BigQueryTarget.from_env()
     cid = collection.collection_id
@@ -566,6 +571,11 @@ def build_clinical_tables(
             f"{layout.lab_values_xlsx}: sheet {LAB_SHEET!r} has several rows for patient(s) "
             + ", ".join(repeated[:20])
         )
+
+    left_out: dict[str, list[str]] = {}
+    if converted_patients is not None and not collection.keep_patients_without_dicom:
+        clinical, left_out[f"{cid}_clinical"] = restrict_to_patients(clinical, converted_patients)
+        laboratory, left_out[f"{cid}_laboratory"] = restrict_to_patients(laboratory, converted_patients)
 
     clinical_name, laboratory_name = f"{cid}_clinical", f"{cid}_laboratory"
     added = str(added_at or datetime.now(UTC))
@@ -610,6 +620,7 @@ def build_clinical_tables(
         target=target,
         warnings=warnings,
         lab=lab,
+        left_out=left_out,
     )
 
 
@@ -620,6 +631,13 @@ def _source_checked(layout: DataLayout, path: Path, what: str) -> _Source:
 
 
 # --------------------------------------------------------------------------- QA helpers
+
+
+def restrict_to_patients(df: pl.DataFrame, patients: Collection[str]) -> tuple[pl.DataFrame, list[str]]:
+    """The rows of `patients` only, and the (sorted, distinct) patient ids left out."""
+    keep = pl.col("dicom_patient_id").is_in(sorted(set(patients)))
+    dropped = sorted(set(df.filter(~keep | pl.col("dicom_patient_id").is_null())["dicom_patient_id"].drop_nulls()))
+    return df.filter(keep), dropped
 
 
 def _patient_ids(df: pl.DataFrame) -> list[str]:

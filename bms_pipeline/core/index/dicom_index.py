@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import polars as pl
 import pydicom
@@ -164,6 +164,9 @@ def build_dicom_index(dicom_root: Path, collection_id: str, doi: str, license_na
         ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=1024)
         series_uid = str(ds.SeriesInstanceUID)
         size = path.stat().st_size
+        # Relative to the output root (whose `dicom/` folder `dicom_root` is), so the tables
+        # are the same wherever the output root lies.
+        relative = PurePosixPath("dicom", path.relative_to(dicom_root).as_posix())
         series_sizes[series_uid] += size
         series_counts[series_uid] += 1
         series_rows.setdefault(series_uid, {
@@ -181,7 +184,7 @@ def build_dicom_index(dicom_root: Path, collection_id: str, doi: str, license_na
             "ManufacturerModelName": str(ds.get("ManufacturerModelName", "")) or None,
             "source_DOI": doi,
             "license_short_name": license_name,
-            "series_path": str(path.parent),
+            "series_path": str(relative.parent),
         })
         sop_class = str(ds.SOPClassUID)
         if sop_class == SM_SOP_CLASS:
@@ -201,7 +204,7 @@ def build_dicom_index(dicom_root: Path, collection_id: str, doi: str, license_na
                 "NumberOfFrames": _int(ds.get("NumberOfFrames")),
                 "PixelSpacing_0": spacing,
                 "instance_size_bytes": size,
-                "instance_path": str(path),
+                "instance_path": str(relative),
             })
             row = sm_rows.setdefault(series_uid, {
                 "SeriesInstanceUID": series_uid,

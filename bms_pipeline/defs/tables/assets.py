@@ -21,15 +21,22 @@ def clinical_tables(context: dg.AssetExecutionContext, bms: BmsPipelineResource)
     """`<collection>_clinical` and `<collection>_laboratory` with IDC's `table_metadata` and
     `column_metadata`, as parquet, DuckDB tables (plus the `clinical_index` view) and BigQuery
     schemas with a load script. Censored lab values keep their source string, with typed
-    `_value` and `_qualifier` companions."""
+    `_value` and `_qualifier` companions. Only patients with a published SM series are in
+    the tables (unless `keep_patients_without_dicom`); the others are listed as left out."""
     from bms_pipeline.core.clinical.tables import bigquery_dir, build_clinical_tables, write_outputs
 
     layout = bms.layout
     collection = bms.collection()
     bms.fetch(layout.clinical_csv.parent, required=True)
-    tables = build_clinical_tables(layout, collection)
+    tables = build_clinical_tables(layout, collection, converted_patients=bms.published_patients())
     for warning in tables.warnings:
         context.log.warning(warning)
+    for table, patients in tables.left_out.items():
+        if patients:
+            context.log.warning(
+                "%s: %d patient(s) without a converted slide left out: %s",
+                table, len(patients), ", ".join(patients[:20]) + (" ..." if len(patients) > 20 else ""),
+            )
     # The load script lists every table with a schema and parquet file, other writers' too.
     for shared in (layout.duckdb_path, layout.tables_dir, bigquery_dir(layout)):
         bms.fetch(shared)
@@ -44,6 +51,7 @@ def clinical_tables(context: dg.AssetExecutionContext, bms: BmsPipelineResource)
             "row_counts": dg.MetadataValue.json(written.row_counts),
             "warnings": len(tables.warnings),
             "warning_examples": dg.MetadataValue.json(tables.warnings[:20]),
+            "patients_left_out": dg.MetadataValue.json(tables.left_out),
             "dagster/row_count": tables.clinical.height,
             "dagster/column_schema": column_schema(tables.clinical),
             "laboratory_schema": column_schema(tables.laboratory),
