@@ -93,6 +93,13 @@ class BmsPipelineResource(dg.ConfigurableResource):
         root, rel = self._root_of(path)
         return root.withdraw(rel)
 
+    def withdraw_slide(self, slide_id: str) -> bool:
+        """Everything published of a slide refused by the publication gate: its series and
+        its validation results (the index and clinical tables follow on their next build)."""
+        layout = self.layout
+        removed = self.withdraw(layout.slide_dicom_dir(slide_id))
+        return self.withdraw(layout.validation_parquet(slide_id)) or removed
+
     def stage_slide(self, slide_id: str) -> Path:
         """The slide's local .mrxs, for OpenSlide: in place for a local root, otherwise its
         files (and metadata override files) copied into scratch, unchanged files skipped."""

@@ -73,7 +73,8 @@ class IdentifierHit:
     offset: int
 
     def describe(self) -> str:
-        return f"{self.file}: byte {self.offset}: holds {self.name}"
+        """Names the series folder and file, the offset and the property, not the value."""
+        return f"{self.file.parent.name}/{self.file.name}: byte {self.offset}: holds {self.name}"
 
 
 def scan_date_forms(raw: str) -> dict[str, str]:

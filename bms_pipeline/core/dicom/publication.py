@@ -68,7 +68,9 @@ class PublicationGate:
         flavors = [_flavor(pydicom.dcmread(f, stop_before_pixels=True)) for f in files]
         if not self.deidentification.include_label and "LABEL" in flavors:
             label = files[flavors.index("LABEL")]
-            problems.append(GateProblem("label", f"{label}: a LABEL instance was written"))
+            problems.append(
+                GateProblem("label", f"{label.parent.name}/{label.name}: a LABEL instance was written")
+            )
         if self.expect_thumbnail:
             count = flavors.count("THUMBNAIL")
             if count != 1:
@@ -95,9 +97,10 @@ class PublicationGate:
         ]
         for path in files:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            problems += [GateProblem("deidentification", f"{path}: {p}") for p in _deid_problems(ds)]
+            name = f"{path.parent.name}/{path.name}"
+            problems += [GateProblem("deidentification", f"{name}: {p}") for p in _deid_problems(ds)]
             if not self.deidentification.keep_dates:
-                problems += [GateProblem("dates", f"{path}: {p}") for p in _date_problems(ds)]
+                problems += [GateProblem("dates", f"{name}: {p}") for p in _date_problems(ds)]
         return problems
 
 

@@ -53,12 +53,12 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     except PublicationRefused as exc:
         # The image was published but its annotations may not be: withdraw the whole slide,
         # so that nothing of it is shared half-checked.
-        bms.withdraw(layout.slide_dicom_dir(slide_id))
+        bms.withdraw_slide(slide_id)
         raise dg.Failure(
             description=f"{exc}; the slide's published series were withdrawn",
             metadata={"problems": dg.MetadataValue.json([str(p) for p in exc.problems])},
             allow_retries=False,
-        ) from exc
+        ) from None  # the description is the whole story; the summary shows it
     bms.publish(result.ann_dir)
     if result.disagreements.height:
         context.log.warning(

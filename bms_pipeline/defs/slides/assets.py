@@ -106,12 +106,12 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
     try:
         result = convert_layout_slide(layout, bms.collection(), slide_id, bms.conversion_settings())
     except PublicationRefused as exc:
-        withdrawn = bms.withdraw(layout.slide_dicom_dir(slide_id))
+        withdrawn = bms.withdraw_slide(slide_id)
         raise dg.Failure(
             description=str(exc) + ("; the earlier published series were withdrawn" if withdrawn else ""),
             metadata={"problems": dg.MetadataValue.json([str(p) for p in exc.problems])},
             allow_retries=False,
-        ) from exc
+        ) from None  # the description is the whole story; the summary shows it
     except ConversionError as exc:
         # OpenSlide's message does not say which tile; decode the stored images to find it.
         unreadable = find_unreadable_images(layout.mrxs(slide_id))
