@@ -79,3 +79,32 @@ def test_a_leaking_slide_is_never_published_and_a_rerun_does_not_get_around_it(
     assert containers == {clean}
     assert patients == {clean[:32]}
     assert _bytes_holding(out, LEAKED_NAME.encode()) == []
+    # Tables are the same wherever the roots lie: no absolute path in any table or script.
+    tables = [*(out / "tables").glob("*.parquet"), *(out / "bigquery").iterdir()]
+    assert tables and [str(p) for p in tables if str(tmp_path).encode() in p.read_bytes()] == []
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_same_inputs_in_two_folders_give_byte_identical_dicom_trees(tmp_path: Path) -> None:
+    """SM and ANN files, names and bytes, from two data roots at different paths and times."""
+    import dagster as dg
+
+    from bms_pipeline.definitions import build_definitions
+    from bms_pipeline.operations import plan_slides, register_slides, run_slide
+
+    trees = []
+    for folder in ("first", "second/deeper"):
+        dataset = write_demo_dataset(tmp_path / folder / "data", slides=2, seed=21)
+        defs = build_definitions(str(dataset.layout.root))
+        with dg.instance_for_test() as instance:
+            plans = plan_slides(instance, defs, dataset.layout)
+            register_slides(instance, [p.slide_id for p in plans])
+            assert all(run_slide(instance, defs, p).ok for p in plans)
+        trees.append(_tree(dataset.layout.out / "dicom"))
+    assert trees[0].keys() == trees[1].keys()
+    assert any(name.split("/")[1] == "ann" for name in trees[0])
+    different = [name for name in trees[0] if trees[0][name] != trees[1][name]]
+    assert different == []
