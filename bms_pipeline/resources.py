@@ -36,7 +36,11 @@ class BmsPipelineResource(dg.ConfigurableResource):
         description="Local scratch for remote roots: staged MIRAX and output mirrors "
         "(default $BMS_SCRATCH or $TMPDIR/bms-pipeline)",
     )
-    tile_size: int = Field(default=512, description="Output tile size in pixels")
+    tile_size: int | None = Field(
+        default=None,
+        description="Output tile size in pixels (default: conventions.sm.tile_size of "
+        "collection.yaml, 1024 as IDC)",
+    )
     jpeg_quality: int = Field(default=80, description="JPEG quality of re-encoded tiles")
     workers: int | None = Field(
         default=None,
@@ -147,8 +151,10 @@ class BmsPipelineResource(dg.ConfigurableResource):
         from bms_pipeline.instance import MachineBudget
 
         workers = self.workers or MachineBudget.detect().threads_per_conversion
-        return ConversionSettings(
-            tile_size=self.tile_size, jpeg_quality=self.jpeg_quality, workers=workers
+        sm = self.collection().conventions.sm
+        return ConversionSettings.for_collection(
+            sm, tile_size=self.tile_size or sm.tile_size, jpeg_quality=self.jpeg_quality,
+            workers=workers,
         )
 
 

@@ -14,7 +14,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydicom import Dataset
@@ -24,6 +24,7 @@ from wsidicomizer import WsiDicomizer
 from wsidicomizer.metadata import WsiDicomizerMetadata
 from wsidicomizer.wsidicomizer import SourceIdentifier
 
+from bms_pipeline.core.conventions import SmConventions
 from bms_pipeline.core.dicom.determinism import contributing_equipment, normalize_series
 from bms_pipeline.core.dicom.fast_source import FastOpenSlideSource, OpenSlideReadSource
 from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
@@ -38,14 +39,17 @@ Gate = Callable[[Sequence[Path]], Sequence[GateProblem]]
 
 @dataclass(frozen=True)
 class ConversionSettings:
-    """Output settings; the defaults match wsidicomizer's CLI (JPEG q80, 512 px tiles)."""
+    """Output settings: JPEG q80 as wsidicomizer's CLI; 1024 px tiles and even levels as IDC
+    published BMDeep (`core.conventions.SmConventions`, which `for_collection` reads)."""
 
-    tile_size: int = 512
+    tile_size: int = 1024
     jpeg_quality: int = 80
     workers: int | None = None
     chunk_size: int | None = None
     include_label: bool = False
     include_overview: bool = True
+    include_levels: tuple[int, ...] | None = (0, 2, 4, 6, 8, 10)
+    """Pyramid levels kept, those that exist (None: all)."""
     include_thumbnail: bool = True
     """A THUMBNAIL rendered from the pyramid (`core.dicom.thumbnail`); with the stock
     source (`fast_composite=False`) wsidicomizer's copy of the MIRAX preview instead."""
@@ -55,6 +59,24 @@ class ConversionSettings:
     direct_mirax: bool = True
     """With `fast_composite`, read MIRAX pixels with `MiraxDirectReader` where it reproduces
     OpenSlide exactly (same output, fewer decodes)."""
+
+
+    @classmethod
+    def for_collection(cls, sm: SmConventions, **changes: object) -> ConversionSettings:
+        """The collection's SM conventions (tile size, levels, THUMBNAIL), then `changes`."""
+        base = cls(tile_size=sm.tile_size, include_levels=sm.levels, include_thumbnail=sm.thumbnail)
+        return replace(base, **changes)  # type: ignore[arg-type]
+
+    def present_levels(self, mrxs_path: Path) -> list[int] | None:
+        """The kept levels that the slide has (IDC's list names levels up to 10)."""
+        if self.include_levels is None:
+            return None
+        import openslide
+
+        with openslide.OpenSlide(str(mrxs_path)) as slide:
+            count = slide.level_count
+        present = [level for level in self.include_levels if level < count]
+        return present or [0]
 
 
 @dataclass(frozen=True)
@@ -133,6 +155,7 @@ def convert_slide(
             uid_generator=SlideUidGenerator(
                 identity.collection_id, identity.patient_id, identity.slide_id
             ),
+            include_levels=settings.present_levels(mrxs_path),
             include_label=settings.include_label,
             include_overview=settings.include_overview,
             include_thumbnail=settings.include_thumbnail,

@@ -44,15 +44,15 @@ from bms_pipeline.core.mirax.direct import MiraxDirectReader, MiraxDirectUnsuppo
 logger = logging.getLogger(__name__)
 
 
-def decoded_image_cache_bytes(level0_width: int) -> int:
-    """A decoded-image cache that holds the camera images under one 512-pixel tile row and
-    the rows above and below (1,536 level-0 rows of BGRA), within 96-512 MiB.
+def decoded_image_cache_bytes(level0_width: int, tile_size: int = 512) -> int:
+    """A decoded-image cache that holds the camera images under one tile row and the rows
+    above and below (3 tile heights of level-0 BGRA rows), within 96-512 MiB.
 
     wsidicom reads tiles row by row; with OpenSlide's default 32 MiB cache a slide wider
     than ~10,000 pixels evicts each camera image before the next tile row needs it again,
     so every image is decoded two or three times.
     """
-    return min(max(96 << 20, level0_width * 1536 * 4), 512 << 20)
+    return min(max(96 << 20, level0_width * 3 * tile_size * 4), 512 << 20)
 
 
 def composite_over_background(rgba: np.ndarray, background: tuple[int, int, int] | int) -> np.ndarray:
@@ -236,7 +236,7 @@ class FastOpenSlideSource(OpenSlideSource):
 
     def __init__(self, filepath: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(filepath, *args, **kwargs)
-        cache_bytes = decoded_image_cache_bytes(self._slide.dimensions[0])
+        cache_bytes = decoded_image_cache_bytes(self._slide.dimensions[0], self._tile_size or 512)
         self._slide.set_cache(OpenSlideCache(cache_bytes))
         path = Path(str(filepath))
         if self.direct_mirax and path.suffix.lower() == ".mrxs":

@@ -50,7 +50,7 @@ def publication_gate(
     settings: ConversionSettings | None = None,
 ) -> PublicationGate:
     """The gate every staged series of the slide must pass (`core.dicom.publication`)."""
-    settings = settings or ConversionSettings()
+    settings = settings or ConversionSettings.for_collection(collection.conventions.sm)
     return PublicationGate(
         privacy=privacy_policy(collection, slide_id, properties),
         deidentification=collection.deidentification,
@@ -68,7 +68,7 @@ def convert_with_idc_metadata(
     """Convert with the IDC metadata; the series is published only if it passes the
     publication gate (else `PublicationRefused`)."""
     collection = context.collection
-    settings = settings or ConversionSettings()
+    settings = settings or ConversionSettings.for_collection(collection.conventions.sm)
     return convert_slide(
         mrxs_path,
         sm_dir,

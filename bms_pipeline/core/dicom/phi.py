@@ -33,6 +33,7 @@ ALLOWED_MIRAX_PROPERTIES = frozenset(
         "mirax.GENERAL.SCANNER_HARDWARE_VERSION",
         "mirax.GENERAL.SCANNER_SOFTWARE_VERSION",
         "mirax.GENERAL.SCANNER_HARDWARE_ID",
+        "mirax.GENERAL.SCANNING_TIME_IN_SEC",
         "openslide.mpp-x",
         "openslide.mpp-y",
         "openslide.objective-power",

@@ -139,6 +139,8 @@ class MiraxSlideSpec:
     """Real scanners write the slide id, a patient-like text or nothing here."""
     creation_datetime: datetime | None = datetime(2019, 3, 14, 9, 26, 53)
     """None: no SLIDE_CREATIONDATETIME key, as on some real slides."""
+    scanning_time_seconds: int | None = 1385
+    """SCANNING_TIME_IN_SEC (IDC's AcquisitionDuration); None: not written."""
     preview: PreviewExtent = "bounds"
     """What the MIRAX preview covers: the scanned bounds, the whole canvas, or no preview."""
     label_text: str = "MUSTERMANN, Max\n*01.02.2012\nBM 2019-0042"
@@ -369,6 +371,8 @@ def _slidedat(
         "SCANNER_SOFTWARE_VERSION": spec.scanner_software_version,
         "SCANNER_HARDWARE_ID": spec.scanner_hardware_id,
     }
+    if spec.scanning_time_seconds is not None:
+        general["SCANNING_TIME_IN_SEC"] = str(spec.scanning_time_seconds)
     if spec.creation_datetime is not None:
         general["SLIDE_CREATIONDATETIME"] = spec.creation_datetime.strftime("%d/%m/%Y %H:%M:%S")
     lines += [f"{k} = {v}" for k, v in general.items()]

@@ -171,6 +171,7 @@ def write_demo_dataset(
                 cell_boxes=cell_boxes,
                 cell_lineage=lineage,
                 nucleus_boxes=truth.nucleus_boxes(),
+                expert_labels=index % 4 != 2,  # one slide in four has only unlabeled cells
             )
         )
     (tmp / "clinical").mkdir()

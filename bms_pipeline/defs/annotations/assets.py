@@ -19,8 +19,8 @@ from bms_pipeline.resources import BmsPipelineResource
     automation_condition=nightly,
 )
 def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
-    """Microscopy Bulk Simple Annotations (rois, session_<k>, consensus, detections) built with
-    highdicom from rois.csv, cells.csv and detections.csv, shifted by the slide's bounds and
+    """Microscopy Bulk Simple Annotations (rois, session_<k>, consensus, unlabeled, detections)
+    as IDC published BMDeep's, built with highdicom from rois.csv, cells.csv and detections.csv, shifted by the slide's bounds and
     referencing the base level of the SM series; written to staging and moved into
     out/dicom/<slide>/ann/ only if it passes the publication gate (no identifier or scan date
     in any byte, de-identification attributes)."""
@@ -49,6 +49,8 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
             algorithm_name=collection.detection_algorithm.name,
             algorithm_version=collection.detection_algorithm.version,
             gate=publication_gate(collection, slide_id, properties).ann_problems,
+            conventions=collection.conventions.ann,
+            numbering=collection.conventions.series_numbers,
         )
     except PublicationRefused as exc:
         # The image was published but its annotations may not be: withdraw the whole slide,

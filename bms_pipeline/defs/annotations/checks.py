@@ -27,7 +27,7 @@ def ann_counts_match_input(
         slide_bounds(openslide_properties(bms.stage_slide(slide_id))),
         (base.columns, base.rows),
     )
-    expected = expected_counts(annotations)
+    expected = expected_counts(annotations, bms.collection().conventions.ann)
     actual = read_back(bms.fetch(layout.ann_dir(slide_id)))
     problems = [
         f"{series}/{label}: expected {count}, found {actual.get(series, {}).get(label, 0)}"
