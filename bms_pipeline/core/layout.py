@@ -6,8 +6,8 @@ Everything below `raw/` is input and is never written; everything below `out/` i
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 DATA_ROOT_ENV = "BMS_DATA_ROOT"
@@ -108,9 +108,14 @@ def published_slide_ids(relative_dicom_files: Iterable[str]) -> set[str]:
     found = set()
     for name in relative_dicom_files:
         parts = PurePosixPath(name).parts
-        if len(parts) == 4 and parts[0] == "dicom" and parts[2] == "sm" and parts[3].endswith(".dcm"):
-            if not parts[1].startswith("."):
-                found.add(parts[1])
+        if (
+            len(parts) == 4
+            and parts[0] == "dicom"
+            and not parts[1].startswith(".")
+            and parts[2] == "sm"
+            and parts[3].endswith(".dcm")
+        ):
+            found.add(parts[1])
     return found
 
 

@@ -7,8 +7,6 @@ the reader under test, so a reader bug cannot hide behind an identical expectati
 from __future__ import annotations
 
 import csv
-import itertools
-import math
 import shutil
 import subprocess
 import sys
@@ -544,7 +542,7 @@ def test_label_table_codes_colours_and_unknown_labels() -> None:
     for row, code in zip(rows, table, strict=True):
         assert code.label == row["label"]
         assert (code.category.meaning, code.type.meaning) == (row["category_meaning"], row["type_meaning"])
-        assert "#%02x%02x%02x" % code.rgb == row["display_color"].lower()
+        assert "#{:02x}{:02x}{:02x}".format(*code.rgb) == row["display_color"].lower()
     assert table.resolve("lymphoblast", "x").label == "lymphoid_precursor_cell"
     assert table.resolve("other:Riesenthrombozyt", "x").label == "giant_platelet"
     with pytest.raises(UnknownLabelError, match=r"cells\.csv:7: unknown cell label 'nope'"):

@@ -17,9 +17,9 @@ import openslide
 import pydicom
 import pytest
 import yaml
-from PIL import Image
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML, CollectionConfig
 from bms_pipeline.core.dicom.publication import PublicationRefused

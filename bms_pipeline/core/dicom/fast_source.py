@@ -27,12 +27,11 @@ from openslide import OpenSlideCache
 from wsidicom.codec import Encoder, JpegSettings
 from wsidicom.codec.settings import Channels
 from wsidicom.errors import WsiDicomNotFoundError
-from wsidicom.geometry import Point, Region
+from wsidicom.geometry import Point, Region, SizeMm
+from wsidicom.metadata import ImageCoordinateSystem
 from wsidicomizer.extras.openslide.openslide import _read_region, convert_argb_to_rgba
 from wsidicomizer.extras.openslide.openslide_image_data import OpenSlideLevelImageData
 from wsidicomizer.extras.openslide.openslide_source import OpenSlideSource
-from wsidicom.geometry import SizeMm
-from wsidicom.metadata import ImageCoordinateSystem
 from wsidicomizer.image_data import BaseDicomizerImageData
 from wsidicomizer.sources.openslide_like.openslide_like_image_data import (
     OpenSlideLikeSingleImageData,

@@ -17,8 +17,6 @@ from bms_pipeline.core.dicom.convert import (
     SlideIdentity,
     convert_slide,
 )
-from bms_pipeline.core.dicom.phi import PrivacyPolicy, allowed_values
-from bms_pipeline.core.dicom.publication import PublicationGate
 from bms_pipeline.core.dicom.metadata import (
     SlideContext,
     build_post_processor,
@@ -26,6 +24,8 @@ from bms_pipeline.core.dicom.metadata import (
     build_wsi_metadata,
 )
 from bms_pipeline.core.dicom.overrides import load_overrides
+from bms_pipeline.core.dicom.phi import PrivacyPolicy, allowed_values
+from bms_pipeline.core.dicom.publication import PublicationGate
 from bms_pipeline.core.layout import DataLayout, patient_id_of
 from bms_pipeline.core.mirax.inventory import openslide_properties
 

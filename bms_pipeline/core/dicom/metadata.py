@@ -52,8 +52,8 @@ from wsidicomizer.metadata import WsiDicomizerMetadata
 from bms_pipeline.core.clinical.patients import PatientClinical
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.conventions import SpecimenIdentifiers
-from bms_pipeline.core.dicom.phi import ALLOWED_MIRAX_PROPERTIES
 from bms_pipeline.core.dicom.overrides import MetadataOverride, apply_overrides
+from bms_pipeline.core.dicom.phi import ALLOWED_MIRAX_PROPERTIES
 
 # DICOM PS3.16 CID 7050 de-identification method codes.
 BASIC_PROFILE = Code("113100", "DCM", "Basic Application Confidentiality Profile")

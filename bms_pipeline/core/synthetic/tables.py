@@ -624,7 +624,7 @@ def write_annotation_csvs(
     for i in (int(i) for i in candidates):
         votes = {apply_rename(v) for v in annotations[i]}
         if len(annotations[i]) == 2 and len(votes) == 2:
-            consensus[i] = sorted(votes - {consensus[i]})[0]
+            consensus[i] = min(votes - {consensus[i]})
             break
     for i, has_labels in enumerate(labelled):
         if not has_labels:

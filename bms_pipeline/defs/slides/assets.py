@@ -15,6 +15,7 @@ from bms_pipeline.defs.automation import nightly
 from bms_pipeline.partitions import slides_partitions
 from bms_pipeline.resources import BmsPipelineResource
 
+
 @dg.asset(
     partitions_def=slides_partitions,
     group_name="slides",
@@ -93,9 +94,9 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
     A refused slide is withdrawn from out/dicom entirely, and fails again on every rerun
     until its inputs, override files or the code change."""
     from bms_pipeline.core.dicom.convert import ConversionError
-    from bms_pipeline.core.dicom.publication import PublicationRefused
     from bms_pipeline.core.dicom.idc import convert_layout_slide
     from bms_pipeline.core.dicom.overrides import load_overrides
+    from bms_pipeline.core.dicom.publication import PublicationRefused
     from bms_pipeline.core.dicom.series import read_series, volume_levels
 
     slide_id = context.partition_key
