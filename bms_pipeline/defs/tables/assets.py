@@ -64,13 +64,15 @@ def clinical_tables(context: dg.AssetExecutionContext, bms: BmsPipelineResource)
     group_name="tables",
     kinds={"dicom", "duckdb", "parquet"},
     deps=[sm_series, ann_series],
-    code_version="1",
+    code_version="2",
     automation_condition=nightly,
     retry_policy=IDEMPOTENT_RETRY,
 )
 def dicom_index(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
-    """idc-index-shaped tables (`index`, `sm_index`, `sm_instance_index`, `ann_index`,
-    `ann_group_index`) read from the headers of every file under out/dicom."""
+    """idc-index's tables (`index`, `sm_index`, `sm_instance_index`, `ann_index`,
+    `ann_group_index`, with exactly idc-index-data's columns) read from the headers of every
+    file under out/dicom, and ours beside them (`bms_instance_paths`: file paths relative
+    to the output root; `bms_sm_tiles`; `bms_ann_references`)."""
     import polars as pl
 
     from bms_pipeline.core.clinical.tables import bigquery_dir, load_script_path
