@@ -185,7 +185,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 outcomes.append(outcome)
     if any(p.state != "not-ready" for p in plans):
         print("collection-wide tables and reports", flush=True)
-        outcomes.append(run_collection(instance, defs, force=args.force))
+        # A failed slide may have been withdrawn (publication gate): the index and clinical
+        # tables are rebuilt, so nothing of it stays listed.
+        refresh = args.force or any(not o.ok for o in outcomes)
+        outcomes.append(run_collection(instance, defs, force=refresh))
     return _print_summary(outcomes, time.perf_counter() - started)
 
 

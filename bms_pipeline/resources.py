@@ -36,7 +36,11 @@ class BmsPipelineResource(dg.ConfigurableResource):
         description="Local scratch for remote roots: staged MIRAX and output mirrors "
         "(default $BMS_SCRATCH or $TMPDIR/bms-pipeline)",
     )
-    tile_size: int = Field(default=512, description="Output tile size in pixels")
+    tile_size: int | None = Field(
+        default=None,
+        description="Output tile size in pixels (default: conventions.sm.tile_size of "
+        "collection.yaml, 1024 as IDC)",
+    )
     jpeg_quality: int = Field(default=80, description="JPEG quality of re-encoded tiles")
     workers: int | None = Field(
         default=None,
@@ -80,6 +84,25 @@ class BmsPipelineResource(dg.ConfigurableResource):
         """Upload a path of `layout` just written to its root (atomically per path)."""
         root, rel = self._root_of(path)
         root.publish(rel)
+
+    def published_patients(self) -> set[str]:
+        """Patients with at least one published SM series (a listing, no download)."""
+        from bms_pipeline.core.layout import patient_id_of, published_slide_ids
+
+        slides = published_slide_ids(self.outputs.listing("dicom"))
+        return {patient_id_of(s) for s in slides}
+
+    def withdraw(self, path: Path) -> bool:
+        """Remove a path of `layout` from its root and mirror (see `StorageRoot.withdraw`)."""
+        root, rel = self._root_of(path)
+        return root.withdraw(rel)
+
+    def withdraw_slide(self, slide_id: str) -> bool:
+        """Everything published of a slide refused by the publication gate: its series and
+        its validation results (the index and clinical tables follow on their next build)."""
+        layout = self.layout
+        removed = self.withdraw(layout.slide_dicom_dir(slide_id))
+        return self.withdraw(layout.validation_parquet(slide_id)) or removed
 
     def stage_slide(self, slide_id: str) -> Path:
         """The slide's local .mrxs, for OpenSlide: in place for a local root, otherwise its
@@ -128,8 +151,10 @@ class BmsPipelineResource(dg.ConfigurableResource):
         from bms_pipeline.instance import MachineBudget
 
         workers = self.workers or MachineBudget.detect().threads_per_conversion
-        return ConversionSettings(
-            tile_size=self.tile_size, jpeg_quality=self.jpeg_quality, workers=workers
+        sm = self.collection().conventions.sm
+        return ConversionSettings.for_collection(
+            sm, tile_size=self.tile_size or sm.tile_size, jpeg_quality=self.jpeg_quality,
+            workers=workers,
         )
 
 

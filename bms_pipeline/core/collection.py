@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from bms_pipeline.core.conventions import ConventionError, Conventions
+
 
 class CollectionConfigError(ValueError):
     pass
@@ -59,6 +61,25 @@ class CollectionConfig:
     series_description: str
     deidentification: DeidentificationPolicy = field(default_factory=DeidentificationPolicy)
     detection_algorithm: DetectionAlgorithm = field(default_factory=DetectionAlgorithm)
+    conventions: Conventions = field(default_factory=Conventions)
+    """IDC's published BMDeep conventions by default (`core.conventions`)."""
+    keep_patients_without_dicom: bool = False
+    """Publish clinical and lab rows of patients without a converted slide (default: leave
+    them out and list them; a real lab sheet has more patients than slides)."""
+
+    @property
+    def carried_values(self) -> tuple[str, ...]:
+        """The collection's own names, which every output carries on purpose (never leaks,
+        even where a MIRAX property equals one of them)."""
+        trial = self.clinical_trial
+        values = [
+            self.collection_id, self.collection_name, self.title, self.doi, self.license,
+            trial.sponsor_name, trial.protocol_id, trial.protocol_name, trial.site_id,
+            trial.site_name, trial.coordinating_center_name, self.study_description,
+            self.series_description, self.detection_algorithm.name,
+            *(o.id for o in trial.other_protocol_ids),
+        ]
+        return tuple(v for v in values if v)
 
     @classmethod
     def load(cls, path: Path) -> CollectionConfig:
@@ -83,6 +104,9 @@ class CollectionConfig:
             clinical_trial = ClinicalTrial(**trial, other_protocol_ids=others)
             deid = DeidentificationPolicy(**(raw.get("deidentification") or {}))
             algorithm = DetectionAlgorithm(**(raw.get("detection_algorithm") or {}))
+            conventions = Conventions.from_dict(raw.get("conventions"), str(source))
+        except ConventionError as exc:
+            raise CollectionConfigError(str(exc)) from exc
         except TypeError as exc:
             raise CollectionConfigError(f"{source}: {exc}") from exc
         return cls(
@@ -96,6 +120,8 @@ class CollectionConfig:
             series_description=str(raw["series_description"]),
             deidentification=deid,
             detection_algorithm=algorithm,
+            conventions=conventions,
+            keep_patients_without_dicom=bool(raw.get("keep_patients_without_dicom", False)),
         )
 
 
@@ -106,7 +132,7 @@ title: A Comprehensive Dataset of Bone Marrow Aspirate Smear Whole Slide Images 
 doi: "10.5281/zenodo.14933087"
 license: CC BY 4.0
 clinical_trial:
-  sponsor_name: University Hospital Erlangen
+  sponsor_name: Uni Hospital Erlangen, Fraunhofer MEVIS, Uni Erlangen-Nuremberg
   protocol_id: BoneMarrowWSI-PediatricLeukemia
   protocol_name: BoneMarrowWSI-PediatricLeukemia
   site_id: ""

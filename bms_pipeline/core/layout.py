@@ -6,8 +6,9 @@ Everything below `raw/` is input and is never written; everything below `out/` i
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 DATA_ROOT_ENV = "BMS_DATA_ROOT"
 OUTPUT_ROOT_ENV = "BMS_OUTPUT_ROOT"
@@ -99,6 +100,23 @@ class DataLayout:
     def dagster_home(self) -> Path:
         """The persistent Dagster instance used by `bms-pipeline run`."""
         return self.root / ".dagster"
+
+
+def published_slide_ids(relative_dicom_files: Iterable[str]) -> set[str]:
+    """Slides with a published SM series, from file paths relative to the output root
+    (`dicom/<slide_id>/sm/<file>.dcm`); staging and withdrawn folders start with a dot."""
+    found = set()
+    for name in relative_dicom_files:
+        parts = PurePosixPath(name).parts
+        if (
+            len(parts) == 4
+            and parts[0] == "dicom"
+            and not parts[1].startswith(".")
+            and parts[2] == "sm"
+            and parts[3].endswith(".dcm")
+        ):
+            found.add(parts[1])
+    return found
 
 
 def patient_id_of(slide_id: str) -> str:

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -216,6 +217,35 @@ class StorageRoot:
                     folder.rmdir()
         for name in [n for n in manifest if (n == rel or n.startswith(f"{rel}/")) and n not in keep]:
             manifest.pop(name)
+
+    def withdraw(self, rel: str) -> bool:
+        """Remove `rel` (file or folder) from the root and its local mirror: a slide refused
+        by the publication gate must not stay published from an earlier run. True if
+        anything was removed."""
+        local = self.local_root / rel
+        removed = False
+        with _mirror_lock(self.local_root):
+            if local.exists():
+                retired = local.parent / f".withdrawn-{local.name}-{uuid.uuid4().hex[:8]}"
+                local.rename(retired)  # one rename: readers see all of it or none
+                if retired.is_dir():
+                    shutil.rmtree(retired, ignore_errors=True)
+                else:
+                    retired.unlink()
+                removed = True
+            if not self.is_local:
+                fs, target = self.fs, self.remote(rel)
+                try:
+                    if fs.exists(target):
+                        fs.rm(target, recursive=True)
+                        removed = True
+                except Exception as exc:  # fsspec backends raise their own types
+                    raise StorageError(f"{self.url_of(rel)}: withdrawal failed ({exc})") from exc
+                manifest = self._manifest()
+                for name in [n for n in manifest if n == rel or n.startswith(f"{rel}/")]:
+                    manifest.pop(name)
+                self._save_manifest(manifest)
+        return removed
 
     def publish(self, rel: str) -> None:
         """Upload the local `rel` (file or folder) to the remote, replacing what was there.

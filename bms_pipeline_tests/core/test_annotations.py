@@ -7,8 +7,6 @@ the reader under test, so a reader bug cannot hide behind an identical expectati
 from __future__ import annotations
 
 import csv
-import itertools
-import math
 import shutil
 import subprocess
 import sys
@@ -45,10 +43,12 @@ from bms_pipeline.core.annotations.consensus import apply_rename, consensus_labe
 from bms_pipeline.core.annotations.labels import (
     DETECTION_LABEL,
     ROI_LABEL,
+    UNLABELED_LABEL,
     UnknownLabelError,
     load_label_table,
 )
 from bms_pipeline.core.collection import CollectionConfig
+from bms_pipeline.core.conventions import AnnConventions
 from bms_pipeline.core.dicom.idc import convert_layout_slide
 from bms_pipeline.core.layout import DataLayout, patient_id_of
 from bms_pipeline.core.mirax.inventory import openslide_properties
@@ -134,18 +134,22 @@ class ExpectedCell:
     box: np.ndarray
     roi_id: int
     sessions: tuple[str, ...]
-    consensus: str
+    consensus: str | None
+    """The source's original_consensus_label (renamed); None for a cell no expert labelled."""
+    recomputed: str | None
 
 
 def _expected_cells(demo: Demo, slide: ConvertedSlide) -> dict[int, ExpectedCell]:
     out = {}
     for row in _csv_rows(demo.layout.annotations_dir / "cells.csv", slide.slide_id):
-        votes = row["all_original_annotations"].split(",")
+        text = row["all_original_annotations"].strip()
+        votes = text.split(",") if text else []
         out[int(row["cell_id"])] = ExpectedCell(
             box=_shifted(row, slide.bounds),
             roi_id=int(row["roi_id"]),
             sessions=tuple(apply_rename(v) for v in votes),
-            consensus=consensus_label(votes),
+            consensus=apply_rename(row["original_consensus_label"]) if votes else None,
+            recomputed=consensus_label(votes) if votes else None,
         )
     return out
 
@@ -160,8 +164,11 @@ def _expected_counts(demo: Demo, slide: ConvertedSlide) -> dict[str, dict[str, i
         out[f"session_{k}"] = dict(
             Counter(c.sessions[k] for c in cells.values() if len(c.sessions) > k)
         )
-    if cells:
-        out["consensus"] = dict(Counter(c.consensus for c in cells.values()))
+    labelled = [c for c in cells.values() if c.consensus is not None]
+    if labelled:
+        out["consensus"] = dict(Counter(c.consensus for c in labelled))
+    if len(labelled) < len(cells):
+        out["unlabeled"] = {UNLABELED_LABEL: len(cells) - len(labelled)}
     detections = _csv_rows(demo.layout.annotations_dir / "detections.csv", slide.slide_id)
     if detections:
         out["detections"] = {DETECTION_LABEL: len(detections)}
@@ -176,11 +183,13 @@ def test_every_series_is_written_and_reads_back_with_the_input_counts(demo: Demo
         expected = _expected_counts(demo, slide)
         names = sorted(p.stem for p in slide.result.ann_dir.glob("*.dcm"))
         assert names == sorted(expected), slide.slide_id
-        assert {"rois", "session_0", "consensus", "detections"} <= set(names)
+        assert {"rois", "detections"} <= set(names)
+        assert {"session_0", "consensus"} <= set(names) or "unlabeled" in names
         assert read_back(slide.result.ann_dir) == expected
         # The result handed to Dagster says the same as the files.
         assert {s.name: s.counts for s in slide.result.series} == expected
-        assert slide.result.skipped == ()
+        possible = {"rois", "consensus", "unlabeled", "detections"} | {n for n in expected if n.startswith("session_")}
+        assert set(slide.result.skipped) == possible - set(expected)
 
 
 def test_expected_counts_helper_agrees_with_an_independent_count(demo: Demo) -> None:
@@ -196,7 +205,7 @@ def test_every_cell_is_in_exactly_one_group_with_its_label_box_and_roi(demo: Dem
     for slide in demo.slides.values():
         cells = _expected_cells(demo, slide)
         content = read_series_content(slide.result.ann_dir)
-        series_names = [n for n in content if n.startswith("session_")] + ["consensus"]
+        series_names = [n for n in content if n.startswith("session_") or n in ("consensus", "unlabeled")]
         for name in series_names:
             seen: list[int] = []
             for group in content[name].groups:
@@ -206,7 +215,9 @@ def test_every_cell_is_in_exactly_one_group_with_its_label_box_and_roi(demo: Dem
                 assert (group.type, group.category) == (code.type, code.category)
                 for cell_id, box in zip(ids.astype(int), group.boxes, strict=True):
                     cell = cells[int(cell_id)]
-                    label = cell.consensus if name == "consensus" else cell.sessions[int(name[8:])]
+                    label = {"consensus": cell.consensus, "unlabeled": UNLABELED_LABEL}.get(
+                        name
+                    ) or cell.sessions[int(name[8:])]
                     assert group.label == label, (name, cell_id)
                     assert np.abs(box - cell.box).max() <= 0.5, (name, cell_id)
                     assert group.inside_roi == (cell.roi_id != -1)
@@ -215,9 +226,14 @@ def test_every_cell_is_in_exactly_one_group_with_its_label_box_and_roi(demo: Dem
                     assert [cells[int(c)].roi_id for c in ids] == roi_ids.astype(int).tolist()
                 seen.extend(ids.astype(int).tolist())
             assert len(seen) == len(set(seen)), f"{name}: a cell in two groups"
-            k = None if name == "consensus" else int(name[8:])
-            wanted = {c for c, cell in cells.items() if k is None or len(cell.sessions) > k}
+            if name == "consensus":
+                wanted = {c for c, cell in cells.items() if cell.sessions}
+            elif name == "unlabeled":
+                wanted = {c for c, cell in cells.items() if not cell.sessions}
+            else:
+                wanted = {c for c, cell in cells.items() if len(cell.sessions) > int(name[8:])}
             assert set(seen) == wanted, name
+    assert any("unlabeled" in read_series_content(s.result.ann_dir) for s in demo.slides.values())
 
 
 def test_groups_split_by_label_and_roi_side(demo: Demo) -> None:
@@ -314,8 +330,17 @@ def test_rerun_reproduces_uids_and_bytes_without_extra_files(demo: Demo) -> None
     assert list(demo.layout.staging_dir.iterdir()) == []
 
 
-def test_consensus_is_recomputed_and_disagreements_reported(demo: Demo, tmp_path: Path) -> None:
-    slide = next(iter(demo.slides.values()))
+def test_consensus_is_the_sources_and_every_disagreement_with_the_rule_is_reported(
+    demo: Demo, tmp_path: Path
+) -> None:
+    # The demo's own disagreements, counted from the CSV with the rule.
+    for slide in demo.slides.values():
+        cells = _expected_cells(demo, slide)
+        disagreeing = {c for c, cell in cells.items() if cell.consensus != cell.recomputed}
+        assert set(slide.result.disagreements["cell_id"].to_list()) == disagreeing
+    assert any(not s.result.disagreements.is_empty() for s in demo.slides.values())
+
+    slide = next(s for s in demo.slides.values() if "session_0" in s.result.by_name)
     layout = _copy_inputs(demo, tmp_path)
     cells = layout.annotations_dir / "cells.csv"
     row = _slide_row(cells, slide.slide_id, 2)
@@ -323,16 +348,25 @@ def test_consensus_is_recomputed_and_disagreements_reported(demo: Demo, tmp_path
     wrong = "megakaryocyte" if given != "megakaryocyte" else "lymphocyte"
     _replace_field(cells, row, "original_consensus_label", wrong)
     result = _build(layout, demo.collection.collection_id, slide)
-    (disagreement,) = result.disagreements.to_dicts()
-    assert disagreement == {
+    reported = {d["cell_id"]: d for d in result.disagreements.to_dicts()}
+    assert reported[int(row.fields["cell_id"])] == {
         "line": row.line,
         "cell_id": int(row.fields["cell_id"]),
         "given": wrong,
         "given_renamed": wrong,
         "computed": consensus_label(row.fields["all_original_annotations"].split(",")),
     }
-    assert read_back(result.ann_dir) == read_back(slide.result.ann_dir)  # computed label wins
-    assert demo.slides[slide.slide_id].result.disagreements.is_empty()
+    counts = read_back(result.ann_dir)["consensus"]
+    assert counts.get(wrong, 0) == read_back(slide.result.ann_dir)["consensus"].get(wrong, 0) + 1
+
+    # With the recomputed rule selected, the rule's label wins.
+    recomputed = build_ann_series(
+        slide.slide_id, layout, demo.collection.collection_id, slide.sm_base, slide.bounds,
+        slide.size, algorithm_name=ALGORITHM[0], algorithm_version=ALGORITHM[1],
+        conventions=AnnConventions(consensus_source="recomputed"),
+    )
+    expected = Counter(c.recomputed for c in _expected_cells(demo, slide).values() if c.recomputed)
+    assert read_back(recomputed.ann_dir)["consensus"] == dict(expected)
 
 
 def test_a_slide_without_rois_gets_every_other_series(demo: Demo, tmp_path: Path) -> None:
@@ -347,7 +381,7 @@ def test_a_slide_without_rois_gets_every_other_series(demo: Demo, tmp_path: Path
         "".join(_set_roi(t, slide.slide_id) for t in text), encoding="utf-8"
     )
     result = _build(layout, demo.collection.collection_id, slide)
-    assert result.skipped == ("rois",)
+    assert result.skipped == ("rois", "unlabeled")  # the first slide was labelled by experts
     names = {p.stem for p in result.ann_dir.glob("*.dcm")}
     assert "rois" not in names and {"consensus", "detections", "session_0"} <= names
 
@@ -360,7 +394,7 @@ def test_a_slide_without_cells_or_detections_gets_its_rois_only(demo: Demo, tmp_
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
         path.write_text("".join(t for t in lines if slide.slide_id not in t), encoding="utf-8")
     result = _build(layout, demo.collection.collection_id, slide)
-    assert result.skipped == ("consensus", "detections")
+    assert result.skipped == ("consensus", "unlabeled", "detections")
     assert [p.name for p in result.ann_dir.iterdir()] == ["rois.dcm"]
     assert result.disagreements.is_empty()
 
@@ -498,20 +532,21 @@ def test_label_table_codes_colours_and_unknown_labels() -> None:
     table = cell_labels()
     assert {"no_consensus_found", ROI_LABEL, DETECTION_LABEL} <= set(table.labels)
     assert table.get("lymphocyte").type.value == "56972008"
-    # Meanings follow the DICOM standard where pydicom knows the code.
-    assert table.get("lymphocyte").category.meaning == "Anatomical Structure"
-    assert table.get(ROI_LABEL).category.meaning == "Spatial and Relational Concept"
+    # Meanings and colours as IDC's BMDeep conversion published them (its metadata_config).
+    assert table.get("lymphocyte").category.meaning == "Anatomical structure"
+    assert table.get(ROI_LABEL).category.meaning == "Spatial and relational concepts"
+    assert table.get("lymphocyte").rgb == (0x69, 0x9C, 0xBB)  # '#699cbb'
+    assert table.get("erythrocyte").rgb == (0xFA, 0x56, 0x74)  # '#fa5674'
+    with table.source.open(encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for row, code in zip(rows, table, strict=True):
+        assert code.label == row["label"]
+        assert (code.category.meaning, code.type.meaning) == (row["category_meaning"], row["type_meaning"])
+        assert "#{:02x}{:02x}{:02x}".format(*code.rgb) == row["display_color"].lower()
     assert table.resolve("lymphoblast", "x").label == "lymphoid_precursor_cell"
     assert table.resolve("other:Riesenthrombozyt", "x").label == "giant_platelet"
     with pytest.raises(UnknownLabelError, match=r"cells\.csv:7: unknown cell label 'nope'"):
         table.resolve("nope", "cells.csv:7")
-    colours = [c.cielab for c in table]
-    closest = min(
-        math.dist((a.l_star, a.a_star, a.b_star), (b.l_star, b.a_star, b.b_star))
-        for a, b in itertools.combinations(colours, 2)
-    )
-    assert closest > 10.0  # CIE76 delta E: clearly distinguishable
-    assert [c.rgb for c in load_label_table()] == [c.rgb for c in table]  # deterministic
 
 
 def test_label_table_errors_name_file_and_line(tmp_path: Path) -> None:

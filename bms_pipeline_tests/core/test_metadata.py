@@ -94,7 +94,7 @@ def test_diagnosis_from_ncit(volume: Dataset) -> None:
 
 def test_specimen_description_codes(volume: Dataset) -> None:
     (description,) = volume.SpecimenDescriptionSequence
-    assert description.SpecimenIdentifier == f"{SLIDE_ID}_smear"
+    assert description.SpecimenIdentifier == PATIENT  # IDC: the patient's aspirate
     assert _codes(description.PrimaryAnatomicStructureSequence) == {("14016003", "SCT")}
     codes = _all_codes(description)
     for expected in [
@@ -116,7 +116,7 @@ def test_optics_equipment_and_icc(volume: Dataset, converted: ConvertedSlide) ->
     assert float(path.ObjectiveLensPower) == 40.0
     assert len(path.ICCProfile) > 0
     spec = converted.truth.spec
-    assert volume.Manufacturer == "3DHISTECH"
+    assert volume.Manufacturer == "Mirax"  # as IDC published BMDeep
     assert volume.ManufacturerModelName == spec.scanner_hardware_version
     assert volume.DeviceSerialNumber == spec.scanner_hardware_id
     assert spec.scanner_software_version in volume.SoftwareVersions

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import polars as pl
 import pytest
 
 from bms_pipeline.core.synthetic.demo import DemoDataset, write_demo_dataset
@@ -132,6 +133,15 @@ def test_bad_slides_fail_alone_and_raw_stays_byte_identical(tmp_path: Path) -> N
         assert any(layout.sm_dir(bad_box).glob("*.dcm"))  # its image series still converted
         assert not layout.ann_dir(bad_box).exists()  # and no half-written annotations
         collection = run_collection(instance, defs)
-        assert collection.checks["clinical_patients_match_dicom"] is False
+        # The orphan row and the patients of the unconverted slides are left out and listed;
+        # what is published all has DICOM, so the check passes.
+        assert collection.checks["clinical_patients_match_dicom"] is True
+        record = instance.fetch_materializations(dg.AssetKey("clinical_tables"), limit=1).records[0]
+        left_out = record.asset_materialization.metadata["patients_left_out"].value
+        clinical_table = next(t for t in left_out if t.endswith("_clinical"))
+        expected = {orphan, truncated[:32], no_index[:32]}
+        assert set(left_out[clinical_table]) == expected
+        published = pl.read_parquet(layout.tables_dir / f"{clinical_table}.parquet")
+        assert not expected & set(published["dicom_patient_id"])
     assert _hash_tree(layout.raw) == raw_before
     assert not layout.slide_dicom_dir(truncated).exists()

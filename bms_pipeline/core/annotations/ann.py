@@ -1,18 +1,25 @@
 """One slide's boxes as DICOM Microscopy Bulk Simple Annotations (ANN), built with highdicom.
 
-Series (DESIGN.md section 4), each one file ``<name>.dcm`` in ``out/dicom/<slide>/ann/``:
+Series (DESIGN.md section 4), each one file ``<name>.dcm`` in ``out/dicom/<slide>/ann/``,
+described, numbered and attributed as IDC published BMDeep (`core.conventions`):
 
 - ``rois``: the monolayer regions (group ``region_of_interest``), ROI id as a measurement;
 - ``session_<k>`` (k = 0, 1, ...): cells with at least k+1 expert labels, with label k;
-- ``consensus``: every cell with its recomputed consensus, ``no_consensus_found`` included;
-- ``detections``: the detector's nucleus boxes, AUTOMATIC, with the score as Probability.
+- ``consensus``: every cell with an expert label and its consensus (the source's
+  ``original_consensus_label`` by default, or the recomputed rule), ``no_consensus_found``
+  included;
+- ``unlabeled``: cells no expert labelled (IDC: the slides without sessions), MANUAL, with
+  the generic label ``haematological_structure``;
+- ``detections``: the detector's nucleus boxes, AUTOMATIC, with the score as Probability
+  (ours: IDC has published none, and a model's output is not MANUAL).
 
 Cell series have one group per (label, inside/outside an ROI), in label-table order, inside
-first; every group carries the cell id, and inside groups the ROI id, as measurements. All
-annotations are 2D (SCOORD) RECTANGLEs with corners TL, TR, BR, BL in float32 pixel
-coordinates of the base-level SM instance they reference. A series with no rows for the
-slide is not written (an ANN object needs at least one group, and an empty group would
-claim an annotation session that never happened); `AnnResult.skipped` names it.
+first; every group carries the cell id, and inside groups the ROI id, as measurements, and
+the label's display colour. All annotations are 2D (SCOORD) RECTANGLEs with corners TL, TR,
+BR, BL in float32 pixel coordinates of the base-level SM instance they reference. A series
+with no rows for the slide is not written (an ANN object needs at least one group, and an
+empty group would claim an annotation session that never happened); `AnnResult.skipped`
+names it.
 
 Every UID is derived from the collection, slide, series name and group (label and ROI side),
 so a rerun reproduces them; ContentDate/Time are copied from the SM instance and the
@@ -23,11 +30,14 @@ one in one rename, so readers see the old series or the new ones, never a mix.
 
 from __future__ import annotations
 
+import copy
 import shutil
+import subprocess
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -55,8 +65,9 @@ from bms_pipeline.core.annotations.labels import (
     LabelTable,
     cell_labels,
 )
+from bms_pipeline.core.conventions import AnnConventions, SeriesNumbering
 from bms_pipeline.core.dicom.convert import replace_dir_atomically
-from bms_pipeline.core.dicom.metadata import ann_series_number
+from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
 from bms_pipeline.core.dicom.uids import series_uid, stable_uid, study_uid
 from bms_pipeline.core.layout import DataLayout, patient_id_of
 
@@ -107,13 +118,7 @@ EFO_SCHEME = CodingSchemeIdentificationItem(
 DEFAULT_ALGORITHM_NAME = "BMDeep nucleus detector"
 DEFAULT_ALGORITHM_VERSION = "unspecified"
 
-MANUFACTURER = "bms-pipeline"
-MODEL_NAME = "bms_pipeline.core.annotations"
-
 _FLOAT32_EXACT = 2**24  # ids above this cannot round-trip through float32 measurements
-_FIXED_SERIES = {"rois": 0, "consensus": 1, "detections": 2}
-_FIRST_SESSION = 3  # session_k has series index 3 + k
-_MAX_SERIES_INDEX = 90  # ann_series_number(n, 91) == sm_series_number(n + 1)
 
 
 def _software_version() -> str:
@@ -121,6 +126,31 @@ def _software_version() -> str:
         return version("bms-pipeline")
     except PackageNotFoundError:
         return "0"
+
+
+@cache
+def converter_commit() -> str:
+    """The commit of this converter's checkout (IDC's DeviceSerialNumber of its ANN objects),
+    or its version outside a git checkout."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+        return done.stdout.strip() or _software_version()
+    except (OSError, subprocess.SubprocessError):
+        return _software_version()
+
+
+def equipment(conventions: AnnConventions) -> tuple[str, str, str, str]:
+    """(Manufacturer, model, software versions, serial) of the ANN objects: IDC's
+    institution and model; software = the converter (this project), serial = its commit."""
+    return (
+        conventions.manufacturer,
+        conventions.model_name,
+        conventions.software_versions or f"bms-pipeline {_software_version()}",
+        conventions.device_serial_number or converter_commit(),
+    )
 
 
 # --------------------------------------------------------------------------- building
@@ -149,8 +179,6 @@ class _Group:
 @dataclass(frozen=True)
 class _Series:
     name: str
-    index: int  # -> SeriesNumber
-    description: str
     groups: tuple[_Group, ...]
     algorithm: hd.AlgorithmIdentificationSequence | None = None
 
@@ -222,12 +250,7 @@ def _roi_series(rois: RoiBoxes, labels: LabelTable) -> _Series:
         measurements=(_Measurement(ROI_ID, _check_ids("roi_id", rois.roi_id)),),
         description="Monolayer regions of interest in which cells were classified",
     )
-    return _Series(
-        "rois",
-        _FIXED_SERIES["rois"],
-        "Monolayer regions of interest",
-        (group,) if len(rois) else (),
-    )
+    return _Series("rois", (group,) if len(rois) else ())
 
 
 def _detection_series(
@@ -243,48 +266,40 @@ def _detection_series(
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=ALGORITHM_FAMILY, version=algorithm_version
     )
-    return _Series(
-        "detections",
-        _FIXED_SERIES["detections"],
-        "Nucleus bounding boxes from automatic detection",
-        (group,) if len(detections) else (),
-        algorithm,
-    )
+    return _Series("detections", (group,) if len(detections) else (), algorithm)
 
 
 def _series_specs(
-    annotations: SlideAnnotations, algorithm_name: str, algorithm_version: str
+    annotations: SlideAnnotations,
+    algorithm_name: str,
+    algorithm_version: str,
+    conventions: AnnConventions,
 ) -> list[_Series]:
     labels, cells = annotations.labels, annotations.cells
     specs = [_roi_series(annotations.rois, labels)]
-    sessions = cells.session_count
-    for k in range(sessions):
-        index = _FIRST_SESSION + k
-        if index > _MAX_SERIES_INDEX:
-            raise ValueError(
-                f"{annotations.slide_id}: {sessions} annotation sessions exceed the "
-                f"{_MAX_SERIES_INDEX - _FIRST_SESSION + 1} SeriesNumbers reserved for them"
-            )
+    for k in range(cells.session_count):
         specs.append(
-            _Series(
-                f"session_{k}",
-                index,
-                f"Session {k}: cell boxes with the label of expert session {k + 1} of {sessions}",
-                _cell_groups(cells, cells.sessions[:, k], labels, f"Session {k}"),
-            )
+            _Series(f"session_{k}", _cell_groups(cells, cells.sessions[:, k], labels, f"Session {k}"))
         )
-    specs.append(
-        _Series(
-            "consensus",
-            _FIXED_SERIES["consensus"],
-            "Consensus: cell boxes with the experts' consensus label",
-            _cell_groups(cells, cells.consensus, labels, "Consensus"),
+    consensus = cells.consensus_of(conventions.consensus_source)
+    specs.append(_Series("consensus", _cell_groups(cells, consensus, labels, "Consensus")))
+    if conventions.unlabeled_series:
+        specs.append(
+            _Series("unlabeled", _cell_groups(cells, cells.unlabeled_index(labels), labels, "Unlabeled"))
         )
-    )
     specs.append(
         _detection_series(annotations.detections, labels, algorithm_name, algorithm_version)
     )
     return specs
+
+
+def series_numbers(
+    slide_id: str, series: Iterable[str], numbering: SeriesNumbering
+) -> dict[str, int]:
+    """SeriesNumbers of the slide's ANN series, unique beside its SM series in the study."""
+    names = list(series)
+    numbers = numbering.for_slide(_slide_number(slide_id), ["sm", *names])
+    return {name: numbers[name] for name in names}
 
 
 def _slide_number(slide_id: str) -> int:
@@ -297,6 +312,8 @@ def _encode(
     sm_base: Dataset,
     collection_id: str,
     slide_id: str,
+    series_number: int,
+    conventions: AnnConventions,
 ) -> hd.ann.MicroscopyBulkSimpleAnnotations:
     """The ANN object of one series, with deterministic UIDs."""
     scope = (collection_id, "slide", slide_id, f"ann/{spec.name}")
@@ -323,25 +340,27 @@ def _encode(
                     for m in group.measurements
                 ],
                 description=group.description,
-                display_color=group.label.cielab,
+                display_color=group.label.cielab if conventions.display_colors else None,
             )
         )
     content_date = sm_base.get("ContentDate") or None
+    manufacturer, model, software, serial = equipment(conventions)
+    description = conventions.description(spec.name)
     ann = hd.ann.MicroscopyBulkSimpleAnnotations(
         source_images=[sm_base],
         annotation_coordinate_type=hd.ann.AnnotationCoordinateTypeValues.SCOORD,
         annotation_groups=groups,
         series_instance_uid=series_uid(collection_id, slide_id, f"ann/{spec.name}"),
-        series_number=ann_series_number(_slide_number(slide_id), spec.index),
+        series_number=series_number,
         sop_instance_uid=stable_uid(*scope, "sop"),
         instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=_software_version(),
-        device_serial_number=MANUFACTURER,
-        content_description=spec.description[:64],
+        manufacturer=manufacturer,
+        manufacturer_model_name=model,
+        software_versions=software,
+        device_serial_number=serial,
+        content_description=description[:64],
         content_label=spec.name.upper()[:16],
-        series_description=spec.description,
+        series_description=description,
         coding_schemes=[EFO_SCHEME]
         if any(m.name.scheme_designator == "EFO" for g in spec.groups for m in g.measurements)
         else None,
@@ -349,7 +368,21 @@ def _encode(
         content_time=(sm_base.get("ContentTime") or None) if content_date else None,
     )
     _drop_wall_clock(ann)
+    _copy_deidentification(sm_base, ann)
+    trial_series = conventions.clinical_trial_series_id(spec.name)
+    if trial_series is not None:
+        # IDC's Clinical Trial Series module on its BMDeep ANN objects: the session, with an
+        # empty coordinating center.
+        ann.ClinicalTrialSeriesID = trial_series
+        ann.ClinicalTrialCoordinatingCenterName = ""
     return ann
+
+
+def _copy_deidentification(sm_base: Dataset, ann: Dataset) -> None:
+    """The ANN object describes the same de-identified patient as the image it annotates."""
+    for keyword in ("PatientIdentityRemoved", "DeidentificationMethodCodeSequence"):
+        if keyword in sm_base and keyword not in ann:
+            setattr(ann, keyword, copy.deepcopy(sm_base[keyword].value))
 
 
 def _drop_wall_clock(ann: Dataset) -> None:
@@ -380,6 +413,8 @@ def build_detections_ann(
     algorithm_name: str = DEFAULT_ALGORITHM_NAME,
     algorithm_version: str = DEFAULT_ALGORITHM_VERSION,
     labels: LabelTable | None = None,
+    conventions: AnnConventions | None = None,
+    numbering: SeriesNumbering | None = None,
 ) -> hd.ann.MicroscopyBulkSimpleAnnotations:
     """The ``detections`` ANN object straight from arrays (already in image pixels).
 
@@ -398,7 +433,9 @@ def build_detections_ann(
     spec = _detection_series(detections, labels, algorithm_name, algorithm_version)
     if not spec.groups:
         raise ValueError("no detections to encode")
-    return _encode(spec, sm_base_dataset, collection_id, slide_id)
+    conventions = conventions or AnnConventions()
+    number = series_numbers(slide_id, ["detections"], numbering or SeriesNumbering())["detections"]
+    return _encode(spec, sm_base_dataset, collection_id, slide_id, number, conventions)
 
 
 # --------------------------------------------------------------------------- results
@@ -494,17 +531,26 @@ def build_ann_series(
     image_size: tuple[int, int],
     algorithm_name: str = DEFAULT_ALGORITHM_NAME,
     algorithm_version: str = DEFAULT_ALGORITHM_VERSION,
+    gate: Callable[[Sequence[Path]], Sequence[GateProblem]] | None = None,
+    conventions: AnnConventions | None = None,
+    numbering: SeriesNumbering | None = None,
 ) -> AnnResult:
     """Read the slide's annotation rows and write its ANN series to ``ann/`` atomically.
 
     `bounds` are the slide's (openslide.bounds-x, -y) and `image_size` the (width, height)
     of `sm_base_dataset`, the base-level SM instance every series references. Raises
-    `AnnotationInputError` (naming file and line) for bad input, before anything is written.
+    `AnnotationInputError` (naming file and line) for bad input, before anything is written,
+    and `PublicationRefused` when `gate` finds a problem in the staged files (nothing is
+    published then).
     """
     started = time.perf_counter()
     study = _check_reference(sm_base_dataset, collection_id, slide_id, image_size)
     annotations = read_slide_annotations(slide_id, layout.annotations_dir, bounds, image_size)
-    specs = _series_specs(annotations, algorithm_name, algorithm_version)
+    conventions = conventions or AnnConventions()
+    specs = _series_specs(annotations, algorithm_name, algorithm_version, conventions)
+    numbers = series_numbers(
+        slide_id, [spec.name for spec in specs if spec.groups], numbering or SeriesNumbering()
+    )
     final = layout.ann_dir(slide_id)
     layout.staging_dir.mkdir(parents=True, exist_ok=True)
     scratch = layout.staging_dir / f"{slide_id}-ann-{uuid.uuid4().hex[:8]}"
@@ -515,10 +561,15 @@ def build_ann_series(
         for spec in specs:
             if not spec.groups:
                 continue
-            ann = _encode(spec, sm_base_dataset, collection_id, slide_id)
+            ann = _encode(
+                spec, sm_base_dataset, collection_id, slide_id, numbers[spec.name], conventions
+            )
             size = write_ann(ann, staged / f"{spec.name}.dcm")
             written.append((spec, _summary(ann), size))
             del ann
+        problems = list(gate(sorted(staged.glob("*.dcm")))) if gate is not None else []
+        if problems:
+            raise PublicationRefused(slide_id, "ANN", problems)
         replace_dir_atomically(staged, final)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -677,8 +728,12 @@ def read_back(ann_dir: Path) -> dict[str, dict[str, int]]:
     return {name: content.counts for name, content in read_series_content(ann_dir).items()}
 
 
-def expected_counts(annotations: SlideAnnotations) -> dict[str, dict[str, int]]:
+def expected_counts(
+    annotations: SlideAnnotations, conventions: AnnConventions | None = None
+) -> dict[str, dict[str, int]]:
     """Per series, label -> rows the inputs call for: what `read_back` must return."""
+    conventions = conventions or AnnConventions()
+    cells = annotations.cells
     names = annotations.labels.labels
     out: dict[str, dict[str, int]] = {}
 
@@ -690,8 +745,12 @@ def expected_counts(annotations: SlideAnnotations) -> dict[str, dict[str, int]]:
         out["rois"] = {ROI_LABEL: len(annotations.rois)}
     for k in range(annotations.cells.session_count):
         out[f"session_{k}"] = tally(annotations.cells.sessions[:, k])
-    if len(annotations.cells):
-        out["consensus"] = tally(annotations.cells.consensus)
+    consensus = tally(cells.consensus_of(conventions.consensus_source))
+    if consensus:
+        out["consensus"] = consensus
+    unlabeled = tally(cells.unlabeled_index(annotations.labels))
+    if conventions.unlabeled_series and unlabeled:
+        out["unlabeled"] = unlabeled
     if len(annotations.detections):
         out["detections"] = {DETECTION_LABEL: len(annotations.detections)}
     return out

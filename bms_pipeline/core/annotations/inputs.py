@@ -31,7 +31,12 @@ import numpy as np
 import polars as pl
 
 from bms_pipeline.core.annotations.consensus import apply_rename, consensus_label
-from bms_pipeline.core.annotations.labels import NO_CONSENSUS, LabelTable, cell_labels
+from bms_pipeline.core.annotations.labels import (
+    NO_CONSENSUS,
+    UNLABELED_LABEL,
+    LabelTable,
+    cell_labels,
+)
 
 __all__ = [
     "CELL_COLUMNS",
@@ -240,6 +245,24 @@ class CellBoxes(_Rows):
     @property
     def session_count(self) -> int:
         return int(self.sessions.shape[1])
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """(n,) bool: the cell has at least one expert label."""
+        if not self.sessions.shape[1]:
+            return np.zeros(len(self.cell_id), dtype=bool)
+        return (self.sessions >= 0).any(axis=1)
+
+    def consensus_of(self, source: str) -> np.ndarray:
+        """(n,) label index of the consensus: the source's (`source`) or the rule's
+        (`recomputed`); -1 for unlabeled cells."""
+        if source not in ("source", "recomputed"):
+            raise ValueError(f"consensus source {source!r} is neither 'source' nor 'recomputed'")
+        return self.given_consensus if source == "source" else self.consensus
+
+    def unlabeled_index(self, labels: LabelTable) -> np.ndarray:
+        """(n,) label index `haematological_structure` for unlabeled cells, else -1."""
+        return np.where(self.labelled, -1, labels.index[UNLABELED_LABEL]).astype(np.int16)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -453,8 +476,6 @@ def _session_labels(annotations: pl.Series, labels: LabelTable, problems: _Probl
                 labels,
             ),
         )
-    no_label = ~(sessions >= 0).any(axis=1) & ~has_unknown
-    problems.flag(no_label, lambda i: "all_original_annotations holds no label")
     return sessions
 
 
@@ -470,7 +491,9 @@ def read_cells(
 
     `roi_ids` are the slide's ids from rois.csv; a cell's roi_id must be one of them or -1.
     A blank entry in ``all_original_annotations`` (``a,,b``) means no label in that
-    session, as `consensus_label` ignores it too; a cell without any label is an error.
+    session, as `consensus_label` ignores it too. A cell without any expert label (a slide
+    no expert annotated) is an unlabeled cell: its original_consensus_label must be empty
+    or `haematological_structure`, and it has no consensus (-1).
     """
     labels = labels or cell_labels()
     if NO_CONSENSUS not in labels:
@@ -494,7 +517,16 @@ def read_cells(
     given, given_unknown = _label_indices(given_text, labels)
     written = given_text.to_numpy()
     is_unknown = given_text.is_in(list(given_unknown)).fill_null(False).to_numpy()
-    problems.flag((given < 0) & ~is_unknown, lambda i: "original_consensus_label is empty")
+    labelled = (sessions >= 0).any(axis=1) if sessions.shape[1] else np.zeros(len(df), dtype=bool)
+    problems.flag(
+        (given < 0) & ~is_unknown & labelled, lambda i: "original_consensus_label is empty"
+    )
+    unlabeled_code = labels.index.get(UNLABELED_LABEL)
+    problems.flag(
+        ~labelled & (given >= 0) & (given != unlabeled_code),
+        lambda i: f"original_consensus_label {written[i]!r} for a cell without any expert label "
+        f"(all_original_annotations is empty; expected empty or {UNLABELED_LABEL!r})",
+    )
     problems.flag(
         is_unknown,
         lambda i: _unknown_reason(
@@ -504,9 +536,11 @@ def read_cells(
     problems.raise_if_any()
 
     # The consensus depends only on the label string: one rule call per distinct string.
-    texts = df["all_original_annotations"]
+    texts = df["all_original_annotations"].fill_null("")
     computed = {t: labels.index[consensus_label(t.split(","))] for t in texts.unique().to_list()}
     consensus = texts.replace_strict(computed, return_dtype=pl.Int16).to_numpy().astype(np.int16)
+    consensus[~labelled] = -1
+    given = np.where(labelled, given, -1).astype(np.int16)
     disagree = np.flatnonzero(consensus != given)
     lines = _physical_lines(path, records[disagree].tolist())
     names = labels.labels

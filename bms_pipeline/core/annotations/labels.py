@@ -4,11 +4,11 @@ Every annotation group carries an AnnotatedPropertyCategory and -Type code, and 
 shows it in its RecommendedDisplayCIELabValue. Both come from here, so one table decides
 what a label means in every series of every slide.
 
-Code meanings are checked against pydicom's code dictionary: where pydicom knows the
-(scheme, value), its meaning is used (for categories the one of CID 7150 "Segmentation
-Property Categories"), because DICOM validators compare meanings with the standard and the
-shipped table spells some of them differently (``Anatomical structure`` vs the standard's
-``Anatomical Structure``). Every such change is kept in `LabelTable.normalised`.
+Codes, meanings and colours are those of IDC's published BMDeep objects, as the table
+writes them (`display_color`, and ``Anatomical structure`` where the standard's CID 7150
+says ``Anatomical Structure``), so that queries over IDC's objects and ours agree. Where
+pydicom's dictionary words a concept otherwise, `LabelTable.normalised` records it (a
+validator may warn about it; see KNOWN_NOISE).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 from highdicom.color import CIELabColor
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -41,9 +40,11 @@ __all__ = [
 ROI_LABEL = "region_of_interest"
 """Label of the monolayer regions of interest (rois.csv)."""
 
-DETECTION_LABEL = "haematological_structure"
-"""Label of the detector's class-less nucleus boxes: the table's generic, unlabelled entry
-(IDC's BMDeep conversion uses the same one for its unlabelled boxes)."""
+UNLABELED_LABEL = "haematological_structure"
+"""Label of cells no expert labelled: the table's generic entry, as IDC's BMDeep conversion
+writes its `Unlabeled cell bounding boxes`."""
+DETECTION_LABEL = UNLABELED_LABEL
+"""Label of the detector's class-less nucleus boxes: the same generic entry."""
 
 CELL_LABELS_CSV = "cell_labels.csv"
 _COLUMNS = (
@@ -54,6 +55,7 @@ _COLUMNS = (
     "type_code",
     "type_scheme",
     "type_meaning",
+    "display_color",
 )
 _CATEGORY_CID = "cid7150"  # Segmentation Property Categories, used for annotation groups too
 
@@ -91,7 +93,7 @@ class LabelTable:
 
     source: Path
     codes: tuple[LabelCode, ...]
-    normalised: tuple[tuple[str, str, str], ...]  # (label, meaning in the file, meaning used)
+    normalised: tuple[tuple[str, str, str], ...]  # (label, meaning used, pydicom's meaning)
     _by_label: dict[str, LabelCode] = field(init=False, repr=False, compare=False)
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
@@ -158,41 +160,12 @@ def _standard_code(value: str, scheme: str, meaning: str, preferred_cid: str | N
     return Code(value, scheme, known[0])
 
 
-def label_colors(n: int) -> list[tuple[int, int, int]]:
-    """`n` well-separated sRGB colours, the same for the same `n` on every run.
-
-    Greedy farthest-point selection in CIELab (where distance is perceived difference) over
-    a fixed grid of sRGB colours: each next colour is the candidate farthest from all chosen
-    ones, starting from the most saturated. Near-white and near-black candidates are left
-    out, since boxes are drawn on a pale smear and must stay visible. Ties go to the first
-    candidate, and the sequence is prefix-stable: appending labels to cell_labels.csv never
-    changes the colours of the labels already there.
-    """
-    candidates, lab = _color_candidates()
-    if n > len(candidates):
-        raise ValueError(f"at most {len(candidates)} distinct label colours, asked for {n}")
-    chosen: list[int] = []
-    nearest = np.full(len(candidates), np.inf)
-    start = int(np.argmax(np.hypot(lab[:, 1], lab[:, 2])))
-    for _ in range(n):
-        pick = start if not chosen else int(np.argmax(nearest))
-        chosen.append(pick)
-        nearest = np.minimum(nearest, np.linalg.norm(lab - lab[pick], axis=1))
-    return [(int(r), int(g), int(b)) for r, g, b in candidates[chosen]]
-
-
-@cache
-def _color_candidates() -> tuple[np.ndarray, np.ndarray]:
-    steps = np.linspace(0, 255, 9).round().astype(np.int64)
-    grid = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), axis=-1).reshape(-1, 3)
-    lab = np.array([_lab(c) for c in grid])
-    keep = (lab[:, 0] >= 30.0) & (lab[:, 0] <= 88.0)
-    return grid[keep], lab[keep]
-
-
-def _lab(rgb: np.ndarray) -> tuple[float, float, float]:
-    color = CIELabColor.from_rgb(int(rgb[0]), int(rgb[1]), int(rgb[2]))
-    return (color.l_star, color.a_star, color.b_star)
+def _hex_color(text: str, where: str) -> tuple[int, int, int]:
+    """`#rrggbb` (IDC's display colours) as sRGB 0..255."""
+    value = text.strip().removeprefix("#")
+    if len(value) != 6 or any(c not in "0123456789abcdefABCDEF" for c in value):
+        raise ValueError(f"{where}: display_color {text!r} is not #rrggbb")
+    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
 
 
 def load_label_table(path: Path | None = None) -> LabelTable:
@@ -213,22 +186,27 @@ def load_label_table(path: Path | None = None) -> LabelTable:
             if blank:
                 raise ValueError(f"{path}:{line}: empty {blank}")
             rows.append((line, {c: row[c].strip() for c in _COLUMNS}))
-    colors = label_colors(len(rows))
     seen: set[str] = set()
     entries: list[LabelCode] = []
     normalised: list[tuple[str, str, str]] = []
-    for (line, row), rgb in zip(rows, colors, strict=True):
+    for line, row in rows:
         label = row["label"]
         if label in seen:
             raise ValueError(f"{path}:{line}: label {label!r} is defined twice")
         seen.add(label)
-        category = _standard_code(
-            row["category_code"], row["category_scheme"], row["category_meaning"], _CATEGORY_CID
+        # The meanings as IDC's published objects write them ("Anatomical structure"), so
+        # that queries over IDC's objects and ours agree; where pydicom's dictionary words
+        # a concept otherwise, `normalised` records it.
+        category = Code(row["category_code"], row["category_scheme"], row["category_meaning"])
+        type_ = Code(row["type_code"], row["type_scheme"], row["type_meaning"])
+        standard = (
+            _standard_code(row["category_code"], row["category_scheme"], row["category_meaning"], _CATEGORY_CID),
+            _standard_code(row["type_code"], row["type_scheme"], row["type_meaning"], None),
         )
-        type_ = _standard_code(row["type_code"], row["type_scheme"], row["type_meaning"], None)
-        for written, used in ((row["category_meaning"], category), (row["type_meaning"], type_)):
-            if written != used.meaning:
-                normalised.append((label, written, used.meaning))
+        for used, known in zip((category, type_), standard, strict=True):
+            if used.meaning != known.meaning:
+                normalised.append((label, used.meaning, known.meaning))
+        rgb = _hex_color(row["display_color"], f"{path}:{line}")
         entries.append(LabelCode(label=label, category=category, type=type_, rgb=rgb))
     return LabelTable(source=path, codes=tuple(entries), normalised=tuple(normalised))
 

@@ -416,6 +416,7 @@ def read_lab_values(path: Path, *, strict: bool = False) -> LabSheet:
     parsed = parse_lab_columns(framed, {c.name: c.header for c in columns})
     parsed = parsed.select(
         patient.alias("dicom_patient_id"),
+        pl.col(patient_header).alias(PATIENT_COLUMN),  # the source string, IDC's case column
         pl.col("excel_row"),
         *[
             expr

@@ -6,22 +6,28 @@ fixed by IDC's clinical ETL (``table_metadata`` and ``column_metadata``) and sum
 idc-index's ``clinical_index``. This module builds the same shapes (DESIGN.md section 5):
 
 - ``<collection_id>_clinical``: ``dicom_patient_id``, ``source_batch``, then clinical.csv's
-  columns under BigQuery-safe names, each derived column right after its source
+  columns under BigQuery-safe names (``patient_id`` included, as IDC keeps the source's
+  patient column), each derived column right after its source
   (``dicom_patient_sex`` after ``gender``; ``dicom_patient_age`` and ``age_years`` after
   ``age``; ``ncit_concept_meaning`` after ``ncit_concept_code``). The source strings are kept.
-- ``<collection_id>_laboratory``: ``dicom_patient_id``, ``source_batch``, then per lab column
-  the source string, ``<col>_value`` (FLOAT) and ``<col>_qualifier`` (see `lab`).
+- ``<collection_id>_laboratory``: ``dicom_patient_id``, ``source_batch``, ``patient_id``, then
+  per lab column the source string, ``<col>_value`` (FLOAT) and ``<col>_qualifier`` (see `lab`).
 - ``table_metadata`` and ``column_metadata``: IDC's columns, order and types exactly.
 - ``clinical_index`` (a DuckDB view): idc-index's columns over column_metadata.
 
 Conventions where IDC's schema leaves room (all documented in the metadata itself):
 
-- ``table_name`` in both metadata tables is the fully qualified BigQuery name
-  ``<project>.<dataset>.<table>`` as IDC writes it; project and dataset come from
-  `BigQueryTarget` (env ``BMS_BQ_PROJECT`` / ``BMS_BQ_DATASET``). ``clinical_index`` derives
-  ``short_table_name`` from it as idc-index does.
-- ``case_col`` is true for ``dicom_patient_id`` only: it replaces the source ``patient_id``
-  (``original_column_headers`` and ``column_numbers`` point at that source column).
+- ``table_name`` in both metadata tables is IDC's fully qualified BigQuery name
+  ``<project>.<dataset>.<table>`` when a project and dataset are configured
+  (`BigQueryTarget`, env ``BMS_BQ_PROJECT`` and ``BMS_BQ_DATASET``), else the bare table
+  name: there is no BigQuery location to name. ``clinical_index`` takes
+  ``short_table_name`` as the last dotted part, which is the table in both forms.
+- The provenance columns are IDC's ETL's: ``dicom_patient_id`` (the source patient id,
+  whitespace stripped: the DICOM PatientID) and ``source_batch``, labelled
+  ``idc_provenance_dicom_patient_id`` and ``idc_provenance_source_batch``, with that label
+  as their only original header and no source file, sheet, batch or column number.
+- ``case_col`` is true for the source's patient column (``patient_id``) only, as IDC's ETL
+  marks it; that column keeps the source string.
 - ``data_type`` holds the BigQuery type (STRING, INTEGER, FLOAT).
 - ``column_numbers`` are 0-based source positions, as IDC's ETL records them.
 - ``values`` is filled only when a column has 20 or fewer distinct non-null values;
@@ -46,7 +52,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,13 +86,25 @@ logger = logging.getLogger(__name__)
 
 BQ_PROJECT_ENV = "BMS_BQ_PROJECT"
 BQ_DATASET_ENV = "BMS_BQ_DATASET"
-DEFAULT_BQ_PROJECT = "bms-pipeline"
-DEFAULT_BQ_DATASET = "bms_clinical"
 TABLE_METADATA = "table_metadata"
 COLUMN_METADATA = "column_metadata"
 CLINICAL_INDEX = "clinical_index"
 MAX_VALUES = 20
 SOURCE_BATCH = 0
+DICOM_PATIENT_COLUMN = "dicom_patient_id"
+SOURCE_BATCH_COLUMN = "source_batch"
+CASE_COLUMN = "patient_id"
+"""The source's patient column, kept in both tables: IDC's ETL marks it as case_col."""
+PROVENANCE_LABELS = {
+    DICOM_PATIENT_COLUMN: "idc_provenance_dicom_patient_id",
+    SOURCE_BATCH_COLUMN: "idc_provenance_source_batch",
+}
+"""The labels IDC's clinical ETL gives the columns it adds (``DICOM_LABEL``, ``SOURCE_BATCH_LABEL``)."""
+_PROVENANCE_DESCRIPTIONS = {
+    DICOM_PATIENT_COLUMN: "DICOM PatientID of the patient's images: the source patient_id, "
+    "whitespace stripped",
+    SOURCE_BATCH_COLUMN: "source batch (0: the single delivery of the source files)",
+}
 VALUES_FROM_DATA = "derived from inspection of values"  # IDC's wording
 
 OPTION = pl.Struct({"option_code": pl.String, "option_description": pl.String})
@@ -143,7 +161,7 @@ SELECT
   table_name,
   string_split(table_name, '.')[-1] AS short_table_name,
   "column",
-  column_label,
+  NULLIF(column_label, '') AS column_label,
   "values"
 FROM {COLUMN_METADATA}
 ORDER BY collection_id, table_name
@@ -153,8 +171,8 @@ ORDER BY collection_id, table_name
 _METADATA_DESCRIPTIONS: dict[str, dict[str, str]] = {
     COLUMN_METADATA: {
         "collection_id": "collection the table belongs to",
-        "case_col": "true for the column that identifies the patient (dicom_patient_id)",
-        "table_name": "fully qualified BigQuery name of the table",
+        "case_col": "true for the source's patient column (patient_id), as IDC marks it",
+        "table_name": "<project>.<dataset>.<table> when a BigQuery target is set, else the table",
         "column": "column name in the table",
         "column_label": "human readable name of the column",
         "data_type": "BigQuery type of the column",
@@ -168,7 +186,7 @@ _METADATA_DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     TABLE_METADATA: {
         "collection_id": "collection the table belongs to",
-        "table_name": "fully qualified BigQuery name of the table",
+        "table_name": "<project>.<dataset>.<table> when a BigQuery target is set, else the table",
         "table_description": "what the table holds",
         "table_added_datetime": "when the table was built",
         "post_process_src": "source file, relative to the data root",
@@ -185,8 +203,8 @@ _CLINICAL_DERIVED: dict[str, tuple[str, ...]] = {
     "ncit_concept_code": ("ncit_concept_meaning",),
 }
 _CLINICAL_LABELS: dict[str, str] = {
-    "dicom_patient_id": "DICOM PatientID of the patient's images (from source column patient_id)",
-    "source_batch": "source batch (0: the single delivery of the source files)",
+    **PROVENANCE_LABELS,
+    "patient_id": "patient id as given in clinical.csv (the DICOM PatientID)",
     "gender": "gender as given in clinical.csv (female, male or other)",
     "dicom_patient_sex": "DICOM PatientSex derived from gender (F, M or O)",
     "age": "age as given in clinical.csv: whole years or a DICOM Age String",
@@ -203,20 +221,36 @@ _AGE_UNIT_DAYS = {"D": 1, "W": 7, "M": 365.25 / 12, "Y": 365.25}
 
 @dataclass(frozen=True)
 class BigQueryTarget:
-    """Where the tables go in BigQuery; baked into the metadata's table_name like IDC does."""
+    """Where the tables go in BigQuery, baked into the metadata's table_name as IDC does.
 
-    project: str = DEFAULT_BQ_PROJECT
-    dataset: str = DEFAULT_BQ_DATASET
+    With both a project and a dataset, table_name is IDC's ``<project>.<dataset>.<table>``;
+    with neither, the bare table name (and load.sh asks for both). One without the other
+    names no BigQuery location, so it is refused.
+    """
+
+    project: str | None = None
+    dataset: str | None = None
+
+    def __post_init__(self) -> None:
+        if bool(self.project) != bool(self.dataset):
+            raise ValueError(
+                f"BigQuery target: set both {BQ_PROJECT_ENV} and {BQ_DATASET_ENV}, or neither "
+                f"(project {self.project!r}, dataset {self.dataset!r})"
+            )
 
     @classmethod
     def from_env(cls) -> BigQueryTarget:
         return cls(
-            project=os.environ.get(BQ_PROJECT_ENV) or DEFAULT_BQ_PROJECT,
-            dataset=os.environ.get(BQ_DATASET_ENV) or DEFAULT_BQ_DATASET,
+            project=os.environ.get(BQ_PROJECT_ENV) or None,
+            dataset=os.environ.get(BQ_DATASET_ENV) or None,
         )
 
+    @property
+    def configured(self) -> bool:
+        return bool(self.project and self.dataset)
+
     def qualified(self, table: str) -> str:
-        return f"{self.project}.{self.dataset}.{table}"
+        return f"{self.project}.{self.dataset}.{table}" if self.configured else table
 
 
 @dataclass(frozen=True)
@@ -231,6 +265,8 @@ class ClinicalTables:
     target: BigQueryTarget
     warnings: list[str] = field(default_factory=list)
     lab: LabSheet | None = None
+    left_out: dict[str, list[str]] = field(default_factory=dict)
+    """Patient ids left out of each table because they have no converted slide."""
 
     @property
     def clinical_name(self) -> str:
@@ -312,6 +348,26 @@ class _ColumnInfo:
     notes: tuple[str, ...] = ()
 
 
+def _provenance(case_header: str) -> dict[str, _ColumnInfo]:
+    """column_metadata of IDC's provenance columns: the ETL's label, and no source column."""
+    derived = (
+        f"the source column {case_header!r} (case_col) with surrounding whitespace removed; "
+        "equals the DICOM PatientID"
+    )
+    return {
+        DICOM_PATIENT_COLUMN: _ColumnInfo(
+            PROVENANCE_LABELS[DICOM_PATIENT_COLUMN],
+            (PROVENANCE_LABELS[DICOM_PATIENT_COLUMN],),
+            (),
+            None,
+            notes=(derived,),
+        ),
+        SOURCE_BATCH_COLUMN: _ColumnInfo(
+            PROVENANCE_LABELS[SOURCE_BATCH_COLUMN], (PROVENANCE_LABELS[SOURCE_BATCH_COLUMN],), (), None
+        ),
+    }
+
+
 def _read_clinical(source: _Source) -> tuple[pl.DataFrame, dict[str, _ColumnInfo]]:
     """clinical.csv as the clinical table, validated by `read_clinical_csv`'s rules."""
     path = source.path
@@ -353,19 +409,9 @@ def _read_clinical(source: _Source) -> tuple[pl.DataFrame, dict[str, _ColumnInfo
     if joined.height != len(patients) or joined["dicom_patient_sex"].null_count():
         raise ClinicalDataError(f"{path}: rows read by polars and by the validator disagree")
 
-    order = ["dicom_patient_id", "source_batch"]
-    info: dict[str, _ColumnInfo] = {
-        "dicom_patient_id": _ColumnInfo(
-            _CLINICAL_LABELS["dicom_patient_id"],
-            (headers[position["patient_id"]],),
-            (position["patient_id"],),
-            source,
-        ),
-        "source_batch": _ColumnInfo(_CLINICAL_LABELS["source_batch"], (), (), None),
-    }
+    order = [DICOM_PATIENT_COLUMN, SOURCE_BATCH_COLUMN]
+    info = _provenance(headers[position[CASE_COLUMN]])
     for name, header in zip(names, headers, strict=True):
-        if name == "patient_id":
-            continue
         order.append(name)
         info[name] = _ColumnInfo(
             _CLINICAL_LABELS.get(name, header), (header,), (position[name],), source
@@ -389,19 +435,18 @@ def _read_clinical(source: _Source) -> tuple[pl.DataFrame, dict[str, _ColumnInfo
 
 
 def _laboratory(lab: LabSheet, source: _Source) -> tuple[pl.DataFrame, dict[str, _ColumnInfo]]:
-    """The laboratory table: patient, batch, then string/_value/_qualifier per lab column."""
+    """The laboratory table: IDC's provenance columns, then the source columns in source
+    order: the patient column (case_col) and string/_value/_qualifier per lab column."""
     sheet = LAB_SHEET
-    order = ["dicom_patient_id", "source_batch"]
-    info: dict[str, _ColumnInfo] = {
-        "dicom_patient_id": _ColumnInfo(
-            f"DICOM PatientID of the patient's images (from source column {lab.patient_header})",
-            (lab.patient_header,),
-            (lab.patient_position,),
-            source,
-            sheet,
-        ),
-        "source_batch": _ColumnInfo(_CLINICAL_LABELS["source_batch"], (), (), None),
-    }
+    info = _provenance(lab.patient_header)
+    info[CASE_COLUMN] = _ColumnInfo(
+        f"patient id as given in sheet {LAB_SHEET!r} (the DICOM PatientID)",
+        (lab.patient_header,),
+        (lab.patient_position,),
+        source,
+        sheet,
+    )
+    positioned: list[tuple[int, list[str]]] = [(lab.patient_position, [CASE_COLUMN])]
     notes = {n.column: n.describe() for n in lab.normalisations}
     for c in lab.columns:
         unit = f" in {HEMOGLOBIN_UNIT}" if c.is_hemoglobin else ""
@@ -422,8 +467,10 @@ def _laboratory(lab: LabSheet, source: _Source) -> tuple[pl.DataFrame, dict[str,
             values_note="descriptions defined by bms_pipeline",
             notes=("'<' with a null value marks '<Nachweisgrenze' (below the detection limit)",),
         )
-        order.extend([c.name, f"{c.name}_value", f"{c.name}_qualifier"])
-    table = lab.table.with_columns(pl.lit(SOURCE_BATCH, dtype=pl.Int64).alias("source_batch"))
+        positioned.append((c.position, [c.name, f"{c.name}_value", f"{c.name}_qualifier"]))
+    order = [DICOM_PATIENT_COLUMN, SOURCE_BATCH_COLUMN]
+    order += [name for _, names in sorted(positioned) for name in names]
+    table = lab.table.with_columns(pl.lit(SOURCE_BATCH, dtype=pl.Int64).alias(SOURCE_BATCH_COLUMN))
     return table.select(order), info
 
 
@@ -478,7 +525,7 @@ def _column_rows(
         rows.append(
             {
                 "collection_id": collection_id,
-                "case_col": name == "dicom_patient_id",
+                "case_col": name == CASE_COLUMN,
                 "table_name": table_name,
                 "column": name,
                 "column_label": meta.label,
@@ -488,7 +535,7 @@ def _column_rows(
                 "values_source": "; ".join(parts) or None,
                 "files": [meta.source.relative] * len(meta.headers) if meta.source else [],
                 "sheet_names": [meta.sheet] * len(meta.headers) if meta.sheet else [],
-                "batch": [SOURCE_BATCH] * len(meta.headers),
+                "batch": [SOURCE_BATCH] * len(meta.headers) if meta.source else [],
                 "column_numbers": list(meta.numbers),
             }
         )
@@ -536,13 +583,16 @@ def build_clinical_tables(
     target: BigQueryTarget | None = None,
     added_at: datetime | None = None,
     idc_version: str | None = None,
+    converted_patients: Collection[str] | None = None,
 ) -> ClinicalTables:
     """Read raw/clinical and build the clinical, laboratory and IDC metadata tables.
 
     Invalid clinical.csv rows raise ClinicalDataError (`read_clinical_csv`'s rules). Lab cells
     that cannot be understood become warnings naming sheet, Excel row and column, or with
     ``strict=True`` a ClinicalDataError. ``added_at`` fixes table_added_datetime (default:
-    now, UTC), so a caller can make the output byte-reproducible.
+    now, UTC), so a caller can make the output byte-reproducible. With ``converted_patients``
+    (and unless the collection keeps them) rows of other patients are left out of both
+    tables and listed in ``left_out``: only patients with DICOM are published.
     """
     target = target or BigQueryTarget.from_env()
     cid = collection.collection_id
@@ -566,6 +616,11 @@ def build_clinical_tables(
             f"{layout.lab_values_xlsx}: sheet {LAB_SHEET!r} has several rows for patient(s) "
             + ", ".join(repeated[:20])
         )
+
+    left_out: dict[str, list[str]] = {}
+    if converted_patients is not None and not collection.keep_patients_without_dicom:
+        clinical, left_out[f"{cid}_clinical"] = restrict_to_patients(clinical, converted_patients)
+        laboratory, left_out[f"{cid}_laboratory"] = restrict_to_patients(laboratory, converted_patients)
 
     clinical_name, laboratory_name = f"{cid}_clinical", f"{cid}_laboratory"
     added = str(added_at or datetime.now(UTC))
@@ -610,6 +665,7 @@ def build_clinical_tables(
         target=target,
         warnings=warnings,
         lab=lab,
+        left_out=left_out,
     )
 
 
@@ -620,6 +676,13 @@ def _source_checked(layout: DataLayout, path: Path, what: str) -> _Source:
 
 
 # --------------------------------------------------------------------------- QA helpers
+
+
+def restrict_to_patients(df: pl.DataFrame, patients: Collection[str]) -> tuple[pl.DataFrame, list[str]]:
+    """The rows of `patients` only, and the (sorted, distinct) patient ids left out."""
+    keep = pl.col("dicom_patient_id").is_in(sorted(set(patients)))
+    dropped = sorted(set(df.filter(~keep | pl.col("dicom_patient_id").is_null())["dicom_patient_id"].drop_nulls()))
+    return df.filter(keep), dropped
 
 
 def _patient_ids(df: pl.DataFrame) -> list[str]:
@@ -737,6 +800,7 @@ def column_metadata_matches_schema(tables: ClinicalTables) -> list[str]:
                 f"columns {frame.columns}"
             )
             continue
+        problems += _provenance_problems(table, frame, rows)
         for row in rows.iter_rows(named=True):
             column = row["column"]
             dtype = frame.schema[column]
@@ -745,8 +809,6 @@ def column_metadata_matches_schema(tables: ClinicalTables) -> list[str]:
                     f"{table}.{column}: data_type {row['data_type']} but the column is "
                     f"{bigquery_type(dtype)}"
                 )
-            if row["case_col"] != (column == "dicom_patient_id"):
-                problems.append(f"{table}.{column}: case_col is {row['case_col']}")
             try:
                 safe = bigquery_name(column) == column
             except ColumnNameError:
@@ -763,6 +825,23 @@ def column_metadata_matches_schema(tables: ClinicalTables) -> list[str]:
                     problems.append(f"{table}.{column}: values {codes} != distinct {actual}")
     if tables.clinical.schema["source_batch"] != pl.Int64:
         problems.append("source_batch is not INTEGER")
+    return problems
+
+
+def _provenance_problems(table: str, frame: pl.DataFrame, rows: pl.DataFrame) -> list[str]:
+    """IDC's provenance labels, and one case_col: a source column dicom_patient_id is made from."""
+    problems = []
+    labels = dict(zip(rows["column"], rows["column_label"], strict=True))
+    for column, label in PROVENANCE_LABELS.items():
+        if labels.get(column) != label:
+            problems.append(f"{table}.{column}: column_label {labels.get(column)!r}, not IDC's {label!r}")
+    cases = rows.filter(pl.col("case_col"))["column"].to_list()
+    if len(cases) != 1 or cases[0] in PROVENANCE_LABELS:
+        return [*problems, f"{table}: case_col marks {cases}, not the one source patient column"]
+    (case,) = cases
+    stripped = frame[case].cast(pl.String).str.strip_chars()
+    if not (stripped == frame[DICOM_PATIENT_COLUMN]).fill_null(False).all():
+        problems.append(f"{table}: dicom_patient_id is not case_col {case!r} stripped on every row")
     return problems
 
 
@@ -794,7 +873,9 @@ def _descriptions(tables: ClinicalTables, table: str) -> dict[str, str]:
         return _METADATA_DESCRIPTIONS[table]
     meta = tables.column_metadata
     rows = meta.filter(meta["table_name"].str.split(".").list.last() == table)
-    return dict(zip(rows["column"].to_list(), rows["column_label"].to_list(), strict=True))
+    labels = dict(zip(rows["column"].to_list(), rows["column_label"].to_list(), strict=True))
+    # IDC's provenance labels are identifiers, not explanations: describe those columns.
+    return {**labels, **_PROVENANCE_DESCRIPTIONS}
 
 
 # --------------------------------------------------------------------------- writing
@@ -807,23 +888,39 @@ def bigquery_dir(layout: DataLayout) -> Path:
 def load_script_text(tables: Sequence[str], target: BigQueryTarget | None = None) -> str:
     """A bash script with one ``bq load`` per table into ``$BMS_BQ_PROJECT:$BMS_BQ_DATASET``.
 
-    The defaults are the target the metadata's table_name was built for, so a plain run
-    loads the tables where column_metadata says they are.
+    With a configured target (default: the environment's) those are the defaults, so a
+    plain run loads the tables where column_metadata's table_name says they are; without
+    one the script refuses to run until both are set.
     """
-    target = target or BigQueryTarget()
+    target = target or BigQueryTarget.from_env()
+    if target.configured:
+        defaults = [
+            f"#   {BQ_PROJECT_ENV}  project (default {target.project})",
+            f"#   {BQ_DATASET_ENV}  dataset (default {target.dataset})",
+            "# table_name in table_metadata/column_metadata names the project and dataset the",
+            "# tables were built for; to load elsewhere, rebuild with the same variables set.",
+        ]
+        project = f'PROJECT="${{{BQ_PROJECT_ENV}:-{target.project}}}"'
+        dataset = f'DATASET="${{{BQ_DATASET_ENV}:-{target.dataset}}}"'
+    else:
+        defaults = [
+            f"#   {BQ_PROJECT_ENV}  project (required)",
+            f"#   {BQ_DATASET_ENV}  dataset (required)",
+            "# The tables were built without a BigQuery target, so table_name holds bare table",
+            "# names; rebuild with both variables set to get IDC's <project>.<dataset>.<table>.",
+        ]
+        project = f'PROJECT="${{{BQ_PROJECT_ENV}:?set {BQ_PROJECT_ENV} to the BigQuery project}}"'
+        dataset = f'DATASET="${{{BQ_DATASET_ENV}:?set {BQ_DATASET_ENV} to the BigQuery dataset}}"'
     lines = [
         "#!/usr/bin/env bash",
         "# Load the pipeline's tables into BigQuery, replacing tables of the same name.",
         "# Written by bms_pipeline; every run rewrites it from out/bigquery/*.schema.json.",
-        f"#   {BQ_PROJECT_ENV}  project (default {target.project})",
-        f"#   {BQ_DATASET_ENV}  dataset (default {target.dataset})",
-        "# table_name in table_metadata/column_metadata names the project and dataset the",
-        "# tables were built for; to load elsewhere, rebuild with the same variables set.",
+        *defaults,
         "set -euo pipefail",
         'HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"',
         'TABLES="${BMS_TABLES_DIR:-$HERE/../tables}"',
-        f'PROJECT="${{{BQ_PROJECT_ENV}:-{target.project}}}"',
-        f'DATASET="${{{BQ_DATASET_ENV}:-{target.dataset}}}"',
+        project,
+        dataset,
     ]
     for table in tables:
         lines.append(

@@ -1,8 +1,10 @@
 """Convert one MIRAX slide to a DICOM VL Whole Slide Microscopy series with wsidicomizer.
 
 wsidicomizer does not refuse an existing output folder, so old and new files would mix:
-the series is written into a fresh staging folder on the output filesystem and moved into
-place only when complete. A failed run leaves the previous good series, or nothing.
+the series is written into a fresh staging folder on the output filesystem, made
+byte-deterministic (`core.dicom.determinism`), judged by the publication gate
+(`core.dicom.publication`) and moved into place only when complete and passed. A failed
+run leaves the previous good series, or nothing; a refused one leaves nothing.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydicom import Dataset
@@ -22,32 +24,59 @@ from wsidicomizer import WsiDicomizer
 from wsidicomizer.metadata import WsiDicomizerMetadata
 from wsidicomizer.wsidicomizer import SourceIdentifier
 
+from bms_pipeline.core.conventions import SmConventions
+from bms_pipeline.core.dicom.determinism import contributing_equipment, normalize_series
 from bms_pipeline.core.dicom.fast_source import FastOpenSlideSource, OpenSlideReadSource
+from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
 from bms_pipeline.core.dicom.uids import SlideUidGenerator
 
 logger = logging.getLogger(__name__)
 
 MetadataPostProcessor = Callable[[Dataset, WsiMetadata], Dataset]
 MetadataPreProcessor = Callable[[WsiDicomizerMetadata], WsiMetadata]
+Gate = Callable[[Sequence[Path]], Sequence[GateProblem]]
 
 
 @dataclass(frozen=True)
 class ConversionSettings:
-    """Output settings; the defaults match wsidicomizer's CLI (JPEG q80, 512 px tiles)."""
+    """Output settings: JPEG q80 as wsidicomizer's CLI; 1024 px tiles and even levels as IDC
+    published BMDeep (`core.conventions.SmConventions`, which `for_collection` reads)."""
 
-    tile_size: int = 512
+    tile_size: int = 1024
     jpeg_quality: int = 80
     workers: int | None = None
     chunk_size: int | None = None
     include_label: bool = False
     include_overview: bool = True
+    include_levels: tuple[int, ...] | None = (0, 2, 4, 6, 8, 10)
+    """Pyramid levels kept, those that exist (None: all)."""
     include_thumbnail: bool = True
+    """A THUMBNAIL rendered from the pyramid (`core.dicom.thumbnail`); with the stock
+    source (`fast_composite=False`) wsidicomizer's copy of the MIRAX preview instead."""
     offset_table: str = "eot"
     fast_composite: bool = True
     """Read through `FastOpenSlideSource` (bit-identical output, cheaper compositing)."""
     direct_mirax: bool = True
     """With `fast_composite`, read MIRAX pixels with `MiraxDirectReader` where it reproduces
     OpenSlide exactly (same output, fewer decodes)."""
+
+
+    @classmethod
+    def for_collection(cls, sm: SmConventions, **changes: object) -> ConversionSettings:
+        """The collection's SM conventions (tile size, levels, THUMBNAIL), then `changes`."""
+        base = cls(tile_size=sm.tile_size, include_levels=sm.levels, include_thumbnail=sm.thumbnail)
+        return replace(base, **changes)  # type: ignore[arg-type]
+
+    def present_levels(self, mrxs_path: Path) -> list[int] | None:
+        """The kept levels that the slide has (IDC's list names levels up to 10)."""
+        if self.include_levels is None:
+            return None
+        import openslide
+
+        with openslide.OpenSlide(str(mrxs_path)) as slide:
+            count = slide.level_count
+        present = [level for level in self.include_levels if level < count]
+        return present or [0]
 
 
 @dataclass(frozen=True)
@@ -108,8 +137,10 @@ def convert_slide(
     metadata_post_processor: MetadataPostProcessor | None = None,
     metadata_pre_processor: MetadataPreProcessor | None = None,
     settings: ConversionSettings = ConversionSettings(),
+    gate: Gate | None = None,
 ) -> ConversionResult:
-    """Convert `mrxs_path` into `sm_dir` (replacing it only on success)."""
+    """Convert `mrxs_path` into `sm_dir`, replacing it only on success and only when `gate`
+    finds no problem in the staged files (else `PublicationRefused`)."""
     staging_root.mkdir(parents=True, exist_ok=True)
     scratch = staging_root / f"{identity.slide_id}-sm-{uuid.uuid4().hex[:8]}"
     target = scratch / "sm"
@@ -119,10 +150,12 @@ def convert_slide(
             mrxs_path,
             target,
             metadata=metadata,
+            default_metadata=WsiDicomizerMetadata(contributing_equipment=[contributing_equipment()]),
             tile_size=settings.tile_size,
             uid_generator=SlideUidGenerator(
                 identity.collection_id, identity.patient_id, identity.slide_id
             ),
+            include_levels=settings.present_levels(mrxs_path),
             include_label=settings.include_label,
             include_overview=settings.include_overview,
             include_thumbnail=settings.include_thumbnail,
@@ -143,8 +176,12 @@ def convert_slide(
         if not written:
             raise ConversionError(f"{mrxs_path}: wsidicomizer wrote no files")
         base_width, base_height = _base_size(written)
+        normalize_series(written)
+        problems = list(gate(written)) if gate is not None else []
+        if problems:
+            raise PublicationRefused(identity.slide_id, "SM", problems)
         replace_dir_atomically(target, sm_dir)
-    except ConversionError:
+    except (ConversionError, PublicationRefused):
         raise
     except Exception as exc:
         raise ConversionError(

@@ -27,26 +27,31 @@ from openslide import OpenSlideCache
 from wsidicom.codec import Encoder, JpegSettings
 from wsidicom.codec.settings import Channels
 from wsidicom.errors import WsiDicomNotFoundError
-from wsidicom.geometry import Point, Region
+from wsidicom.geometry import Point, Region, SizeMm
+from wsidicom.metadata import ImageCoordinateSystem
 from wsidicomizer.extras.openslide.openslide import _read_region, convert_argb_to_rgba
 from wsidicomizer.extras.openslide.openslide_image_data import OpenSlideLevelImageData
 from wsidicomizer.extras.openslide.openslide_source import OpenSlideSource
 from wsidicomizer.image_data import BaseDicomizerImageData
+from wsidicomizer.sources.openslide_like.openslide_like_image_data import (
+    OpenSlideLikeSingleImageData,
+)
 
+from bms_pipeline.core.dicom.thumbnail import render_thumbnail
 from bms_pipeline.core.mirax.direct import MiraxDirectReader, MiraxDirectUnsupported
 
 logger = logging.getLogger(__name__)
 
 
-def decoded_image_cache_bytes(level0_width: int) -> int:
-    """A decoded-image cache that holds the camera images under one 512-pixel tile row and
-    the rows above and below (1,536 level-0 rows of BGRA), within 96-512 MiB.
+def decoded_image_cache_bytes(level0_width: int, tile_size: int = 512) -> int:
+    """A decoded-image cache that holds the camera images under one tile row and the rows
+    above and below (3 tile heights of level-0 BGRA rows), within 96-512 MiB.
 
     wsidicom reads tiles row by row; with OpenSlide's default 32 MiB cache a slide wider
     than ~10,000 pixels evicts each camera image before the next tile row needs it again,
     so every image is decoded two or three times.
     """
-    return min(max(96 << 20, level0_width * 1536 * 4), 512 << 20)
+    return min(max(96 << 20, level0_width * 3 * tile_size * 4), 512 << 20)
 
 
 def composite_over_background(rgba: np.ndarray, background: tuple[int, int, int] | int) -> np.ndarray:
@@ -182,6 +187,45 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
         )
 
 
+class PyramidThumbnailImageData(OpenSlideLikeSingleImageData):
+    """A THUMBNAIL rendered from the converted region of the pyramid (see `core.dicom.thumbnail`),
+    with the pixel spacing of its own size and the pyramid's coordinate system."""
+
+    def __init__(
+        self,
+        pixels: np.ndarray,
+        blank_color: int | tuple[int, int, int] | None,
+        encoder: Encoder,
+        base_spacing: SizeMm,
+        bounds_size: tuple[int, int],
+        image_coordinate_system: ImageCoordinateSystem | None,
+    ) -> None:
+        from PIL import Image as PilImage
+
+        super().__init__(PilImage.fromarray(pixels), blank_color, encoder)
+        height, width = pixels.shape[:2]
+        self._pixel_spacing = SizeMm(
+            base_spacing.width * bounds_size[0] / width,
+            base_spacing.height * bounds_size[1] / height,
+        )
+        self._imaged_size = SizeMm(
+            base_spacing.width * bounds_size[0], base_spacing.height * bounds_size[1]
+        )
+        self._image_coordinate_system = image_coordinate_system
+
+    @property
+    def image_coordinate_system(self) -> ImageCoordinateSystem | None:
+        return self._image_coordinate_system
+
+    @property
+    def pixel_spacing(self) -> SizeMm:
+        return self._pixel_spacing
+
+    @property
+    def imaged_size(self) -> SizeMm:
+        return self._imaged_size
+
+
 class FastOpenSlideSource(OpenSlideSource):
     """wsidicomizer's OpenSlide source, with `FastOpenSlideLevelImageData` for the levels and,
     for MIRAX, a `MiraxDirectReader` beside the OpenSlide handle."""
@@ -191,7 +235,7 @@ class FastOpenSlideSource(OpenSlideSource):
 
     def __init__(self, filepath: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(filepath, *args, **kwargs)
-        cache_bytes = decoded_image_cache_bytes(self._slide.dimensions[0])
+        cache_bytes = decoded_image_cache_bytes(self._slide.dimensions[0], self._tile_size or 512)
         self._slide.set_cache(OpenSlideCache(cache_bytes))
         path = Path(str(filepath))
         if self.direct_mirax and path.suffix.lower() == ".mrxs":
@@ -220,6 +264,26 @@ class FastOpenSlideSource(OpenSlideSource):
         system = overview.image.image_coordinate_system if overview and overview.image else None
         return NominalSpacingOverviewImageData(
             image, self._blank_color, self._encoder, image_coordinate_system=system
+        )
+
+    def _create_thumbnail_image_data(self) -> BaseDicomizerImageData | None:
+        """The converted region of the pyramid, never the MIRAX preview (which may cover
+        another region, or be absent)."""
+        image = self.metadata.pyramid.image
+        if image.pixel_spacing is None:
+            raise ValueError("no pixel spacing: give one in the metadata to make a THUMBNAIL")
+        x, y = (self._base_level_offset.x, self._base_level_offset.y) if self._base_level_offset else (0, 0)
+        width, height = (
+            (self._base_level_size.width, self._base_level_size.height)
+            if self._base_level_size
+            else self._slide.dimensions
+        )
+        color = self._blank_color if self._blank_color is not None else 255
+        background = (color, color, color) if isinstance(color, int) else color
+        pixels = render_thumbnail(self._slide, (x, y, width, height), background)
+        return PyramidThumbnailImageData(
+            pixels, color, self._encoder, image.pixel_spacing, (width, height),
+            image.image_coordinate_system,
         )
 
     def _create_level_image_data(self, level_index: int) -> BaseDicomizerImageData:

@@ -6,6 +6,7 @@ and measured is what runs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from bms_pipeline.core.clinical.patients import clinical_for
@@ -23,8 +24,38 @@ from bms_pipeline.core.dicom.metadata import (
     build_wsi_metadata,
 )
 from bms_pipeline.core.dicom.overrides import load_overrides
+from bms_pipeline.core.dicom.phi import PrivacyPolicy, allowed_values
+from bms_pipeline.core.dicom.publication import PublicationGate
 from bms_pipeline.core.layout import DataLayout, patient_id_of
 from bms_pipeline.core.mirax.inventory import openslide_properties
+
+
+def privacy_policy(
+    collection: CollectionConfig, slide_id: str, properties: Mapping[str, str]
+) -> PrivacyPolicy:
+    """What the slide's outputs must not hold, given what they must carry."""
+    deid = collection.deidentification
+    return PrivacyPolicy.for_slide(
+        properties,
+        allowed_values(slide_id, patient_id_of(slide_id), collection.carried_values),
+        keep_dates=deid.keep_dates,
+        keep_slide_id=deid.keep_slide_id,
+    )
+
+
+def publication_gate(
+    collection: CollectionConfig,
+    slide_id: str,
+    properties: Mapping[str, str],
+    settings: ConversionSettings | None = None,
+) -> PublicationGate:
+    """The gate every staged series of the slide must pass (`core.dicom.publication`)."""
+    settings = settings or ConversionSettings.for_collection(collection.conventions.sm)
+    return PublicationGate(
+        privacy=privacy_policy(collection, slide_id, properties),
+        deidentification=collection.deidentification,
+        expect_thumbnail=settings.include_thumbnail and settings.fast_composite,
+    )
 
 
 def convert_with_idc_metadata(
@@ -34,7 +65,10 @@ def convert_with_idc_metadata(
     context: SlideContext,
     settings: ConversionSettings | None = None,
 ) -> ConversionResult:
+    """Convert with the IDC metadata; the series is published only if it passes the
+    publication gate (else `PublicationRefused`)."""
     collection = context.collection
+    settings = settings or ConversionSettings.for_collection(collection.conventions.sm)
     return convert_slide(
         mrxs_path,
         sm_dir,
@@ -43,7 +77,10 @@ def convert_with_idc_metadata(
         metadata=build_wsi_metadata(context),
         metadata_post_processor=build_post_processor(context),
         metadata_pre_processor=build_pre_processor(collection),
-        settings=settings or ConversionSettings(),
+        settings=settings,
+        gate=publication_gate(
+            collection, context.slide_id, context.properties, settings
+        ).sm_problems,
     )
 
 

@@ -14,6 +14,7 @@ Three hooks of wsidicomizer are used, each for what it is meant for:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
@@ -22,15 +23,21 @@ from pydicom.sr.coding import Code
 from wsidicom.conceptcode import (
     AnatomicPathologySpecimenTypesCode,
     ContainerTypeCode,
+    IlluminationCode,
+    LenseCode,
     SpecimenCollectionProcedureCode,
     SpecimenSamplingProcedureCode,
     SpecimenStainsCode,
 )
 from wsidicom.metadata import (
     Equipment,
+    Image,
+    Objectives,
+    OpticalPath,
     Patient,
     PatientDeIdentification,
     PatientSex,
+    Pyramid,
     Series,
     Slide,
     SlideSample,
@@ -44,7 +51,9 @@ from wsidicomizer.metadata import WsiDicomizerMetadata
 
 from bms_pipeline.core.clinical.patients import PatientClinical
 from bms_pipeline.core.collection import CollectionConfig
+from bms_pipeline.core.conventions import SpecimenIdentifiers
 from bms_pipeline.core.dicom.overrides import MetadataOverride, apply_overrides
+from bms_pipeline.core.dicom.phi import ALLOWED_MIRAX_PROPERTIES
 from bms_pipeline.core.dicom.viewer_compat import viewer_coordinate_systems
 
 # DICOM PS3.16 CID 7050 de-identification method codes.
@@ -80,15 +89,6 @@ class SlideContext:
         return int(self.slide_id.split("_")[1])
 
 
-def sm_series_number(slide_number: int) -> int:
-    """SeriesNumbers unique within a patient's study: 100 per slide, SM first, ANN after."""
-    return 100 * slide_number + 1
-
-
-def ann_series_number(slide_number: int, index: int) -> int:
-    return 100 * slide_number + 10 + index
-
-
 def deidentification_methods(collection: CollectionConfig) -> list[Code]:
     methods = [BASIC_PROFILE, RETAIN_PATIENT_CHARACTERISTICS, RETAIN_DEVICE_IDENTITY, CLEAN_DESCRIPTORS]
     if collection.deidentification.keep_dates:
@@ -96,16 +96,23 @@ def deidentification_methods(collection: CollectionConfig) -> list[Code]:
     return methods
 
 
-def specimen_slide(slide_id: str) -> Slide:
-    """Aspiration -> aspirate in a specimen vial -> smear on a microscope slide, MGG stained."""
+def specimen_slide(slide_id: str, patient_id: str, identifiers: SpecimenIdentifiers = "patient") -> Slide:
+    """Aspiration -> aspirate in a specimen vial -> smear on a microscope slide, MGG stained.
+
+    IDC identifies the specimen and the slide sample by the patient id (one aspirate per
+    patient) and the container by the slide id; `identifiers="slide"` names them after the
+    slide instead."""
+    specimen_id, sample_id = (
+        (patient_id, patient_id) if identifiers == "patient" else (f"{slide_id}_aspirate", f"{slide_id}_smear")
+    )
     aspirate = Specimen(
-        identifier=f"{slide_id}_aspirate",
+        identifier=specimen_id,
         extraction_step=Collection(method=SpecimenCollectionProcedureCode("Aspiration")),
         type=AnatomicPathologySpecimenTypesCode("Aspirate"),
         container=ContainerTypeCode("Specimen vial"),
     )
     smear = SlideSample(
-        identifier=f"{slide_id}_smear",
+        identifier=sample_id,
         anatomical_sites=[BONE_MARROW],
         sampled_from=aspirate.sample(method=SpecimenSamplingProcedureCode("Smear procedure")),
     )
@@ -116,26 +123,69 @@ def specimen_slide(slide_id: str) -> Slide:
     )
 
 
-def equipment_from(properties: Mapping[str, str]) -> Equipment:
+def equipment_from(properties: Mapping[str, str], manufacturer: str = "Mirax") -> Equipment:
+    """The scanner: IDC's Manufacturer (`Mirax`), the model, serial and software from
+    `SCANNER_*` (allow-listed, so they may reach the headers)."""
     software = properties.get("mirax.GENERAL.SCANNER_SOFTWARE_VERSION")
     return Equipment(
-        manufacturer="3DHISTECH",
+        manufacturer=manufacturer,
         model_name=properties.get("mirax.GENERAL.SCANNER_HARDWARE_VERSION"),
         device_serial_number=properties.get("mirax.GENERAL.SCANNER_HARDWARE_ID"),
         software_versions=[software] if software else None,
     )
 
 
+def optical_path(properties: Mapping[str, str], lens: str | None) -> OpticalPath:
+    """Brightfield, with the objective power from OBJECTIVE_MAGNIFICATION and (IDC) the
+    objective's lens type in LensesCodeSequence."""
+    power = properties.get("mirax.GENERAL.OBJECTIVE_MAGNIFICATION")
+    return OpticalPath(
+        illumination_types=[IlluminationCode("Brightfield illumination")],
+        objective=Objectives(
+            lenses=[LenseCode(lens)] if lens else None,
+            objective_power=float(power) if power else None,
+        ),
+    )
+
+
+def acquisition_context(properties: Mapping[str, str]) -> Dataset:
+    """IDC's TEXT "Comment" (DCM 121106) item with the MIRAX properties as JSON; here only the
+    allow-listed ones, never SLIDE_ID, SLIDE_NAME or the scan date."""
+    allowed = {k: v for k, v in sorted(properties.items()) if k in ALLOWED_MIRAX_PROPERTIES}
+    item = Dataset()
+    item.ValueType = "TEXT"
+    concept = Dataset()
+    concept.CodeValue = "121106"
+    concept.CodingSchemeDesignator = "DCM"
+    concept.CodeMeaning = "Comment"
+    item.ConceptNameCodeSequence = [concept]
+    item.TextValue = json.dumps(allowed, sort_keys=True)
+    return item
+
+
+def scan_duration_seconds(properties: Mapping[str, str]) -> float | None:
+    """AcquisitionDuration from the scan time (IDC: the property ending in
+    `scanning_time_in_sec`)."""
+    for key, value in sorted(properties.items()):
+        if key.lower().endswith("scanning_time_in_sec"):
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
 def build_wsi_metadata(context: SlideContext) -> WsiMetadata:
     """User metadata that overrides the file's, with the override files applied last."""
     collection = context.collection
+    sm = collection.conventions.sm
     ours = WsiDicomizerMetadata(
         study=Study(
             identifier=context.patient_id[:16],
             description=collection.study_description,
         ),
         series=Series(
-            number=sm_series_number(context.slide_number),
+            number=collection.conventions.series_numbers.for_slide(context.slide_number, ["sm"])["sm"],
             description=collection.series_description,
         ),
         patient=Patient(
@@ -145,8 +195,9 @@ def build_wsi_metadata(context: SlideContext) -> WsiMetadata:
                 identity_removed=True, methods=deidentification_methods(collection)
             ),
         ),
-        equipment=equipment_from(context.properties),
-        slide=specimen_slide(context.slide_id),
+        equipment=equipment_from(context.properties, sm.manufacturer),
+        slide=specimen_slide(context.slide_id, context.patient_id, sm.specimen_identifiers),
+        pyramid=Pyramid(image=Image(), optical_paths=[optical_path(context.properties, sm.lens)]),
     )
     return apply_overrides(ours, context.overrides)
 
@@ -163,6 +214,7 @@ def build_pre_processor(collection: CollectionConfig) -> Callable[[WsiDicomizerM
         )
         stripped = viewer_coordinate_systems(stripped)  # as viewers show OpenSlide's image
         if not collection.deidentification.keep_dates:
+            # Every image of the slide: the pyramid, the overview and the label.
             stripped = replace(
                 stripped,
                 study=replace(stripped.study, date=None, time=None),
@@ -171,6 +223,22 @@ def build_pre_processor(collection: CollectionConfig) -> Callable[[WsiDicomizerM
                     image=replace(stripped.pyramid.image, acquisition_datetime=None),
                 ),
             )
+            if stripped.overview is not None and stripped.overview.image is not None:
+                stripped = replace(
+                    stripped,
+                    overview=replace(
+                        stripped.overview,
+                        image=replace(stripped.overview.image, acquisition_datetime=None),
+                    ),
+                )
+            if stripped.label is not None and stripped.label.image is not None:
+                stripped = replace(
+                    stripped,
+                    label=replace(
+                        stripped.label,
+                        image=replace(stripped.label.image, acquisition_datetime=None),
+                    ),
+                )
         return stripped
 
     return pre_process
@@ -181,6 +249,7 @@ def build_post_processor(context: SlideContext) -> Callable[[Dataset, WsiMetadat
     collection = context.collection
     trial = collection.clinical_trial
     clinical = context.clinical
+    sm_conventions = collection.conventions.sm
 
     def post_process(dataset: Dataset, metadata: WsiMetadata) -> Dataset:
         dataset.PatientAge = clinical.age
@@ -201,6 +270,11 @@ def build_post_processor(context: SlideContext) -> Callable[[Dataset, WsiMetadat
                 item.IssuerOfClinicalTrialProtocolID = other.issuer
                 items.append(item)
             dataset.OtherClinicalTrialProtocolIDsSequence = items
+        if sm_conventions.acquisition_context:
+            dataset.AcquisitionContextSequence = [acquisition_context(context.properties)]
+        duration = scan_duration_seconds(context.properties)
+        if duration is not None:
+            dataset.AcquisitionDuration = duration
         if clinical.has_diagnosis:
             code = Dataset()
             code.CodeValue = clinical.ncit_code

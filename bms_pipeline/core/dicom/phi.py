@@ -1,15 +1,28 @@
-"""A byte-level scan of output files for the slide's identifiers.
+"""The privacy policy of one slide: what may reach the output, and a byte scan that proves it.
 
 Header checks only see the attributes one thinks of; the bytes also cover private tags,
-ICC profiles, pixel data and anything a library adds. SLIDE_ID and SLIDE_NAME (which can
-carry a patient name), and any other MIRAX property outside the allow-list, must not
-appear anywhere.
+ICC profiles, pixel data and anything a library adds. So every output file is scanned,
+byte for byte, for:
+
+- the MIRAX `SLIDE_ID` and `SLIDE_NAME` (which can carry a patient name), whatever they
+  look like, and every other identifying-looking `mirax.GENERAL.*` property outside
+  `ALLOWED_MIRAX_PROPERTIES`;
+- unless the collection keeps dates, the scan date `SLIDE_CREATIONDATETIME` as MIRAX writes
+  it and in the DICOM DA and DT forms (`YYYYMMDD`, `YYYYMMDDHHMMSS`).
+
+Values the output must carry (the slide id, the patient id, the collection's own names) are
+never leaks, even where a MIRAX property equals them or is part of them: real scanners often
+write the slide id as SLIDE_NAME. A property equal to such a value is not scanned for; an
+occurrence of a shorter property inside an occurrence of such a value is excused.
+
+Hits name the property, the file and the byte offset, never the value (which is the PHI).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 # MIRAX properties that may pass into DICOM headers (through wsidicomizer's MIRAX
@@ -20,6 +33,7 @@ ALLOWED_MIRAX_PROPERTIES = frozenset(
         "mirax.GENERAL.SCANNER_HARDWARE_VERSION",
         "mirax.GENERAL.SCANNER_SOFTWARE_VERSION",
         "mirax.GENERAL.SCANNER_HARDWARE_ID",
+        "mirax.GENERAL.SCANNING_TIME_IN_SEC",
         "openslide.mpp-x",
         "openslide.mpp-y",
         "openslide.objective-power",
@@ -31,12 +45,26 @@ ALLOWED_MIRAX_PROPERTIES = frozenset(
     }
 )
 
-IDENTIFYING_PROPERTIES = {
-    "SLIDE_ID": "mirax.GENERAL.SLIDE_ID",
-    "SLIDE_NAME": "mirax.GENERAL.SLIDE_NAME",
-}
-"""Always scanned for, whatever they look like."""
+SLIDE_ID_PROPERTY = "mirax.GENERAL.SLIDE_ID"
+SLIDE_NAME_PROPERTY = "mirax.GENERAL.SLIDE_NAME"
+CREATION_DATETIME_PROPERTY = "mirax.GENERAL.SLIDE_CREATIONDATETIME"
+MIRAX_DATETIME_FORMAT = "%d/%m/%Y %H:%M:%S"
+
+ALWAYS_SCANNED = (SLIDE_ID_PROPERTY, SLIDE_NAME_PROPERTY)
+"""Scanned for whatever they look like (4 characters or more)."""
+
+REDACTED_PROPERTIES = frozenset({*ALWAYS_SCANNED, CREATION_DATETIME_PROPERTY})
+"""Never shown, not even in the event log or the UI."""
+
 _CHUNK = 16 << 20
+
+
+@dataclass(frozen=True)
+class Needle:
+    """One value that must not appear: `name` says which property (and form) it is."""
+
+    name: str
+    value: bytes
 
 
 @dataclass(frozen=True)
@@ -45,47 +73,146 @@ class IdentifierHit:
     name: str
     offset: int
 
+    def describe(self) -> str:
+        """Names the series folder and file, the offset and the property, not the value."""
+        return f"{self.file.parent.name}/{self.file.name}: byte {self.offset}: holds {self.name}"
+
+
+def scan_date_forms(raw: str) -> dict[str, str]:
+    """The MIRAX scan date as MIRAX writes it and as DICOM DA and DT values."""
+    raw = raw.strip()
+    try:
+        when = datetime.strptime(raw, MIRAX_DATETIME_FORMAT)
+    except ValueError:
+        return {"": raw} if len(raw) >= 6 else {}
+    return {"": raw, " (DA)": when.strftime("%Y%m%d"), " (DT)": when.strftime("%Y%m%d%H%M%S")}
+
+
+@dataclass(frozen=True)
+class PrivacyPolicy:
+    """What the output of one slide must not hold (`needles`) and must hold (`allowed`)."""
+
+    needles: tuple[Needle, ...]
+    allowed: tuple[bytes, ...] = ()
+    excused: tuple[str, ...] = ()
+    """Properties not scanned for because they equal a value the output must carry."""
+
+    @classmethod
+    def for_slide(
+        cls,
+        properties: Mapping[str, str],
+        allowed_values: Iterable[str] = (),
+        keep_dates: bool = False,
+        keep_slide_id: bool = False,
+    ) -> PrivacyPolicy:
+        allowed = tuple(sorted({v.strip() for v in allowed_values if len(v.strip()) >= 4}))
+        candidates: dict[str, str] = {}
+        for key in ALWAYS_SCANNED:
+            if key == SLIDE_ID_PROPERTY and keep_slide_id:
+                continue
+            value = (properties.get(key) or "").strip()
+            if len(value) >= 4:
+                candidates[key] = value
+        for key, raw in sorted(properties.items()):
+            value = (raw or "").strip()
+            if (
+                key.startswith("mirax.GENERAL.")
+                and key not in ALLOWED_MIRAX_PROPERTIES
+                and key not in candidates
+                and key != CREATION_DATETIME_PROPERTY
+                and not (key == SLIDE_ID_PROPERTY and keep_slide_id)
+                and len(value) >= 6
+                and any(c.isalpha() for c in value)
+            ):
+                candidates[key] = value
+        if not keep_dates:
+            for suffix, value in scan_date_forms(properties.get(CREATION_DATETIME_PROPERTY) or "").items():
+                candidates[CREATION_DATETIME_PROPERTY + suffix] = value
+        needles = tuple(
+            Needle(name, value.encode("utf-8"))
+            for name, value in candidates.items()
+            if value not in allowed
+        )
+        excused = tuple(name for name, value in candidates.items() if value in allowed)
+        return cls(needles, tuple(a.encode("utf-8") for a in allowed), excused)
+
+    @property
+    def names(self) -> list[str]:
+        return [n.name for n in self.needles]
+
+    def scan(self, files: Iterable[Path]) -> list[IdentifierHit]:
+        """The first occurrence, per file and needle, that no allowed value excuses."""
+        hits: list[IdentifierHit] = []
+        for path in files:
+            hits += self._scan_file(Path(path))
+        return hits
+
+    def _excuses(self, needle: bytes) -> list[tuple[bytes, list[int]]]:
+        """Allowed values that contain `needle`, with every position it has in them."""
+        out = []
+        for value in self.allowed:
+            positions = [i for i in range(len(value) - len(needle) + 1) if value.startswith(needle, i)]
+            if positions:
+                out.append((value, positions))
+        return out
+
+    def _scan_file(self, path: Path) -> list[IdentifierHit]:
+        if not self.needles:
+            return []
+        excuses = {n.name: self._excuses(n.value) for n in self.needles}
+        context = max((len(a) for a in self.allowed), default=0)
+        reach = max(len(n.value) for n in self.needles) + 2 * context
+        hits: list[IdentifierHit] = []
+        seen: set[str] = set()
+        decided = 0  # every occurrence starting before this file offset has been judged
+        window_start = 0
+        window = b""
+        with open(path, "rb") as handle:
+            while True:
+                chunk = handle.read(_CHUNK)
+                at_end = not chunk
+                window += chunk
+                window_end = window_start + len(window)
+                limit = window_end if at_end else window_end - reach
+                for needle in self.needles:
+                    if needle.name in seen:
+                        continue
+                    at = window.find(needle.value, max(0, decided - window_start))
+                    while 0 <= at and window_start + at < limit:
+                        if not self._is_excused(window, at, excuses[needle.name]):
+                            seen.add(needle.name)
+                            hits.append(IdentifierHit(path, needle.name, window_start + at))
+                            break
+                        at = window.find(needle.value, at + 1)
+                decided = max(decided, limit)
+                if at_end:
+                    return hits
+                keep_from = max(0, decided - context - window_start)
+                window = window[keep_from:]
+                window_start += keep_from
+
+    @staticmethod
+    def _is_excused(window: bytes, at: int, excuses: list[tuple[bytes, list[int]]]) -> bool:
+        for value, positions in excuses:
+            for p in positions:
+                start = at - p
+                if start >= 0 and window.startswith(value, start):
+                    return True
+        return False
+
+
+def allowed_values(slide_id: str, patient_id: str, names: Iterable[str]) -> list[str]:
+    """The values every output of the slide carries on purpose."""
+    return [slide_id, patient_id, *names]
+
 
 def identifiers_of(properties: Mapping[str, str]) -> dict[str, str]:
-    """What must not appear in any output byte: SLIDE_ID and SLIDE_NAME, and the value of
-    every other `mirax.GENERAL.*` property outside the allow-list that could name something
-    (6 characters or more, with a letter; numbers and short codes would match by chance)."""
-    found = {}
-    for name, key in IDENTIFYING_PROPERTIES.items():
-        value = (properties.get(key) or "").strip()
-        if len(value) >= 4:
-            found[name] = value
-    for key, raw in properties.items():
-        value = (raw or "").strip()
-        if (
-            key.startswith("mirax.GENERAL.")
-            and key not in ALLOWED_MIRAX_PROPERTIES
-            and len(value) >= 6
-            and any(c.isalpha() for c in value)
-        ):
-            found.setdefault(key.removeprefix("mirax.GENERAL."), value)
-    return found
+    """Needle values by short property name (for tests and the UI), without dates."""
+    policy = PrivacyPolicy.for_slide(properties, keep_dates=True)
+    return {n.name.removeprefix("mirax.GENERAL."): n.value.decode() for n in policy.needles}
 
 
 def scan_files(files: Iterable[Path], identifiers: Mapping[str, str]) -> list[IdentifierHit]:
-    """Every occurrence (first per file and identifier) of any identifier in any file."""
-    needles = {name: value.encode("utf-8") for name, value in identifiers.items()}
-    if not needles:
-        return []
-    overlap = max(len(n) for n in needles.values()) - 1
-    hits = []
-    for path in files:
-        seen: set[str] = set()
-        with open(path, "rb") as handle:
-            tail = b""
-            position = 0
-            while chunk := handle.read(_CHUNK):
-                window = tail + chunk
-                for name, needle in needles.items():
-                    at = window.find(needle)
-                    if name not in seen and at >= 0:
-                        seen.add(name)
-                        hits.append(IdentifierHit(Path(path), name, position - len(tail) + at))
-                position += len(chunk)
-                tail = window[-overlap:] if overlap else b""
-    return hits
+    """Every first occurrence (per file and identifier) of any identifier in any file."""
+    policy = PrivacyPolicy(tuple(Needle(k, v.encode("utf-8")) for k, v in identifiers.items()))
+    return policy.scan(files)

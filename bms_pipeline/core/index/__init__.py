@@ -1,4 +1,4 @@
-"""idc-index-like tables read from the headers of the DICOM files the pipeline wrote."""
+"""idc-index's tables (and ours beside them) read from the headers of the DICOM files written."""
 
 from bms_pipeline.core.index.dicom_index import DicomIndex, build_dicom_index
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bms_pipeline.core.clinical.tables import bigquery_dir, bigquery_schema, write_load_script
 from bms_pipeline.core.index.dicom_index import DicomIndex
+from bms_pipeline.core.index.schemas import DESCRIPTIONS
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.store import (
     atomic_write_parquet,
@@ -18,13 +19,14 @@ from bms_pipeline.core.store import (
 
 
 def write_dicom_index(index: DicomIndex, layout: DataLayout) -> dict[str, Path]:
-    """Parquet, BigQuery schema and DuckDB table for each index table, under the DuckDB lock."""
+    """Parquet, BigQuery schema and DuckDB table for each index table (idc-index's and
+    our ``bms_*`` ones), under the DuckDB lock."""
     parquet: dict[str, Path] = {}
     with exclusive_lock(duckdb_lock_path(layout.duckdb_path)):
         for name, frame in index.tables().items():
             parquet[name] = layout.tables_dir / f"{name}.parquet"
             atomic_write_parquet(frame, parquet[name])
-            schema = bigquery_schema(frame.schema)
+            schema = bigquery_schema(frame.schema, DESCRIPTIONS.get(name))
             atomic_write_text(
                 bigquery_dir(layout) / f"{name}.schema.json", json.dumps(schema, indent=2) + "\n"
             )

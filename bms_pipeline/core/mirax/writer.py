@@ -34,6 +34,7 @@ from bms_pipeline.core.mirax.content import (
 INDEX_VERSION = b"01.02"
 ImageFormat = Literal["JPEG", "PNG"]
 PositionLayer = Literal["vimslide", "stitching", "none"]
+PreviewExtent = Literal["bounds", "canvas", "none"]
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,13 @@ class MiraxSlideSpec:
     position_layer: PositionLayer = "vimslide"
     mirax_slide_id: str = "5e1f0d2c-4b7a-4f3e-9a51-2c8d7b6e1a90"
     slide_name: str = "BM 2019-0042 MUSTERMANN"
-    creation_datetime: datetime = datetime(2019, 3, 14, 9, 26, 53)
+    """Real scanners write the slide id, a patient-like text or nothing here."""
+    creation_datetime: datetime | None = datetime(2019, 3, 14, 9, 26, 53)
+    """None: no SLIDE_CREATIONDATETIME key, as on some real slides."""
+    scanning_time_seconds: int | None = 1385
+    """SCANNING_TIME_IN_SEC (IDC's AcquisitionDuration); None: not written."""
+    preview: PreviewExtent = "bounds"
+    """What the MIRAX preview covers: the scanned bounds, the whole canvas, or no preview."""
     label_text: str = "MUSTERMANN, Max\n*01.02.2012\nBM 2019-0042"
     scanner_hardware_version: str = "Pannoramic 250 Flash III"
     scanner_software_version: str = "2.2.0.119029"
@@ -325,8 +332,13 @@ def _macro_image(spec: MiraxSlideSpec, cells: SmearCells) -> np.ndarray:
 
 
 def _preview_image(spec: MiraxSlideSpec, cells: SmearCells) -> np.ndarray:
-    """Preview covering exactly the bounds, which wsidicomizer's THUMBNAIL assumes."""
-    bx, by, bw, bh = spec.geometry.bounds
+    """The preview over the bounds (which wsidicomizer's THUMBNAIL assumes) or over the
+    whole canvas (which it does not)."""
+    if spec.preview == "canvas":
+        bx, by = 0, 0
+        bw, bh = spec.geometry.canvas_size
+    else:
+        bx, by, bw, bh = spec.geometry.bounds
     scale = max(bw / 512, bh / 512, 1.0)
     return to_uint8(render_region(cells, bx, by, int(bw / scale), int(bh / scale), scale))
 
@@ -350,7 +362,6 @@ def _slidedat(
         "SLIDE_VERSION": "01.02",
         "SLIDE_ID": spec.mirax_slide_id,
         "SLIDE_NAME": spec.slide_name,
-        "SLIDE_CREATIONDATETIME": spec.creation_datetime.strftime("%d/%m/%Y %H:%M:%S"),
         "IMAGENUMBER_X": str(g.images_x),
         "IMAGENUMBER_Y": str(g.images_y),
         "CameraImageDivisionsPerSide": str(g.divisions),
@@ -360,6 +371,10 @@ def _slidedat(
         "SCANNER_SOFTWARE_VERSION": spec.scanner_software_version,
         "SCANNER_HARDWARE_ID": spec.scanner_hardware_id,
     }
+    if spec.scanning_time_seconds is not None:
+        general["SCANNING_TIME_IN_SEC"] = str(spec.scanning_time_seconds)
+    if spec.creation_datetime is not None:
+        general["SLIDE_CREATIONDATETIME"] = spec.creation_datetime.strftime("%d/%m/%Y %H:%M:%S")
     lines += [f"{k} = {v}" for k, v in general.items()]
     lines += ["", "[HIERARCHICAL]", "HIER_COUNT = 1", f"NONHIER_COUNT = {len(nonhier)}"]
     lines += ["INDEXFILE = Index.dat", "HIER_0_NAME = Slide zoom level", f"HIER_0_COUNT = {g.levels}"]
@@ -444,17 +459,18 @@ def write_mirax(mrxs_path: Path, spec: MiraxSlideSpec, cells: SmearCells) -> Mir
         # Associated images and the position buffer go to a data file of their own.
         macro = files.append(_encode(_macro_image(spec, cells), "JPEG", 90), new_file=True)
         label = files.append(_encode(_label_image(spec.label_text), "JPEG", 90))
-        preview = files.append(_encode(_preview_image(spec, cells), "JPEG", 90))
-        nonhier_records = [macro, label, preview]
-        nonhier_layers: list[tuple[str, list[tuple[str, str, dict[str, str]]]]] = [
-            (
-                "Scan data layer",
-                [
-                    ("ScanDataLayer_SlideThumbnail", "NONHIER_0_VAL_0_SECTION", {"THUMBNAIL_IMAGE_TYPE": "JPEG"}),
-                    ("ScanDataLayer_SlideBarcode", "NONHIER_0_VAL_1_SECTION", {"BARCODE_IMAGE_TYPE": "JPEG"}),
-                    ("ScanDataLayer_SlidePreview", "NONHIER_0_VAL_2_SECTION", {"PREVIEW_IMAGE_TYPE": "JPEG"}),
-                ],
+        nonhier_records = [macro, label]
+        scan_data = [
+            ("ScanDataLayer_SlideThumbnail", "NONHIER_0_VAL_0_SECTION", {"THUMBNAIL_IMAGE_TYPE": "JPEG"}),
+            ("ScanDataLayer_SlideBarcode", "NONHIER_0_VAL_1_SECTION", {"BARCODE_IMAGE_TYPE": "JPEG"}),
+        ]
+        if spec.preview != "none":
+            nonhier_records.append(files.append(_encode(_preview_image(spec, cells), "JPEG", 90)))
+            scan_data.append(
+                ("ScanDataLayer_SlidePreview", "NONHIER_0_VAL_2_SECTION", {"PREVIEW_IMAGE_TYPE": "JPEG"})
             )
+        nonhier_layers: list[tuple[str, list[tuple[str, str, dict[str, str]]]]] = [
+            ("Scan data layer", scan_data)
         ]
         positions = _position_buffer(g)
         if spec.position_layer == "vimslide":

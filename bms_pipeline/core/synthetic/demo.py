@@ -22,6 +22,7 @@ from bms_pipeline.core.mirax.writer import (
     MiraxGeometry,
     MiraxGroundTruth,
     MiraxSlideSpec,
+    PreviewExtent,
     write_mirax,
 )
 from bms_pipeline.core.synthetic.tables import (
@@ -98,6 +99,16 @@ def slide_ids_for(patients: list[SyntheticPatient], n_slides: int) -> list[str]:
     return ids
 
 
+PREVIEW_VARIANTS: tuple[PreviewExtent, ...] = ("bounds", "canvas", "none")
+"""What real MIRAX previews cover; the demo slides cycle through them."""
+
+
+def scanner_slide_name(slide_id: str, created: datetime, index: int) -> str:
+    """SLIDE_NAME as scanners write it: the slide id itself, a patient-like case text, or
+    nothing. The demo slides cycle through the three, so no test confirms one shape."""
+    return (slide_id, f"KM {created:%Y}-{index + 17:04d} MUSTERMANN", "")[index % 3]
+
+
 def write_demo_dataset(
     root: Path,
     slides: int = 4,
@@ -142,9 +153,10 @@ def write_demo_dataset(
             geometry=geometry,
             image_format=image_format,
             mirax_slide_id=f"{rng.integers(0, 2**63):016x}-{index:04d}-synthetic",
-            slide_name=f"KM {created:%Y}-{index + 17:04d} MUSTERMANN",
+            slide_name=scanner_slide_name(slide_id, created, index),
             label_text=f"MUSTERMANN, Erika\n*0{1 + index % 9}.03.201{index % 10}\nKM {created:%Y}-{index + 17:04d}",
-            creation_datetime=created,
+            creation_datetime=created if index % 2 == 0 else None,
+            preview=PREVIEW_VARIANTS[(index + 1) % len(PREVIEW_VARIANTS)],
             scanner_hardware_id=f"{int(master.integers(0, 2**31)):08X}",
         )
         logger.info("writing slide %d/%d %s (%s)", index + 1, slides, slide_id, size)
@@ -159,6 +171,7 @@ def write_demo_dataset(
                 cell_boxes=cell_boxes,
                 cell_lineage=lineage,
                 nucleus_boxes=truth.nucleus_boxes(),
+                expert_labels=index % 4 != 2,  # one slide in four has only unlabeled cells
             )
         )
     (tmp / "clinical").mkdir()

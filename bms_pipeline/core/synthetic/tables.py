@@ -23,6 +23,7 @@ import polars as pl
 import xlsxwriter
 
 from bms_pipeline.core.annotations.consensus import (
+    apply_rename,
     consensus_label,
     source_names,
 )
@@ -444,6 +445,9 @@ class SlideAnnotationSource:
     cell_boxes: np.ndarray  # (n, 4) float x1, y1, x2, y2, each inside one scanned field
     cell_lineage: np.ndarray  # (n,) int index into LINEAGES
     nucleus_boxes: np.ndarray  # (m, 4) float x1, y1, x2, y2
+    expert_labels: bool = True
+    """False: a slide whose cells no expert labelled (97 of IDC's 246 slides): empty
+    all_original_annotations and original_consensus_label."""
 
 
 @dataclass(frozen=True)
@@ -598,6 +602,7 @@ def write_annotation_csvs(
     roi_rows: list[tuple[object, ...]] = []
     cell_geometry: list[tuple[str, int, Box]] = []  # slide_id, roi_id, box
     lineages: list[int] = []
+    labelled: list[bool] = []
     for slide in slides:
         fields, cells, field_of = _validated(slide)
         rois = _place_rois(rng, fields, cells, field_of)
@@ -605,15 +610,29 @@ def write_annotation_csvs(
         roi_rows.extend((rid, slide.slide_id, *roi) for rid, roi in zip(roi_ids, rois))
         for box, roi_id in zip(cells, _roi_of(cells, rois, roi_ids)):
             cell_geometry.append((slide.slide_id, int(roi_id), tuple(int(v) for v in box)))
-        lineages.extend(int(v) for v in np.asarray(slide.cell_lineage).reshape(-1))
+        lineage = [int(v) for v in np.asarray(slide.cell_lineage).reshape(-1)]
+        lineages.extend(lineage)
+        labelled.extend([slide.expert_labels] * len(lineage))
 
     annotations = [_draw_annotations(rng, lineage) for lineage in lineages]
-    for kind, i in zip(_SCENARIOS, rng.permutation(len(annotations))):
-        annotations[i] = _scenario(rng, kind, lineages[i])
+    candidates = np.flatnonzero(labelled)
+    for kind, i in zip(_SCENARIOS, rng.permutation(candidates)):
+        annotations[int(i)] = _scenario(rng, kind, lineages[int(i)])
+    consensus = [consensus_label(labels) for labels in annotations]
+    # Real sources sometimes record another consensus than the rule gives (an expert broke
+    # a tie): the first 1:1 tie records the vote the rule did not pick.
+    for i in (int(i) for i in candidates):
+        votes = {apply_rename(v) for v in annotations[i]}
+        if len(annotations[i]) == 2 and len(votes) == 2:
+            consensus[i] = min(votes - {consensus[i]})
+            break
+    for i, has_labels in enumerate(labelled):
+        if not has_labels:
+            annotations[i], consensus[i] = [], ""
     cell_rows = [
-        (cell_id, slide_id, roi_id, *box, consensus_label(labels), ",".join(labels))
-        for cell_id, ((slide_id, roi_id, box), labels) in enumerate(
-            zip(cell_geometry, annotations, strict=True), start=1
+        (cell_id, slide_id, roi_id, *box, given, ",".join(labels))
+        for cell_id, ((slide_id, roi_id, box), labels, given) in enumerate(
+            zip(cell_geometry, annotations, consensus, strict=True), start=1
         )
     ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import polars as pl
@@ -38,4 +39,9 @@ def validate_slide(layout: DataLayout, slide_id: str) -> pl.DataFrame:
     if not files:
         raise FileNotFoundError(f"{layout.slide_dicom_dir(slide_id)}: no DICOM files to validate")
     messages = validate_files(files, study_files(layout, patient_id_of(slide_id)))
-    return messages_frame(messages, slide_id)
+    frame = messages_frame(messages, slide_id)
+    # Paths relative to the output root, so the results are the same wherever it lies.
+    prefix = f"{layout.out.absolute()}{os.sep}"
+    return frame.with_columns(
+        pl.col(c).str.replace_all(prefix, "", literal=True) for c in ("file", "message")
+    )

@@ -15,17 +15,21 @@ from bms_pipeline.resources import BmsPipelineResource
     group_name="slides",
     kinds={"dicom", "highdicom"},
     deps=[sm_series],
-    code_version="1",
+    code_version="2",
     automation_condition=nightly,
 )
 def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
-    """Microscopy Bulk Simple Annotations (rois, session_<k>, consensus, detections) built with
-    highdicom from rois.csv, cells.csv and detections.csv, shifted by the slide's bounds and
-    referencing the base level of the SM series; written atomically to out/dicom/<slide>/ann/."""
+    """Microscopy Bulk Simple Annotations (rois, session_<k>, consensus, unlabeled, detections)
+    as IDC published BMDeep's, built with highdicom from rois.csv, cells.csv and detections.csv, shifted by the slide's bounds and
+    referencing the base level of the SM series; written to staging and moved into
+    out/dicom/<slide>/ann/ only if it passes the publication gate (no identifier or scan date
+    in any byte, de-identification attributes)."""
     import polars as pl
 
     from bms_pipeline.core.annotations.ann import base_level_dataset, build_ann_series
     from bms_pipeline.core.annotations.inputs import slide_bounds
+    from bms_pipeline.core.dicom.idc import publication_gate
+    from bms_pipeline.core.dicom.publication import PublicationRefused
     from bms_pipeline.core.dicom.series import read_series, volume_levels
 
     slide_id = context.partition_key
@@ -34,16 +38,29 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     base = volume_levels(read_series(bms.fetch(layout.sm_dir(slide_id), required=True)))[0]
     properties = openslide_properties(bms.stage_slide(slide_id))
     bms.fetch(layout.annotations_dir)
-    result = build_ann_series(
-        slide_id,
-        layout,
-        collection.collection_id,
-        base_level_dataset(layout.sm_dir(slide_id)),
-        bounds=slide_bounds(properties),
-        image_size=(base.columns, base.rows),
-        algorithm_name=collection.detection_algorithm.name,
-        algorithm_version=collection.detection_algorithm.version,
-    )
+    try:
+        result = build_ann_series(
+            slide_id,
+            layout,
+            collection.collection_id,
+            base_level_dataset(layout.sm_dir(slide_id)),
+            bounds=slide_bounds(properties),
+            image_size=(base.columns, base.rows),
+            algorithm_name=collection.detection_algorithm.name,
+            algorithm_version=collection.detection_algorithm.version,
+            gate=publication_gate(collection, slide_id, properties).ann_problems,
+            conventions=collection.conventions.ann,
+            numbering=collection.conventions.series_numbers,
+        )
+    except PublicationRefused as exc:
+        # The image was published but its annotations may not be: withdraw the whole slide,
+        # so that nothing of it is shared half-checked.
+        bms.withdraw_slide(slide_id)
+        raise dg.Failure(
+            description=f"{exc}; the slide's published series were withdrawn",
+            metadata={"problems": dg.MetadataValue.json([str(p) for p in exc.problems])},
+            allow_retries=False,
+        ) from None  # the description is the whole story; the summary shows it
     bms.publish(result.ann_dir)
     if result.disagreements.height:
         context.log.warning(

@@ -27,7 +27,7 @@ def ann_counts_match_input(
         slide_bounds(openslide_properties(bms.stage_slide(slide_id))),
         (base.columns, base.rows),
     )
-    expected = expected_counts(annotations)
+    expected = expected_counts(annotations, bms.collection().conventions.ann)
     actual = read_back(bms.fetch(layout.ann_dir(slide_id)))
     problems = [
         f"{series}/{label}: expected {count}, found {actual.get(series, {}).get(label, 0)}"
@@ -45,3 +45,15 @@ def ann_counts_match_input(
         },
         description="; ".join(problems[:5]) or "every input row is encoded",
     )
+
+
+@dg.asset_check(asset=ann_series, blocking=True, partitions_def=slides_partitions)
+def ann_series_free_of_slide_identifiers(
+    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
+) -> dg.AssetCheckResult:
+    """No byte of any ANN file holds a slide identifier or the scan date (the same scan
+    gates the ANN series' publication)."""
+    from bms_pipeline.defs.slides.checks import privacy_scan_result
+
+    slide_id = context.partition_key
+    return privacy_scan_result(bms, slide_id, bms.layout.ann_dir(slide_id))

@@ -4,6 +4,7 @@ import hashlib
 
 import dagster as dg
 
+from bms_pipeline.core.dicom.phi import REDACTED_PROPERTIES
 from bms_pipeline.core.mirax.inventory import (
     find_unreadable_images,
     inventory,
@@ -13,11 +14,6 @@ from bms_pipeline.core.mirax.inventory import (
 from bms_pipeline.defs.automation import nightly
 from bms_pipeline.partitions import slides_partitions
 from bms_pipeline.resources import BmsPipelineResource
-
-# Properties that identify the slide or patient never reach the event log either.
-REDACTED_PROPERTIES = frozenset(
-    {"mirax.GENERAL.SLIDE_ID", "mirax.GENERAL.SLIDE_NAME", "mirax.GENERAL.SLIDE_CREATIONDATETIME"}
-)
 
 
 @dg.asset(
@@ -86,16 +82,21 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     group_name="slides",
     kinds={"dicom", "wsidicomizer"},
     deps=[mrxs_slide],
-    code_version="1",
+    code_version="2",
     automation_condition=nightly,
     pool="wsi_conversion",
 )
 def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
-    """The slide as a DICOM VL Whole Slide Microscopy series (all levels, thumbnail, overview,
-    no label), converted by wsidicomizer into staging and moved into out/dicom/<slide>/sm/."""
+    """The slide as a DICOM VL Whole Slide Microscopy series (all levels, a THUMBNAIL from the
+    pyramid, overview, no label), converted by wsidicomizer into staging and moved into
+    out/dicom/<slide>/sm/ only if it passes the publication gate (no identifier or scan date
+    in any byte, no LABEL, de-identification attributes, a THUMBNAIL that is the slide).
+    A refused slide is withdrawn from out/dicom entirely, and fails again on every rerun
+    until its inputs, override files or the code change."""
     from bms_pipeline.core.dicom.convert import ConversionError
     from bms_pipeline.core.dicom.idc import convert_layout_slide
     from bms_pipeline.core.dicom.overrides import load_overrides
+    from bms_pipeline.core.dicom.publication import PublicationRefused
     from bms_pipeline.core.dicom.series import read_series, volume_levels
 
     slide_id = context.partition_key
@@ -105,6 +106,13 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
     context.log.info("converting %s with wsidicomizer", slide_id)
     try:
         result = convert_layout_slide(layout, bms.collection(), slide_id, bms.conversion_settings())
+    except PublicationRefused as exc:
+        withdrawn = bms.withdraw_slide(slide_id)
+        raise dg.Failure(
+            description=str(exc) + ("; the earlier published series were withdrawn" if withdrawn else ""),
+            metadata={"problems": dg.MetadataValue.json([str(p) for p in exc.problems])},
+            allow_retries=False,
+        ) from None  # the description is the whole story; the summary shows it
     except ConversionError as exc:
         # OpenSlide's message does not say which tile; decode the stored images to find it.
         unreadable = find_unreadable_images(layout.mrxs(slide_id))

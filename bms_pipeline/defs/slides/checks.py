@@ -1,5 +1,6 @@
 """Checks on the SM series that gate everything downstream of it."""
 
+from pathlib import Path
 
 import dagster as dg
 
@@ -47,29 +48,64 @@ def sm_series_matches_source(
     )
 
 
-@dg.asset_check(asset=sm_series, blocking=True, partitions_def=slides_partitions)
-def sm_series_free_of_slide_identifiers(
-    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
-) -> dg.AssetCheckResult:
-    """No byte of any output file of the slide holds its MIRAX SLIDE_ID, SLIDE_NAME or any
-    other identifying-looking MIRAX property outside the allow-list."""
-    from bms_pipeline.core.dicom.phi import identifiers_of, scan_files
+def privacy_scan_result(bms: BmsPipelineResource, slide_id: str, folder: Path) -> dg.AssetCheckResult:
+    """The publication gate's byte scan, rerun on what is published under `folder`."""
+    from bms_pipeline.core.dicom.idc import privacy_policy
 
-    slide_id = context.partition_key
-    layout = bms.layout
-    identifiers = identifiers_of(openslide_properties(bms.stage_slide(slide_id)))
-    files = sorted(bms.fetch(layout.slide_dicom_dir(slide_id)).rglob("*.dcm"))
-    hits = scan_files(files, identifiers)
+    policy = privacy_policy(
+        bms.collection(), slide_id, openslide_properties(bms.stage_slide(slide_id))
+    )
+    files = sorted(bms.fetch(folder).rglob("*.dcm"))
+    hits = policy.scan(files)
     return dg.AssetCheckResult(
         passed=not hits,
         metadata={
             "files_scanned": len(files),
-            "identifiers_checked": dg.MetadataValue.json(sorted(identifiers)),
-            "hits": dg.MetadataValue.json(
-                [{"file": h.file.name, "identifier": h.name, "offset": h.offset} for h in hits]
-            ),
+            "properties_checked": dg.MetadataValue.json(policy.names),
+            "carried_on_purpose": dg.MetadataValue.json(list(policy.excused)),
+            "hits": dg.MetadataValue.json([hit.describe() for hit in hits]),
         },
         description=(
-            f"{len(hits)} file(s) hold a slide identifier" if hits else "no slide identifier found"
+            f"{len(hits)} hit(s): " + "; ".join(h.describe() for h in hits[:3])
+            if hits
+            else "no slide identifier or scan date found"
+        ),
+    )
+
+
+@dg.asset_check(asset=sm_series, blocking=True, partitions_def=slides_partitions)
+def sm_series_free_of_slide_identifiers(
+    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
+) -> dg.AssetCheckResult:
+    """No byte of any SM file holds the MIRAX SLIDE_ID, SLIDE_NAME, another identifying
+    MIRAX property or (unless dates are kept) the scan date. The same scan gates
+    publication; this shows its verdict on what is published."""
+    slide_id = context.partition_key
+    return privacy_scan_result(bms, slide_id, bms.layout.sm_dir(slide_id))
+
+
+@dg.asset_check(asset=sm_series, blocking=True, partitions_def=slides_partitions)
+def sm_series_thumbnail_matches_pyramid(
+    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
+) -> dg.AssetCheckResult:
+    """The THUMBNAIL correlates with the smallest pyramid level (it is the slide, not a copy
+    of a MIRAX preview that covers another region)."""
+    from bms_pipeline.core.dicom.thumbnail import MIN_THUMBNAIL_CORRELATION, thumbnail_similarity
+
+    slide_id = context.partition_key
+    files = sorted(bms.fetch(bms.layout.sm_dir(slide_id), required=True).glob("*.dcm"))
+    score, compared = thumbnail_similarity(files)
+    passed = score is not None and score >= MIN_THUMBNAIL_CORRELATION
+    return dg.AssetCheckResult(
+        passed=passed,
+        metadata={
+            "correlation": round(score, 4) if score is not None else None,
+            "bound": MIN_THUMBNAIL_CORRELATION,
+            "compared": compared,
+        },
+        description=(
+            f"THUMBNAIL correlation {score:.3f} (bound {MIN_THUMBNAIL_CORRELATION})"
+            if score is not None
+            else compared
         ),
     )

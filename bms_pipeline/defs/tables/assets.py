@@ -21,15 +21,22 @@ def clinical_tables(context: dg.AssetExecutionContext, bms: BmsPipelineResource)
     """`<collection>_clinical` and `<collection>_laboratory` with IDC's `table_metadata` and
     `column_metadata`, as parquet, DuckDB tables (plus the `clinical_index` view) and BigQuery
     schemas with a load script. Censored lab values keep their source string, with typed
-    `_value` and `_qualifier` companions."""
+    `_value` and `_qualifier` companions. Only patients with a published SM series are in
+    the tables (unless `keep_patients_without_dicom`); the others are listed as left out."""
     from bms_pipeline.core.clinical.tables import bigquery_dir, build_clinical_tables, write_outputs
 
     layout = bms.layout
     collection = bms.collection()
     bms.fetch(layout.clinical_csv.parent, required=True)
-    tables = build_clinical_tables(layout, collection)
+    tables = build_clinical_tables(layout, collection, converted_patients=bms.published_patients())
     for warning in tables.warnings:
         context.log.warning(warning)
+    for table, patients in tables.left_out.items():
+        if patients:
+            context.log.warning(
+                "%s: %d patient(s) without a converted slide left out: %s",
+                table, len(patients), ", ".join(patients[:20]) + (" ..." if len(patients) > 20 else ""),
+            )
     # The load script lists every table with a schema and parquet file, other writers' too.
     for shared in (layout.duckdb_path, layout.tables_dir, bigquery_dir(layout)):
         bms.fetch(shared)
@@ -44,6 +51,7 @@ def clinical_tables(context: dg.AssetExecutionContext, bms: BmsPipelineResource)
             "row_counts": dg.MetadataValue.json(written.row_counts),
             "warnings": len(tables.warnings),
             "warning_examples": dg.MetadataValue.json(tables.warnings[:20]),
+            "patients_left_out": dg.MetadataValue.json(tables.left_out),
             "dagster/row_count": tables.clinical.height,
             "dagster/column_schema": column_schema(tables.clinical),
             "laboratory_schema": column_schema(tables.laboratory),
@@ -56,13 +64,15 @@ def clinical_tables(context: dg.AssetExecutionContext, bms: BmsPipelineResource)
     group_name="tables",
     kinds={"dicom", "duckdb", "parquet"},
     deps=[sm_series, ann_series],
-    code_version="1",
+    code_version="2",
     automation_condition=nightly,
     retry_policy=IDEMPOTENT_RETRY,
 )
 def dicom_index(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
-    """idc-index-shaped tables (`index`, `sm_index`, `sm_instance_index`, `ann_index`,
-    `ann_group_index`) read from the headers of every file under out/dicom."""
+    """idc-index's tables (`index`, `sm_index`, `sm_instance_index`, `ann_index`,
+    `ann_group_index`, with exactly idc-index-data's columns) read from the headers of every
+    file under out/dicom, and ours beside them (`bms_instance_paths`: file paths relative
+    to the output root; `bms_sm_tiles`; `bms_ann_references`)."""
     import polars as pl
 
     from bms_pipeline.core.clinical.tables import bigquery_dir, load_script_path

@@ -6,11 +6,10 @@ from bms_pipeline.defs.tables.assets import clinical_tables, dicom_index
 from bms_pipeline.resources import BmsPipelineResource
 
 
-def _clinical(bms: BmsPipelineResource):  # -> pl.DataFrame
+def _published(bms: BmsPipelineResource, table: str):  # -> pl.DataFrame
     import polars as pl
 
-    name = f"{bms.collection().collection_id}_clinical.parquet"
-    return pl.read_parquet(bms.fetch(bms.layout.tables_dir / name, required=True))
+    return pl.read_parquet(bms.fetch(bms.layout.tables_dir / f"{table}.parquet", required=True))
 
 
 def _dicom_patients(bms: BmsPipelineResource) -> set[str]:
@@ -20,30 +19,50 @@ def _dicom_patients(bms: BmsPipelineResource) -> set[str]:
     return set(index["PatientID"].to_list())
 
 
+def _left_out(context: dg.AssetCheckExecutionContext) -> dict[str, list[str]]:
+    """What the last clinical_tables materialization left out (its metadata)."""
+    records = context.instance.fetch_materializations(clinical_tables.key, limit=1).records
+    if not records or records[0].asset_materialization is None:
+        return {}
+    value = records[0].asset_materialization.metadata.get("patients_left_out")
+    return dict(value.value) if value is not None else {}  # type: ignore[arg-type]
+
+
 @dg.asset_check(asset=clinical_tables, blocking=True, additional_deps=[dicom_index])
-def clinical_patients_match_dicom(bms: BmsPipelineResource) -> dg.AssetCheckResult:
-    """Every dicom_patient_id is a PatientID in the converted DICOM; a converted patient
-    without a clinical row is reported too."""
+def clinical_patients_match_dicom(
+    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
+) -> dg.AssetCheckResult:
+    """Every dicom_patient_id of the clinical and the laboratory table is a PatientID in the
+    converted DICOM (error); a converted patient without a clinical row is reported (warning).
+    Rows of patients without a converted slide were left out when the tables were built, and
+    are listed here by patient id."""
     from bms_pipeline.core.clinical.tables import (
         dicom_patients_without_clinical,
         patients_missing_in_dicom,
     )
 
-    clinical = _clinical(bms)
+    collection_id = bms.collection().collection_id
     patients = _dicom_patients(bms)
-    orphans = patients_missing_in_dicom(clinical, patients)
-    without = dicom_patients_without_clinical(clinical, patients)
+    orphans = {
+        table: patients_missing_in_dicom(_published(bms, table), patients)
+        for table in (f"{collection_id}_clinical", f"{collection_id}_laboratory")
+    }
+    without = dicom_patients_without_clinical(_published(bms, f"{collection_id}_clinical"), patients)
+    left_out = _left_out(context)
+    errors = [f"{table}: {len(ids)} patient(s) with no DICOM: {', '.join(ids[:10])}" for table, ids in orphans.items() if ids]
+    notes = [f"{table}: {len(ids)} patient(s) without a converted slide left out: {', '.join(ids[:10])}"
+             + (" ..." if len(ids) > 10 else "") for table, ids in left_out.items() if ids]
+    if without:
+        errors.append(f"{len(without)} DICOM patient(s) with no clinical row: {', '.join(without[:10])}")
     return dg.AssetCheckResult(
-        passed=not orphans and not without,
-        severity=dg.AssetCheckSeverity.ERROR if orphans else dg.AssetCheckSeverity.WARN,
+        passed=not errors,
+        severity=dg.AssetCheckSeverity.ERROR if any(orphans.values()) else dg.AssetCheckSeverity.WARN,
         metadata={
-            "clinical_rows_without_dicom": dg.MetadataValue.json(orphans),
+            "rows_without_dicom": dg.MetadataValue.json(orphans),
             "dicom_patients_without_clinical_row": dg.MetadataValue.json(without),
+            "patients_left_out": dg.MetadataValue.json(left_out),
         },
-        description=(
-            f"{len(orphans)} clinical patient(s) with no DICOM, "
-            f"{len(without)} DICOM patient(s) with no clinical row"
-        ),
+        description="; ".join(errors + notes) or "every patient of every table has DICOM",
     )
 
 

@@ -1,0 +1,179 @@
+"""The conventions IDC published for BMDeep, as settings whose defaults reproduce them.
+
+Every value here was read off what IDC published for `bonemarrowwsi_pediatricleukemia`:
+the `idc_index` table of the `idc-index-data` wheel and the conversion code that produced it
+(ImagingDataCommons/conversion_mirax_dicom). Where the published value is a defect the
+default corrects it, and says why:
+
+- SeriesNumbers repeat in IDC's objects (session 0 reuses the ROI series' 33, and every
+  slide of a patient would reuse the same numbers in the patient's one study), so
+  `SeriesNumbering` keeps IDC's numbers for a patient's first slide, moves a number that
+  is taken to the next free one, and offsets a patient's slide n by `(n - 1) * slide_stride`;
+- IDC writes every MIRAX property but SLIDE_ID into the acquisition context; only the
+  allow-listed ones (`core.dicom.phi.ALLOWED_MIRAX_PROPERTIES`) go there here;
+- IDC's SM series has no THUMBNAIL; ours has one rendered from the pyramid (viewers show
+  the THUMBNAIL as the overview map), unless `sm.thumbnail` is false.
+
+`collection.yaml` overrides any of them under `conventions:` (see the README's table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+ConsensusSource = Literal["source", "recomputed"]
+SpecimenIdentifiers = Literal["patient", "slide"]
+
+
+class ConventionError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class SeriesNumbering:
+    """SeriesNumbers of one slide's series, unique within the patient's study.
+
+    A series takes its preferred number; one that is already taken (IDC's session 0 would
+    reuse the ROI series' 33) gets the first free number from `first_free`. Slide n of a
+    patient adds `(n - 1) * slide_stride`, so a second slide never collides with the first.
+    """
+
+    sm: int = 1
+    rois: int = 33
+    session_base: int = 33
+    """Session k prefers `session_base + k` (IDC: 33 + k)."""
+    consensus: int = 42
+    unlabeled: int = 42
+    detections: int = 43
+    first_free: int = 44
+    slide_stride: int = 100
+
+    def for_slide(self, slide_number: int, series: Sequence[str]) -> dict[str, int]:
+        """Number of each series name (`sm`, `rois`, `session_<k>`, `consensus`,
+        `unlabeled`, `detections`), in the order given; raises past `slide_stride`."""
+        if slide_number < 1:
+            raise ConventionError(f"slide number {slide_number} must be 1 or more")
+        offset = (slide_number - 1) * self.slide_stride
+        # Fixed series first (IDC's numbers), then sessions in order: session 0 moves.
+        ranked = sorted(series, key=lambda name: (name.startswith("session_"), _session(name)))
+        taken: dict[str, int] = {}
+        used: set[int] = set()
+        spare = self.first_free
+        for name in ranked:
+            number = self._preferred(name)
+            if number in used:
+                while spare in used:
+                    spare += 1
+                number = spare
+            if number >= self.slide_stride:
+                raise ConventionError(
+                    f"SeriesNumber {number} for {name} would reach the next slide's numbers "
+                    f"(slide_stride {self.slide_stride})"
+                )
+            used.add(number)
+            taken[name] = number
+        return {name: taken[name] + offset for name in series}
+
+    def _preferred(self, name: str) -> int:
+        if name.startswith("session_"):
+            return self.session_base + _session(name)
+        try:
+            return int(getattr(self, name))
+        except AttributeError:
+            raise ConventionError(f"no SeriesNumber rule for series {name!r}") from None
+
+
+def _session(name: str) -> int:
+    return int(name.removeprefix("session_")) if name.startswith("session_") else -1
+
+
+@dataclass(frozen=True)
+class SmConventions:
+    """The SM series (IDC: 1024 px tiles, even levels, OVERVIEW, no LABEL)."""
+
+    tile_size: int = 1024
+    levels: tuple[int, ...] | None = (0, 2, 4, 6, 8, 10)
+    """Pyramid levels kept (those that exist); None keeps every level."""
+    thumbnail: bool = True
+    manufacturer: str = "Mirax"
+    lens: str | None = "High power non-immersion lens"
+    """A wsidicom `LenseCode` meaning for the objective (LensesCodeSequence); None: none."""
+    acquisition_context: bool = True
+    """The allow-listed MIRAX properties as JSON in a TEXT "Comment" (DCM 121106) item."""
+    specimen_identifiers: SpecimenIdentifiers = "patient"
+    """`patient`: specimen and slide sample carry the patient id (IDC); `slide`:
+    `<slide>_aspirate` and `<slide>_smear`."""
+
+
+@dataclass(frozen=True)
+class AnnConventions:
+    """The ANN series (IDC's BMDeep annotation conversion)."""
+
+    manufacturer: str = "University Hospital Erlangen and Fraunhofer MEVIS"
+    model_name: str = "BMDeep data conversion"
+    software_versions: str | None = None
+    """Default: the converter's repository (this project's)."""
+    device_serial_number: str | None = None
+    """Default: the converter's commit (or its version outside a git checkout)."""
+    consensus_source: ConsensusSource = "source"
+    """`source`: the source's original_consensus_label (IDC); `recomputed`: the rule of
+    `core.annotations.consensus`. Every disagreement is reported either way."""
+    unlabeled_series: bool = True
+    display_colors: bool = True
+    rois_description: str = "Monolayer regions of interest for cell classification"
+    session_description: str = "Session {k}: Cell bounding boxes with cell type labels"
+    consensus_description: str = "Consensus: cell bounding boxes with cell type labels"
+    unlabeled_description: str = "Unlabeled cell bounding boxes"
+    detections_description: str = "Nucleus bounding boxes from automatic detection"
+    """Ours: IDC has published no detections series."""
+
+    def description(self, series: str) -> str:
+        if series.startswith("session_"):
+            return self.session_description.format(k=_session(series))
+        return str(getattr(self, f"{series}_description"))
+
+    def clinical_trial_series_id(self, series: str) -> str | None:
+        """IDC's ClinicalTrialSeriesID: the session, `consensus` or `detection-only`."""
+        if series.startswith("session_"):
+            return str(_session(series))
+        return {"consensus": "consensus", "unlabeled": "detection-only", "detections": "detections"}.get(series)
+
+
+@dataclass(frozen=True)
+class Conventions:
+    sm: SmConventions = field(default_factory=SmConventions)
+    ann: AnnConventions = field(default_factory=AnnConventions)
+    series_numbers: SeriesNumbering = field(default_factory=SeriesNumbering)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None, source: str = "collection.yaml") -> Conventions:
+        raw = dict(raw or {})
+        unknown = set(raw) - {"sm", "ann", "series_numbers"}
+        if unknown:
+            raise ConventionError(f"{source}: conventions: unknown keys {sorted(unknown)}")
+        sm = _build(SmConventions, raw.get("sm"), f"{source}: conventions.sm")
+        if sm.levels is not None:
+            sm = SmConventions(**{**_values(sm), "levels": tuple(int(v) for v in sm.levels)})
+        return cls(
+            sm=sm,
+            ann=_build(AnnConventions, raw.get("ann"), f"{source}: conventions.ann"),
+            series_numbers=_build(SeriesNumbering, raw.get("series_numbers"), f"{source}: conventions.series_numbers"),
+        )
+
+
+def _values(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+def _build(kind: type, raw: Mapping[str, Any] | None, where: str) -> Any:
+    names = {f.name for f in fields(kind)}
+    raw = dict(raw or {})
+    unknown = set(raw) - names
+    if unknown:
+        raise ConventionError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(names)})")
+    try:
+        return kind(**raw)
+    except TypeError as exc:
+        raise ConventionError(f"{where}: {exc}") from exc

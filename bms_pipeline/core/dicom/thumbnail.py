@@ -1,0 +1,122 @@
+"""The THUMBNAIL instance: made from the slide's own pyramid, and checked against it.
+
+wsidicomizer copies the MIRAX preview image as the THUMBNAIL and crops it as if it covered
+the whole level-0 canvas. Real previews need not (ours cover the bounds, the whole canvas
+or are absent), so the THUMBNAIL showed another region than the slide, or was missing.
+Viewers show the THUMBNAIL as the overview map, so it must be the slide: it is rendered
+from the lowest pyramid level that still has at least `THUMBNAIL_MAX_SIDE` pixels along the
+long side of the converted bounds, then resized. The publication gate compares it with
+the smallest VOLUME level written and refuses the series below `MIN_THUMBNAIL_CORRELATION`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+
+THUMBNAIL_MAX_SIDE = 1024
+"""Long side of the THUMBNAIL in pixels (smaller slides keep their size)."""
+
+MIN_THUMBNAIL_CORRELATION = 0.9
+"""Pearson correlation of the luminance of the THUMBNAIL and of the smallest VOLUME level
+resized to the same size. The same picture correlates at 0.98 or more after two JPEG
+encodings and resampling; another region of a smear correlates near 0."""
+
+_COMPARE_SIDE = 256
+
+
+def thumbnail_size(width: int, height: int, max_side: int = THUMBNAIL_MAX_SIDE) -> tuple[int, int]:
+    """(width, height) of the THUMBNAIL for converted bounds of `width` x `height`."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def render_thumbnail(
+    slide,  # openslide.OpenSlide
+    bounds: tuple[int, int, int, int],
+    background: tuple[int, int, int],
+    max_side: int = THUMBNAIL_MAX_SIDE,
+) -> np.ndarray:
+    """The converted region (`bounds` in level-0 pixels) as RGB, composited over the
+    background the way the pyramid is, resized so its long side is `max_side`."""
+    x, y, width, height = bounds
+    size = thumbnail_size(width, height, max_side)
+    downsample = width / size[0]
+    level = slide.get_best_level_for_downsample(max(1.0, downsample))
+    level_downsample = float(slide.level_downsamples[level])
+    region = (
+        max(1, math.ceil(width / level_downsample)),
+        max(1, math.ceil(height / level_downsample)),
+    )
+    rgba = slide.read_region((x, y), level, region)
+    canvas = Image.new("RGB", rgba.size, background)
+    canvas.paste(rgba, mask=rgba.getchannel("A"))
+    if canvas.size != size:
+        canvas = canvas.resize(size, Image.Resampling.LANCZOS)
+    return np.asarray(canvas)
+
+
+def _luminance(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    image = Image.fromarray(np.ascontiguousarray(rgb[..., :3])).convert("L")
+    return np.asarray(image.resize(size, Image.Resampling.BOX), dtype=np.float64)
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two RGB images, compared at one small size."""
+    scale = min(1.0, _COMPARE_SIDE / max(a.shape[1], a.shape[0]))
+    size = (max(1, round(a.shape[1] * scale)), max(1, round(a.shape[0] * scale)))
+    la, lb = _luminance(a, size).ravel(), _luminance(b, size).ravel()
+    la, lb = la - la.mean(), lb - lb.mean()
+    denominator = math.sqrt(float((la * la).sum()) * float((lb * lb).sum()))
+    if denominator == 0:
+        # Flat images: the same picture only if they are equally flat.
+        return 1.0 if np.allclose(la, lb) else 0.0
+    return float((la * lb).sum() / denominator)
+
+
+def total_pixel_matrix(path: Path) -> np.ndarray:
+    """The whole pixel matrix of a single- or multi-frame TILED_FULL WSM instance, decoded
+    by pydicom (not by wsidicom, which wrote it)."""
+    ds = pydicom.dcmread(path)
+    frames = ds.pixel_array
+    if int(getattr(ds, "NumberOfFrames", 1)) == 1:
+        frames = frames[None]
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    width = int(ds.get("TotalPixelMatrixColumns", columns))
+    height = int(ds.get("TotalPixelMatrixRows", rows))
+    across = math.ceil(width / columns)
+    down = math.ceil(height / rows)
+    if across * down != len(frames):
+        raise ValueError(f"{path}: {len(frames)} frames for a {across}x{down} tile grid")
+    image = np.zeros((down * rows, across * columns, 3), dtype=np.uint8)
+    for index, frame in enumerate(frames):
+        ty, tx = divmod(index, across)
+        image[ty * rows : (ty + 1) * rows, tx * columns : (tx + 1) * columns] = frame[..., :3]
+    return image[:height, :width]
+
+
+def thumbnail_similarity(files: Sequence[Path]) -> tuple[float | None, str]:
+    """Correlation of the series' THUMBNAIL with its smallest VOLUME level, and what was
+    compared; None when the series has no THUMBNAIL."""
+    thumbnail: Path | None = None
+    smallest: tuple[int, Path] | None = None
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        flavor = str(ds.ImageType[2]) if len(ds.ImageType) > 2 else ""
+        if flavor == "THUMBNAIL":
+            thumbnail = Path(path)
+        elif flavor == "VOLUME":
+            pixels = int(ds.TotalPixelMatrixColumns) * int(ds.TotalPixelMatrixRows)
+            if smallest is None or pixels < smallest[0]:
+                smallest = (pixels, Path(path))
+    if thumbnail is None:
+        return None, "no THUMBNAIL instance"
+    if smallest is None:
+        return 0.0, "no VOLUME instance to compare the THUMBNAIL with"
+    score = correlation(total_pixel_matrix(thumbnail), total_pixel_matrix(smallest[1]))
+    return score, f"{thumbnail.name} against {smallest[1].name}"

@@ -1,0 +1,110 @@
+"""Nothing leaves staging that is not proven clean, on the first run and on every rerun.
+
+The slides go through `bms-pipeline run` itself (its `main`, against the persistent
+instance under the data root), as a user runs them: the bypass this guards against was a
+second `run` that found the refused series already in `out/` and treated it as fresh.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from bms_pipeline import cli
+from bms_pipeline.core.synthetic.demo import write_demo_dataset
+
+LEAKED_NAME = "DOE^JANE 1984-03-07"
+
+
+def _plant_leak(slidedat: Path) -> None:
+    """SLIDE_NAME carries a patient name, and the scanner serial (allow-listed, so it reaches
+    DeviceSerialNumber) carries the same text: the name leaks through a header."""
+    text = slidedat.read_bytes().decode("utf-8-sig")
+    text = re.sub(r"SLIDE_NAME = [^\r\n]*", f"SLIDE_NAME = {LEAKED_NAME}", text)
+    text = re.sub(r"SCANNER_HARDWARE_ID = [^\r\n]*", f"SCANNER_HARDWARE_ID = {LEAKED_NAME}", text)
+    slidedat.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+
+
+def _files_mentioning(out: Path, needle: str) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if needle in str(p.relative_to(out)))
+
+
+def _bytes_holding(out: Path, value: bytes) -> list[str]:
+    return sorted(str(p) for p in out.rglob("*") if p.is_file() and value in p.read_bytes())
+
+
+def _run(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli.main(["run", "--data-root", str(root)])
+    return code, capsys.readouterr().out
+
+
+def test_a_leaking_slide_is_never_published_and_a_rerun_does_not_get_around_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for variable in ("DAGSTER_HOME", "BMS_DATA_ROOT", "BMS_OUTPUT_ROOT"):
+        monkeypatch.delenv(variable, raising=False)
+    dataset = write_demo_dataset(tmp_path / "data", slides=3, seed=5)
+    layout = dataset.layout
+    leaky, clean, later = sorted(dataset.slides)
+    _plant_leak(layout.mrxs(leaky).with_suffix("") / "Slidedat.ini")
+    out = layout.out
+
+    for attempt in (1, 2):
+        code, console = _run(layout.root, capsys)
+        assert code == 1, console
+        line = next(l for l in console.splitlines() if l.startswith(leaky))
+        assert "FAILED" in line and "not published" in line, line
+        assert "mirax.GENERAL.SLIDE_NAME" in line and "byte " in line, line
+        assert LEAKED_NAME not in console  # the summary names the property, never the value
+        assert _files_mentioning(out, leaky) == [], f"run {attempt}"
+        assert _bytes_holding(out, LEAKED_NAME.encode()) == [], f"run {attempt}"
+        for good in (clean, later):
+            assert any(layout.sm_dir(good).glob("*.dcm")) and any(layout.ann_dir(good).glob("*.dcm"))
+        with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+            containers = {r[0] for r in con.execute("select ContainerIdentifier from sm_index").fetchall()}
+        assert containers == {clean, later}
+
+    # A slide published before and leaking now is withdrawn, from out/ and from the tables.
+    _plant_leak(layout.mrxs(later).with_suffix("") / "Slidedat.ini")
+    code, console = _run(layout.root, capsys)
+    assert code == 1
+    assert "withdrawn" in next(l for l in console.splitlines() if l.startswith(later))
+    assert _files_mentioning(out, later) == []
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        containers = {r[0] for r in con.execute("select ContainerIdentifier from sm_index").fetchall()}
+        patients = {r[0] for r in con.execute("select PatientID from index").fetchall()}
+    assert containers == {clean}
+    assert patients == {clean[:32]}
+    assert _bytes_holding(out, LEAKED_NAME.encode()) == []
+    # Tables are the same wherever the roots lie: no absolute path in any table or script.
+    tables = [*(out / "tables").glob("*.parquet"), *(out / "bigquery").iterdir()]
+    assert tables and [str(p) for p in tables if str(tmp_path).encode() in p.read_bytes()] == []
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_same_inputs_in_two_folders_give_byte_identical_dicom_trees(tmp_path: Path) -> None:
+    """SM and ANN files, names and bytes, from two data roots at different paths and times."""
+    import dagster as dg
+
+    from bms_pipeline.definitions import build_definitions
+    from bms_pipeline.operations import plan_slides, register_slides, run_slide
+
+    trees = []
+    for folder in ("first", "second/deeper"):
+        dataset = write_demo_dataset(tmp_path / folder / "data", slides=2, seed=21)
+        defs = build_definitions(str(dataset.layout.root))
+        with dg.instance_for_test() as instance:
+            plans = plan_slides(instance, defs, dataset.layout)
+            register_slides(instance, [p.slide_id for p in plans])
+            assert all(run_slide(instance, defs, p).ok for p in plans)
+        trees.append(_tree(dataset.layout.out / "dicom"))
+    assert trees[0].keys() == trees[1].keys()
+    assert any(name.split("/")[1] == "ann" for name in trees[0])
+    different = [name for name in trees[0] if trees[0][name] != trees[1][name]]
+    assert different == []
