@@ -390,7 +390,7 @@ def _quiet_libraries(verbose: bool) -> None:
     )
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    os.environ[DAGSTER_LOG_LEVEL_ENV] = "DEBUG" if verbose else "WARNING"
+    os.environ[DAGSTER_LOG_LEVEL_ENV] = "DEBUG" if verbose else "CRITICAL"
 
 
 def main(argv: list[str] | None = None) -> int:

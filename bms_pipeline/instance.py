@@ -200,21 +200,20 @@ def live_workers(instance) -> set[str]:  # instance: dg.DagsterInstance
 
 
 _TEMP_FILE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{32}\.tmp(\.wal)?$")  # core.store._temp_beside
-STAGING_GRACE_SECONDS = 10.0
 
 
 def remove_stale_outputs(out: Path, instance, me: str | None = None) -> list[Path]:
     """Remove what killed runs left half-written: staging folders and retired series (only
     when no other run is alive, since their names do not say whose they are) and atomic-write
-    temp files whose writer process is gone. Anything younger than a few seconds is kept, so a
-    run that starts meanwhile keeps its staging folder."""
-    others = live_workers(instance) - {me or worker_identity()}
+    temp files whose writer process is gone. Anything modified after the check for live runs
+    is kept, so a run that starts meanwhile keeps its staging folder."""
     now = time.time()
+    others = live_workers(instance) - {me or worker_identity()}
     removed: list[Path] = []
 
     def drop(path: Path) -> None:
         try:
-            if now - path.lstat().st_mtime < STAGING_GRACE_SECONDS:
+            if path.lstat().st_mtime >= now:
                 return
         except FileNotFoundError:
             return

@@ -153,7 +153,7 @@ def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, **kwargs) -> d
     (WARNING by default: events stay in the instance for the UI)."""
     from bms_pipeline.instance import DAGSTER_LOG_LEVEL_ENV, WORKER_TAG, worker_identity
 
-    level = os.environ.get(DAGSTER_LOG_LEVEL_ENV, "WARNING")
+    level = os.environ.get(DAGSTER_LOG_LEVEL_ENV, "CRITICAL")
     return job.execute_in_process(
         instance=instance,
         raise_on_error=False,
@@ -174,9 +174,7 @@ def _outcome(slide_id: str, result: dg.ExecuteInProcessResult, outcome: SlideOut
     for event in result.get_step_failure_events():
         outcome.error = f"{event.step_key}: {_root_cause(event.step_failure_data.error)}"
     for mat in result.get_asset_materialization_events():
-        materialization = mat.asset_materialization
-        if materialization is None:
-            continue
+        materialization = mat.step_materialization_data.materialization
         examples = materialization.metadata.get("warning_examples")
         if examples is not None and examples.value:
             name = materialization.asset_key.to_user_string()
@@ -212,6 +210,8 @@ def _root_cause(error) -> str:
         return "step failed"
     while error.cause is not None:
         error = error.cause
+    if error.cls_name == "DagsterExecutionInterruptedError":
+        return "interrupted by a stop signal (run canceled)"
     text = (error.message or "").strip()
     if error.cls_name:
         text = re.sub(rf"^[\w.]*{re.escape(error.cls_name)}: ", "", text)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +42,8 @@ class GracefulStop:
             _INSTALLED.current_slides = set()
             return _INSTALLED
         _INSTALLED = self
+        # Dagster redirects fds 1 and 2 into its compute logs during a step: keep the terminal.
+        self._stderr = os.dup(2)
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
         signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
@@ -61,7 +62,7 @@ class GracefulStop:
                 self.hard_stop("second signal")
             self.requested.set()
             name = signal.Signals(min(signals)).name
-            print(f"\n{name}: stopping (runs marked canceled; again to stop at once)", file=sys.stderr, flush=True)
+            self._say(f"\n{name}: stopping (runs marked canceled; again to stop at once)")
             self._mark_canceling()
             import multiprocessing
 
@@ -70,6 +71,12 @@ class GracefulStop:
                     os.kill(child.pid, signal.SIGTERM)
             if not self._hard.wait(GRACE_SECONDS):
                 self.hard_stop(f"still running {GRACE_SECONDS:.0f} s after {name}")
+
+    def _say(self, text: str) -> None:
+        try:
+            os.write(getattr(self, "_stderr", 2), (text + "\n").encode())
+        except OSError:
+            pass
 
     def _my_runs(self, instance) -> list:
         import dagster as dg
@@ -92,7 +99,7 @@ class GracefulStop:
                 if run.status != run.status.CANCELING:
                     instance.report_run_canceling(run, message="bms-pipeline run received a stop signal")
         except Exception as exc:  # noqa: BLE001 - stopping must go on
-            print(f"could not mark runs canceling: {exc}", file=sys.stderr)
+            self._say(f"could not mark runs canceling: {exc}")
 
     def hard_stop(self, why: str) -> None:
         """Cancel this process's runs, free their slots, drop its staging folders, exit."""
@@ -107,7 +114,7 @@ class GracefulStop:
                         storage.free_concurrency_slots_for_run(run.run_id)
             self.remove_my_staging()
         finally:
-            print(f"stopped ({why})", file=sys.stderr, flush=True)
+            self._say(f"stopped ({why})")
             os._exit(EXIT_INTERRUPTED)
 
     def remove_my_staging(self) -> None:
