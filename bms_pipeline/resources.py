@@ -52,7 +52,7 @@ class BmsPipelineResource(dg.ConfigurableResource):
         from bms_pipeline.instance import WORKER_TAG, worker_identity
 
         self._instance = context.instance
-        run = context.dagster_run
+        run = context.run
         if context.instance is not None and run is not None:
             me = worker_identity()
             if run.tags.get(WORKER_TAG) != me:

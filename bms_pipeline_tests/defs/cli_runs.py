@@ -15,7 +15,7 @@ import pydicom
 
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
 
-DEMO_SLIDES = 2
+DEMO_SLIDES = 1
 DEMO_SEED = 21
 
 
