@@ -12,8 +12,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, DataLayout
-from bms_pipeline.instance import MachineBudget
-from bms_pipeline.instance import DAGSTER_LOG_LEVEL_ENV
+from bms_pipeline.instance import DAGSTER_LOG_LEVEL_ENV, MachineBudget
 
 logger = logging.getLogger("bms_pipeline")
 
@@ -108,7 +107,7 @@ def _run_in_worker(root: str, workers: int, plan, force: bool):
     from bms_pipeline.shutdown import GracefulStop
 
     _quiet_libraries(verbose=os.environ.get(DAGSTER_LOG_LEVEL_ENV) == "DEBUG")
-    layout, instance, defs = _instance_and_defs(Path(root), workers)
+    _, instance, defs = _instance_and_defs(Path(root), workers)
     stop = GracefulStop(lambda: instance, defs.resources["bms"].layout.staging_dir).install()
     stop.current_slides.add(plan.slide_id)
     try:

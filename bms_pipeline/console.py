@@ -9,12 +9,13 @@ when it is done.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Self, TextIO
 
 POLL_SECONDS = 0.5
 
@@ -57,7 +58,7 @@ class ProgressBoard:
         self._live = None
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> ProgressBoard:
+    def __enter__(self) -> Self:
         if self._live_wanted and self.lines:
             from rich.console import Console
             from rich.live import Live
@@ -107,10 +108,8 @@ class ProgressBoard:
 
     def _poll(self) -> None:
         while not self._stop.wait(POLL_SECONDS):
-            try:
+            with contextlib.suppress(Exception):  # the display must never break a run
                 self._refresh()
-            except Exception:  # noqa: BLE001 - progress display must never break a run
-                pass
             if self._live is not None:
                 self._live.update(self._renderable())
 

@@ -35,7 +35,7 @@ def test_a_fresh_cursor_on_a_converted_collection_requests_nothing(cli_converted
         assert first.run_requests == [] and first.dynamic_partitions_requests == []
 
         # A new slide and a changed one (its Index.dat rewritten an hour ago) are requested.
-        changed = sorted(slides.glob("*.mrxs"))[0].stem
+        changed = min(slides.glob("*.mrxs")).stem
         index = slides / changed / "Index.dat"
         saved = index.stat()
         past = time.time() - 1800

@@ -28,7 +28,6 @@ def clinical_patients_match_dicom(bms: BmsPipelineResource) -> dg.AssetCheckResu
         dicom_patients_without_clinical,
         patients_missing_in_dicom,
     )
-
     from bms_pipeline.core.layout import patient_id_of
 
     clinical = _clinical(bms)
