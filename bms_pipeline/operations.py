@@ -172,7 +172,10 @@ def _outcome(slide_id: str, result: dg.ExecuteInProcessResult, outcome: SlideOut
         if not evaluation.passed:
             outcome.check_details[evaluation.check_name] = _check_detail(evaluation)
     for event in result.get_step_failure_events():
-        outcome.error = f"{event.step_key}: {_root_cause(event.step_failure_data.error)}"
+        cause = _root_cause(event.step_failure_data.error)
+        if outcome.check_details and "blocking asset check" in cause:
+            continue  # the failed check is named with its values already
+        outcome.error = f"{event.step_key}: {cause}"
     for mat in result.get_asset_materialization_events():
         materialization = mat.step_materialization_data.materialization
         examples = materialization.metadata.get("warning_examples")
