@@ -36,8 +36,8 @@ class SlideLine:
         elapsed = ""
         if self.started is not None:
             elapsed = f"{(self.finished or time.monotonic()) - self.started:6.1f} s"
-        state = self.result or self.stage
-        return f"[{self.index}/{self.total}] {self.slide_id}  {state:<16} {self.detail:<36} {elapsed}".rstrip()
+        state = (self.result or self.stage)[:16]
+        return f"[{self.index}/{self.total}] {self.slide_id} {elapsed:>8}  {state:<16} {self.detail}".rstrip()
 
 
 class ProgressBoard:
@@ -52,7 +52,7 @@ class ProgressBoard:
         self.lines = {
             sid: SlideLine(sid, i, len(slide_ids)) for i, sid in enumerate(slide_ids, 1)
         }
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._live = None
@@ -103,8 +103,11 @@ class ProgressBoard:
     def _renderable(self):
         from rich.text import Text
 
-        with self._lock:
-            return Text("\n".join(line.render() for line in self.lines.values()))
+        with self._lock:  # one screen line per slide, cropped to the terminal's width
+            text = Text("\n".join(line.render() for line in self.lines.values()))
+        text.no_wrap = True
+        text.overflow = "ellipsis"
+        return text
 
     def _poll(self) -> None:
         while not self._stop.wait(POLL_SECONDS):
