@@ -112,13 +112,20 @@ class GracefulStop:
                     storage = instance.event_log_storage
                     if storage.supports_global_concurrency_limits:
                         storage.free_concurrency_slots_for_run(run.run_id)
-            self.remove_my_staging()
+                self.remove_my_staging(instance)
         finally:
             self._say(f"stopped ({why})")
             os._exit(EXIT_INTERRUPTED)
 
-    def remove_my_staging(self) -> None:
+    def remove_my_staging(self, instance) -> None:
+        """The staging folders of this process's slides, unless another run is alive: staging
+        names do not say whose they are, and another process may be converting the same
+        slide (then the next `run` removes ours, see `instance.remove_stale_outputs`)."""
+        from bms_pipeline.instance import live_workers, worker_identity
+
         if self._staging is None or not self._staging.is_dir():
+            return
+        if live_workers(instance) - {worker_identity()}:
             return
         for slide_id in list(self.current_slides):
             for entry in self._staging.glob(f"{slide_id}-*"):
