@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, DataLayout
-from bms_pipeline.instance import MachineBudget
+from bms_pipeline.instance import DAGSTER_LOG_LEVEL_ENV, MachineBudget
 
 logger = logging.getLogger("bms_pipeline")
 
@@ -39,12 +39,20 @@ def dagster_instance(layout: DataLayout):
     """The persistent instance under the data root (so `dagster dev` shows the same history)."""
     from dagster import DagsterInstance
 
-    from bms_pipeline.instance import ensure_instance_home
+    from bms_pipeline.instance import ensure_instance_home, instance_lock
 
     home = layout.dagster_home
-    ensure_instance_home(home)
     os.environ["DAGSTER_HOME"] = str(home)
-    return DagsterInstance.get()
+    with instance_lock(home):
+        # Created under a lock, every storage touched once: SQLite schemas are made lazily,
+        # and two processes making them at once fail (`table run_tags already exists`).
+        ensure_instance_home(home)
+        instance = DagsterInstance.get()
+        instance.get_runs(limit=1)
+        instance.get_dynamic_partitions("slides")
+        instance.event_log_storage.get_concurrency_keys()
+        instance.all_instigator_state()
+    return instance
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
@@ -86,10 +94,19 @@ def _dicomweb_target(args: argparse.Namespace, root: Path) -> bool:
 
 
 def _has_slides(root: Path) -> bool:
+    """raw/slides exists and holds at least one slide; otherwise say what was expected."""
     slides = DataLayout.at(root).slides_dir
     if not slides.is_dir():
         print(f"error: {slides} does not exist (run `bms-pipeline demo-data`?)", file=sys.stderr)
-    return slides.is_dir()
+        return False
+    if not any(slides.glob("*.mrxs")):
+        print(
+            f"error: {slides} holds no slides: expected <slide_id>.mrxs files, each with its "
+            "<slide_id>/ folder of Slidedat.ini, Index.dat and Data*.dat",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 def _instance_and_defs(root: Path, workers: int | None = None):
@@ -103,10 +120,16 @@ def _instance_and_defs(root: Path, workers: int | None = None):
 def _run_in_worker(root: str, workers: int, plan, force: bool):
     """One slide in a worker process, against the same persistent instance."""
     from bms_pipeline.operations import run_slide
+    from bms_pipeline.shutdown import GracefulStop
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_libraries(verbose=os.environ.get(DAGSTER_LOG_LEVEL_ENV) == "DEBUG")
     _, instance, defs = _instance_and_defs(Path(root), workers)
-    return run_slide(instance, defs, plan, force=force)
+    stop = GracefulStop(lambda: instance, defs.resources["bms"].layout.staging_dir).install()
+    stop.current_slides.add(plan.slide_id)
+    try:
+        return run_slide(instance, defs, plan, force=force)
+    except KeyboardInterrupt:
+        stop.hard_stop("interrupted")
 
 
 PARALLEL_MIN_BYTES = 256 << 20
@@ -124,7 +147,21 @@ def _default_jobs(todo, budget: MachineBudget) -> int:
     return budget.concurrent_conversions if total >= PARALLEL_MIN_BYTES else 1
 
 
+def _report_inputs(layout: DataLayout) -> tuple[bool, bool]:
+    """Collection-level input problems, each printed once; (fatal, any)."""
+    from bms_pipeline.operations import check_collection_inputs
+
+    problems = check_collection_inputs(layout)
+    for problem in problems:
+        print(f"error: {problem.message}", file=sys.stderr)
+    if any(p.fatal for p in problems):
+        print("nothing converted: every slide needs the inputs above", file=sys.stderr)
+    return any(p.fatal for p in problems), bool(problems)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from bms_pipeline.console import ProgressBoard
+    from bms_pipeline.instance import reap_dead_runs, remove_stale_outputs, root_run_lock
     from bms_pipeline.operations import (
         SlideOutcome,
         plan_slides,
@@ -132,68 +169,138 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_collection,
         run_slide,
     )
+    from bms_pipeline.shutdown import EXIT_INTERRUPTED, GracefulStop
 
     root = _data_root(args)
     if not _has_slides(root):
         return 2
     if not _dicomweb_target(args, root):
         return 2
+    fatal, input_problems = _report_inputs(DataLayout.at(root))
+    if fatal:
+        return 2
     layout, instance, defs = _instance_and_defs(root)
+    out_layout = defs.resources["bms"].layout
+    stop = GracefulStop(lambda: instance, out_layout.staging_dir).install()
+    started = time.perf_counter()
+    try:
+        with root_run_lock(layout.dagster_home, on_wait=lambda msg: print(msg, flush=True)):
+            for run_id in reap_dead_runs(instance):
+                print(f"run {run_id}: its process is gone; marked failed, pool slots freed")
+            removed = remove_stale_outputs(out_layout.out, instance)
+            if removed:
+                print(f"removed {len(removed)} half-written output(s) of runs that died")
+            outcomes, interrupted, any_ready = _run_slides(
+                args, root, layout, instance, defs, stop,
+                SlideOutcome, plan_slides, register_slides, run_slide, ProgressBoard,
+            )
+            if outcomes is None:
+                return 2
+            if interrupted:
+                print("stopped: runs in progress marked canceled", file=sys.stderr)
+                _print_summary(outcomes, time.perf_counter() - started)
+                return EXIT_INTERRUPTED
+            if input_problems:
+                print("collection tables skipped: see the input error(s) above", flush=True)
+                outcomes.append(
+                    SlideOutcome("(collection)", False, error="input error(s) reported above")
+                )
+            elif any_ready:
+                print("collection-wide tables and reports ...", flush=True)
+                # A failed slide may have been withdrawn (publication gate): the index and
+                # clinical tables are rebuilt, so nothing of it stays listed.
+                refresh = args.force or any(not o.ok for o in outcomes)
+                outcomes.append(run_collection(instance, defs, force=refresh))
+    except KeyboardInterrupt:
+        stop.hard_stop("interrupted")
+    if stop.requested.is_set():
+        return EXIT_INTERRUPTED
+    return _print_summary(outcomes, time.perf_counter() - started)
+
+
+def _run_slides(args, root, layout, instance, defs, stop, SlideOutcome, plan_slides,
+                register_slides, run_slide, ProgressBoard):
+    """Plan, then convert what needs it (serially or in worker processes) with live progress.
+    Returns (outcomes, interrupted, any slide ready), or (None, ...) for an unknown --slide."""
     wanted = set(args.slide) if args.slide else None
     plans = plan_slides(instance, defs, layout, wanted)
     if wanted:
         unknown = wanted - {p.slide_id for p in plans}
         if unknown:
             print(f"error: no such slide under {layout.slides_dir}: {sorted(unknown)}", file=sys.stderr)
-            return 2
+            return None, False, False
     register_slides(instance, [p.slide_id for p in plans if p.state != "not-ready"])
-    outcomes: list[SlideOutcome] = []
+    outcomes: list = []
     todo = [p for p in plans if p.state != "not-ready" and (args.force or p.needs_run)]
     for plan in plans:
         if plan.state == "not-ready":
             outcomes.append(SlideOutcome(plan.slide_id, False, error=plan.detail))
         elif plan not in todo:
             outcomes.append(SlideOutcome(plan.slide_id, True, skipped=True))
-    started = time.perf_counter()
     budget = MachineBudget.detect()
     jobs = max(1, min(args.jobs or _default_jobs(todo, budget), len(todo) or 1))
     workers = max(1, budget.cores // jobs)
-    print(f"{len(todo)} slide(s) to run, {jobs} at a time, {workers} wsidicomizer thread(s) each")
-    if jobs == 1:
-        from bms_pipeline.definitions import build_definitions
+    fresh = len(plans) - len(todo)
+    print(
+        f"{len(todo)} slide(s) to run ({fresh} already done or not ready), {jobs} at a time, "
+        f"{workers} wsidicomizer thread(s) each",
+        flush=True,
+    )
+    staging = defs.resources["bms"].layout.staging_dir
 
-        # Same instance; definitions again only for the thread count chosen above.
-        defs = build_definitions(
-            str(root), workers=workers, output_root=os.environ.get(OUTPUT_ROOT_ENV)
-        )
-        for i, plan in enumerate(todo, 1):
-            print(f"[{i}/{len(todo)}] {plan.slide_id}: {plan.state} {plan.detail}".rstrip(), flush=True)
-            outcomes.append(run_slide(instance, defs, plan, force=args.force))
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = {
-                pool.submit(_run_in_worker, str(root), workers, plan, args.force): plan for plan in todo
-            }
-            for i, future in enumerate(as_completed(futures), 1):
-                plan = futures[future]
-                try:
-                    outcome = future.result()
-                except Exception as exc:  # noqa: BLE001 - a crashed worker fails its slide only
-                    outcome = SlideOutcome(plan.slide_id, False, error=f"worker crashed: {exc}")
-                print(f"[{i}/{len(todo)}] {plan.slide_id}: {'ok' if outcome.ok else 'FAILED'}", flush=True)
+    def detail(outcome) -> str:
+        md = outcome.metadata
+        if not outcome.ok:
+            return (outcome.error.splitlines() or ["check failed"])[0][:60]
+        if "instances" in md:
+            return f"{md['instances']} inst, {md['levels']} levels, {md['megapixels_per_second']} MP/s"
+        return "nothing to do" if outcome.skipped else ""
+
+    interrupted = False
+    with ProgressBoard(instance, staging, [p.slide_id for p in todo]) as board:
+        if jobs == 1:
+            from bms_pipeline.definitions import build_definitions
+
+            # Same instance; definitions again only for the thread count chosen above.
+            defs = build_definitions(
+                str(root), workers=workers, output_root=os.environ.get(OUTPUT_ROOT_ENV)
+            )
+            for plan in todo:
+                if stop.requested.is_set():
+                    interrupted = True
+                    break
+                stop.current_slides = {plan.slide_id}
+                board.start(plan.slide_id)
+                outcome = run_slide(instance, defs, plan, force=args.force)
+                board.finish(plan.slide_id, outcome.ok, outcome.skipped, detail(outcome))
                 outcomes.append(outcome)
-    if any(p.state != "not-ready" for p in plans):
-        print("collection-wide tables and reports", flush=True)
-        # A failed slide may have been withdrawn (publication gate): the index and clinical
-        # tables are rebuilt, so nothing of it stays listed.
-        refresh = args.force or any(not o.ok for o in outcomes)
-        outcomes.append(run_collection(instance, defs, force=refresh))
-    return _print_summary(outcomes, time.perf_counter() - started)
+            interrupted = interrupted or stop.requested.is_set()
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+                futures = {}
+                for plan in todo:
+                    futures[pool.submit(_run_in_worker, str(root), workers, plan, args.force)] = plan
+                    board.start(plan.slide_id)  # queued in the pool; its run shows its stage
+                for future in as_completed(futures):
+                    plan = futures[future]
+                    try:
+                        outcome = future.result()
+                    except Exception as exc:  # noqa: BLE001 - a crashed worker fails its slide only
+                        outcome = SlideOutcome(plan.slide_id, False, error=f"worker crashed: {exc}")
+                    if outcome is None:
+                        outcome = SlideOutcome(plan.slide_id, False, error="stopped")
+                    board.finish(plan.slide_id, outcome.ok, outcome.skipped, detail(outcome))
+                    outcomes.append(outcome)
+                    if stop.requested.is_set():
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        interrupted = True
+                        break
+    return outcomes, interrupted, any(p.state != "not-ready" for p in plans)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bms_pipeline.operations import plan_slides
+    from bms_pipeline.operations import collection_states, plan_slides
 
     root = _data_root(args)
     if not _has_slides(root):
@@ -206,22 +313,42 @@ def cmd_status(args: argparse.Namespace) -> int:
     for plan in plans:
         counts[plan.state] = counts.get(plan.state, 0) + 1
     print("\n" + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    print("\ncollection assets:")
+    for name, state in collection_states(instance, defs):
+        print(f"  {name:<40} {state}")
     return 0
 
 
 def _print_summary(outcomes, elapsed: float) -> int:
+    """A table that fits a screen when all is well (passing checks are counted, failing
+    ones named), then every fault in full: errors with every line, the values behind each
+    failed check, the data warnings."""
     from bms_pipeline.operations import COLLECTION
 
     print()
-    print(f"{'slide':<42} {'result':<7} {'inst':>4} {'levels':>6} {'sec':>7} {'MP/s':>7}  checks / error")
+    print(f"{'slide':<38} {'result':<7} {'inst':>4} {'levels':>6} {'sec':>7} {'MP/s':>7}  checks")
     for o in outcomes:
         md = o.metadata
-        checks = ", ".join(f"{name}:{'pass' if ok else 'FAIL'}" for name, ok in sorted(o.checks.items()))
+        failed = sorted(name for name, ok in o.checks.items() if not ok)
+        checks = f"{len(o.checks) - len(failed)}/{len(o.checks)}" if o.checks else "-"
+        if failed:
+            checks += " FAILED: " + ", ".join(failed)
+        result = ("fresh" if o.skipped else "ok") if o.ok else "FAILED"
         print(
-            f"{o.slide_id:<42} {('fresh' if o.skipped else 'ok') if o.ok else 'FAILED':<7} {md.get('instances', '-'):>4} "
+            f"{o.slide_id:<38} {result:<7} {md.get('instances', '-'):>4} "
             f"{md.get('levels', '-'):>6} {md.get('seconds', '-'):>7} "
-            f"{md.get('megapixels_per_second', '-'):>7}  {checks}{'  ' + o.error if o.error else ''}"
+            f"{md.get('megapixels_per_second', '-'):>7}  {checks}"
         )
+    problems = [o for o in outcomes if o.error or o.check_details or o.warnings]
+    if problems:
+        print()
+    for o in problems:
+        for line_no, line in enumerate(o.error.splitlines()):
+            print(f"{o.slide_id}: {line}" if line_no == 0 else f"    {line}")
+        for name, why in sorted(o.check_details.items()):
+            print(f"{o.slide_id}: check {name} failed: {why}")
+        for warning in o.warnings:
+            print(f"{o.slide_id}: warning: {warning}")
     failed = [o for o in outcomes if not o.ok]
     slides = [o for o in outcomes if o.slide_id != COLLECTION]
     total_checks = sum(len(o.checks) for o in outcomes)
@@ -277,12 +404,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+QUIET_LIBRARIES = ("alembic", "highdicom", "wsidicom", "wsidicomizer", "opentile", "numcodecs")
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Our own INFO lines; libraries' INFO chatter (alembic migrations, highdicom's "copy
+    attributes") only with -v, which also gives Dagster's debug log."""
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    os.environ[DAGSTER_LOG_LEVEL_ENV] = "DEBUG" if verbose else "CRITICAL"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries(args.verbose)
     return args.func(args)
 
 

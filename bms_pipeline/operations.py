@@ -6,6 +6,9 @@ So a second `run` converts nothing, a code change marks every slide stale, and a
 slide marks only itself stale.
 """
 
+import json
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,6 +48,11 @@ class SlideOutcome:
     error: str = ""
     checks: dict[str, bool] = field(default_factory=dict)
     metadata: dict[str, object] = field(default_factory=dict)
+    check_details: dict[str, str] = field(default_factory=dict)
+    """Failed check -> its description and the values behind it."""
+    warnings: list[str] = field(default_factory=list)
+    """Data warnings of the materializations (lab cells read as text...)."""
+    run_ids: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -139,26 +147,78 @@ def register_slides(instance: dg.DagsterInstance, slide_ids: list[str]) -> None:
         instance.add_dynamic_partitions(slides_partitions.name, new)
 
 
+def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:
+    """`execute_in_process` as every run here needs it: tagged with this process (so a crash
+    is detected by `reap_dead_runs`) and with Dagster's console log at a level people read
+    (WARNING by default: events stay in the instance for the UI)."""
+    from bms_pipeline.instance import DAGSTER_LOG_LEVEL_ENV, WORKER_TAG, worker_identity
+
+    level = os.environ.get(DAGSTER_LOG_LEVEL_ENV, "CRITICAL")
+    return job.execute_in_process(
+        instance=instance,
+        raise_on_error=False,
+        tags={WORKER_TAG: worker_identity()},
+        run_config={"loggers": {"console": {"config": {"log_level": level}}}},
+        **kwargs,
+    )
+
+
 def _outcome(slide_id: str, result: dg.ExecuteInProcessResult, outcome: SlideOutcome | None = None) -> SlideOutcome:
     outcome = outcome or SlideOutcome(slide_id, True)
     outcome.success = outcome.success and result.success
+    outcome.run_ids.append(result.run_id)
     for evaluation in result.get_asset_check_evaluations():
         outcome.checks[evaluation.check_name] = evaluation.passed
+        if not evaluation.passed:
+            outcome.check_details[evaluation.check_name] = _check_detail(evaluation)
     for event in result.get_step_failure_events():
-        outcome.error = f"{event.step_key}: {_root_cause(event.step_failure_data.error)}"
+        cause = _root_cause(event.step_failure_data.error)
+        if outcome.check_details and "blocking asset check" in cause:
+            continue  # the failed check is named with its values already
+        outcome.error = f"{event.step_key}: {cause}"
+    for mat in result.get_asset_materialization_events():
+        materialization = mat.step_materialization_data.materialization
+        examples = materialization.metadata.get("warning_examples")
+        if examples is not None and examples.value:
+            name = materialization.asset_key.to_user_string()
+            count = materialization.metadata.get("warnings")
+            total = count.value if count is not None else len(examples.value)
+            outcome.warnings += [f"{name}: {w}" for w in examples.value]
+            if isinstance(total, int) and total > len(examples.value):
+                outcome.warnings.append(f"{name}: ... and {total - len(examples.value)} more")
     for mat in result.asset_materializations_for_node("sm_series"):
         outcome.metadata = {k: v.value for k, v in mat.metadata.items()}
     return outcome
 
 
+def _check_detail(evaluation) -> str:
+    """A failed check's description and the values behind it (the patient ids, rows...)."""
+    parts = [evaluation.description] if evaluation.description else []
+    for name, value in sorted(evaluation.metadata.items()):
+        shown = value.value
+        if isinstance(shown, list | tuple):
+            if not shown:
+                continue
+            shown = ", ".join(map(str, shown))
+        elif isinstance(shown, dict):
+            shown = json.dumps(shown, sort_keys=True)
+        parts.append(f"{name}: {shown}")
+    return "; ".join(parts)
+
+
 def _root_cause(error) -> str:
-    """The innermost error of a step failure, which names the file and the reason."""
+    """The innermost error of a step failure, which names the file, line and reason; every
+    line of it (an input error lists each bad row), without the exception's class name."""
     if error is None:
         return "step failed"
     while error.cause is not None:
         error = error.cause
-    lines = (error.message or "").strip().splitlines()
-    return lines[-1] if lines else error.cls_name or "step failed"
+    if error.cls_name == "DagsterExecutionInterruptedError":
+        return "interrupted by a stop signal (run canceled)"
+    text = (error.message or "").strip()
+    if error.cls_name:
+        text = re.sub(rf"^[\w.]*{re.escape(error.cls_name)}: ", "", text)
+    return text or error.cls_name or "step failed"
 
 
 def run_slide(
@@ -171,16 +231,11 @@ def run_slide(
     if force:
         return _outcome(
             plan.slide_id,
-            job.execute_in_process(partition_key=plan.slide_id, instance=instance, raise_on_error=False),
+            _execute(job, instance, partition_key=plan.slide_id),
             outcome,
         )
     if plan.state in ("missing", "changed"):
-        result = job.execute_in_process(
-            partition_key=plan.slide_id,
-            instance=instance,
-            asset_selection=[INVENTORY_KEY],
-            raise_on_error=False,
-        )
+        result = _execute(job, instance, partition_key=plan.slide_id, asset_selection=[INVENTORY_KEY])
         _outcome(plan.slide_id, result, outcome)
         if not result.success:
             return outcome
@@ -203,12 +258,7 @@ def run_slide(
     if not downstream:
         outcome.skipped = plan.state != "missing"
         return outcome
-    result = job.execute_in_process(
-        partition_key=plan.slide_id,
-        instance=instance,
-        asset_selection=downstream,
-        raise_on_error=False,
-    )
+    result = _execute(job, instance, partition_key=plan.slide_id, asset_selection=downstream)
     return _outcome(plan.slide_id, result, outcome)
 
 
@@ -235,7 +285,47 @@ def run_collection(
     ]
     if not keys:
         return SlideOutcome(COLLECTION, True, skipped=True)
-    result = defs.resolve_job_def(COLLECTION_JOB).execute_in_process(
-        instance=instance, asset_selection=keys, raise_on_error=False
-    )
+    result = _execute(defs.resolve_job_def(COLLECTION_JOB), instance, asset_selection=keys)
     return _outcome(COLLECTION, result)
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    """A collection-level input problem found before any conversion."""
+
+    message: str  # file[:line]: reason
+    fatal: bool  # every slide needs this input: nothing is converted
+
+
+def check_collection_inputs(layout: DataLayout) -> list[InputProblem]:
+    """collection.yaml, clinical.csv and the lab workbook, each read once up front, so a
+    problem is reported once with its file, line and reason instead of inside every slide's
+    conversion. The first two are needed by every conversion; the workbook only by the
+    collection tables."""
+    from bms_pipeline.core.clinical.lab import read_lab_values
+    from bms_pipeline.core.clinical.patients import read_clinical_csv
+    from bms_pipeline.core.collection import CollectionConfig
+
+    problems: list[InputProblem] = []
+    for read, fatal in (
+        (lambda: CollectionConfig.load(layout.collection_yaml), True),
+        (lambda: read_clinical_csv(layout.clinical_csv), True),
+        (lambda: read_lab_values(layout.lab_values_xlsx), False),
+    ):
+        try:
+            read()
+        except (ValueError, OSError) as exc:
+            problems.append(InputProblem(str(exc), fatal))
+    return problems
+
+
+def collection_states(instance: dg.DagsterInstance, defs: dg.Definitions) -> list[tuple[str, str]]:
+    """(asset, state) of every collection-wide table and report, for `status`."""
+    resolver = CachingStaleStatusResolver(
+        instance, defs.resolve_asset_graph(), LoadingContextForTest(instance)
+    )
+    names = {StaleStatus.MISSING: "missing", StaleStatus.STALE: "stale", StaleStatus.FRESH: "up-to-date"}
+    return [
+        (key.to_user_string(), names.get(resolver.get_status(key), "unknown"))
+        for key in collection_asset_keys(defs)
+    ]

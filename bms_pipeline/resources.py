@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, DataLayout
@@ -44,8 +44,23 @@ class BmsPipelineResource(dg.ConfigurableResource):
     jpeg_quality: int = Field(default=80, description="JPEG quality of re-encoded tiles")
     workers: int | None = Field(
         default=None,
-        description="wsidicomizer threads per conversion (None: cores / concurrent conversions)",
+        description="wsidicomizer threads per conversion (None: the cores, shared among the "
+        "conversions holding a wsi_conversion pool slot)",
     )
+    _instance: dg.DagsterInstance | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Remember the instance (for the pool's occupancy) and tag the run with this process,
+        whatever started it (CLI, UI, sensor, backfill, `dagster asset materialize`), so a run
+        whose process died can be found and its pool slot freed (`instance.reap_dead_runs`)."""
+        from bms_pipeline.instance import WORKER_TAG, worker_identity
+
+        self._instance = context.instance
+        run = context.run
+        if context.instance is not None and run is not None:
+            me = worker_identity()
+            if run.tags.get(WORKER_TAG) != me:
+                context.instance.add_run_tags(run.run_id, {WORKER_TAG: me})
 
     # -- roots -----------------------------------------------------------------------------
     @property
@@ -150,12 +165,28 @@ class BmsPipelineResource(dg.ConfigurableResource):
         from bms_pipeline.core.dicom.convert import ConversionSettings
         from bms_pipeline.instance import MachineBudget
 
-        workers = self.workers or MachineBudget.detect().threads_per_conversion
+        workers = self.workers or conversion_threads(self._instance, MachineBudget.detect().cores)
         sm = self.collection().conventions.sm
         return ConversionSettings.for_collection(
             sm, tile_size=self.tile_size or sm.tile_size, jpeg_quality=self.jpeg_quality,
             workers=workers,
         )
+
+
+def conversion_threads(instance: dg.DagsterInstance | None, cores: int) -> int:
+    """The cores shared by the conversions running now (those holding a slot of the
+    `wsi_conversion` pool, this one included): one slide alone gets the whole machine from
+    any entry point, several share it without oversubscribing the CPU."""
+    from bms_pipeline.instance import CONVERSION_POOL
+
+    running = 1
+    if instance is not None:
+        try:
+            info = instance.event_log_storage.get_concurrency_info(CONVERSION_POOL)
+            running = max(1, len(info.active_run_ids))
+        except Exception:  # noqa: BLE001 - an instance without pools: count this one alone
+            running = 1
+    return max(1, cores // running)
 
 
 def default_data_root() -> str:

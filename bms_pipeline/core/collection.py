@@ -88,7 +88,13 @@ class CollectionConfig:
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise CollectionConfigError(f"{path}: not valid YAML ({exc})") from exc
+            # One line, file:line:column first (PyYAML's own text spans lines with a caret).
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            reason = " ".join(
+                str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p
+            ) or str(exc).splitlines()[0]
+            raise CollectionConfigError(f"{where}: not valid YAML: {reason}") from exc
         return cls.from_dict(raw, source=path)
 
     @classmethod

@@ -171,17 +171,22 @@ def _physical_lines(path: Path, records: Sequence[int]) -> dict[int, int]:
     return out
 
 
-def _first_ragged_line(path: Path, n_columns: int) -> int | None:
-    """Line of the first record with more fields than the header (polars only says 'some')."""
+def _ragged_lines(path: Path, n_columns: int) -> tuple[list[int], int]:
+    """Lines of the records with more fields than the header (polars only says 'some'):
+    the first `_MAX_LISTED`, and how many there are in all."""
+    lines: list[int] = []
+    total = 0
     with path.open(encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh)
         next(reader, None)
         start = reader.line_num + 1
         for row in reader:
             if len(row) > n_columns:
-                return start
+                total += 1
+                if len(lines) < _MAX_LISTED:
+                    lines.append(start)
             start = reader.line_num + 1
-    return None
+    return lines, total
 
 
 # --------------------------------------------------------------------------- typed rows
@@ -329,13 +334,13 @@ def _read_slide_rows(path: Path, columns: Sequence[str], slide_id: str) -> pl.Da
             .collect()
         )
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as exc:
-        line = _first_ragged_line(path, len(header))
-        reason = (
-            f"more fields than the {len(header)} header columns"
-            if line is not None
-            else f"cannot be parsed as CSV: {exc}"
-        )
-        raise AnnotationInputError([InputProblem(path, line, reason)]) from exc
+        ragged, total = _ragged_lines(path, len(header))
+        if not ragged:
+            raise AnnotationInputError(
+                [InputProblem(path, None, f"cannot be parsed as CSV: {exc}")]
+            ) from exc
+        reason = f"more fields than the {len(header)} header columns"
+        raise AnnotationInputError([InputProblem(path, line, reason) for line in ragged], total) from exc
 
 
 def _numbers(

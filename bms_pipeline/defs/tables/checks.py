@@ -41,7 +41,8 @@ def clinical_patients_match_dicom(
         patients_missing_in_dicom,
     )
 
-    collection_id = bms.collection().collection_id
+    collection = bms.collection()
+    collection_id = collection.collection_id
     patients = _dicom_patients(bms)
     orphans = {
         table: patients_missing_in_dicom(_published(bms, table), patients)
@@ -49,20 +50,23 @@ def clinical_patients_match_dicom(
     }
     without = dicom_patients_without_clinical(_published(bms, f"{collection_id}_clinical"), patients)
     left_out = _left_out(context)
-    errors = [f"{table}: {len(ids)} patient(s) with no DICOM: {', '.join(ids[:10])}" for table, ids in orphans.items() if ids]
+    rows = [f"{table}: {len(ids)} patient(s) with no DICOM: {', '.join(ids[:10])}" for table, ids in orphans.items() if ids]
+    # Kept on purpose (`keep_patients_without_dicom`), such rows are reported, not errors.
+    errors = [] if collection.keep_patients_without_dicom else list(rows)
     notes = [f"{table}: {len(ids)} patient(s) without a converted slide left out: {', '.join(ids[:10])}"
              + (" ..." if len(ids) > 10 else "") for table, ids in left_out.items() if ids]
     if without:
         errors.append(f"{len(without)} DICOM patient(s) with no clinical row: {', '.join(without[:10])}")
     return dg.AssetCheckResult(
         passed=not errors,
-        severity=dg.AssetCheckSeverity.ERROR if any(orphans.values()) else dg.AssetCheckSeverity.WARN,
+        severity=dg.AssetCheckSeverity.ERROR if errors and any(orphans.values()) else dg.AssetCheckSeverity.WARN,
         metadata={
             "rows_without_dicom": dg.MetadataValue.json(orphans),
             "dicom_patients_without_clinical_row": dg.MetadataValue.json(without),
             "patients_left_out": dg.MetadataValue.json(left_out),
         },
-        description="; ".join(errors + notes) or "every patient of every table has DICOM",
+        description="; ".join(errors + notes + ([] if errors else rows))
+        or "every patient of every table has DICOM",
     )
 
 

@@ -76,10 +76,15 @@ def validation_report(context: dg.AssetExecutionContext, bms: BmsPipelineResourc
     from bms_pipeline.core.store import atomic_write_parquet, write_duckdb_tables
 
     layout = bms.layout
+    from bms_pipeline.core.validation.dicom3tools import messages_frame
+
     files = sorted(bms.fetch(layout.out / "validation").glob("*.parquet"))
     if not files:
-        raise FileNotFoundError(f"{layout.out / 'validation'}: no validation results yet")
-    frame = pl.concat([pl.read_parquet(f) for f in files], how="vertical")
+        # No slide validated yet (none converted): an empty report, not a second failure.
+        context.log.info("no slide has validation results yet: writing an empty report")
+    frame = pl.concat(
+        [messages_frame([], ""), *(pl.read_parquet(f) for f in files)], how="vertical"
+    )
     path = layout.tables_dir / "validation_messages.parquet"
     atomic_write_parquet(frame, path)
     bms.fetch(layout.duckdb_path)
