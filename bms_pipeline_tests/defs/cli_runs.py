@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
 
 DEMO_SLIDES = 1
@@ -74,14 +72,9 @@ def kill_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
 
 
 def dicom_digest(out: Path) -> dict[str, str]:
-    """Every DICOM file under out/dicom by path: its pixel data's hash for SM (their creation
-    times differ between runs on this branch), the whole file's for the rest."""
-    digest = {}
-    for path in sorted((out / "dicom").rglob("*.dcm")):
-        rel = str(path.relative_to(out))
-        if "/sm/" in rel:
-            ds = pydicom.dcmread(path)
-            digest[rel] = hashlib.sha256(ds.PixelData).hexdigest() + f":{ds.get('NumberOfFrames', 1)}"
-        else:
-            digest[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return digest
+    """Every DICOM file under out/dicom by path, with the hash of its whole bytes (SM and ANN
+    reruns are byte-identical: `core/dicom/determinism.py`)."""
+    return {
+        str(path.relative_to(out)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted((out / "dicom").rglob("*.dcm"))
+    }
