@@ -174,10 +174,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     root = _data_root(args)
     if not _has_slides(root):
         return 2
-    if not _dicomweb_target(args, root):
-        return 2
     fatal, input_problems = _report_inputs(DataLayout.at(root))
-    if fatal:
+    if fatal or not _dicomweb_target(args, root):
         return 2
     layout, instance, defs = _instance_and_defs(root)
     out_layout = defs.resources["bms"].layout

@@ -161,12 +161,14 @@ class BmsPipelineResource(dg.ConfigurableResource):
     def collection(self) -> CollectionConfig:
         return CollectionConfig.load(self.fetch(self.layout.collection_yaml, required=True))
 
-    def conversion_settings(self) -> ConversionSettings:
+    def conversion_settings(self, collection: CollectionConfig | None = None) -> ConversionSettings:
+        """The collection's SM conventions, this resource's overrides and the threads the
+        machine and the pool leave this conversion."""
         from bms_pipeline.core.dicom.convert import ConversionSettings
         from bms_pipeline.instance import MachineBudget
 
         workers = self.workers or conversion_threads(self._instance, MachineBudget.detect().cores)
-        sm = self.collection().conventions.sm
+        sm = (collection or self.collection()).conventions.sm
         return ConversionSettings.for_collection(
             sm, tile_size=self.tile_size or sm.tile_size, jpeg_quality=self.jpeg_quality,
             workers=workers,

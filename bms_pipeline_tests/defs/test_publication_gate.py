@@ -36,6 +36,11 @@ def _bytes_holding(out: Path, value: bytes) -> list[str]:
     return sorted(str(p) for p in out.rglob("*") if p.is_file() and value in p.read_bytes())
 
 
+def _about(console: str, slide_id: str) -> str:
+    """What the summary says of a slide: its table row and its fault lines."""
+    return "\n".join(line for line in console.splitlines() if line.startswith(slide_id))
+
+
 def _run(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = cli.main(["run", "--data-root", str(root)])
     return code, capsys.readouterr().out
@@ -55,9 +60,9 @@ def test_a_leaking_slide_is_never_published_and_a_rerun_does_not_get_around_it(
     for attempt in (1, 2):
         code, console = _run(layout.root, capsys)
         assert code == 1, console
-        line = next(l for l in console.splitlines() if l.startswith(leaky))
-        assert "FAILED" in line and "not published" in line, line
-        assert "mirax.GENERAL.SLIDE_NAME" in line and "byte " in line, line
+        said = _about(console, leaky)
+        assert "FAILED" in said and "not published" in said, said
+        assert "mirax.GENERAL.SLIDE_NAME" in said and "byte " in said, said
         assert LEAKED_NAME not in console  # the summary names the property, never the value
         assert _files_mentioning(out, leaky) == [], f"run {attempt}"
         assert _bytes_holding(out, LEAKED_NAME.encode()) == [], f"run {attempt}"
@@ -71,7 +76,7 @@ def test_a_leaking_slide_is_never_published_and_a_rerun_does_not_get_around_it(
     _plant_leak(layout.mrxs(later).with_suffix("") / "Slidedat.ini")
     code, console = _run(layout.root, capsys)
     assert code == 1
-    assert "withdrawn" in next(l for l in console.splitlines() if l.startswith(later))
+    assert "withdrawn" in _about(console, later)
     assert _files_mentioning(out, later) == []
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
         containers = {r[0] for r in con.execute("select ContainerIdentifier from sm_index").fetchall()}

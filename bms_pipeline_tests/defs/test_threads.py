@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dagster as dg
+import yaml
 
+from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML, CollectionConfig
 from bms_pipeline.instance import CONVERSION_POOL
 from bms_pipeline.resources import BmsPipelineResource, conversion_threads
 
@@ -19,4 +21,6 @@ def test_threads_follow_the_conversions_holding_pool_slots() -> None:
         assert conversion_threads(instance, 4) == 2  # two conversions share the cores
     assert conversion_threads(None, 3) == 3
     # An explicit thread count (the CLI's --jobs) wins.
-    assert BmsPipelineResource(data_root="/nowhere", workers=1).conversion_settings().workers == 1
+    collection = CollectionConfig.from_dict(yaml.safe_load(DEFAULT_COLLECTION_YAML))
+    resource = BmsPipelineResource(data_root="/nowhere", workers=1)
+    assert resource.conversion_settings(collection).workers == 1
