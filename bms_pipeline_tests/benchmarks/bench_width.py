@@ -161,7 +161,7 @@ class SlideBench:
     def __init__(self, size: str, args: argparse.Namespace) -> None:
         self.size = size
         self.args = args
-        self.root = ensure_dataset(Path(args.cache), size, 0, 1)
+        self.root = ensure_dataset(Path(args.cache).resolve(), size, 0, 1)
         self.slide_id, self.mrxs = single_slide(self.root)
         self.scratch = Path(tempfile.mkdtemp(prefix=f"width-{size}-", dir=args.cache))
         self.logs = Path(args.cache) / "logs" / f"width-{size}"

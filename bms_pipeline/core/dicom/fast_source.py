@@ -137,6 +137,25 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
             return False
         return bool(((pixels & 0xFFFFFF) == low).all())
 
+    def _fill_transparent(self, pixels: np.ndarray) -> bool:
+        """Give the transparent pixels of a tile without partly transparent ones the
+        background, in place, as an opaque BGRA word; False (nothing changed) if a pixel is
+        partly transparent.
+
+        That is what wsidicomizer's path makes of such a tile (alpha 255 keeps its RGB,
+        alpha 0 takes the background: `composite_over_background`), so the tile can be
+        encoded from BGRA like an opaque one, without the channel swap, the compositing
+        and the encoder's two copies. The direct reader only ever returns alpha 0 or 255;
+        OpenSlide's placement at fractional positions gives the partly transparent pixels.
+        """
+        transparent = pixels < 0x01000000
+        if np.count_nonzero(pixels < 0xFF000000) != np.count_nonzero(transparent):
+            return False
+        color = self.blank_color
+        r, g, b = (color, color, color) if isinstance(color, int) else color
+        np.copyto(pixels, np.uint32(b | g << 8 | r << 16 | 0xFF000000), where=transparent)
+        return True
+
     def _read_bgra(self, region: Region) -> np.ndarray:
         """OpenSlide's premultiplied pixels of `region` as an (h, w, 4) BGRA array."""
         location = region.start * self._downsample + self._offset
@@ -172,7 +191,7 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
         if self._is_blank(pixels):
             return self._get_blank_encoded_frame(self.tile_size)
         # Opaque means every uint32 pixel (A in the top byte) is at least 0xFF000000.
-        if pixels.min() < 0xFF000000:
+        if pixels.min() < 0xFF000000 and not self._fill_transparent(pixels):
             convert_argb_to_rgba(bgra.view(ctypes.c_uint32))  # type: ignore[arg-type]
             return self.encoder.encode(self._composite_over_background(bgra))
         quality, subsampling, colorspace = direct
