@@ -56,6 +56,7 @@ from bms_pipeline_tests.benchmarks.bench_conversion import (
 MODULE = "bms_pipeline_tests.benchmarks.bench_width"
 QUALITY = 80
 VARIANTS = ("ours-idc", "ours-512", "orthanc-1024", "orthanc-512", "cli", "codec", "job")
+OPTIONAL = ("before-idc",)  # with --before: ours-idc on another checkout of the project
 SLIDES = ("large", "wide")
 
 
@@ -195,11 +196,18 @@ class SlideBench:
         out = self.scratch / f"{variant}-{index}"
         log = self.logs / f"{variant}-{index}.log"
         sample: dict[str, Any] = {}
-        if variant in ("ours-idc", "ours-512"):
+        if variant in ("ours-idc", "ours-512", "before-idc"):
             root = run_root(self.root, self.scratch)
             spec = {"root": str(root), "out": str(out), "slide_id": self.slide_id,
                     "settings": variant.split("-")[1]}
-            proc = run_child("ours", spec, log)
+            wrapper = None
+            if variant == "before-idc":
+                # The other checkout's bms_pipeline, this benchmark's child (copied in).
+                before = Path(self.args.before).resolve()
+                here = Path(__file__)
+                shutil.copy2(here, before / "bms_pipeline_tests" / "benchmarks" / here.name)
+                wrapper = ["env", f"PYTHONPATH={before}"]
+            proc = run_child("ours", spec, log, wrapper)
             sample.update(proc.result)
             files = dicom_files(out / "dicom")
         elif variant.startswith("orthanc"):
@@ -318,7 +326,7 @@ def report(benches: list[SlideBench], args: argparse.Namespace) -> str:
             )
     out = ["\n".join(lines), ""]
     for bench in benches:
-        for variant in ("ours-idc", "ours-512"):
+        for variant in ("ours-idc", "before-idc", "ours-512"):
             rows = bench.samples.get(variant, [])
             if rows and med(rows, "total_s"):
                 out.append(
@@ -363,9 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-validate", action="store_true")
     parser.add_argument("--psnr-regions", type=int, default=20)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--before", help="a checkout of the project to run as before-idc")
     parser.add_argument("--cli-every-run", action="store_true", help="else the CLI runs once per slide")
     args = parser.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
+    if args.before and "before-idc" not in args.variants:
+        args.variants.insert(1, "before-idc")
     benches = [SlideBench(size, args) for size in args.slides.split(",")]
     for run in range(args.runs):
         order = args.variants if run % 2 == 0 else list(reversed(args.variants))
