@@ -87,6 +87,10 @@ def child_ours(spec: dict[str, Any]) -> None:
     convert_module.normalize_series = timed("normalize_s", convert_module.normalize_series)  # type: ignore[assignment]
     PublicationGate.sm_problems = timed("gate_s", PublicationGate.sm_problems)  # type: ignore[method-assign]
 
+    if spec.get("cap_mib"):
+        from bms_pipeline.core.dicom import fast_source
+
+        fast_source.CACHE_CAP_BYTES = int(spec["cap_mib"]) << 20
     layout = DataLayout.at(spec["root"], spec["out"])
     collection = CollectionConfig.load(layout.collection_yaml)
     settings = ConversionSettings.for_collection(collection.conventions.sm)
@@ -144,12 +148,14 @@ def child_codec(spec: dict[str, Any]) -> None:
     )
 
 
-def run_child(kind: str, spec: dict[str, Any], log: Path, wrapper: list[str] | None = None):  # type: ignore[no-untyped-def]
-    result = log.with_suffix(".json")
+def run_child(  # type: ignore[no-untyped-def]
+    kind: str, spec: dict[str, Any], log: Path, wrapper: list[str] | None = None,
+    cwd: Path | None = None,
+):
+    result = log.with_suffix(".json").resolve()
     spec = dict(spec, result=str(result))
-    proc = run_measured(
-        [*(wrapper or []), sys.executable, "-m", MODULE, "_child", kind, json.dumps(spec)], log
-    )
+    cmd = [*(wrapper or []), sys.executable, "-m", MODULE, "_child", kind, json.dumps(spec)]
+    proc = run_measured(cmd, log.resolve(), cwd=cwd) if cwd else run_measured(cmd, log)
     if proc.ok and result.exists():
         proc.result = json.loads(result.read_text(encoding="utf-8"))
     return proc
@@ -164,7 +170,7 @@ class SlideBench:
         self.args = args
         self.root = ensure_dataset(Path(args.cache).resolve(), size, 0, 1)
         self.slide_id, self.mrxs = single_slide(self.root)
-        self.scratch = Path(tempfile.mkdtemp(prefix=f"width-{size}-", dir=args.cache))
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"width-{size}-", dir=args.cache)).resolve()
         self.logs = Path(args.cache) / "logs" / f"width-{size}"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.samples: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
@@ -196,18 +202,20 @@ class SlideBench:
         out = self.scratch / f"{variant}-{index}"
         log = self.logs / f"{variant}-{index}.log"
         sample: dict[str, Any] = {}
-        if variant in ("ours-idc", "ours-512", "before-idc"):
+        if variant in ("ours-idc", "ours-512", "before-idc") or variant.startswith("ours-cap"):
             root = run_root(self.root, self.scratch)
             spec = {"root": str(root), "out": str(out), "slide_id": self.slide_id,
-                    "settings": variant.split("-")[1]}
-            wrapper = None
+                    "settings": "512" if variant == "ours-512" else "idc"}
+            if variant.startswith("ours-cap"):
+                spec["cap_mib"] = int(variant.removeprefix("ours-cap"))
+            cwd = None
             if variant == "before-idc":
-                # The other checkout's bms_pipeline, this benchmark's child (copied in).
-                before = Path(self.args.before).resolve()
+                # The other checkout's bms_pipeline (`python -m` puts the working folder
+                # first on sys.path), this benchmark's child copied in.
+                cwd = Path(self.args.before).resolve()
                 here = Path(__file__)
-                shutil.copy2(here, before / "bms_pipeline_tests" / "benchmarks" / here.name)
-                wrapper = ["env", f"PYTHONPATH={before}"]
-            proc = run_child("ours", spec, log, wrapper)
+                shutil.copy2(here, cwd / "bms_pipeline_tests" / "benchmarks" / here.name)
+            proc = run_child("ours", spec, log, cwd=cwd)
             sample.update(proc.result)
             files = dicom_files(out / "dicom")
         elif variant.startswith("orthanc"):
@@ -326,7 +334,7 @@ def report(benches: list[SlideBench], args: argparse.Namespace) -> str:
             )
     out = ["\n".join(lines), ""]
     for bench in benches:
-        for variant in ("ours-idc", "before-idc", "ours-512"):
+        for variant in [v for v in args.variants if v.startswith(("ours", "before"))]:
             rows = bench.samples.get(variant, [])
             if rows and med(rows, "total_s"):
                 out.append(

@@ -50,7 +50,7 @@ fits, so every image is decoded once; wider slides decode the rest of that row t
 
 
 def decoded_image_cache_bytes(
-    level_width: int, tile_size: int = 512, floor: int = 96 << 20, cap: int = CACHE_CAP_BYTES
+    level_width: int, tile_size: int = 512, floor: int = 96 << 20, cap: int | None = None
 ) -> int:
     """A decoded-image cache for raster reads of a level `level_width` pixels wide: a tile
     row's height of BGRA across it, within `floor` and `cap`.
@@ -62,7 +62,7 @@ def decoded_image_cache_bytes(
     most an image row; a tile row's height leaves room for the images of the tiles in
     flight.
     """
-    return min(max(floor, level_width * tile_size * 4), cap)
+    return min(max(floor, level_width * tile_size * 4), CACHE_CAP_BYTES if cap is None else cap)
 
 
 def composite_over_background(rgba: np.ndarray, background: tuple[int, int, int] | int) -> np.ndarray:
