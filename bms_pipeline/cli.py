@@ -60,9 +60,14 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     root = _data_root(args)
     started = time.perf_counter()
+    if (args.width is None) != (args.height is None):
+        print("error: give both --width and --height", file=sys.stderr)
+        return 2
+    dimensions = (args.width, args.height) if args.width is not None else None
     try:
         dataset = write_demo_dataset(
-            root, slides=args.slides, seed=args.seed, size=args.size, force=args.force
+            root, slides=args.slides, seed=args.seed, size=args.size, force=args.force,
+            dimensions=dimensions,
         )
     except (FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -372,7 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = with_root(sub.add_parser("demo-data", help="write the synthetic BMDeep-shaped dataset"))
     demo.add_argument("--slides", type=int, default=4, help="number of slides (default 4)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--size", choices=["small", "large"], default="small")
+    demo.add_argument(
+        "--size", choices=["small", "large", "wide"], default="small",
+        help="small (2,500 px), large (30,000 px square) or wide (190,528 x 14,376 px, the real width)",
+    )
+    demo.add_argument("--width", type=int, help="large-style slides at least this wide (px; with --height)")
+    demo.add_argument("--height", type=int, help="large-style slides at least this high (px; with --width)")
     demo.add_argument("--force", action="store_true", help="replace an existing raw/ folder")
     demo.set_defaults(func=cmd_demo_data)
 

@@ -205,7 +205,7 @@ def patch_converter(
         if openslide_reads:
             convert.FastOpenSlideSource = fast_source.OpenSlideReadSource  # type: ignore[misc]
         if default_cache:
-            fast_source.decoded_image_cache_bytes = lambda width, tile_size=512: 32 << 20
+            fast_source.decoded_image_cache_bytes = lambda *args, **kwargs: 32 << 20
     if stock_source:
         from wsidicomizer.extras.openslide import OpenSlideSource
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -127,3 +128,42 @@ def test_blank_detection_agrees_with_wsidicomizer(blank_color: tuple[int, int, i
         assert FastOpenSlideLevelImageData._is_blank(holder, pixels) == expected  # type: ignore[arg-type]
         verdicts.append(expected)
     assert True in verdicts and False in verdicts
+
+
+@pytest.mark.parametrize("blank_color", [(255, 255, 255), (250, 240, 230)])
+def test_transparent_fill_encodes_as_wsidicomizers_compositing(
+    blank_color: tuple[int, int, int],
+) -> None:
+    """A tile of opaque and transparent pixels, filled in place and encoded from BGRA, gives
+    the bytes of wsidicomizer's path (ARGB->RGBA, composite, RGB encode); one partly
+    transparent pixel sends the tile back to that path untouched."""
+    from imagecodecs import JPEG8, jpeg8_encode
+    from wsidicom.codec import Encoder, JpegSettings
+    from wsidicomizer.extras.openslide.openslide import convert_argb_to_rgba
+
+    holder = SimpleNamespace(blank_color=blank_color)
+    rng = np.random.default_rng(3)
+    bgra = rng.integers(0, 256, (256, 256, 4), dtype=np.uint8)
+    bgra[..., 3] = 255
+    bgra[:, :70] = 0  # an unscanned field edge
+    bgra[200:230, 100:140] = 0  # a hole
+    reference = bgra.copy()
+    convert_argb_to_rgba(reference.view(ctypes.c_uint32))
+    encoder = Encoder.create_for_settings(JpegSettings(quality=80))
+    expected = encoder.encode(composite_over_background(reference, blank_color))
+
+    pixels = bgra.view(np.uint32)[..., 0]
+    assert FastOpenSlideLevelImageData._fill_transparent(holder, pixels)  # type: ignore[arg-type]
+    got = bytes(jpeg8_encode(bgra, level=80, subsampling="422", colorspace=JPEG8.CS.EXT_BGRA,
+                             outcolorspace=JPEG8.CS.YCbCr))
+    assert got == expected
+
+    partial = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    partial[..., 3] = 255
+    partial[:, :10] = 0
+    partial[5, 20, 3] = 128
+    before = partial.copy()
+    assert not FastOpenSlideLevelImageData._fill_transparent(  # type: ignore[arg-type]
+        holder, partial.view(np.uint32)[..., 0]
+    )
+    np.testing.assert_array_equal(partial, before)

@@ -503,3 +503,40 @@ def test_subsampled_and_grey_jpeg_images_match_openslide(
     stored = np.asarray(Image.open(io.BytesIO(replacement)).convert("RGB"))
     assert not np.array_equal(got[10:-10, 20:-20, 2::-1], np.asarray(pixels.convert("RGB")))
     assert np.abs(got[10:-10, 20:-20, 2::-1].astype(int) - stored).max() <= 2  # same image
+
+
+def test_cache_keeps_carries_for_the_next_tile_row_and_evicts_finished_images_first() -> None:
+    """Over budget, images the next tile row does not need go first (least recent first);
+    when only carries are left, the newest carry goes, so the oldest (the left part of the
+    row, which the next tile row reads first) stays. A new level releases the carries."""
+    from bms_pipeline.core.mirax.direct import _ImageCache
+
+    shape = (2, 2, 4)
+    cache = _ImageCache(budget=3 * 16)  # three 2 x 2 BGRA images
+
+    def get(key: int, carry: bool, group: int = 0) -> None:
+        entry = cache.acquire((0, key), shape, lambda spare: np.zeros(shape, np.uint8),
+                              carry=carry, group=group)
+        assert entry is not None
+        cache.release(entry)
+
+    def misses() -> int:
+        return cache.stats().misses
+
+    get(1, True)
+    get(2, True)
+    get(3, False)
+    get(4, False)  # evicts 3, not a carry
+    get(5, True)  # evicts 4
+    get(6, True)  # only carries left: 6 itself is not kept
+    before = misses()
+    get(1, False)
+    get(2, False)
+    get(5, False)
+    assert misses() == before  # all three carries were kept
+    get(6, False)
+    assert misses() == before + 1
+    get(7, True, group=1)  # another level: the old carries are ordinary entries, LRU first
+    before = misses()
+    get(7, False, group=1)
+    assert misses() == before

@@ -43,15 +43,26 @@ from bms_pipeline.core.mirax.direct import MiraxDirectReader, MiraxDirectUnsuppo
 logger = logging.getLogger(__name__)
 
 
-def decoded_image_cache_bytes(level0_width: int, tile_size: int = 512) -> int:
-    """A decoded-image cache that holds the camera images under one tile row and the rows
-    above and below (3 tile heights of level-0 BGRA rows), within 96-512 MiB.
+CACHE_CAP_BYTES = 320 << 20
+"""The most either decoded-image cache may hold, whatever the slide's width: at 190,000 px
+(the widest BMDeep slides) a row of the camera images that two 1024 px tile rows share
+fits, so every image is decoded once; wider slides decode the rest of that row twice."""
 
-    wsidicom reads tiles row by row; with OpenSlide's default 32 MiB cache a slide wider
-    than ~10,000 pixels evicts each camera image before the next tile row needs it again,
-    so every image is decoded two or three times.
+
+def decoded_image_cache_bytes(
+    level_width: int, tile_size: int = 512, floor: int = 96 << 20, cap: int | None = None
+) -> int:
+    """A decoded-image cache for raster reads of a level `level_width` pixels wide: a tile
+    row's height of BGRA across it, within `floor` and `cap`.
+
+    wsidicom reads tiles row by row; camera images that straddle two tile rows are read
+    by both, so a cache that cannot hold them until the next row decodes them twice
+    (OpenSlide's default 32 MiB cache does so on any slide wider than ~10,000 px). The
+    direct reader's cache keeps exactly those (`mirax.direct._ImageCache`), which are at
+    most an image row; a tile row's height leaves room for the images of the tiles in
+    flight.
     """
-    return min(max(96 << 20, level0_width * 3 * tile_size * 4), 512 << 20)
+    return min(max(floor, level_width * tile_size * 4), CACHE_CAP_BYTES if cap is None else cap)
 
 
 def composite_over_background(rgba: np.ndarray, background: tuple[int, int, int] | int) -> np.ndarray:
@@ -137,6 +148,25 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
             return False
         return bool(((pixels & 0xFFFFFF) == low).all())
 
+    def _fill_transparent(self, pixels: np.ndarray) -> bool:
+        """Give the transparent pixels of a tile without partly transparent ones the
+        background, in place, as an opaque BGRA word; False (nothing changed) if a pixel is
+        partly transparent.
+
+        That is what wsidicomizer's path makes of such a tile (alpha 255 keeps its RGB,
+        alpha 0 takes the background: `composite_over_background`), so the tile can be
+        encoded from BGRA like an opaque one, without the channel swap, the compositing
+        and the encoder's two copies. The direct reader only ever returns alpha 0 or 255;
+        OpenSlide's placement at fractional positions gives the partly transparent pixels.
+        """
+        transparent = pixels < 0x01000000
+        if np.count_nonzero(pixels < 0xFF000000) != np.count_nonzero(transparent):
+            return False
+        color = self.blank_color
+        r, g, b = (color, color, color) if isinstance(color, int) else color
+        np.copyto(pixels, np.uint32(b | g << 8 | r << 16 | 0xFF000000), where=transparent)
+        return True
+
     def _read_bgra(self, region: Region) -> np.ndarray:
         """OpenSlide's premultiplied pixels of `region` as an (h, w, 4) BGRA array."""
         location = region.start * self._downsample + self._offset
@@ -172,7 +202,7 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
         if self._is_blank(pixels):
             return self._get_blank_encoded_frame(self.tile_size)
         # Opaque means every uint32 pixel (A in the top byte) is at least 0xFF000000.
-        if pixels.min() < 0xFF000000:
+        if pixels.min() < 0xFF000000 and not self._fill_transparent(pixels):
             convert_argb_to_rgba(bgra.view(ctypes.c_uint32))  # type: ignore[arg-type]
             return self.encoder.encode(self._composite_over_background(bgra))
         quality, subsampling, colorspace = direct
@@ -235,14 +265,30 @@ class FastOpenSlideSource(OpenSlideSource):
 
     def __init__(self, filepath: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(filepath, *args, **kwargs)
-        cache_bytes = decoded_image_cache_bytes(self._slide.dimensions[0], self._tile_size or 512)
-        self._slide.set_cache(OpenSlideCache(cache_bytes))
+        tile_size = self._tile_size or 512
         path = Path(str(filepath))
         if self.direct_mirax and path.suffix.lower() == ".mrxs":
             try:
-                self._direct = MiraxDirectReader.open(path, cache_bytes=cache_bytes)
+                self._direct = MiraxDirectReader.open(
+                    path, cache_bytes=decoded_image_cache_bytes(self._slide.dimensions[0], tile_size)
+                )
             except MiraxDirectUnsupported as exc:
                 logger.info("reading %s through OpenSlide: %s", path, exc)
+        self._slide.set_cache(OpenSlideCache(self.openslide_cache_bytes(tile_size)))
+
+    def openslide_cache_bytes(self, tile_size: int) -> int:
+        """OpenSlide's cache, sized for the widest level it serves (those the direct reader
+        does not, and the THUMBNAIL's read of a small level): a row-sized cache for level 0
+        would only duplicate the direct reader's."""
+        direct = self._direct
+        widths = [
+            width
+            for level, (width, _) in enumerate(self._slide.level_dimensions)
+            if direct is None or not direct.supports_level(level)
+        ]
+        if not widths:
+            return 32 << 20  # OpenSlide's default: the THUMBNAIL and stray reads only
+        return decoded_image_cache_bytes(max(widths), tile_size, floor=32 << 20)
 
     def close(self) -> None:
         if self._direct is not None:

@@ -124,14 +124,16 @@ class CacheStats:
 
 class _Entry:
     """A decoded image; `pins` counts readers pasting from it, so that its buffer is only
-    reused for another decode once nobody reads it."""
+    reused for another decode once nobody reads it. `carry`: the last read that used it
+    ended above its bottom edge, so the next tile row will read it again."""
 
-    __slots__ = ("array", "cached", "pins")
+    __slots__ = ("array", "cached", "carry", "pins")
 
-    def __init__(self, array: np.ndarray, pins: int) -> None:
+    def __init__(self, array: np.ndarray, pins: int, carry: bool = False) -> None:
         self.array = array
         self.pins = pins
         self.cached = False
+        self.carry = carry
 
 
 class _Pending:
@@ -147,7 +149,16 @@ class _Pending:
 
 
 class _ImageCache:
-    """LRU of decoded images with a byte budget.
+    """Decoded images with a byte budget, evicted in the order raster reads need them.
+
+    Reads go tile row by tile row. An image whose bottom edge lies below the read that used
+    it (a *carry*) is needed again by the next tile row; the others only, at most, by the
+    next tile to the right. So the cache evicts the least recently used of the others
+    first, and only then carries, the most recently used first: a budget smaller than a
+    row of carries keeps the left part of the row (which the next tile row reads first)
+    instead of evicting each carry before it is read again, as plain LRU would. The budget
+    then bounds memory whatever the slide's width, at the cost of decoding again only the
+    carries that did not fit.
 
     The lock only guards the bookkeeping: decoding runs outside it (imagecodecs releases
     the GIL), and a second thread asking for an image being decoded waits for that decode
@@ -160,7 +171,9 @@ class _ImageCache:
         self._budget = max(0, int(budget))
         self._spares_per_shape = spares_per_shape
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()  # not carries
+        self._carries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        self._group: object = None
         self._pending: dict[tuple[int, int], _Pending] = {}
         self._spares: dict[tuple[int, ...], list[np.ndarray]] = {}
         self._bytes = 0
@@ -173,16 +186,25 @@ class _ImageCache:
         shape: tuple[int, ...],
         load: Callable[[np.ndarray | None], np.ndarray],
         wait: bool = True,
+        carry: bool = False,
+        group: object = None,
     ) -> _Entry | None:
         """The pinned entry for `key`, decoding it with `load(spare_or_None)` if needed;
         pair every entry returned with `release`. With `wait=False`, None instead of
         waiting for another thread's decode, so the caller can decode something else
-        first."""
+        first. `carry`: the next tile row needs the image too. A new `group` (the level
+        being read) makes every carry of the previous one an ordinary entry."""
         spare = None
         with self._lock:
-            entry = self._entries.get(key)
+            if group != self._group:
+                self._group = group
+                for old_key, old in self._carries.items():
+                    old.carry = False
+                    self._entries[old_key] = old
+                self._carries.clear()
+            entry = self._entries.get(key) or self._carries.get(key)
             if entry is not None:
-                self._entries.move_to_end(key)
+                self._place(key, entry, carry)
                 entry.pins += 1
                 self._hits += 1
                 return entry
@@ -220,10 +242,13 @@ class _ImageCache:
             entry = _Entry(array, pins=1 + pending.waiters)
             if array.nbytes <= self._budget:
                 entry.cached = True
-                self._entries[key] = entry
+                self._place(key, entry, carry)
                 self._bytes += array.nbytes
                 while self._bytes > self._budget:
-                    _, old = self._entries.popitem(last=False)
+                    if self._entries:
+                        _, old = self._entries.popitem(last=False)
+                    else:
+                        _, old = self._carries.popitem(last=True)
                     old.cached = False
                     self._bytes -= old.array.nbytes
                     if old.pins == 0:
@@ -231,6 +256,13 @@ class _ImageCache:
         pending.entry = entry
         pending.done.set()
         return entry
+
+    def _place(self, key: tuple[int, int], entry: _Entry, carry: bool) -> None:
+        """Make `entry` the most recently used of its class (lock held)."""
+        if entry.cached:
+            (self._carries if entry.carry else self._entries).pop(key, None)
+        entry.carry = carry
+        (self._carries if carry else self._entries)[key] = entry
 
     def release(self, entry: _Entry) -> None:
         with self._lock:
@@ -246,12 +278,14 @@ class _ImageCache:
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(
-                self._hits, self._misses, len(self._entries), self._bytes, self._budget
+                self._hits, self._misses, len(self._entries) + len(self._carries),
+                self._bytes, self._budget,
             )
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._carries.clear()
             self._spares.clear()
             self._bytes = 0
 
@@ -615,6 +649,7 @@ class MiraxDirectReader:
     ) -> None:
         surface_h, surface_w = view.shape[:2]
         needed: dict[tuple[int, int], _Image] = {}
+        carries: set[tuple[int, int]] = set()
         copies: list[tuple[tuple[int, int], int, int, int, int, int, int]] = []
         for tile, dx, dy in paints:
             x0, y0 = max(dx, 0), max(dy, 0)
@@ -624,6 +659,8 @@ class MiraxDirectReader:
                 continue
             key = (tile.image.fileno, tile.image.offset)
             needed.setdefault(key, tile.image)
+            if dy - tile.src_y + lv.image_h > surface_h:
+                carries.add(key)  # the image reaches below this read: the next row reads it
             copies.append((key, x0, y0, x1, y1, tile.src_x + x0 - dx, tile.src_y + y0 - dy))
         # Decode what no other thread is decoding first, then wait for the rest: threads
         # on neighbouring tiles share images, and waiting in painting order would make
@@ -631,13 +668,18 @@ class MiraxDirectReader:
         shape = (lv.image_h, lv.image_w, 4)
         deferred = []
         for key, image in needed.items():
-            entry = self._cache.acquire(key, shape, self._loader(lv, image), wait=False)
+            entry = self._cache.acquire(
+                key, shape, self._loader(lv, image), wait=False, carry=key in carries,
+                group=lv.index,
+            )
             if entry is None:
                 deferred.append(key)
             else:
                 pinned[key] = entry
         for key in deferred:
-            entry = self._cache.acquire(key, shape, self._loader(lv, needed[key]))
+            entry = self._cache.acquire(
+                key, shape, self._loader(lv, needed[key]), carry=key in carries, group=lv.index
+            )
             assert entry is not None
             pinned[key] = entry
         for key, x0, y0, x1, y1, sx, sy in copies:

@@ -36,7 +36,13 @@ from bms_pipeline.core.synthetic.tables import (
 
 logger = logging.getLogger(__name__)
 
-Size = Literal["small", "large"]
+Size = Literal["small", "large", "wide"]
+
+WIDE_SIZE = (190_528, 14_376)
+"""`wide`: as wide as the real BMDeep slides (up to about 190,000 x 450,000 px) and a strip
+of theirs high, so that memory and speed at the real width can be measured in minutes."""
+
+_LARGE_FIELD = (512, 384, 2, 16, 12)  # image w, h, divisions, overlap x, y of large slides
 
 
 @dataclass(frozen=True)
@@ -56,10 +62,31 @@ def _missing_fields(rng: np.random.Generator, fields_x: int, fields_y: int) -> f
     return frozenset(missing)
 
 
-def slide_geometry(rng: np.random.Generator, size: Size, index: int) -> MiraxGeometry:
-    if size == "large":
-        # >= 30,000 px each way after the unscanned first row and column are cropped.
-        fields_x, fields_y = 31, 41
+def fields_for(width: int, height: int) -> tuple[int, int]:
+    """Camera fields of a large-style slide whose bounds (after the unscanned first column
+    and row) are at least `width` x `height` px: each field adds its size minus the overlap."""
+    image_w, image_h, divisions, overlap_x, overlap_y = _LARGE_FIELD
+    advance_x, advance_y = divisions * image_w - overlap_x, divisions * image_h - overlap_y
+    fields_x = 1 + max(1, -(-(width - overlap_x) // advance_x))
+    fields_y = 1 + max(1, -(-(height - overlap_y) // advance_y))
+    return fields_x, fields_y
+
+
+def slide_geometry(
+    rng: np.random.Generator,
+    size: Size,
+    index: int,
+    dimensions: tuple[int, int] | None = None,
+) -> MiraxGeometry:
+    """The camera grid of demo slide `index`; `dimensions` (bounds width, height in px)
+    gives a large-style slide of that size, whatever `size` says."""
+    if dimensions is not None or size in ("large", "wide"):
+        # large: >= 30,000 px each way after the unscanned first row and column are cropped.
+        fields_x, fields_y = (
+            fields_for(*dimensions) if dimensions is not None
+            else fields_for(*WIDE_SIZE) if size == "wide"
+            else (31, 41)
+        )
         return MiraxGeometry(
             image_width=512,
             image_height=384,
@@ -116,10 +143,16 @@ def write_demo_dataset(
     size: Size = "small",
     force: bool = False,
     image_format: Literal["JPEG", "PNG"] = "JPEG",
+    dimensions: tuple[int, int] | None = None,
 ) -> DemoDataset:
-    """Write collection.yaml and raw/ under `root`; raw/ appears only when complete."""
+    """Write collection.yaml and raw/ under `root`; raw/ appears only when complete.
+
+    `dimensions` (width, height): large-style slides with bounds of at least that size
+    (`--width/--height` of `demo-data`)."""
     if slides < 1:
         raise ValueError("--slides must be at least 1")
+    if dimensions is not None and min(dimensions) < 1:
+        raise ValueError("--width and --height must be positive")
     layout = DataLayout.at(root)
     if layout.raw.exists():
         if not force:
@@ -143,7 +176,7 @@ def write_demo_dataset(
     slides_dir.mkdir(parents=True)
     for index, slide_id in enumerate(slide_ids):
         rng = np.random.default_rng([seed, 100 + index])
-        geometry = slide_geometry(rng, size, index)
+        geometry = slide_geometry(rng, size, index, dimensions)
         cells = scatter_cells(rng, *geometry.canvas_size)
         created = datetime(2019, 1, 7, 8, 0, 0) + timedelta(
             days=int(rng.integers(0, 900)), seconds=int(rng.integers(0, 36000))
