@@ -18,11 +18,10 @@ from dagster._core.loader import LoadingContextForTest
 
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.mirax.discovery import SlideStatus, scan_slides
-from bms_pipeline.partitions import slides_partitions
+from bms_pipeline.partitions import INVENTORY_KEY, recorded_signature, slides_partitions
 from bms_pipeline.resources import BmsPipelineResource
 
 SlideState = Literal["not-ready", "missing", "changed", "stale", "failed", "up-to-date"]
-INVENTORY_KEY = dg.AssetKey("mrxs_slide")
 SLIDE_JOB = "slides_job"
 COLLECTION_JOB = "collection_job"
 COLLECTION = "(collection)"
@@ -67,16 +66,6 @@ def slide_asset_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
     )
 
 
-def _recorded_signature(instance: dg.DagsterInstance, slide_id: str) -> str | None:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=INVENTORY_KEY, asset_partitions=[slide_id]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    value = records[0].asset_materialization.metadata.get("file_signature")
-    return str(value.value) if value is not None else None
-
-
 def _last_run_failed(instance: dg.DagsterInstance, slide_id: str) -> bool:
     records = instance.get_run_records(
         filters=dg.RunsFilter(job_name=SLIDE_JOB, tags={"dagster/partition": slide_id}), limit=1
@@ -114,7 +103,7 @@ def plan_slides(
         if sid not in known:
             plans.append(SlidePlan(sid, "missing", "not registered yet", status))
             continue
-        recorded = _recorded_signature(instance, sid)
+        recorded = recorded_signature(instance, sid)
         if recorded is None:
             plans.append(SlidePlan(sid, "missing", "never inventoried", status))
             continue

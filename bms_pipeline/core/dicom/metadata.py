@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.sr.coding import Code
@@ -202,6 +203,13 @@ def build_wsi_metadata(context: SlideContext) -> WsiMetadata:
     return apply_overrides(ours, context.overrides)
 
 
+def _undated(module: Any) -> Any:
+    """The pyramid, overview or label without its image's acquisition date and time."""
+    if module is None or module.image is None:
+        return module
+    return replace(module, image=replace(module.image, acquisition_datetime=None))
+
+
 def build_pre_processor(collection: CollectionConfig) -> Callable[[WsiDicomizerMetadata], WsiMetadata]:
     """Strip the slide name, the scanner's slide id and (by policy) dates from the file's metadata."""
 
@@ -218,27 +226,10 @@ def build_pre_processor(collection: CollectionConfig) -> Callable[[WsiDicomizerM
             stripped = replace(
                 stripped,
                 study=replace(stripped.study, date=None, time=None),
-                pyramid=replace(
-                    stripped.pyramid,
-                    image=replace(stripped.pyramid.image, acquisition_datetime=None),
-                ),
+                pyramid=_undated(stripped.pyramid),
+                overview=_undated(stripped.overview),
+                label=_undated(stripped.label),
             )
-            if stripped.overview is not None and stripped.overview.image is not None:
-                stripped = replace(
-                    stripped,
-                    overview=replace(
-                        stripped.overview,
-                        image=replace(stripped.overview.image, acquisition_datetime=None),
-                    ),
-                )
-            if stripped.label is not None and stripped.label.image is not None:
-                stripped = replace(
-                    stripped,
-                    label=replace(
-                        stripped.label,
-                        image=replace(stripped.label.image, acquisition_datetime=None),
-                    ),
-                )
         return stripped
 
     return pre_process

@@ -6,11 +6,10 @@ import json
 import dagster as dg
 
 from bms_pipeline.defs.slides.jobs import slides_job
-from bms_pipeline.partitions import slides_partitions
+from bms_pipeline.partitions import INVENTORY_KEY, recorded_signature, slides_partitions
 from bms_pipeline.resources import BmsPipelineResource
 
 SETTLE_SECONDS = 30.0
-INVENTORY_KEY = dg.AssetKey("mrxs_slide")
 
 
 def _slide_asset_keys(context: dg.SensorEvaluationContext) -> list[dg.AssetKey]:
@@ -25,17 +24,6 @@ def _slide_asset_keys(context: dg.SensorEvaluationContext) -> list[dg.AssetKey]:
         (k for k in selected if graph.get(k).partitions_def == slides_partitions),
         key=lambda k: k.to_user_string(),
     )
-
-
-def _recorded_signature(instance: dg.DagsterInstance, slide_id: str) -> str | None:
-    """The file signature of the slide's last inventory (None if never inventoried)."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=INVENTORY_KEY, asset_partitions=[slide_id]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    value = records[0].asset_materialization.metadata.get("file_signature")
-    return str(value.value) if value is not None else None
 
 
 def _slides_in_progress(instance: dg.DagsterInstance) -> set[str]:
@@ -80,7 +68,7 @@ def new_slides_sensor(context: dg.SensorEvaluationContext, bms: BmsPipelineResou
             continue  # a run of it is queued or converting; its outcome decides the next tick
         if sid not in known:
             why = "new slide"
-        elif (recorded := _recorded_signature(instance, sid)) is None:
+        elif (recorded := recorded_signature(instance, sid)) is None:
             why = "never inventoried"
         elif recorded != status.signature:
             why = "files changed since the last inventory"
