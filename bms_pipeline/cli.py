@@ -17,7 +17,6 @@ from bms_pipeline.instance import DAGSTER_LOG_LEVEL_ENV, MachineBudget
 logger = logging.getLogger("bms_pipeline")
 
 
-
 def _data_root(args: argparse.Namespace) -> Path:
     """The data root; also exported (with --output-root) so worker processes see the same."""
     given = args.data_root or os.environ.get(DATA_ROOT_ENV, "data")
@@ -66,7 +65,11 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     dimensions = (args.width, args.height) if args.width is not None else None
     try:
         dataset = write_demo_dataset(
-            root, slides=args.slides, seed=args.seed, size=args.size, force=args.force,
+            root,
+            slides=args.slides,
+            seed=args.seed,
+            size=args.size,
+            force=args.force,
             dimensions=dimensions,
         )
     except (FileExistsError, ValueError) as exc:
@@ -94,7 +97,9 @@ def _dicomweb_target(args: argparse.Namespace, root: Path) -> bool:
         return False
     if target is not None and args.dicomweb_url:
         os.environ[URL_ENV] = target.url
-    print(f"DICOMweb: {f'publishing to {target.url} ({target.source})' if target else 'not configured, nothing is published'}")
+    print(
+        f"DICOMweb: {f'publishing to {target.url} ({target.source})' if target else 'not configured, nothing is published'}"
+    )
     return True
 
 
@@ -118,7 +123,9 @@ def _instance_and_defs(root: Path, workers: int | None = None):
     from bms_pipeline.definitions import build_definitions
 
     layout = DataLayout.at(root)
-    defs = build_definitions(str(root), workers=workers, output_root=os.environ.get(OUTPUT_ROOT_ENV))
+    defs = build_definitions(
+        str(root), workers=workers, output_root=os.environ.get(OUTPUT_ROOT_ENV)
+    )
     return layout, dagster_instance(layout), defs
 
 
@@ -194,8 +201,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             if removed:
                 print(f"removed {len(removed)} half-written output(s) of runs that died")
             outcomes, interrupted, any_ready = _run_slides(
-                args, root, layout, instance, defs, stop,
-                SlideOutcome, plan_slides, register_slides, run_slide, ProgressBoard,
+                args,
+                root,
+                layout,
+                instance,
+                defs,
+                stop,
+                SlideOutcome,
+                plan_slides,
+                register_slides,
+                run_slide,
+                ProgressBoard,
             )
             if outcomes is None:
                 return 2
@@ -221,8 +237,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _print_summary(outcomes, time.perf_counter() - started)
 
 
-def _run_slides(args, root, layout, instance, defs, stop, SlideOutcome, plan_slides,
-                register_slides, run_slide, ProgressBoard):
+def _run_slides(
+    args,
+    root,
+    layout,
+    instance,
+    defs,
+    stop,
+    SlideOutcome,
+    plan_slides,
+    register_slides,
+    run_slide,
+    ProgressBoard,
+):
     """Plan, then convert what needs it (serially or in worker processes) with live progress.
     Returns (outcomes, interrupted, any slide ready), or (None, ...) for an unknown --slide."""
     wanted = set(args.slide) if args.slide else None
@@ -230,7 +257,10 @@ def _run_slides(args, root, layout, instance, defs, stop, SlideOutcome, plan_sli
     if wanted:
         unknown = wanted - {p.slide_id for p in plans}
         if unknown:
-            print(f"error: no such slide under {layout.slides_dir}: {sorted(unknown)}", file=sys.stderr)
+            print(
+                f"error: no such slide under {layout.slides_dir}: {sorted(unknown)}",
+                file=sys.stderr,
+            )
             return None, False, False
     register_slides(instance, [p.slide_id for p in plans if p.state != "not-ready"])
     outcomes: list = []
@@ -256,7 +286,9 @@ def _run_slides(args, root, layout, instance, defs, stop, SlideOutcome, plan_sli
         if not outcome.ok:
             return (outcome.error.splitlines() or ["check failed"])[0][:60]
         if "instances" in md:
-            return f"{md['instances']} inst, {md['levels']} levels, {md['megapixels_per_second']} MP/s"
+            return (
+                f"{md['instances']} inst, {md['levels']} levels, {md['megapixels_per_second']} MP/s"
+            )
         return "nothing to do" if outcome.skipped else ""
 
     interrupted = False
@@ -283,7 +315,9 @@ def _run_slides(args, root, layout, instance, defs, stop, SlideOutcome, plan_sli
             with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
                 futures = {}
                 for plan in todo:
-                    futures[pool.submit(_run_in_worker, str(root), workers, plan, args.force)] = plan
+                    futures[pool.submit(_run_in_worker, str(root), workers, plan, args.force)] = (
+                        plan
+                    )
                     board.start(plan.slide_id)  # queued in the pool; its run shows its stage
                 for future in as_completed(futures):
                     plan = futures[future]
@@ -378,15 +412,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--slides", type=int, default=4, help="number of slides (default 4)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument(
-        "--size", choices=["small", "large", "wide"], default="small",
+        "--size",
+        choices=["small", "large", "wide"],
+        default="small",
         help="small (2,500 px), large (30,000 px square) or wide (190,528 x 14,376 px, the real width)",
     )
-    demo.add_argument("--width", type=int, help="large-style slides at least this wide (px; with --height)")
-    demo.add_argument("--height", type=int, help="large-style slides at least this high (px; with --width)")
+    demo.add_argument(
+        "--width", type=int, help="large-style slides at least this wide (px; with --height)"
+    )
+    demo.add_argument(
+        "--height", type=int, help="large-style slides at least this high (px; with --width)"
+    )
     demo.add_argument("--force", action="store_true", help="replace an existing raw/ folder")
     demo.set_defaults(func=cmd_demo_data)
 
-    run = with_root(sub.add_parser("run", help="register slides and materialize every asset with checks"))
+    run = with_root(
+        sub.add_parser("run", help="register slides and materialize every asset with checks")
+    )
     run.add_argument(
         "--output-root", help=f"outputs here instead of <data root>/out (or ${OUTPUT_ROOT_ENV})"
     )
@@ -399,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--slide", action="append", help="only this slide id (repeatable)")
     run.add_argument("--force", action="store_true", help="rematerialize even up-to-date slides")
     run.add_argument(
-        "--jobs", type=int, default=None,
+        "--jobs",
+        type=int,
+        default=None,
         help="slides converted at once (default: what fits in memory, at most the cores)",
     )
     run.set_defaults(func=cmd_run)

@@ -43,15 +43,19 @@ class SlideLine:
 class ProgressBoard:
     """Live progress of the slides of one `run`; use as a context manager."""
 
-    def __init__(self, instance, staging: Path, slide_ids: list[str], out: TextIO | None = None,
-                 live: bool | None = None) -> None:
+    def __init__(
+        self,
+        instance,
+        staging: Path,
+        slide_ids: list[str],
+        out: TextIO | None = None,
+        live: bool | None = None,
+    ) -> None:
         self._instance = instance
         self._staging = staging
         self._out = out or sys.stdout
         self._live_wanted = self._out.isatty() if live is None else live
-        self.lines = {
-            sid: SlideLine(sid, i, len(slide_ids)) for i, sid in enumerate(slide_ids, 1)
-        }
+        self.lines = {sid: SlideLine(sid, i, len(slide_ids)) for i, sid in enumerate(slide_ids, 1)}
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -64,8 +68,12 @@ class ProgressBoard:
             from rich.live import Live
 
             self._live = Live(
-                self._renderable(), console=Console(file=self._out), refresh_per_second=4,
-                transient=False, redirect_stdout=False, redirect_stderr=False,
+                self._renderable(),
+                console=Console(file=self._out),
+                refresh_per_second=4,
+                transient=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
             )
             self._live.start()
         self._thread = threading.Thread(target=self._poll, daemon=True, name="bms-progress")
@@ -125,7 +133,9 @@ class ProgressBoard:
             active = [line for line in self.lines.values() if line.started and not line.finished]
         for line in active:
             records = self._instance.get_run_records(
-                filters=dg.RunsFilter(job_name=SLIDE_JOB, tags={"dagster/partition": line.slide_id}),
+                filters=dg.RunsFilter(
+                    job_name=SLIDE_JOB, tags={"dagster/partition": line.slide_id}
+                ),
                 limit=1,
             )
             if not records:
@@ -154,8 +164,11 @@ class ProgressBoard:
             line.detail = "waiting for a wsi_conversion slot"
         elif kind == "ASSET_MATERIALIZATION" and event.step_key == "sm_series":
             md = event.event_specific_data.materialization.metadata
-            parts = [f"{md[k].value} {label}" for k, label in (("instances", "inst"), ("levels", "levels"))
-                     if k in md]
+            parts = [
+                f"{md[k].value} {label}"
+                for k, label in (("instances", "inst"), ("levels", "levels"))
+                if k in md
+            ]
             if "megapixels_per_second" in md:
                 parts.append(f"{md['megapixels_per_second'].value} MP/s")
             line.detail = ", ".join(parts)

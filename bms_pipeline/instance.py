@@ -32,7 +32,11 @@ class MachineBudget:
 
     @classmethod
     def detect(cls) -> MachineBudget:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
         try:
             memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
@@ -145,7 +149,9 @@ def root_run_lock(home: Path, on_wait: Callable[[str], None]) -> Iterator[None]:
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
-            on_wait(f"waiting for the other `bms-pipeline run` on this data root ({holder}) to finish")
+            on_wait(
+                f"waiting for the other `bms-pipeline run` on this data root ({holder}) to finish"
+            )
             fcntl.flock(fh, fcntl.LOCK_EX)
         fh.seek(0)
         fh.truncate()
@@ -167,7 +173,11 @@ def reap_dead_runs(instance) -> list[str]:  # instance: dg.DagsterInstance
     import dagster as dg
 
     reaped = []
-    active = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+    active = [
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+        dg.DagsterRunStatus.CANCELING,
+    ]
     for record in instance.get_run_records(filters=dg.RunsFilter(statuses=active)):
         run = record.dagster_run
         identity = run.tags.get(WORKER_TAG)
@@ -191,7 +201,11 @@ def live_workers(instance) -> set[str]:  # instance: dg.DagsterInstance
     """Identities of the processes of in-progress runs that are still alive."""
     import dagster as dg
 
-    active = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+    active = [
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+        dg.DagsterRunStatus.CANCELING,
+    ]
     return {
         identity
         for record in instance.get_run_records(filters=dg.RunsFilter(statuses=active))

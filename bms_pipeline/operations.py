@@ -61,7 +61,11 @@ class SlideOutcome:
 def slide_asset_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
     graph = defs.resolve_asset_graph()
     return sorted(
-        (key for key in graph.get_all_asset_keys() if graph.get(key).partitions_def == slides_partitions),
+        (
+            key
+            for key in graph.get_all_asset_keys()
+            if graph.get(key).partitions_def == slides_partitions
+        ),
         key=lambda k: k.to_user_string(),
     )
 
@@ -74,7 +78,10 @@ def _last_run_failed(instance: dg.DagsterInstance, slide_id: str) -> bool:
 
 
 def plan_slides(
-    instance: dg.DagsterInstance, defs: dg.Definitions, layout: DataLayout, slide_ids: set[str] | None = None
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    layout: DataLayout,
+    slide_ids: set[str] | None = None,
 ) -> list[SlidePlan]:
     """The state of every slide under raw/slides (or of `slide_ids`), scanned through the
     definitions' `bms` resource (so a URL data root works) or else at `layout`."""
@@ -114,7 +121,9 @@ def plan_slides(
         missing = [k.to_user_string() for k, s in states.items() if s == StaleStatus.MISSING]
         stale = [k.to_user_string() for k, s in states.items() if s == StaleStatus.STALE]
         if missing:
-            plans.append(SlidePlan(sid, "missing", f"not materialized: {', '.join(missing)}", status))
+            plans.append(
+                SlidePlan(sid, "missing", f"not materialized: {', '.join(missing)}", status)
+            )
         elif _last_run_failed(instance, sid):
             plans.append(SlidePlan(sid, "failed", "the last run failed", status))
         elif stale:
@@ -136,7 +145,9 @@ def register_slides(instance: dg.DagsterInstance, slide_ids: list[str]) -> None:
         instance.add_dynamic_partitions(slides_partitions.name, new)
 
 
-def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:
+def _execute(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, **kwargs
+) -> dg.ExecuteInProcessResult:
     """`execute_in_process` as every run here needs it: tagged with this process (so a crash
     is detected by `reap_dead_runs`) and with Dagster's console log at a level people read
     (WARNING by default: events stay in the instance for the UI)."""
@@ -152,7 +163,9 @@ def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, **kwargs) -> d
     )
 
 
-def _outcome(slide_id: str, result: dg.ExecuteInProcessResult, outcome: SlideOutcome | None = None) -> SlideOutcome:
+def _outcome(
+    slide_id: str, result: dg.ExecuteInProcessResult, outcome: SlideOutcome | None = None
+) -> SlideOutcome:
     outcome = outcome or SlideOutcome(slide_id, True)
     outcome.success = outcome.success and result.success
     outcome.run_ids.append(result.run_id)
@@ -224,7 +237,9 @@ def run_slide(
             outcome,
         )
     if plan.state in ("missing", "changed"):
-        result = _execute(job, instance, partition_key=plan.slide_id, asset_selection=[INVENTORY_KEY])
+        result = _execute(
+            job, instance, partition_key=plan.slide_id, asset_selection=[INVENTORY_KEY]
+        )
         _outcome(plan.slide_id, result, outcome)
         if not result.success:
             return outcome
@@ -313,7 +328,11 @@ def collection_states(instance: dg.DagsterInstance, defs: dg.Definitions) -> lis
     resolver = CachingStaleStatusResolver(
         instance, defs.resolve_asset_graph(), LoadingContextForTest(instance)
     )
-    names = {StaleStatus.MISSING: "missing", StaleStatus.STALE: "stale", StaleStatus.FRESH: "up-to-date"}
+    names = {
+        StaleStatus.MISSING: "missing",
+        StaleStatus.STALE: "stale",
+        StaleStatus.FRESH: "up-to-date",
+    }
     return [
         (key.to_user_string(), names.get(resolver.get_status(key), "unknown"))
         for key in collection_asset_keys(defs)

@@ -143,7 +143,9 @@ class BmsPipelineResource(dg.ConfigurableResource):
         layout = self.layout
         return file_signature(layout.mrxs(slide_id), override_paths(layout.root, slide_id))
 
-    def scan(self, settle_seconds: float = 0.0, previous: dict[str, str] | None = None) -> list[SlideStatus]:
+    def scan(
+        self, settle_seconds: float = 0.0, previous: dict[str, str] | None = None
+    ) -> list[SlideStatus]:
         """Every slide under raw/slides, ready or not with the reason (no download)."""
         from bms_pipeline.core.dicom.overrides import override_paths
         from bms_pipeline.core.mirax.discovery import scan_remote_slides, scan_slides
@@ -153,7 +155,9 @@ class BmsPipelineResource(dg.ConfigurableResource):
             return scan_remote_slides(inputs, settle_seconds, previous)
         layout = self.layout
         return scan_slides(
-            layout.slides_dir, settle_seconds, previous,
+            layout.slides_dir,
+            settle_seconds,
+            previous,
             extra_inputs=lambda slide_id: override_paths(layout.root, slide_id),
         )
 
@@ -170,7 +174,9 @@ class BmsPipelineResource(dg.ConfigurableResource):
         workers = self.workers or conversion_threads(self._instance, MachineBudget.detect().cores)
         sm = (collection or self.collection()).conventions.sm
         return ConversionSettings.for_collection(
-            sm, tile_size=self.tile_size or sm.tile_size, jpeg_quality=self.jpeg_quality,
+            sm,
+            tile_size=self.tile_size or sm.tile_size,
+            jpeg_quality=self.jpeg_quality,
             workers=workers,
         )
 

@@ -84,10 +84,16 @@ class GracefulStop:
         from bms_pipeline.instance import WORKER_TAG, worker_identity
 
         me = worker_identity()
-        active = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+        active = [
+            dg.DagsterRunStatus.STARTING,
+            dg.DagsterRunStatus.STARTED,
+            dg.DagsterRunStatus.CANCELING,
+        ]
         return [
             r.dagster_run
-            for r in instance.get_run_records(filters=dg.RunsFilter(statuses=active, tags={WORKER_TAG: me}))
+            for r in instance.get_run_records(
+                filters=dg.RunsFilter(statuses=active, tags={WORKER_TAG: me})
+            )
         ]
 
     def _mark_canceling(self) -> None:
@@ -97,7 +103,9 @@ class GracefulStop:
         try:
             for run in self._my_runs(instance):
                 if run.status != run.status.CANCELING:
-                    instance.report_run_canceling(run, message="bms-pipeline run received a stop signal")
+                    instance.report_run_canceling(
+                        run, message="bms-pipeline run received a stop signal"
+                    )
         except Exception as exc:  # noqa: BLE001 - stopping must go on
             self._say(f"could not mark runs canceling: {exc}")
 

@@ -22,8 +22,13 @@ from bms_pipeline_tests.helpers import PATIENT, write_test_slide
 COLLECTION = CollectionConfig.from_dict(yaml.safe_load(DEFAULT_COLLECTION_YAML))
 SLIDE_ID = f"{PATIENT}_1_bm"
 CLINICAL = PatientClinical(
-    patient_id=PATIENT, sex="F", age="007Y", leukemia_type="ALL", leukemia_subtype="B-ALL",
-    ncit_code="C8644", ncit_meaning="B Acute Lymphoblastic Leukemia",
+    patient_id=PATIENT,
+    sex="F",
+    age="007Y",
+    leukemia_type="ALL",
+    leukemia_subtype="B-ALL",
+    ncit_code="C8644",
+    ncit_meaning="B Acute Lymphoblastic Leukemia",
 )
 
 

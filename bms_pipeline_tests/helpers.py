@@ -26,7 +26,9 @@ TINY_GEOMETRY = MiraxGeometry(
     overlap_x=10,
     overlap_y=6,
     levels=3,
-    missing_fields=frozenset({(0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (0, 1), (0, 2), (0, 3), (2, 2)}),
+    missing_fields=frozenset(
+        {(0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (0, 1), (0, 2), (0, 3), (2, 2)}
+    ),
 )
 
 

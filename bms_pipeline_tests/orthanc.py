@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").is_file() else None)
+ORTHANC = shutil.which("Orthanc") or (
+    "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").is_file() else None
+)
 PLUGINS = Path("/usr/share/orthanc/plugins")
 DICOMWEB_PLUGIN = PLUGINS / "libOrthancDicomWeb.so"
 WSI_PLUGIN = PLUGINS / "libOrthancWSI.so"
@@ -104,8 +106,13 @@ def orthanc_config(folder: Path, port: int) -> dict:
         "OverwriteInstances": True,
         "UnknownSopClassAccepted": True,
         "Plugins": [str(DICOMWEB_PLUGIN), str(WSI_PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False,
-                     "Host": f"127.0.0.1:{port}", "Ssl": False},
+        "DicomWeb": {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": False,
+            "Host": f"127.0.0.1:{port}",
+            "Ssl": False,
+        },
     }
 
 
@@ -125,7 +132,10 @@ def running_orthanc(
     config.write_text(json.dumps({**orthanc_config(folder, port), **(extra or {})}, indent=2))
     log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 - closed after the server stops
     process = subprocess.Popen(
-        [ORTHANC, str(config)], cwd=folder, stdout=log, stderr=subprocess.STDOUT,
+        [ORTHANC, str(config)],
+        cwd=folder,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, stopped as a whole
     )
     server = OrthancServer(f"http://127.0.0.1:{port}", folder, process)

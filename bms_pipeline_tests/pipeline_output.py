@@ -50,7 +50,8 @@ def convert_demo(root: Path, slides: int = 2, seed: int = 5) -> PipelineOutput:
             outcome = run_slide(instance, defs, plan)
             assert outcome.ok, outcome
     with_sessions = [
-        s for s in sorted(dataset.slides)
+        s
+        for s in sorted(dataset.slides)
         if any(p.name.startswith("session_") for p in dataset.layout.ann_dir(s).glob("*.dcm"))
     ]
     return PipelineOutput(dataset, (with_sessions or sorted(dataset.slides))[0])

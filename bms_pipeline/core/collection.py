@@ -73,10 +73,20 @@ class CollectionConfig:
         even where a MIRAX property equals one of them)."""
         trial = self.clinical_trial
         values = [
-            self.collection_id, self.collection_name, self.title, self.doi, self.license,
-            trial.sponsor_name, trial.protocol_id, trial.protocol_name, trial.site_id,
-            trial.site_name, trial.coordinating_center_name, self.study_description,
-            self.series_description, self.detection_algorithm.name,
+            self.collection_id,
+            self.collection_name,
+            self.title,
+            self.doi,
+            self.license,
+            trial.sponsor_name,
+            trial.protocol_id,
+            trial.protocol_name,
+            trial.site_id,
+            trial.site_name,
+            trial.coordinating_center_name,
+            self.study_description,
+            self.series_description,
+            self.detection_algorithm.name,
             *(o.id for o in trial.other_protocol_ids),
         ]
         return tuple(v for v in values if v)
@@ -91,16 +101,31 @@ class CollectionConfig:
             # One line, file:line:column first (PyYAML's own text spans lines with a caret).
             mark = getattr(exc, "problem_mark", None)
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-            reason = " ".join(
-                str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p
-            ) or str(exc).splitlines()[0]
+            reason = (
+                " ".join(
+                    str(p)
+                    for p in (getattr(exc, "context", None), getattr(exc, "problem", None))
+                    if p
+                )
+                or str(exc).splitlines()[0]
+            )
             raise CollectionConfigError(f"{where}: not valid YAML: {reason}") from exc
         return cls.from_dict(raw, source=path)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: Path | str = "collection.yaml") -> CollectionConfig:
-        required = ["collection_id", "collection_name", "title", "doi", "license", "clinical_trial",
-                    "study_description", "series_description"]
+    def from_dict(
+        cls, raw: dict[str, Any], source: Path | str = "collection.yaml"
+    ) -> CollectionConfig:
+        required = [
+            "collection_id",
+            "collection_name",
+            "title",
+            "doi",
+            "license",
+            "clinical_trial",
+            "study_description",
+            "series_description",
+        ]
         missing = [key for key in required if key not in raw]
         if missing:
             raise CollectionConfigError(f"{source}: missing required keys {missing}")

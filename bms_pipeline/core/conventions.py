@@ -138,7 +138,11 @@ class AnnConventions:
         """IDC's ClinicalTrialSeriesID: the session, `consensus` or `detection-only`."""
         if series.startswith("session_"):
             return str(_session(series))
-        return {"consensus": "consensus", "unlabeled": "detection-only", "detections": "detections"}.get(series)
+        return {
+            "consensus": "consensus",
+            "unlabeled": "detection-only",
+            "detections": "detections",
+        }.get(series)
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,9 @@ class Conventions:
     series_numbers: SeriesNumbering = field(default_factory=SeriesNumbering)
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any] | None, source: str = "collection.yaml") -> Conventions:
+    def from_dict(
+        cls, raw: Mapping[str, Any] | None, source: str = "collection.yaml"
+    ) -> Conventions:
         raw = dict(raw or {})
         unknown = set(raw) - {"sm", "ann", "series_numbers"}
         if unknown:
@@ -159,7 +165,9 @@ class Conventions:
         return cls(
             sm=sm,
             ann=_build(AnnConventions, raw.get("ann"), f"{source}: conventions.ann"),
-            series_numbers=_build(SeriesNumbering, raw.get("series_numbers"), f"{source}: conventions.series_numbers"),
+            series_numbers=_build(
+                SeriesNumbering, raw.get("series_numbers"), f"{source}: conventions.series_numbers"
+            ),
         )
 
 

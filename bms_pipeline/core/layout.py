@@ -126,7 +126,5 @@ def patient_id_of(slide_id: str) -> str:
         raise ValueError(f"slide id {slide_id!r} is not of the form <patient_id>_<n>_bm")
     patient_id = parts[0]
     if len(patient_id) != 32 or any(c not in "0123456789ABCDEF" for c in patient_id):
-        raise ValueError(
-            f"slide id {slide_id!r}: patient id must be 32 upper-case hex characters"
-        )
+        raise ValueError(f"slide id {slide_id!r}: patient id must be 32 upper-case hex characters")
     return patient_id

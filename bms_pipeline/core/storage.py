@@ -35,7 +35,16 @@ from fsspec.implementations.local import LocalFileSystem
 
 SCRATCH_ENV = "BMS_SCRATCH"
 MANIFEST = ".bms-fetched.json"
-_VERSION_KEYS = ("ETag", "etag", "md5Hash", "generation", "VersionId", "mtime", "LastModified", "created")
+_VERSION_KEYS = (
+    "ETag",
+    "etag",
+    "md5Hash",
+    "generation",
+    "VersionId",
+    "mtime",
+    "LastModified",
+    "created",
+)
 _LOCKS: dict[Path, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -45,7 +54,9 @@ class StorageError(RuntimeError):
 
 
 def default_scratch() -> Path:
-    return Path(os.environ.get(SCRATCH_ENV) or Path(os.environ.get("TMPDIR", "/tmp")) / "bms-pipeline")
+    return Path(
+        os.environ.get(SCRATCH_ENV) or Path(os.environ.get("TMPDIR", "/tmp")) / "bms-pipeline"
+    )
 
 
 def _fingerprint(info: dict[str, Any]) -> str:
@@ -88,7 +99,9 @@ class StorageRoot:
             raise ValueError("a storage root URL must not be empty")
 
     @classmethod
-    def of(cls, url: str | os.PathLike[str], scratch: str | os.PathLike[str] | None = None) -> StorageRoot:
+    def of(
+        cls, url: str | os.PathLike[str], scratch: str | os.PathLike[str] | None = None
+    ) -> StorageRoot:
         return cls(os.fspath(url), Path(scratch) if scratch is not None else default_scratch())
 
     @cached_property
@@ -215,7 +228,9 @@ class StorageRoot:
             for folder in sorted((p for p in local.rglob("*") if p.is_dir()), reverse=True):
                 if not any(folder.iterdir()):
                     folder.rmdir()
-        for name in [n for n in manifest if (n == rel or n.startswith(f"{rel}/")) and n not in keep]:
+        for name in [
+            n for n in manifest if (n == rel or n.startswith(f"{rel}/")) and n not in keep
+        ]:
             manifest.pop(name)
 
     def withdraw(self, rel: str) -> bool:
@@ -291,6 +306,8 @@ class StorageRoot:
             remote = self.listing(rel)
             for name, info in remote.items():
                 manifest[name] = _fingerprint(info)
-            for name in [n for n in manifest if (n == rel or n.startswith(f"{rel}/")) and n not in remote]:
+            for name in [
+                n for n in manifest if (n == rel or n.startswith(f"{rel}/")) and n not in remote
+            ]:
                 manifest.pop(name)
             self._save_manifest(manifest)

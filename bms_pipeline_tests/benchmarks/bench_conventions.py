@@ -49,16 +49,20 @@ def child(variant: str, root: str, out: str) -> None:
     result = convert_layout_slide(layout, collection, slide_id, settings)
     wall = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({
-        "variant": variant,
-        "wall_s": wall,
-        "conversion_s": result.seconds,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mib": usage.ru_maxrss / 1024,
-        "files": len(result.files),
-        "bytes": result.total_bytes,
-        "gigapixels": result.base_megapixels / 1000,
-    }))
+    print(
+        json.dumps(
+            {
+                "variant": variant,
+                "wall_s": wall,
+                "conversion_s": result.seconds,
+                "cpu_s": usage.ru_utime + usage.ru_stime,
+                "peak_rss_mib": usage.ru_maxrss / 1024,
+                "files": len(result.files),
+                "bytes": result.total_bytes,
+                "gigapixels": result.base_megapixels / 1000,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -78,21 +82,30 @@ def main() -> None:
             try:
                 done = subprocess.run(
                     [sys.executable, "-m", MODULE, "--child", variant, str(root), str(out)],
-                    check=True, capture_output=True, text=True,
+                    check=True,
+                    capture_output=True,
+                    text=True,
                 )
             finally:
                 shutil.rmtree(out, ignore_errors=True)
             row = json.loads(done.stdout.strip().splitlines()[-1])
             results[variant].append(row)
-            print(f"run {run + 1} {variant}: {row['conversion_s']:.1f} s conversion, "
-                  f"{row['peak_rss_mib']:.0f} MiB, {row['files']} files", flush=True)
-    print("\n| settings | conversion s (median) | s per gigapixel | CPU s | peak RSS MiB | files | MB |")
+            print(
+                f"run {run + 1} {variant}: {row['conversion_s']:.1f} s conversion, "
+                f"{row['peak_rss_mib']:.0f} MiB, {row['files']} files",
+                flush=True,
+            )
+    print(
+        "\n| settings | conversion s (median) | s per gigapixel | CPU s | peak RSS MiB | files | MB |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for variant, rows in results.items():
         med = statistics.median(r["conversion_s"] for r in rows)
-        print(f"| {variant} | {med:.1f} | {med / rows[0]['gigapixels']:.1f} | "
-              f"{statistics.median(r['cpu_s'] for r in rows):.1f} | "
-              f"{max(r['peak_rss_mib'] for r in rows):.0f} | {rows[0]['files']} | {rows[0]['bytes'] / 1e6:.0f} |")
+        print(
+            f"| {variant} | {med:.1f} | {med / rows[0]['gigapixels']:.1f} | "
+            f"{statistics.median(r['cpu_s'] for r in rows):.1f} | "
+            f"{max(r['peak_rss_mib'] for r in rows):.0f} | {rows[0]['files']} | {rows[0]['bytes'] / 1e6:.0f} |"
+        )
     idc = statistics.median(r["conversion_s"] for r in results["idc"])
     old = statistics.median(r["conversion_s"] for r in results["old"])
     print(f"\nIDC settings / old settings: {idc / old:.2f}")

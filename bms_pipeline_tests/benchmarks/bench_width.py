@@ -81,6 +81,7 @@ def child_ours(spec: dict[str, Any]) -> None:
                 return fn(*args, **kwargs)
             finally:
                 phases[name] += time.perf_counter() - started
+
         return wrapper
 
     # Timers only: the functions themselves run unchanged.
@@ -101,14 +102,18 @@ def child_ours(spec: dict[str, Any]) -> None:
     started = time.perf_counter()
     result = convert_layout_slide(layout, collection, spec["slide_id"], settings)
     total = time.perf_counter() - started
-    Path(spec["result"]).write_text(json.dumps({
-        "total_s": total,
-        "wsidicomizer_s": result.seconds,
-        **phases,
-        "files": len(result.files),
-        "bytes": result.total_bytes,
-        "base": [result.base_width, result.base_height],
-    }))
+    Path(spec["result"]).write_text(
+        json.dumps(
+            {
+                "total_s": total,
+                "wsidicomizer_s": result.seconds,
+                **phases,
+                "files": len(result.files),
+                "bytes": result.total_bytes,
+                "base": [result.base_width, result.base_height],
+            }
+        )
+    )
 
 
 def child_codec(spec: dict[str, Any]) -> None:
@@ -149,7 +154,10 @@ def child_codec(spec: dict[str, Any]) -> None:
 
 
 def run_child(  # type: ignore[no-untyped-def]
-    kind: str, spec: dict[str, Any], log: Path, wrapper: list[str] | None = None,
+    kind: str,
+    spec: dict[str, Any],
+    log: Path,
+    wrapper: list[str] | None = None,
     cwd: Path | None = None,
 ):
     result = log.with_suffix(".json").resolve()
@@ -204,8 +212,12 @@ class SlideBench:
         sample: dict[str, Any] = {}
         if variant in ("ours-idc", "ours-512", "before-idc") or variant.startswith("ours-cap"):
             root = run_root(self.root, self.scratch)
-            spec = {"root": str(root), "out": str(out), "slide_id": self.slide_id,
-                    "settings": "512" if variant == "ours-512" else "idc"}
+            spec = {
+                "root": str(root),
+                "out": str(out),
+                "slide_id": self.slide_id,
+                "settings": "512" if variant == "ours-512" else "idc",
+            }
             if variant.startswith("ours-cap"):
                 spec["cap_mib"] = int(variant.removeprefix("ours-cap"))
             cwd = None
@@ -224,20 +236,37 @@ class SlideBench:
             tile = int(variant.split("-")[1])
             out.mkdir(parents=True)
             proc = run_measured(
-                [self.orthanc, f"--openslide={openslide_library()}", str(self.mrxs),
-                 f"--folder={out}", f"--threads={cores()}", f"--tile-width={tile}",
-                 f"--tile-height={tile}", "--compression=jpeg", f"--jpeg-quality={QUALITY}",
-                 "--max-size=0"], log)
+                [
+                    self.orthanc,
+                    f"--openslide={openslide_library()}",
+                    str(self.mrxs),
+                    f"--folder={out}",
+                    f"--threads={cores()}",
+                    f"--tile-width={tile}",
+                    f"--tile-height={tile}",
+                    "--compression=jpeg",
+                    f"--jpeg-quality={QUALITY}",
+                    "--max-size=0",
+                ],
+                log,
+            )
             files = dicom_files(out)
         elif variant == "cli":
             exe = tool("wsidicomizer")
             assert exe, "wsidicomizer CLI not found"
-            proc = run_measured([exe, "-i", str(self.mrxs), "-o", str(out), "--no-label",
-                                 "--tile-size", "1024"], log)
+            proc = run_measured(
+                [exe, "-i", str(self.mrxs), "-o", str(out), "--no-label", "--tile-size", "1024"],
+                log,
+            )
             files = dicom_files(out)
         elif variant == "codec":
-            spec = {"mrxs": str(self.mrxs), "levels": self.levels["present"], "tile": 1024,
-                    "tiles": self.levels["tiles_1024"], "workers": cores()}
+            spec = {
+                "mrxs": str(self.mrxs),
+                "levels": self.levels["present"],
+                "tile": 1024,
+                "tiles": self.levels["tiles_1024"],
+                "workers": cores(),
+            }
             proc = run_child("codec", spec, log)
             sample.update(proc.result)
             files = []
@@ -250,7 +279,9 @@ class SlideBench:
             files = []
         else:
             raise ValueError(variant)
-        sample.update(wall=proc.wall, cpu=proc.user + proc.sys, rss=proc.max_rss_mb, rc=proc.returncode)
+        sample.update(
+            wall=proc.wall, cpu=proc.user + proc.sys, rss=proc.max_rss_mb, rc=proc.returncode
+        )
         if proc.returncode != 0:
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
             print(f"  {variant} FAILED ({proc.returncode}): {' | '.join(tail)}", flush=True)
@@ -265,8 +296,11 @@ class SlideBench:
                 (sm,) = (out / "dicom").glob("*/sm")
                 sample["psnr"] = regions.measure(sm)
         self.samples[variant].append(sample)
-        print(f"  {self.size} {variant} #{index + 1}: {proc.wall:.1f} s, CPU {proc.user + proc.sys:.1f} s, "
-              f"{proc.max_rss_mb:.0f} MiB", flush=True)
+        print(
+            f"  {self.size} {variant} #{index + 1}: {proc.wall:.1f} s, CPU {proc.user + proc.sys:.1f} s, "
+            f"{proc.max_rss_mb:.0f} MiB",
+            flush=True,
+        )
         if not self.args.keep:
             shutil.rmtree(out, ignore_errors=True)
 
@@ -277,10 +311,24 @@ class SlideBench:
             return
         raw = self.logs / "profile-ours-idc.txt"
         root = run_root(self.root, self.scratch)
-        spec = {"root": str(root), "out": str(self.scratch / "profile"), "slide_id": self.slide_id,
-                "settings": "idc"}
-        wrapper = [py_spy, "record", "--rate", "100", "--threads", "--format", "raw",
-                   "--output", str(raw), "--"]
+        spec = {
+            "root": str(root),
+            "out": str(self.scratch / "profile"),
+            "slide_id": self.slide_id,
+            "settings": "idc",
+        }
+        wrapper = [
+            py_spy,
+            "record",
+            "--rate",
+            "100",
+            "--threads",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--",
+        ]
         proc = run_child("ours", spec, self.logs / "profile-ours-idc.log", wrapper)
         if proc.ok and raw.exists():
             self.extra["profile"] = summarise_profile(raw)
@@ -309,8 +357,10 @@ def med(rows: list[dict[str, Any]], key: str) -> float | None:
 
 
 def report(benches: list[SlideBench], args: argparse.Namespace) -> str:
-    lines = ["| slide | variant | wall s | conversion s | s/GP | CPU s | peak RSS MiB | MB | dciodvfy errors | wall / orthanc-1024 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| slide | variant | wall s | conversion s | s/GP | CPU s | peak RSS MiB | MB | dciodvfy errors | wall / orthanc-1024 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for bench in benches:
         w, h = bench.levels["bounds"]
         gp = w * h / 1e9
@@ -325,8 +375,9 @@ def report(benches: list[SlideBench], args: argparse.Namespace) -> str:
             ratio = f"{wall / orthanc:.2f}" if orthanc else "n/a"
             lines.append(
                 f"| {bench.size} ({w:,} x {h:,}, {gp:.2f} GP) | {variant} | {wall:.1f} | "
-                f"{conv:.1f} |" if conv else
-                f"| {bench.size} ({w:,} x {h:,}, {gp:.2f} GP) | {variant} | {wall:.1f} | |"
+                f"{conv:.1f} |"
+                if conv
+                else f"| {bench.size} ({w:,} x {h:,}, {gp:.2f} GP) | {variant} | {wall:.1f} | |"
             )
             lines[-1] += (
                 f" {wall / gp:.1f} | {med(rows, 'cpu'):.1f} | {max(r['rss'] for r in rows):.0f} | "
@@ -341,26 +392,36 @@ def report(benches: list[SlideBench], args: argparse.Namespace) -> str:
                     f"- {bench.size} {variant}: `convert_layout_slide` {med(rows, 'total_s'):.1f} s, of which "
                     f"wsidicomizer {med(rows, 'wsidicomizer_s'):.1f} s, header normalisation "
                     f"{med(rows, 'normalize_s'):.2f} s, publication gate {med(rows, 'gate_s'):.2f} s; "
-                    f"all walls: {', '.join(f'{r['wall']:.1f}' for r in rows)}"
+                    f"all walls: {', '.join(f'{r["wall"]:.1f}' for r in rows)}"
                 )
             psnr = next((r["psnr"] for r in rows if "psnr" in r), None)
             if psnr:
-                out.append(f"- {bench.size} {variant} level-0 PSNR {psnr['dicom']:.2f} dB "
-                           f"(source ceiling {psnr['source']:.2f} dB, {psnr['regions']} regions)")
+                out.append(
+                    f"- {bench.size} {variant} level-0 PSNR {psnr['dicom']:.2f} dB "
+                    f"(source ceiling {psnr['source']:.2f} dB, {psnr['regions']} regions)"
+                )
         for variant in ("orthanc-1024", "orthanc-512", "cli", "codec", "job"):
             rows = bench.samples.get(variant, [])
             if rows:
-                out.append(f"- {bench.size} {variant} walls: {', '.join(f'{r['wall']:.1f}' for r in rows)}")
+                out.append(
+                    f"- {bench.size} {variant} walls: {', '.join(f'{r["wall"]:.1f}' for r in rows)}"
+                )
         job = bench.samples.get("job", [])
         if job and med(job, "conversion_s"):
             conv, wall = med(job, "conversion_s"), med(job, "wall")
             assert conv is not None and wall is not None
-            out.append(f"- {bench.size} job: conversion {conv:.1f} s inside a {wall:.1f} s run: "
-                       f"everything else {wall - conv:.1f} s = {(wall - conv) / conv:.0%} of the conversion")
-        out.append(f"- {bench.size}: levels {bench.levels['count']}, IDC levels written "
-                   f"{bench.levels['present']}, {bench.levels['tiles_1024']:,} tiles of 1024 px")
+            out.append(
+                f"- {bench.size} job: conversion {conv:.1f} s inside a {wall:.1f} s run: "
+                f"everything else {wall - conv:.1f} s = {(wall - conv) / conv:.0%} of the conversion"
+            )
+        out.append(
+            f"- {bench.size}: levels {bench.levels['count']}, IDC levels written "
+            f"{bench.levels['present']}, {bench.levels['tiles_1024']:,} tiles of 1024 px"
+        )
         if "profile" in bench.extra:
-            out.append(f"\nProfile of {bench.size} ours-idc ({bench.extra['profile_wall']:.1f} s under py-spy):\n")
+            out.append(
+                f"\nProfile of {bench.size} ours-idc ({bench.extra['profile_wall']:.1f} s under py-spy):\n"
+            )
             out.append(json.dumps(bench.extra["profile"], indent=1)[:6000])
     return "\n".join(out)
 
@@ -380,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--psnr-regions", type=int, default=20)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--before", help="a checkout of the project to run as before-idc")
-    parser.add_argument("--cli-every-run", action="store_true", help="else the CLI runs once per slide")
+    parser.add_argument(
+        "--cli-every-run", action="store_true", help="else the CLI runs once per slide"
+    )
     args = parser.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
     if args.before and "before-idc" not in args.variants:
@@ -401,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     (Path(args.cache) / "logs" / "width-report.md").write_text(text)
     for bench in benches:
         (Path(args.cache) / "logs" / f"width-{bench.size}.json").write_text(
-            json.dumps({"samples": bench.samples, "levels": bench.levels}, default=str, indent=1))
+            json.dumps({"samples": bench.samples, "levels": bench.levels}, default=str, indent=1)
+        )
         shutil.rmtree(bench.scratch, ignore_errors=True)
     return 0
 

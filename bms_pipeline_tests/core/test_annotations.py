@@ -188,7 +188,9 @@ def test_every_series_is_written_and_reads_back_with_the_input_counts(demo: Demo
         assert read_back(slide.result.ann_dir) == expected
         # The result handed to Dagster says the same as the files.
         assert {s.name: s.counts for s in slide.result.series} == expected
-        possible = {"rois", "consensus", "unlabeled", "detections"} | {n for n in expected if n.startswith("session_")}
+        possible = {"rois", "consensus", "unlabeled", "detections"} | {
+            n for n in expected if n.startswith("session_")
+        }
         assert set(slide.result.skipped) == possible - set(expected)
 
 
@@ -205,7 +207,9 @@ def test_every_cell_is_in_exactly_one_group_with_its_label_box_and_roi(demo: Dem
     for slide in demo.slides.values():
         cells = _expected_cells(demo, slide)
         content = read_series_content(slide.result.ann_dir)
-        series_names = [n for n in content if n.startswith("session_") or n in ("consensus", "unlabeled")]
+        series_names = [
+            n for n in content if n.startswith("session_") or n in ("consensus", "unlabeled")
+        ]
         for name in series_names:
             seen: list[int] = []
             for group in content[name].groups:
@@ -361,8 +365,14 @@ def test_consensus_is_the_sources_and_every_disagreement_with_the_rule_is_report
 
     # With the recomputed rule selected, the rule's label wins.
     recomputed = build_ann_series(
-        slide.slide_id, layout, demo.collection.collection_id, slide.sm_base, slide.bounds,
-        slide.size, algorithm_name=ALGORITHM[0], algorithm_version=ALGORITHM[1],
+        slide.slide_id,
+        layout,
+        demo.collection.collection_id,
+        slide.sm_base,
+        slide.bounds,
+        slide.size,
+        algorithm_name=ALGORITHM[0],
+        algorithm_version=ALGORITHM[1],
         conventions=AnnConventions(consensus_source="recomputed"),
     )
     expected = Counter(c.recomputed for c in _expected_cells(demo, slide).values() if c.recomputed)
@@ -541,7 +551,10 @@ def test_label_table_codes_colours_and_unknown_labels() -> None:
         rows = list(csv.DictReader(fh))
     for row, code in zip(rows, table, strict=True):
         assert code.label == row["label"]
-        assert (code.category.meaning, code.type.meaning) == (row["category_meaning"], row["type_meaning"])
+        assert (code.category.meaning, code.type.meaning) == (
+            row["category_meaning"],
+            row["type_meaning"],
+        )
         assert "#{:02x}{:02x}{:02x}".format(*code.rgb) == row["display_color"].lower()
     assert table.resolve("lymphoblast", "x").label == "lymphoid_precursor_cell"
     assert table.resolve("other:Riesenthrombozyt", "x").label == "giant_platelet"

@@ -425,7 +425,11 @@ def test_clinical_table_columns_types_and_both_age_forms(nasty_tables: ClinicalT
 
 
 def test_laboratory_table_order_and_types(nasty_tables: ClinicalTables) -> None:
-    expected = [("dicom_patient_id", pl.String), ("source_batch", pl.Int64), ("patient_id", pl.String)]
+    expected = [
+        ("dicom_patient_id", pl.String),
+        ("source_batch", pl.Int64),
+        ("patient_id", pl.String),
+    ]
     for column in LAB_COLUMNS:
         expected += [
             (column, pl.String),
@@ -473,20 +477,28 @@ def test_provenance_columns_and_case_col_as_idc_s_clinical_etl_writes_them(
     for table in (CLINICAL, LABORATORY):
         rows = meta.filter(pl.col("table_name") == TARGET.qualified(table))
         assert rows.filter(pl.col("case_col"))["column"].to_list() == ["patient_id"]
-        for column, label in (("dicom_patient_id", "idc_provenance_dicom_patient_id"),
-                              ("source_batch", "idc_provenance_source_batch")):
+        for column, label in (
+            ("dicom_patient_id", "idc_provenance_dicom_patient_id"),
+            ("source_batch", "idc_provenance_source_batch"),
+        ):
             row = meta_row(nasty_tables, table, column)
             assert row["column_label"] == label
             assert row["original_column_headers"] == [label]
             assert (row["files"], row["sheet_names"], row["batch"], row["column_numbers"]) == (
-                [], [], [], [])
+                [],
+                [],
+                [],
+                [],
+            )
     row = meta_row(nasty_tables, LABORATORY, "patient_id")
     assert row["original_column_headers"] == ["patient_id"]
     assert row["column_numbers"] == [0]
     assert row["files"] == ["raw/clinical/lab_values.xlsx"]
     assert row["sheet_names"] == ["lab_values"]
-    assert "surrounding whitespace removed" in meta_row(
-        nasty_tables, CLINICAL, "dicom_patient_id")["values_source"]
+    assert (
+        "surrounding whitespace removed"
+        in meta_row(nasty_tables, CLINICAL, "dicom_patient_id")["values_source"]
+    )
     hb = meta_row(nasty_tables, LABORATORY, "hemoglobin_qualifier")
     assert hb["column_numbers"] == [1 + LAB_COLUMNS.index("hemoglobin")]
     assert hb["batch"] == [0]
@@ -499,29 +511,45 @@ def test_case_col_keeps_the_source_string_and_dicom_patient_id_is_it_stripped(
     write_nasty_clinical_csv(layout.clinical_csv)
     text = layout.clinical_csv.read_bytes().replace(f"\n{P2};".encode(), f"\n {P2} ;".encode())
     layout.clinical_csv.write_bytes(text)
-    padded = [(f"{P1}  ", cells) if patient == P1 else (patient, cells) for patient, cells in NASTY_ROWS]
+    padded = [
+        (f"{P1}  ", cells) if patient == P1 else (patient, cells) for patient, cells in NASTY_ROWS
+    ]
     write_nasty_lab_xlsx(layout.lab_values_xlsx, rows=padded)
     tables = build_clinical_tables(layout, COLLECTION, target=TARGET)
-    clinical = dict(zip(tables.clinical["dicom_patient_id"], tables.clinical["patient_id"], strict=True))
+    clinical = dict(
+        zip(tables.clinical["dicom_patient_id"], tables.clinical["patient_id"], strict=True)
+    )
     assert clinical[P2] == f" {P2} " and clinical[P1] == P1
-    lab = dict(zip(tables.laboratory["dicom_patient_id"], tables.laboratory["patient_id"], strict=True))
+    lab = dict(
+        zip(tables.laboratory["dicom_patient_id"], tables.laboratory["patient_id"], strict=True)
+    )
     assert lab[P1] == f"{P1}  "
     assert column_metadata_matches_schema(tables) == []
     # A dicom_patient_id that is not its case column stripped, or a second case_col, is found.
     wrong = tables.laboratory.with_columns(
-        pl.when(pl.col("dicom_patient_id") == P2).then(pl.lit(P3)).otherwise(pl.col("dicom_patient_id"))
+        pl.when(pl.col("dicom_patient_id") == P2)
+        .then(pl.lit(P3))
+        .otherwise(pl.col("dicom_patient_id"))
         .alias("dicom_patient_id")
     )
     broken = ClinicalTables(**{**tables.__dict__, "laboratory": wrong})
-    assert any("not case_col 'patient_id' stripped" in p for p in column_metadata_matches_schema(broken))
+    assert any(
+        "not case_col 'patient_id' stripped" in p for p in column_metadata_matches_schema(broken)
+    )
     two = tables.column_metadata.with_columns(
-        (pl.col("case_col") | (pl.col("column") == "gender")).alias("case_col"))
+        (pl.col("case_col") | (pl.col("column") == "gender")).alias("case_col")
+    )
     broken = ClinicalTables(**{**tables.__dict__, "column_metadata": two})
-    assert any("case_col marks ['patient_id', 'gender']" in p
-               for p in column_metadata_matches_schema(broken))
+    assert any(
+        "case_col marks ['patient_id', 'gender']" in p
+        for p in column_metadata_matches_schema(broken)
+    )
     relabelled = tables.column_metadata.with_columns(
-        pl.when(pl.col("column") == "source_batch").then(pl.lit("batch")).otherwise(
-            pl.col("column_label")).alias("column_label"))
+        pl.when(pl.col("column") == "source_batch")
+        .then(pl.lit("batch"))
+        .otherwise(pl.col("column_label"))
+        .alias("column_label")
+    )
     broken = ClinicalTables(**{**tables.__dict__, "column_metadata": relabelled})
     assert any("idc_provenance_source_batch" in p for p in column_metadata_matches_schema(broken))
 
@@ -540,24 +568,38 @@ def test_table_name_is_idc_s_qualified_form_only_with_a_bigquery_target(
     monkeypatch.setenv("BMS_BQ_DATASET", "idc_v25_clinical")
     qualified = build_clinical_tables(nasty, COLLECTION)
     assert set(qualified.table_metadata["table_name"]) == {
-        f"my-project.idc_v25_clinical.{CLINICAL}", f"my-project.idc_v25_clinical.{LABORATORY}"}
+        f"my-project.idc_v25_clinical.{CLINICAL}",
+        f"my-project.idc_v25_clinical.{LABORATORY}",
+    }
     # idc-index's clinical_index takes SPLIT(table_name, '.')[SAFE_OFFSET(2)] as the short name.
-    assert {n.split(".")[2] for n in qualified.column_metadata["table_name"]} == {CLINICAL, LABORATORY}
+    assert {n.split(".")[2] for n in qualified.column_metadata["table_name"]} == {
+        CLINICAL,
+        LABORATORY,
+    }
     monkeypatch.delenv("BMS_BQ_DATASET")
     with pytest.raises(ValueError, match="set both BMS_BQ_PROJECT and BMS_BQ_DATASET"):
         build_clinical_tables(nasty, COLLECTION)
 
 
-def test_load_script_without_a_target_refuses_to_guess(nasty: DataLayout, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_script_without_a_target_refuses_to_guess(
+    nasty: DataLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("BMS_BQ_PROJECT", "BMS_BQ_DATASET"):
         monkeypatch.delenv(name, raising=False)
     written = write_outputs(build_clinical_tables(nasty, COLLECTION), nasty)
-    result = subprocess.run(["bash", str(written.load_script)], capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin"}, check=False)
+    result = subprocess.run(
+        ["bash", str(written.load_script)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
     assert result.returncode != 0 and "set BMS_BQ_PROJECT" in result.stderr
 
 
-def test_clinical_index_view_has_idc_index_s_schema(nasty_tables: ClinicalTables, nasty: DataLayout) -> None:
+def test_clinical_index_view_has_idc_index_s_schema(
+    nasty_tables: ClinicalTables, nasty: DataLayout
+) -> None:
     import idc_index_data
 
     wheel = Path(idc_index_data.__file__).parent / "clinical_index_schema.json"
@@ -567,8 +609,13 @@ def test_clinical_index_view_has_idc_index_s_schema(nasty_tables: ClinicalTables
     with duckdb.connect(str(written.duckdb), read_only=True) as con:
         described = con.execute(f"DESCRIBE {CLINICAL_INDEX}").fetchall()
     mapped = [
-        (name, "RECORD" if type_.startswith("STRUCT") else {"VARCHAR": "STRING"}[type_.removesuffix("[]")],
-         "REPEATED" if type_.endswith("[]") else "NULLABLE")
+        (
+            name,
+            "RECORD"
+            if type_.startswith("STRUCT")
+            else {"VARCHAR": "STRING"}[type_.removesuffix("[]")],
+            "REPEATED" if type_.endswith("[]") else "NULLABLE",
+        )
         for name, type_, *_ in described
     ]
     assert mapped == expected

@@ -56,7 +56,9 @@ def test_staging_is_empty_after_success(converted: ConvertedSlide) -> None:
     assert list(staging.iterdir()) == []
 
 
-def test_rerun_reproduces_uids_without_extra_files(converted: ConvertedSlide, tmp_path: Path) -> None:
+def test_rerun_reproduces_uids_without_extra_files(
+    converted: ConvertedSlide, tmp_path: Path
+) -> None:
     truth, result = converted.truth, converted.result
     again = convert_test_slide(truth, tmp_path)
     assert sorted(p.name for p in again.files) == sorted(p.name for p in result.files)
@@ -65,7 +67,9 @@ def test_rerun_reproduces_uids_without_extra_files(converted: ConvertedSlide, tm
     assert first == second
     # Converting again into the same place replaces the series instead of adding to it.
     third = convert_test_slide(truth, tmp_path)
-    assert sorted(p.name for p in (tmp_path / "sm").iterdir()) == sorted(p.name for p in third.files)
+    assert sorted(p.name for p in (tmp_path / "sm").iterdir()) == sorted(
+        p.name for p in third.files
+    )
 
 
 def test_failed_conversion_keeps_previous_series_and_names_the_slide(tmp_path: Path) -> None:

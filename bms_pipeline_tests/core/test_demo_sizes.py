@@ -14,7 +14,9 @@ def test_wide_slide_has_the_real_width() -> None:
 
 
 @pytest.mark.parametrize("size", [(5_000, 3_000), (30_256, 30_252), (100_001, 2_000)])
-def test_requested_dimensions_are_the_smallest_field_grid_that_covers_them(size: tuple[int, int]) -> None:
+def test_requested_dimensions_are_the_smallest_field_grid_that_covers_them(
+    size: tuple[int, int],
+) -> None:
     geometry = slide_geometry(np.random.default_rng(1), "small", 0, size)
     width, height = geometry.bounds[2:]
     assert width >= size[0] and height >= size[1]

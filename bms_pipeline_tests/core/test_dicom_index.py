@@ -46,8 +46,14 @@ IDC_TABLES = {  # our table -> the wheel's schema file stem
 }
 BMDEEP = "bonemarrowwsi_pediatricleukemia"
 ONLY_IDC = {  # columns whose values only IDC assigns (releases, buckets, CRDC UUIDs)
-    "index": ["analysis_result_id", "series_init_idc_version", "series_revised_idc_version",
-              "aws_bucket", "crdc_series_uuid", "series_aws_url"],
+    "index": [
+        "analysis_result_id",
+        "series_init_idc_version",
+        "series_revised_idc_version",
+        "aws_bucket",
+        "crdc_series_uuid",
+        "series_aws_url",
+    ],
     "sm_instance_index": ["crdc_instance_uuid"],
 }
 _BQ_ALIASES = {"INT64": "INTEGER", "FLOAT64": "FLOAT", "BOOL": "BOOLEAN", "STRUCT": "RECORD"}
@@ -76,13 +82,18 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Written:
         convert_layout_slide(layout, collection, slide_id)
         base = base_level_dataset(layout.sm_dir(slide_id))
         build_ann_series(
-            slide_id, layout, collection.collection_id, base,
+            slide_id,
+            layout,
+            collection.collection_id,
+            base,
             slide_bounds(openslide_properties(layout.mrxs(slide_id))),
             (int(base.TotalPixelMatrixColumns), int(base.TotalPixelMatrixRows)),
-            algorithm_name="nucleus detector", algorithm_version="1",
+            algorithm_name="nucleus detector",
+            algorithm_version="1",
         )
-    index = build_dicom_index(layout.out / "dicom", collection.collection_id, collection.doi,
-                              collection.license)
+    index = build_dicom_index(
+        layout.out / "dicom", collection.collection_id, collection.doi, collection.license
+    )
     write_dicom_index(index, layout)
     files = sorted(p for p in (layout.out / "dicom").rglob("*.dcm"))
     return Written(layout, collection, files)
@@ -113,19 +124,21 @@ def ann_groups(written: Written) -> list[dict[str, object]]:
         ann = hd.ann.MicroscopyBulkSimpleAnnotations.from_dataset(ds)
         for group in ann.get_annotation_groups():
             algorithm = group.algorithm_identification
-            groups.append({
-                "series": str(ds.SeriesInstanceUID),
-                "referenced": str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID),
-                "patient": str(ds.PatientID),
-                "number": group.number,
-                "label": group.label,
-                "count": len(group.get_graphic_data(ann.AnnotationCoordinateType)),
-                "graphic": group.graphic_type.value,
-                "category": group.annotated_property_category,
-                "type": group.annotated_property_type,
-                "generation": str(group.AnnotationGroupGenerationType),
-                "algorithm": str(algorithm[0].AlgorithmName) if algorithm else None,
-            })
+            groups.append(
+                {
+                    "series": str(ds.SeriesInstanceUID),
+                    "referenced": str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID),
+                    "patient": str(ds.PatientID),
+                    "number": group.number,
+                    "label": group.label,
+                    "count": len(group.get_graphic_data(ann.AnnotationCoordinateType)),
+                    "graphic": group.graphic_type.value,
+                    "category": group.annotated_property_category,
+                    "type": group.annotated_property_type,
+                    "generation": str(group.AnnotationGroupGenerationType),
+                    "algorithm": str(algorithm[0].AlgorithmName) if algorithm else None,
+                }
+            )
     return groups
 
 
@@ -146,8 +159,15 @@ def _duckdb_type(name: str, type_: str) -> tuple[str, str, str]:
     base = type_.removesuffix("[]")
     if base.startswith("STRUCT"):
         return name, "RECORD", mode
-    mapped = {"VARCHAR": "STRING", "BIGINT": "INTEGER", "INTEGER": "INTEGER", "DOUBLE": "FLOAT",
-              "FLOAT": "FLOAT", "BOOLEAN": "BOOLEAN", "DATE": "DATE"}
+    mapped = {
+        "VARCHAR": "STRING",
+        "BIGINT": "INTEGER",
+        "INTEGER": "INTEGER",
+        "DOUBLE": "FLOAT",
+        "FLOAT": "FLOAT",
+        "BOOLEAN": "BOOLEAN",
+        "DATE": "DATE",
+    }
     if base.startswith("TIMESTAMP"):
         return name, "TIMESTAMP", mode
     return name, mapped[base], mode
@@ -158,7 +178,9 @@ def _describe(con: duckdb.DuckDBPyConnection, relation: str) -> list[tuple[str, 
 
 
 @pytest.mark.parametrize("table", sorted(IDC_TABLES))
-def test_written_tables_have_exactly_the_idc_index_data_schemas(written: Written, table: str) -> None:
+def test_written_tables_have_exactly_the_idc_index_data_schemas(
+    written: Written, table: str
+) -> None:
     expected = _wheel_schema(IDC_TABLES[table])
     assert len(expected) >= 3
     parquet = written.layout.tables_dir / f"{table}.parquet"
@@ -191,13 +213,23 @@ def test_instance_paths_name_every_file_relative_to_the_output_root(
     paths = _table(written, "bms_instance_paths")
     out = written.layout.out
     expected = {
-        (p.relative_to(out).as_posix(), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID),
-         p.stat().st_size, p.relative_to(out).parts[1])
+        (
+            p.relative_to(out).as_posix(),
+            str(ds.SOPInstanceUID),
+            str(ds.SeriesInstanceUID),
+            p.stat().st_size,
+            p.relative_to(out).parts[1],
+        )
         for p, ds in zip(written.files, headers, strict=True)
     }
     got = {
-        (r["instance_path"], r["SOPInstanceUID"], r["SeriesInstanceUID"], r["instance_size"],
-         r["slide_id"])
+        (
+            r["instance_path"],
+            r["SOPInstanceUID"],
+            r["SeriesInstanceUID"],
+            r["instance_size"],
+            r["slide_id"],
+        )
         for r in paths.iter_rows(named=True)
     }
     assert got == expected and paths.height == len(written.files)
@@ -236,10 +268,16 @@ def test_index_values_are_derived_from_the_headers_as_idc_index_data_does(
         members = series[row["SeriesInstanceUID"]]
         ds = members[0][1]
         syntaxes = sorted({str(d.file_meta.TransferSyntaxUID) for _, d in members})
-        photometric = sorted({str(d.PhotometricInterpretation) for _, d in members
-                              if "PhotometricInterpretation" in d})
-        representation = sorted({str(d.PixelRepresentation) for _, d in members
-                                 if "PixelRepresentation" in d})
+        photometric = sorted(
+            {
+                str(d.PhotometricInterpretation)
+                for _, d in members
+                if "PhotometricInterpretation" in d
+            }
+        )
+        representation = sorted(
+            {str(d.PixelRepresentation) for _, d in members if "PixelRepresentation" in d}
+        )
         assert row["collection_id"] == written.collection.collection_id
         assert row["PatientID"] == ds.PatientID and row["StudyInstanceUID"] == ds.StudyInstanceUID
         assert row["SOPClassUID"] == ds.SOPClassUID
@@ -255,11 +293,15 @@ def test_index_values_are_derived_from_the_headers_as_idc_index_data_does(
         assert row["SeriesDescription"] == ds.SeriesDescription
         assert row["Modality"] == ds.Modality
         assert (row["Manufacturer"], row["ManufacturerModelName"]) == (
-            ds.get("Manufacturer") or None, ds.get("ManufacturerModelName") or None)
+            ds.get("Manufacturer") or None,
+            ds.get("ManufacturerModelName") or None,
+        )
         assert row["PatientAge"] == ds.PatientAge and row["PatientSex"] == ds.PatientSex
         assert row["BodyPartExamined"] == (ds.get("BodyPartExamined") or None)
         assert row["instanceCount"] == len(members)
-        assert row["series_size_MB"] == pytest.approx(sum(p.stat().st_size for p, _ in members) / 1e6)
+        assert row["series_size_MB"] == pytest.approx(
+            sum(p.stat().st_size for p, _ in members) / 1e6
+        )
         assert row["source_DOI"] == written.collection.doi
         assert row["license_short_name"] == written.collection.license
     assert dated > 0  # keep_dates: the formats above were exercised with real dates
@@ -277,9 +319,20 @@ def test_index_values_have_the_formats_of_idc_s_published_bmdeep_rows(written: W
     ours = _table(written, "index")
     assert ours.schema == real.schema  # same polars types, column for column
     # Attributes where we reproduce IDC: one published value per modality, and ours equal.
-    same = ["collection_id", "source_DOI", "StudyDescription", "SOPClassUID", "sop_class_name",
-            "TransferSyntaxUID", "transfer_syntax_name", "PhotometricInterpretation",
-            "PixelRepresentation", "BodyPartExamined", "analysis_result_id", "license_short_name"]
+    same = [
+        "collection_id",
+        "source_DOI",
+        "StudyDescription",
+        "SOPClassUID",
+        "sop_class_name",
+        "TransferSyntaxUID",
+        "transfer_syntax_name",
+        "PhotometricInterpretation",
+        "PixelRepresentation",
+        "BodyPartExamined",
+        "analysis_result_id",
+        "license_short_name",
+    ]
     for modality in ("SM", "ANN"):
         published = real.filter(pl.col("Modality") == modality).select(same).unique()
         assert published.height == 1, published
@@ -321,7 +374,9 @@ def test_sm_index_rows_come_from_every_instance_of_the_series(
     written: Written, headers: list[pydicom.Dataset]
 ) -> None:
     sm = [ds for ds in headers if ds.Modality == "SM"]
-    sm_index = {r["SeriesInstanceUID"]: r for r in _table(written, "sm_index").iter_rows(named=True)}
+    sm_index = {
+        r["SeriesInstanceUID"]: r for r in _table(written, "sm_index").iter_rows(named=True)
+    }
     assert set(sm_index) == {str(ds.SeriesInstanceUID) for ds in sm}
     for uid, row in sm_index.items():
         members = [ds for ds in sm if ds.SeriesInstanceUID == uid]
@@ -333,20 +388,24 @@ def test_sm_index_rows_come_from_every_instance_of_the_series(
         assert row["ContainerIdentifier"] == base.ContainerIdentifier
         assert row["max_TotalPixelMatrixColumns"] == base.TotalPixelMatrixColumns
         assert row["max_TotalPixelMatrixRows"] == base.TotalPixelMatrixRows
-        spacing = Decimal(str(base.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-                              .PixelSpacing[0]))
+        spacing = Decimal(
+            str(base.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing[0])
+        )
         exponent = spacing.adjusted() - 1  # two significant figures
         assert row["min_PixelSpacing_2sf"] == float(
-            spacing.quantize(Decimal(10) ** exponent, rounding=ROUND_HALF_UP))
+            spacing.quantize(Decimal(10) ** exponent, rounding=ROUND_HALF_UP)
+        )
         lens = Decimal(str(base.OpticalPathSequence[0].ObjectiveLensPower))
         assert row["ObjectiveLensPower"] == int(lens.to_integral_value(ROUND_HALF_UP))
         site = base.SpecimenDescriptionSequence[0].PrimaryAnatomicStructureSequence[0]
         assert row["primaryAnatomicStructure_code_designator_value_str"] == (
-            f"{site.CodingSchemeDesignator}:{site.CodeValue}")
+            f"{site.CodingSchemeDesignator}:{site.CodeValue}"
+        )
         assert row["primaryAnatomicStructure_CodeMeaning"] == site.CodeMeaning
         light = base.OpticalPathSequence[0].IlluminationTypeCodeSequence[0]
         assert row["illuminationType_code_designator_value_str"] == (
-            f"{light.CodingSchemeDesignator}:{light.CodeValue}")
+            f"{light.CodingSchemeDesignator}:{light.CodeValue}"
+        )
         diagnosis = base.AdmittingDiagnosesCodeSequence[0]
         assert row["admittingDiagnosis_CodeMeaning"] == diagnosis.CodeMeaning
     instances = _table(written, "sm_instance_index")
@@ -356,7 +415,9 @@ def test_sm_index_rows_come_from_every_instance_of_the_series(
         assert row["ImageType"] == list(ds.ImageType)
         assert row["TransferSyntaxUID"] == ds.file_meta.TransferSyntaxUID
         measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-        assert row["PixelSpacing_0"] == (float(measures.PixelSpacing[0]) if "PixelSpacing" in measures else None)
+        assert row["PixelSpacing_0"] == (
+            float(measures.PixelSpacing[0]) if "PixelSpacing" in measures else None
+        )
         assert row["staining_usingSubstance_CodeMeaning"] == [m for m, _ in _using_substances(ds)]
 
 
@@ -365,7 +426,10 @@ def test_ann_tables_hold_every_group_highdicom_reads(
 ) -> None:
     groups = _table(written, "ann_group_index")
     assert groups.height == len(ann_groups) > 0
-    by_key = {(r["SeriesInstanceUID"], r["AnnotationGroupNumber"]): r for r in groups.iter_rows(named=True)}
+    by_key = {
+        (r["SeriesInstanceUID"], r["AnnotationGroupNumber"]): r
+        for r in groups.iter_rows(named=True)
+    }
     for group in ann_groups:
         row = by_key[(group["series"], group["number"])]
         category, prop_type = group["category"], group["type"]
@@ -374,21 +438,30 @@ def test_ann_tables_hold_every_group_highdicom_reads(
         assert row["GraphicType"] == group["graphic"]
         assert row["AnnotationGroupGenerationType"] == group["generation"]
         assert row["AlgorithmName"] == group["algorithm"]
-        assert row["AnnotationPropertyCategory_code"] == f"{category.scheme_designator}:{category.value}"
+        assert (
+            row["AnnotationPropertyCategory_code"]
+            == f"{category.scheme_designator}:{category.value}"
+        )
         assert row["AnnotationPropertyCategory_CodeMeaning"] == category.meaning
-        assert row["AnnotationPropertyType_code"] == f"{prop_type.scheme_designator}:{prop_type.value}"
+        assert (
+            row["AnnotationPropertyType_code"] == f"{prop_type.scheme_designator}:{prop_type.value}"
+        )
         assert row["AnnotationPropertyType_CodeMeaning"] == prop_type.meaning
     ann = {r["SeriesInstanceUID"]: r for r in _table(written, "ann_index").iter_rows(named=True)}
     expected = {str(ds.SeriesInstanceUID): ds for ds in headers if ds.Modality == "ANN"}
     assert set(ann) == set(expected)
     for uid, ds in expected.items():
         assert ann[uid]["AnnotationCoordinateType"] == ds.AnnotationCoordinateType
-        assert ann[uid]["referenced_SeriesInstanceUID"] == ds.ReferencedSeriesSequence[0].SeriesInstanceUID
+        assert (
+            ann[uid]["referenced_SeriesInstanceUID"]
+            == ds.ReferencedSeriesSequence[0].SeriesInstanceUID
+        )
     references = _table(written, "bms_ann_references")
     for row in references.iter_rows(named=True):
         ds = expected[row["SeriesInstanceUID"]]
         assert row["referenced_SOPInstanceUID"] == (
-            ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID)
+            ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+        )
         assert row["numberOfAnnotationGroups"] == len(ds.AnnotationGroupSequence)
 
 
@@ -403,7 +476,10 @@ def test_the_default_policy_leaves_dates_null_and_one_sm_series_is_indexed(
     assert series["StudyDate"] is None and series["SeriesDate"] is None
     (sm,) = index.sm_index.to_dicts()
     assert sm["ContainerIdentifier"] == SLIDE_ID
-    assert (sm["max_TotalPixelMatrixColumns"], sm["max_TotalPixelMatrixRows"]) == converted.truth.bounds[2:]
+    assert (
+        sm["max_TotalPixelMatrixColumns"],
+        sm["max_TotalPixelMatrixRows"],
+    ) == converted.truth.bounds[2:]
     flavors = {tuple(t)[2] for t in index.sm_instance_index["ImageType"].to_list()}
     assert {"VOLUME", "OVERVIEW"} <= flavors
     assert index.ann_index.height == 0 and index.ann_group_index.height == 0
@@ -426,8 +502,12 @@ def _sm_series(headers: list[pydicom.Dataset]) -> dict[str, pydicom.Dataset]:
     return out
 
 
-def test_query_sm_series_with_specific_properties(written: Written, headers: list[pydicom.Dataset]) -> None:
-    rows = _query(written, """
+def test_query_sm_series_with_specific_properties(
+    written: Written, headers: list[pydicom.Dataset]
+) -> None:
+    rows = _query(
+        written,
+        """
         SELECT
             i.collection_id,
             i.PatientID,
@@ -438,18 +518,26 @@ def test_query_sm_series_with_specific_properties(written: Written, headers: lis
         WHERE s.ObjectiveLensPower >= 40
         ORDER BY s.min_PixelSpacing_2sf
         LIMIT 20
-    """)
+    """,
+    )
     bases = _sm_series(headers).values()
-    expected = [(written.collection.collection_id, str(b.PatientID)) for b in bases
-                if float(b.OpticalPathSequence[0].ObjectiveLensPower) >= 40]
+    expected = [
+        (written.collection.collection_id, str(b.PatientID))
+        for b in bases
+        if float(b.OpticalPathSequence[0].ObjectiveLensPower) >= 40
+    ]
     assert len(expected) == 3
     assert sorted((r[0], r[1]) for r in rows) == sorted(expected)
     assert {r[2] for r in rows} == {40}
     assert [r[3] for r in rows] == sorted(r[3] for r in rows) and all(0 < r[3] < 0.01 for r in rows)
 
 
-def test_query_filter_by_specimen_preparation(written: Written, headers: list[pydicom.Dataset]) -> None:
-    rows = _query(written, f"""
+def test_query_filter_by_specimen_preparation(
+    written: Written, headers: list[pydicom.Dataset]
+) -> None:
+    rows = _query(
+        written,
+        f"""
         SELECT
             i.PatientID,
             s.staining_usingSubstance_CodeMeaning as staining,
@@ -460,14 +548,18 @@ def test_query_filter_by_specimen_preparation(written: Written, headers: list[py
         WHERE i.collection_id = '{written.collection.collection_id}'
           AND array_to_string(s.staining_usingSubstance_CodeMeaning, ', ') LIKE '%giemsa%'
         LIMIT 10
-    """)
+    """,
+    )
     bases = _sm_series(headers).values()
     expected = sorted(
-        (str(b.PatientID), [m for m, _ in _using_substances(b)], [], []) for b in bases
+        (str(b.PatientID), [m for m, _ in _using_substances(b)], [], [])
+        for b in bases
         if any("giemsa" in m for m, _ in _using_substances(b))
     )
     assert len(expected) == 3 and sorted(rows) == [tuple(e) for e in expected]
-    counts = _query(written, """
+    counts = _query(
+        written,
+        """
         SELECT
             i.collection_id,
             s.embeddingMedium_CodeMeaning as embedding,
@@ -476,24 +568,36 @@ def test_query_filter_by_specimen_preparation(written: Written, headers: list[py
         JOIN index i ON s.SeriesInstanceUID = i.SeriesInstanceUID
         GROUP BY i.collection_id, embedding
         ORDER BY i.collection_id, slide_count DESC
-    """)
+    """,
+    )
     assert counts == [(written.collection.collection_id, [], len(bases))]
 
 
-def test_query_sm_by_modality_from_the_main_index(written: Written, headers: list[pydicom.Dataset]) -> None:
-    rows = _query(written, """
+def test_query_sm_by_modality_from_the_main_index(
+    written: Written, headers: list[pydicom.Dataset]
+) -> None:
+    rows = _query(
+        written,
+        """
         SELECT i.collection_id, i.PatientID, s.ObjectiveLensPower, s.min_PixelSpacing_2sf
         FROM index i
         JOIN sm_index s ON i.SeriesInstanceUID = s.SeriesInstanceUID
         LIMIT 10
-    """)
+    """,
+    )
     modality = _query(written, "SELECT SeriesInstanceUID FROM index WHERE Modality = 'SM'")
     assert sorted(r[0] for r in modality) == sorted(_sm_series(headers))
-    assert sorted(r[1] for r in rows) == sorted(str(b.PatientID) for b in _sm_series(headers).values())
+    assert sorted(r[1] for r in rows) == sorted(
+        str(b.PatientID) for b in _sm_series(headers).values()
+    )
 
 
-def test_query_annotation_group_statistics(written: Written, ann_groups: list[dict[str, object]]) -> None:
-    rows = _query(written, """
+def test_query_annotation_group_statistics(
+    written: Written, ann_groups: list[dict[str, object]]
+) -> None:
+    rows = _query(
+        written,
+        """
         SELECT
             GraphicType,
             SUM(NumberOfAnnotations) as total_annotations,
@@ -501,7 +605,8 @@ def test_query_annotation_group_statistics(written: Written, ann_groups: list[di
         FROM ann_group_index
         GROUP BY GraphicType
         ORDER BY total_annotations DESC
-    """)
+    """,
+    )
     totals, counts = Counter(), Counter()
     for group in ann_groups:
         totals[group["graphic"]] += group["count"]
@@ -513,7 +618,9 @@ def test_query_annotation_group_statistics(written: Written, ann_groups: list[di
 def test_query_annotations_with_source_slide_context(
     written: Written, ann_groups: list[dict[str, object]]
 ) -> None:
-    rows = _query(written, """
+    rows = _query(
+        written,
+        """
         SELECT
             i.collection_id,
             g.GraphicType,
@@ -525,19 +632,30 @@ def test_query_annotations_with_source_slide_context(
         JOIN index i ON a.referenced_SeriesInstanceUID = i.SeriesInstanceUID
         WHERE g.AlgorithmName IS NOT NULL
         LIMIT 10
-    """)
+    """,
+    )
     automatic = [g for g in ann_groups if g["algorithm"] is not None]
     assert automatic and all(g["generation"] == "AUTOMATIC" for g in automatic)
     expected = sorted(
-        (written.collection.collection_id, g["graphic"], g["type"].meaning, g["algorithm"], g["count"])
+        (
+            written.collection.collection_id,
+            g["graphic"],
+            g["type"].meaning,
+            g["algorithm"],
+            g["count"],
+        )
         for g in automatic
     )
     assert len(rows) == min(10, len(expected))
     assert set(rows) <= set(expected)
 
 
-def test_query_annotation_groups_by_label(written: Written, ann_groups: list[dict[str, object]]) -> None:
-    rows = _query(written, """
+def test_query_annotation_groups_by_label(
+    written: Written, ann_groups: list[dict[str, object]]
+) -> None:
+    rows = _query(
+        written,
+        """
         SELECT
             g.SeriesInstanceUID,
             g.AnnotationGroupLabel,
@@ -547,14 +665,18 @@ def test_query_annotation_groups_by_label(written: Written, ann_groups: list[dic
         FROM ann_group_index g
         WHERE LOWER(g.AnnotationGroupLabel) LIKE '%blast%'
         ORDER BY g.NumberOfAnnotations DESC
-    """)
+    """,
+    )
     expected = [
         (g["series"], g["label"], g["graphic"], g["count"], g["algorithm"])
-        for g in ann_groups if "blast" in str(g["label"]).lower()
+        for g in ann_groups
+        if "blast" in str(g["label"]).lower()
     ]
     assert expected and sorted(rows) == sorted(expected)
     assert [r[3] for r in rows] == sorted((r[3] for r in rows), reverse=True)
-    in_collection = _query(written, f"""
+    in_collection = _query(
+        written,
+        f"""
         SELECT
             i.collection_id,
             g.AnnotationGroupLabel,
@@ -567,14 +689,17 @@ def test_query_annotation_groups_by_label(written: Written, ann_groups: list[dic
         WHERE i.collection_id = '{written.collection.collection_id}'
           AND LOWER(g.AnnotationGroupLabel) LIKE '%blast%'
         ORDER BY g.NumberOfAnnotations DESC
-    """)
+    """,
+    )
     assert sorted(r[1:4] for r in in_collection) == sorted(e[1:4] for e in expected)
 
 
 def test_query_slides_and_their_annotations(
     written: Written, ann_groups: list[dict[str, object]], headers: list[pydicom.Dataset]
 ) -> None:
-    rows = _query(written, f"""
+    rows = _query(
+        written,
+        f"""
         SELECT
             i.collection_id,
             s.ObjectiveLensPower,
@@ -587,25 +712,35 @@ def test_query_slides_and_their_annotations(
         JOIN index i ON a.SeriesInstanceUID = i.SeriesInstanceUID
         WHERE i.collection_id = '{written.collection.collection_id}'
         ORDER BY g.NumberOfAnnotations DESC
-    """)
+    """,
+    )
     bases = _sm_series(headers)
     expected = sorted(
-        (written.collection.collection_id,
-         int(float(bases[g["referenced"]].OpticalPathSequence[0].ObjectiveLensPower)),
-         g["label"], g["count"], g["graphic"])
+        (
+            written.collection.collection_id,
+            int(float(bases[g["referenced"]].OpticalPathSequence[0].ObjectiveLensPower)),
+            g["label"],
+            g["count"],
+            g["graphic"],
+        )
         for g in ann_groups
     )
     assert sorted(rows) == expected
-    discovery = _query(written, """
+    discovery = _query(
+        written,
+        """
         SELECT
             a.SeriesInstanceUID as ann_series,
             a.AnnotationCoordinateType,
             a.referenced_SeriesInstanceUID as source_series
         FROM ann_index a
         LIMIT 10
-    """)
+    """,
+    )
     assert len(discovery) == 10 and all(r[1] == "2D" and r[2] in bases for r in discovery)
-    patients = _query(written, f"""
+    patients = _query(
+        written,
+        f"""
         SELECT
             i.analysis_result_id,
             i.PatientID,
@@ -618,7 +753,8 @@ def test_query_slides_and_their_annotations(
         JOIN index i ON a.SeriesInstanceUID = i.SeriesInstanceUID
         WHERE i.collection_id = '{written.collection.collection_id}'
         LIMIT 10
-    """)
+    """,
+    )
     by_series = {g["series"]: g["patient"] for g in ann_groups}
     assert len(patients) == 10
     assert all(r[0] is None and r[2] in bases and r[1] in by_series.values() for r in patients)

@@ -48,8 +48,15 @@ def test_fast_and_stock_sources_write_identical_pixels(tmp_path: Path) -> None:
     """Opaque tiles take the direct BGRA encode, edge tiles the compositing: both must
     give wsidicomizer's bytes."""
     geometry = MiraxGeometry(
-        image_width=256, image_height=192, fields_x=5, fields_y=5, divisions=2,
-        overlap_x=16, overlap_y=12, levels=3, missing_fields=frozenset({(0, 0), (3, 3)}),
+        image_width=256,
+        image_height=192,
+        fields_x=5,
+        fields_y=5,
+        divisions=2,
+        overlap_x=16,
+        overlap_y=12,
+        levels=3,
+        missing_fields=frozenset({(0, 0), (3, 3)}),
     )
     truth = write_test_slide(tmp_path / "raw", geometry=geometry, image_format="PNG")
     with openslide.OpenSlide(str(truth.mrxs_path)) as slide:
@@ -61,7 +68,8 @@ def test_fast_and_stock_sources_write_identical_pixels(tmp_path: Path) -> None:
         truth, tmp_path / "fast", settings=ConversionSettings(include_thumbnail=False)
     )
     stock = convert_test_slide(
-        truth, tmp_path / "stock",
+        truth,
+        tmp_path / "stock",
         settings=ConversionSettings(fast_composite=False, include_thumbnail=False),
     )
     assert [p.name for p in fast.files] == [p.name for p in stock.files]
@@ -75,8 +83,15 @@ def test_direct_mirax_reads_write_the_same_pixels_as_openslide_reads(tmp_path: P
     """JPEG camera images, so overlapping fields differ by compression artifacts: the
     direct reader must paint them in OpenSlide's order to give the same tiles."""
     geometry = MiraxGeometry(
-        image_width=256, image_height=192, fields_x=5, fields_y=4, divisions=2,
-        overlap_x=16, overlap_y=12, levels=3, missing_fields=frozenset({(1, 1)}),
+        image_width=256,
+        image_height=192,
+        fields_x=5,
+        fields_y=4,
+        divisions=2,
+        overlap_x=16,
+        overlap_y=12,
+        levels=3,
+        missing_fields=frozenset({(1, 1)}),
     )
     truth = write_test_slide(tmp_path / "raw", geometry=geometry, image_format="JPEG")
     with MiraxDirectReader.open(truth.mrxs_path) as reader:
@@ -154,8 +169,15 @@ def test_transparent_fill_encodes_as_wsidicomizers_compositing(
 
     pixels = bgra.view(np.uint32)[..., 0]
     assert FastOpenSlideLevelImageData._fill_transparent(holder, pixels)  # type: ignore[arg-type]
-    got = bytes(jpeg8_encode(bgra, level=80, subsampling="422", colorspace=JPEG8.CS.EXT_BGRA,
-                             outcolorspace=JPEG8.CS.YCbCr))
+    got = bytes(
+        jpeg8_encode(
+            bgra,
+            level=80,
+            subsampling="422",
+            colorspace=JPEG8.CS.EXT_BGRA,
+            outcolorspace=JPEG8.CS.YCbCr,
+        )
+    )
     assert got == expected
 
     partial = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)

@@ -23,7 +23,9 @@ from bms_pipeline.core.dicom.phi import ALLOWED_MIRAX_PROPERTIES
 from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
 
-idc_index_data = pytest.importorskip("idc_index_data", reason="the idc-index-data wheel is a dev dependency")
+idc_index_data = pytest.importorskip(
+    "idc_index_data", reason="the idc-index-data wheel is a dev dependency"
+)
 COLLECTION_ID = "bonemarrowwsi_pediatricleukemia"
 
 
@@ -46,16 +48,23 @@ def ours(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[pydicom.Dat
         base = base_level_dataset(layout.sm_dir(slide_id))
         properties = openslide_properties(layout.mrxs(slide_id))
         build_ann_series(
-            slide_id, layout, collection.collection_id, base, slide_bounds(properties),
+            slide_id,
+            layout,
+            collection.collection_id,
+            base,
+            slide_bounds(properties),
             (int(base.TotalPixelMatrixColumns), int(base.TotalPixelMatrixRows)),
-            conventions=collection.conventions.ann, numbering=collection.conventions.series_numbers,
+            conventions=collection.conventions.ann,
+            numbering=collection.conventions.series_numbers,
         )
         files = sorted(layout.slide_dicom_dir(slide_id).rglob("*.dcm"))
         out[slide_id] = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     return out
 
 
-def _series(ours: dict[str, list[pydicom.Dataset]], modality: str, first_slides: bool = True) -> list[pydicom.Dataset]:
+def _series(
+    ours: dict[str, list[pydicom.Dataset]], modality: str, first_slides: bool = True
+) -> list[pydicom.Dataset]:
     """One instance per series; with `first_slides`, only the `_1_bm` slides (IDC has one
     slide per patient, so its numbers are those of a first slide)."""
     seen: dict[str, pydicom.Dataset] = {}
@@ -91,18 +100,27 @@ def test_sm_instances_follow_idc_tiles_levels_and_metadata(ours) -> None:
         sm = [ds for ds in datasets if ds.Modality == "SM"]
         flavors = Counter(str(ds.ImageType[2]) for ds in sm)
         assert flavors["LABEL"] == 0 and flavors["OVERVIEW"] == 1
-        volumes = sorted((ds for ds in sm if "VOLUME" in ds.ImageType), key=lambda d: -int(d.TotalPixelMatrixColumns))
+        volumes = sorted(
+            (ds for ds in sm if "VOLUME" in ds.ImageType),
+            key=lambda d: -int(d.TotalPixelMatrixColumns),
+        )
         assert {(int(ds.Columns), int(ds.Rows)) for ds in volumes} == {(1024, 1024)}
         base = int(volumes[0].TotalPixelMatrixColumns)
         downsamples = [round(base / int(ds.TotalPixelMatrixColumns)) for ds in volumes]
         assert downsamples == [4**i for i in range(len(volumes))]  # levels 0, 2, 4, ...
         ds = volumes[0]
-        assert ds.ClinicalTrialSponsorName == "Uni Hospital Erlangen, Fraunhofer MEVIS, Uni Erlangen-Nuremberg"
+        assert (
+            ds.ClinicalTrialSponsorName
+            == "Uni Hospital Erlangen, Fraunhofer MEVIS, Uni Erlangen-Nuremberg"
+        )
         (path,) = ds.OpticalPathSequence
         (lens,) = path.LensesCodeSequence
         assert lens.CodeMeaning == "High power non-immersion lens"
         (context,) = ds.AcquisitionContextSequence
-        assert (context.ValueType, context.ConceptNameCodeSequence[0].CodeValue) == ("TEXT", "121106")
+        assert (context.ValueType, context.ConceptNameCodeSequence[0].CodeValue) == (
+            "TEXT",
+            "121106",
+        )
         properties = json.loads(context.TextValue)
         assert properties and set(properties) <= ALLOWED_MIRAX_PROPERTIES
         assert float(ds.AcquisitionDuration) > 0
@@ -110,15 +128,22 @@ def test_sm_instances_follow_idc_tiles_levels_and_metadata(ours) -> None:
         assert specimen.SpecimenIdentifier == slide_id[:32] and ds.ContainerIdentifier == slide_id
 
 
-def test_ann_series_descriptions_numbers_and_equipment_equal_idc(published: pl.DataFrame, ours) -> None:
+def test_ann_series_descriptions_numbers_and_equipment_equal_idc(
+    published: pl.DataFrame, ours
+) -> None:
     idc = published.filter(pl.col("Modality") == "ANN")
     numbers = {
         row["SeriesDescription"]: row["SeriesNumber"]
-        for row in idc.group_by("SeriesDescription").agg(pl.col("SeriesNumber").mode().first()).to_dicts()
+        for row in idc.group_by("SeriesDescription")
+        .agg(pl.col("SeriesNumber").mode().first())
+        .to_dicts()
     }
     series = _series(ours, "ANN")
     described = {str(ds.SeriesDescription) for ds in series}
-    assert "Unlabeled cell bounding boxes" in described and "Consensus: cell bounding boxes with cell type labels" in described
+    assert (
+        "Unlabeled cell bounding boxes" in described
+        and "Consensus: cell bounding boxes with cell type labels" in described
+    )
     for ds in series:
         description = str(ds.SeriesDescription)
         assert ds.Manufacturer == _mode(idc, "Manufacturer")
@@ -147,8 +172,12 @@ def test_every_groups_colour_and_category_meaning_are_idcs(ours) -> None:
         for group in ds.AnnotationGroupSequence:
             assert "RecommendedDisplayCIELabValue" in group
             category = group.AnnotationPropertyCategoryCodeSequence[0].CodeMeaning
-            assert category in {"Anatomical structure", "Spatial and relational concepts",
-                                "Physical object", "Morphologically abnormal structure"}, category
+            assert category in {
+                "Anatomical structure",
+                "Spatial and relational concepts",
+                "Physical object",
+                "Morphologically abnormal structure",
+            }, category
 
 
 def test_series_numbers_never_repeat_in_a_study(ours) -> None:

@@ -128,7 +128,9 @@ def test_dates_removed_by_default_and_kept_when_allowed(volume: Dataset, tmp_pat
     assert volume.StudyDate == ""
     assert "SeriesDate" not in volume
     assert "2019" not in str(volume.get("AcquisitionDateTime", ""))
-    keep = replace(COLLECTION, deidentification=replace(COLLECTION.deidentification, keep_dates=True))
+    keep = replace(
+        COLLECTION, deidentification=replace(COLLECTION.deidentification, keep_dates=True)
+    )
     truth = write_test_slide(tmp_path / "raw", slide_id=SLIDE_ID)
     result = convert_test_slide(truth, tmp_path / "out", collection=keep)
     ds = pydicom.dcmread(result.files[0], stop_before_pixels=True)
@@ -147,7 +149,9 @@ def test_patient_without_diagnosis_gets_no_diagnosis_attributes(tmp_path: Path) 
         assert "AdmittingDiagnosesDescription" not in ds
 
 
-def test_two_slides_of_one_patient_share_the_study_with_distinct_series_numbers(tmp_path: Path) -> None:
+def test_two_slides_of_one_patient_share_the_study_with_distinct_series_numbers(
+    tmp_path: Path,
+) -> None:
     series = {}
     for n in (1, 2):
         slide_id = f"{PATIENT}_{n}_bm"
@@ -174,7 +178,9 @@ def test_phi_scan_catches_a_planted_slide_id(converted: ConvertedSlide, tmp_path
     assert hit.file == planted and hit.name == "SLIDE_ID"
 
 
-@pytest.mark.parametrize(("given", "expected"), [("7", "007Y"), ("007Y", "007Y"), ("12", "012Y"), ("015M", "015M")])
+@pytest.mark.parametrize(
+    ("given", "expected"), [("7", "007Y"), ("007Y", "007Y"), ("12", "012Y"), ("015M", "015M")]
+)
 def test_age_string_accepts_years_and_age_strings(given: str, expected: str) -> None:
     assert age_string(given) == expected
 
@@ -202,21 +208,28 @@ def test_collection_and_slide_overrides_correct_pixel_spacing_and_equipment(tmp_
     truth = write_test_slide(tmp_path / "raw", slide_id=SLIDE_ID)
     overrides = tmp_path / "overrides"
     overrides.mkdir()
-    (overrides / "collection.json").write_text(json.dumps(
-        {"equipment": {"model_name": "Pannoramic MIDI II"},
-         "pyramid": {"image": {"pixel_spacing": {"width": 0.0003, "height": 0.0003}}}}
-    ))
-    (overrides / f"{SLIDE_ID}.json").write_text(json.dumps(
-        {"pyramid": {"image": {"pixel_spacing": {"width": 0.00012, "height": 0.00012}}}}
-    ))
+    (overrides / "collection.json").write_text(
+        json.dumps(
+            {
+                "equipment": {"model_name": "Pannoramic MIDI II"},
+                "pyramid": {"image": {"pixel_spacing": {"width": 0.0003, "height": 0.0003}}},
+            }
+        )
+    )
+    (overrides / f"{SLIDE_ID}.json").write_text(
+        json.dumps({"pyramid": {"image": {"pixel_spacing": {"width": 0.00012, "height": 0.00012}}}})
+    )
     loaded = load_overrides(tmp_path, SLIDE_ID)
     assert [o.path.name for o in loaded] == ["collection.json", f"{SLIDE_ID}.json"]
     context = SlideContext(
         COLLECTION, SLIDE_ID, CLINICAL, openslide_properties(truth.mrxs_path), loaded
     )
-    result = convert_with_idc_metadata(truth.mrxs_path, tmp_path / "sm", tmp_path / ".staging", context)
+    result = convert_with_idc_metadata(
+        truth.mrxs_path, tmp_path / "sm", tmp_path / ".staging", context
+    )
     base = next(
-        ds for ds in (pydicom.dcmread(f, stop_before_pixels=True) for f in result.files)
+        ds
+        for ds in (pydicom.dcmread(f, stop_before_pixels=True) for f in result.files)
         if ds.ImageType[2] == "VOLUME" and ds.ImageType[0] == "ORIGINAL"
     )
     spacing = base.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing

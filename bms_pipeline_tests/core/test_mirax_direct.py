@@ -32,7 +32,12 @@ from bms_pipeline_tests.helpers import TINY_GEOMETRY, write_test_slide
 ALIGNED_GEOMETRY = replace(TINY_GEOMETRY, overlap_x=16, overlap_y=8, levels=4)
 # No overlap and no position layer: OpenSlide's other tile-map branch.
 PLAIN_GEOMETRY = replace(
-    TINY_GEOMETRY, fields_x=4, fields_y=3, overlap_x=0, overlap_y=0, levels=4,
+    TINY_GEOMETRY,
+    fields_x=4,
+    fields_y=3,
+    overlap_x=0,
+    overlap_y=0,
+    levels=4,
     missing_fields=frozenset({(1, 1), (3, 0)}),
 )
 
@@ -515,8 +520,9 @@ def test_cache_keeps_carries_for_the_next_tile_row_and_evicts_finished_images_fi
     cache = _ImageCache(budget=3 * 16)  # three 2 x 2 BGRA images
 
     def get(key: int, carry: bool, group: int = 0) -> None:
-        entry = cache.acquire((0, key), shape, lambda spare: np.zeros(shape, np.uint8),
-                              carry=carry, group=group)
+        entry = cache.acquire(
+            (0, key), shape, lambda spare: np.zeros(shape, np.uint8), carry=carry, group=group
+        )
         assert entry is not None
         cache.release(entry)
 

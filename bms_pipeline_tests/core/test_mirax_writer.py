@@ -19,7 +19,9 @@ def _level0(slide: openslide.OpenSlide, bounds: tuple[int, int, int, int]) -> np
 
 
 @pytest.mark.parametrize("position_layer", ["vimslide", "stitching", "none"])
-def test_png_slide_reads_back_exactly_in_scanned_fields(tmp_path: Path, position_layer: str) -> None:
+def test_png_slide_reads_back_exactly_in_scanned_fields(
+    tmp_path: Path, position_layer: str
+) -> None:
     truth = write_test_slide(tmp_path, image_format="PNG", position_layer=position_layer)
     with openslide.OpenSlide(str(truth.mrxs_path)) as slide:
         rgba = _level0(slide, truth.bounds)
@@ -53,13 +55,22 @@ def test_slide_has_bounds_levels_sparse_fields_and_associated_images(tmp_path: P
         cy = fy + TINY_GEOMETRY.image_height
         for level in range(slide.level_count):
             patch = np.asarray(slide.read_region((cx, cy), level, (4, 4)))
-            assert (patch[..., 3] == 0).all(), f"level {level} is not transparent in a missing field"
+            assert (patch[..., 3] == 0).all(), (
+                f"level {level} is not transparent in a missing field"
+            )
 
 
 def test_non_square_images_and_overlap_follow_openslide_geometry(tmp_path: Path) -> None:
     geometry = MiraxGeometry(
-        image_width=160, image_height=64, fields_x=3, fields_y=4, divisions=1,
-        overlap_x=7, overlap_y=3, levels=2, missing_fields=frozenset({(0, 0)}),
+        image_width=160,
+        image_height=64,
+        fields_x=3,
+        fields_y=4,
+        divisions=1,
+        overlap_x=7,
+        overlap_y=3,
+        levels=2,
+        missing_fields=frozenset({(0, 0)}),
     )
     truth = write_test_slide(tmp_path, geometry=geometry, image_format="PNG")
     with openslide.OpenSlide(str(truth.mrxs_path)) as slide:
@@ -75,7 +86,8 @@ def test_same_seed_writes_identical_bytes(tmp_path: Path) -> None:
         root = truth.mrxs_path.parent
         return {
             str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
         }
 
     assert digest(tmp_path / "a") == digest(tmp_path / "b")

@@ -32,7 +32,9 @@ def test_a_slide_name_equal_to_the_slide_id_is_carried_not_leaked(tmp_path: Path
     assert policy.scan([output]) == []
 
 
-def test_a_property_that_is_part_of_a_carried_value_is_excused_only_inside_it(tmp_path: Path) -> None:
+def test_a_property_that_is_part_of_a_carried_value_is_excused_only_inside_it(
+    tmp_path: Path,
+) -> None:
     """SLIDE_NAME `..._1_bm` shortened to the patient id plus `_1`: inside the slide id
     (ContainerIdentifier) it is no leak, alone it is one."""
     needle = SLIDE_ID[:34]
@@ -73,12 +75,17 @@ def test_hits_never_contain_the_value(tmp_path: Path) -> None:
 
 def test_allow_listed_scanner_properties_are_not_scanned() -> None:
     policy = PrivacyPolicy.for_slide(
-        _properties(SCANNER_HARDWARE_VERSION="Pannoramic 250 Flash III", OBJECTIVE_NAME="Plan-Apochromat 40x")
+        _properties(
+            SCANNER_HARDWARE_VERSION="Pannoramic 250 Flash III",
+            OBJECTIVE_NAME="Plan-Apochromat 40x",
+        )
     )
     assert policy.names == ["mirax.GENERAL.OBJECTIVE_NAME"]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     before=st.integers(0, 300),
     chunk=st.integers(16, 64),
@@ -86,8 +93,12 @@ def test_allow_listed_scanner_properties_are_not_scanned() -> None:
     needle=st.sampled_from(["Doe^Jane", SLIDE_ID[:34], "KM 2019-0042"]),
 )
 def test_scan_finds_or_excuses_a_needle_wherever_the_chunks_fall(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: int, chunk: int,
-    carried_around: bool, needle: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    before: int,
+    chunk: int,
+    carried_around: bool,
+    needle: str,
 ) -> None:
     """Tiny chunks put every needle and carried value across a chunk boundary somewhere."""
     monkeypatch.setattr(phi, "_CHUNK", chunk)

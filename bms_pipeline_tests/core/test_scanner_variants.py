@@ -44,8 +44,14 @@ def _flavors(files: list[Path]) -> dict[str, Path]:
 def _openslide_bounds_thumbnail(mrxs: Path) -> np.ndarray:
     """What OpenSlide shows of the converted region (independent of our THUMBNAIL code)."""
     with openslide.OpenSlide(str(mrxs)) as slide:
-        x, y = int(slide.properties["openslide.bounds-x"]), int(slide.properties["openslide.bounds-y"])
-        w, h = int(slide.properties["openslide.bounds-width"]), int(slide.properties["openslide.bounds-height"])
+        x, y = (
+            int(slide.properties["openslide.bounds-x"]),
+            int(slide.properties["openslide.bounds-y"]),
+        )
+        w, h = (
+            int(slide.properties["openslide.bounds-width"]),
+            int(slide.properties["openslide.bounds-height"]),
+        )
         level = slide.level_count - 1
         ds = slide.level_downsamples[level]
         region = slide.read_region((x, y), level, (int(w / ds), int(h / ds)))
@@ -56,7 +62,9 @@ def _openslide_bounds_thumbnail(mrxs: Path) -> np.ndarray:
 
 
 @settings(
-    max_examples=8, deadline=None, derandomize=True,
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
@@ -74,7 +82,9 @@ def test_every_scanner_variant_converts_clean_with_its_own_thumbnail_and_same_by
     case = tmp_path / f"{name}-{preview}-{dated}-{keep_dates}".replace(" ", "_")
     shutil.rmtree(case, ignore_errors=True)
     truth = write_test_slide(
-        case / "raw", slide_name=NAMES[name], preview=preview,
+        case / "raw",
+        slide_name=NAMES[name],
+        preview=preview,
         creation_datetime=CREATED if dated else None,
     )
     collection = _collection(keep_dates)
@@ -85,13 +95,20 @@ def test_every_scanner_variant_converts_clean_with_its_own_thumbnail_and_same_by
     assert [f.name for f in first.files] == [f.name for f in second.files]
     for a, b in zip(first.files, second.files, strict=True):
         assert a.read_bytes() == b.read_bytes(), a.name
-    numbers = sorted(int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber) for f in first.files)
+    numbers = sorted(
+        int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber) for f in first.files
+    )
     assert numbers == list(range(1, len(first.files) + 1))
 
     # A THUMBNAIL whatever the preview, and it is the slide as OpenSlide shows it.
     flavors = _flavors(list(first.files))
     assert "THUMBNAIL" in flavors and "LABEL" not in flavors
-    assert correlation(total_pixel_matrix(flavors["THUMBNAIL"]), _openslide_bounds_thumbnail(truth.mrxs_path)) > 0.9
+    assert (
+        correlation(
+            total_pixel_matrix(flavors["THUMBNAIL"]), _openslide_bounds_thumbnail(truth.mrxs_path)
+        )
+        > 0.9
+    )
 
     # Dates: without keep_dates no byte holds the scan date in any form.
     date_forms = [CREATED.strftime("%Y%m%d").encode(), CREATED.strftime("%d/%m/%Y").encode()]
@@ -120,12 +137,27 @@ def test_a_preview_over_the_whole_canvas_would_have_been_another_picture(tmp_pat
 
 
 @pytest.mark.parametrize("property_name", ["SLIDE_NAME", "SLIDE_ID"])
-def test_an_identifier_reaching_a_header_is_refused_before_publication(tmp_path: Path, property_name: str) -> None:
+def test_an_identifier_reaching_a_header_is_refused_before_publication(
+    tmp_path: Path, property_name: str
+) -> None:
     leak = "DOE^JANE 1984"
-    changes = {"slide_name": leak} if property_name == "SLIDE_NAME" else {"mirax_slide_id": "ab12cd34-leak"}
-    truth = write_test_slide(tmp_path / "raw", **changes, scanner_hardware_id=changes.get("slide_name", "ab12cd34-leak"))
+    changes = (
+        {"slide_name": leak}
+        if property_name == "SLIDE_NAME"
+        else {"mirax_slide_id": "ab12cd34-leak"}
+    )
+    truth = write_test_slide(
+        tmp_path / "raw", **changes, scanner_hardware_id=changes.get("slide_name", "ab12cd34-leak")
+    )
     with pytest.raises(PublicationRefused) as refused:
         convert_test_slide(truth, tmp_path / "out")
     assert any(f"mirax.GENERAL.{property_name}" in str(p) for p in refused.value.problems)
     assert not (tmp_path / "out" / "sm").exists()
-    assert list(itertools.chain.from_iterable(p.iterdir() for p in (tmp_path / "out" / ".staging",) if p.exists())) == []
+    assert (
+        list(
+            itertools.chain.from_iterable(
+                p.iterdir() for p in (tmp_path / "out" / ".staging",) if p.exists()
+            )
+        )
+        == []
+    )

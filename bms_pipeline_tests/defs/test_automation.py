@@ -27,7 +27,9 @@ def test_nightly_tick_requests_every_missing_slide(tmp_path: Path) -> None:
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(slides_partitions.name, sorted(dataset.slides))
         evening = dt.datetime(2026, 1, 1, 23, 0, tzinfo=dt.UTC)
-        before = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=evening)
+        before = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, evaluation_time=evening
+        )
         assert before.total_requested == 0
         night = dt.datetime(2026, 1, 2, 2, 5, tzinfo=dt.UTC)
         after = dg.evaluate_automation_conditions(

@@ -36,7 +36,9 @@ def test_console_is_one_line_per_slide_and_a_short_summary(cli_converted: Conver
 def test_status_shows_slides_and_collection_assets_up_to_date(cli_converted: ConvertedRoot) -> None:
     """After the runs (the second of which converted nothing), `status` agrees."""
     status = subprocess.run(
-        cli("status", "--data-root", str(cli_converted.root)), capture_output=True, text=True,
+        cli("status", "--data-root", str(cli_converted.root)),
+        capture_output=True,
+        text=True,
         check=True,
     ).stdout
     slides = [p.stem for p in (cli_converted.root / "raw" / "slides").glob("*.mrxs")]

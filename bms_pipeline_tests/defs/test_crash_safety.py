@@ -75,4 +75,6 @@ def test_stopped_and_killed_runs_block_nothing_and_the_next_run_matches_an_unint
     assert not any(staging.iterdir())
     assert dicom_digest(root / "out") == dicom_digest(cli_converted.root / "out")
     tables = sorted(p.name for p in (root / "out" / "tables").glob("*.parquet"))
-    assert tables == sorted(p.name for p in (cli_converted.root / "out" / "tables").glob("*.parquet"))
+    assert tables == sorted(
+        p.name for p in (cli_converted.root / "out" / "tables").glob("*.parquet")
+    )

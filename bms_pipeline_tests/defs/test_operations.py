@@ -46,13 +46,23 @@ def test_second_run_converts_nothing_and_a_changed_slide_alone_reruns(dataset: D
         collection = run_collection(instance, defs)
         assert collection.ok and len(collection.checks) >= 3, collection
         with duckdb.connect(str(dataset.layout.duckdb_path), read_only=True) as con:
-            tables = {row[0] for row in con.execute("select table_name from duckdb_tables()").fetchall()}
+            tables = {
+                row[0] for row in con.execute("select table_name from duckdb_tables()").fetchall()
+            }
             index_patients = {
                 row[0] for row in con.execute("select distinct PatientID from index").fetchall()
             }
             groups = con.execute("select count(*) from ann_group_index").fetchone()[0]
-        assert {"index", "sm_index", "sm_instance_index", "ann_index", "ann_group_index",
-                "validation_messages", "column_metadata", "table_metadata"} <= tables
+        assert {
+            "index",
+            "sm_index",
+            "sm_instance_index",
+            "ann_index",
+            "ann_group_index",
+            "validation_messages",
+            "column_metadata",
+            "table_metadata",
+        } <= tables
         assert index_patients == {p.patient_id for p in dataset.patients}
         assert groups > 0
 
@@ -74,7 +84,12 @@ def test_second_run_converts_nothing_and_a_changed_slide_alone_reruns(dataset: D
 
         # Change one slide's content: only that slide is stale and reconverted.
         slidedat = dataset.layout.mrxs(second).with_suffix("") / "Slidedat.ini"
-        slidedat.write_bytes(slidedat.read_bytes().replace(b"OBJECTIVE_NAME = Plan-Apochromat 40x", b"OBJECTIVE_NAME = Plan-Apochromat 40x/0.95"))
+        slidedat.write_bytes(
+            slidedat.read_bytes().replace(
+                b"OBJECTIVE_NAME = Plan-Apochromat 40x",
+                b"OBJECTIVE_NAME = Plan-Apochromat 40x/0.95",
+            )
+        )
         states = {p.slide_id: p.state for p in plan_slides(instance, defs, dataset.layout)}
         assert states == {first: "up-to-date", second: "changed", third: "up-to-date"}
         (plan,) = [p for p in plan_slides(instance, defs, dataset.layout) if p.slide_id == second]
@@ -95,7 +110,9 @@ def test_second_run_converts_nothing_and_a_changed_slide_alone_reruns(dataset: D
             "equipment": {"model_name": "Pannoramic 1000"}
         }
         final = plan_slides(instance, defs, dataset.layout)
-        assert {p.state for p in final} == {"up-to-date"}, [(p.slide_id, p.state, p.detail) for p in final]
+        assert {p.state for p in final} == {"up-to-date"}, [
+            (p.slide_id, p.state, p.detail) for p in final
+        ]
     changed = {k for k, v in _hash_tree(dataset.layout.raw).items() if raw_before.get(k) != v}
     assert changed == {f"slides/{second}/Slidedat.ini"}  # only the test's own edit
 
@@ -106,14 +123,18 @@ def test_bad_slides_fail_alone_and_raw_stays_byte_identical(tmp_path: Path) -> N
     dataset = write_demo_dataset(tmp_path, slides=6, seed=12)
     layout = dataset.layout
     # Six slides of five patients; four of them have a single slide.
-    single = sorted(s for s in dataset.slides if s.endswith("_1_bm") and f"{s[:32]}_2_bm" not in dataset.slides)
+    single = sorted(
+        s for s in dataset.slides if s.endswith("_1_bm") and f"{s[:32]}_2_bm" not in dataset.slides
+    )
     good, truncated, no_index, bad_box = single[:4]
     datafile = min(layout.mrxs(truncated).with_suffix("").glob("Data*.dat"))
     datafile.write_bytes(datafile.read_bytes()[:5000])
     (layout.mrxs(no_index).with_suffix("") / "Index.dat").unlink()
     cells = layout.annotations_dir / "cells.csv"
     with cells.open("a", encoding="utf-8") as handle:
-        handle.write(f'999999,{bad_box},-1,90000,90000,90050,90050,lymphocyte,"lymphocyte,lymphocyte"\n')
+        handle.write(
+            f'999999,{bad_box},-1,90000,90000,90050,90050,lymphocyte,"lymphocyte,lymphocyte"\n'
+        )
     bad_line = len(cells.read_text(encoding="utf-8").splitlines())
     orphan = "F" * 32
     with layout.clinical_csv.open("a", encoding="utf-8") as handle:

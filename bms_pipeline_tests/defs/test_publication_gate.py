@@ -29,7 +29,9 @@ def _plant_leak(slidedat: Path) -> None:
 
 
 def _files_mentioning(out: Path, needle: str) -> list[str]:
-    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if needle in str(p.relative_to(out)))
+    return sorted(
+        str(p.relative_to(out)) for p in out.rglob("*") if needle in str(p.relative_to(out))
+    )
 
 
 def _bytes_holding(out: Path, value: bytes) -> list[str]:
@@ -67,9 +69,13 @@ def test_a_leaking_slide_is_never_published_and_a_rerun_does_not_get_around_it(
         assert _files_mentioning(out, leaky) == [], f"run {attempt}"
         assert _bytes_holding(out, LEAKED_NAME.encode()) == [], f"run {attempt}"
         for good in (clean, later):
-            assert any(layout.sm_dir(good).glob("*.dcm")) and any(layout.ann_dir(good).glob("*.dcm"))
+            assert any(layout.sm_dir(good).glob("*.dcm")) and any(
+                layout.ann_dir(good).glob("*.dcm")
+            )
         with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
-            containers = {r[0] for r in con.execute("select ContainerIdentifier from sm_index").fetchall()}
+            containers = {
+                r[0] for r in con.execute("select ContainerIdentifier from sm_index").fetchall()
+            }
         assert containers == {clean, later}
 
     # A slide published before and leaking now is withdrawn, from out/ and from the tables.
@@ -79,7 +85,9 @@ def test_a_leaking_slide_is_never_published_and_a_rerun_does_not_get_around_it(
     assert "withdrawn" in _about(console, later)
     assert _files_mentioning(out, later) == []
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
-        containers = {r[0] for r in con.execute("select ContainerIdentifier from sm_index").fetchall()}
+        containers = {
+            r[0] for r in con.execute("select ContainerIdentifier from sm_index").fetchall()
+        }
         patients = {r[0] for r in con.execute("select PatientID from index").fetchall()}
     assert containers == {clean}
     assert patients == {clean[:32]}
@@ -90,7 +98,9 @@ def test_a_leaking_slide_is_never_published_and_a_rerun_does_not_get_around_it(
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_the_same_inputs_in_two_folders_give_byte_identical_dicom_trees(tmp_path: Path) -> None:

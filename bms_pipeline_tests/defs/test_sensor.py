@@ -17,7 +17,9 @@ from bms_pipeline_tests.helpers import write_test_slide
 NEW_SLIDE = "FEDCBA9876543210FEDCBA9876543210_1_bm"
 
 
-def test_a_fresh_cursor_on_a_converted_collection_requests_nothing(cli_converted: ConvertedRoot) -> None:
+def test_a_fresh_cursor_on_a_converted_collection_requests_nothing(
+    cli_converted: ConvertedRoot,
+) -> None:
     root = cli_converted.root
     slides = root / "raw" / "slides"
     defs = build_definitions(str(root))
@@ -25,7 +27,9 @@ def test_a_fresh_cursor_on_a_converted_collection_requests_nothing(cli_converted
 
         def tick():
             context = dg.build_sensor_context(
-                instance=instance, cursor=None, definitions=defs,
+                instance=instance,
+                cursor=None,
+                definitions=defs,
                 resources={"bms": BmsPipelineResource(data_root=str(root))},
             )
             return new_slides_sensor(context)

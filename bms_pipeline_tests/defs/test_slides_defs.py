@@ -48,7 +48,9 @@ def test_slide_job_materializes_a_generated_slide_with_passing_checks(tmp_path: 
 
 def _evaluate_sensor(instance: dg.DagsterInstance, root: Path, cursor: str | None = None):
     context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"bms": BmsPipelineResource(data_root=str(root))}
+        instance=instance,
+        cursor=cursor,
+        resources={"bms": BmsPipelineResource(data_root=str(root))},
     )
     return new_slides_sensor(context)
 

@@ -62,7 +62,10 @@ def _remote_pixels(url: str, prefix: str) -> dict[str, tuple[str, str]]:
     out = {}
     for path in fs.find(f"{base}/{prefix}"):
         ds = pydicom.dcmread(io.BytesIO(fs.cat_file(path)))
-        out[path.removeprefix(f"{base}/")] = (ds.SOPInstanceUID, hashlib.sha256(ds.PixelData).hexdigest())
+        out[path.removeprefix(f"{base}/")] = (
+            ds.SOPInstanceUID,
+            hashlib.sha256(ds.PixelData).hexdigest(),
+        )
     return out
 
 
@@ -87,7 +90,9 @@ def test_pipeline_runs_with_data_and_output_roots_in_object_storage(
     with dg.instance_for_test() as instance:
         # The sensor lists the bucket (no download) and waits one tick for the files to settle.
         def tick(cursor: str | None):
-            context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"bms": bms})
+            context = dg.build_sensor_context(
+                instance=instance, cursor=cursor, resources={"bms": bms}
+            )
             return new_slides_sensor(context)
 
         first = tick(None)
@@ -144,11 +149,15 @@ def test_rerun_replaces_the_published_series_without_duplicates(
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(slides_partitions.name, [slide_id])
         selection = [dg.AssetKey("mrxs_slide"), dg.AssetKey("sm_series")]
-        assert job.execute_in_process(partition_key=slide_id, instance=instance, asset_selection=selection).success
+        assert job.execute_in_process(
+            partition_key=slide_id, instance=instance, asset_selection=selection
+        ).success
         first = _remote_pixels(f"{bucket}/out", f"dicom/{slide_id}/sm")
         staged = bms.layout.mrxs(slide_id)
         assert staged == dataset.layout.mrxs(slide_id)  # a local root is read in place
-        assert job.execute_in_process(partition_key=slide_id, instance=instance, asset_selection=selection).success
+        assert job.execute_in_process(
+            partition_key=slide_id, instance=instance, asset_selection=selection
+        ).success
         second = _remote_pixels(f"{bucket}/out", f"dicom/{slide_id}/sm")
     # Deterministic UIDs: the same files with the same pixels, nothing left of the first run
     # beside them (only InstanceCreationTime and the contribution time differ).
@@ -156,7 +165,9 @@ def test_rerun_replaces_the_published_series_without_duplicates(
     assert not (local / "out").exists()
 
 
-def test_fetch_downloads_only_changes_and_drops_what_the_remote_lost(tmp_path: Path, bucket: str) -> None:
+def test_fetch_downloads_only_changes_and_drops_what_the_remote_lost(
+    tmp_path: Path, bucket: str
+) -> None:
     root = StorageRoot.of(f"{bucket}/data", tmp_path / "scratch")
     fs = root.fs
     fs.pipe(root.remote("raw/slides/a/Data0000.dat"), b"a" * 10)
@@ -185,7 +196,9 @@ def test_fetch_downloads_only_changes_and_drops_what_the_remote_lost(tmp_path: P
     unpublished.write_bytes(b"work in progress")
     root.fetch("raw/slides/a")
     assert unpublished.read_bytes() == b"work in progress"
-    with pytest.raises(FileNotFoundError, match=f"{bucket}/data/raw/slides/missing.mrxs: not found"):
+    with pytest.raises(
+        FileNotFoundError, match=f"{bucket}/data/raw/slides/missing.mrxs: not found"
+    ):
         root.fetch("raw/slides/missing.mrxs", required=True)
 
 
@@ -230,7 +243,9 @@ def test_a_failed_publish_keeps_the_previous_version(tmp_path: Path, bucket: str
     assert sorted(root.listing("dicom")) == [f"dicom/s/sm/{i}.dcm" for i in range(4)]
 
 
-def test_publishing_a_missing_local_path_is_an_error_not_a_deletion(tmp_path: Path, bucket: str) -> None:
+def test_publishing_a_missing_local_path_is_an_error_not_a_deletion(
+    tmp_path: Path, bucket: str
+) -> None:
     root = StorageRoot.of(f"{bucket}/out", tmp_path / "scratch")
     table = root.local_root / "tables" / "index.parquet"
     table.parent.mkdir(parents=True)

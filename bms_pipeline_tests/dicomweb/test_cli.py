@@ -12,7 +12,9 @@ from bms_pipeline_tests.orthanc import PASSWORD, USER, OrthancServer
 
 
 def test_run_publishes_every_instance_once_and_a_second_run_stores_nothing(
-    empty_orthanc: OrthancServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    empty_orthanc: OrthancServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv(USER_ENV, USER)

@@ -34,14 +34,18 @@ def _stored_file(server: OrthancServer, sop_uid: str) -> bytes | None:
     """The file Orthanc holds for a SOP Instance UID, through its own REST API (not DICOMweb)."""
     import urllib.request
 
-    hits = [h for h in server.rest("/tools/lookup", "POST", sop_uid.encode()) if h["Type"] == "Instance"]
+    hits = [
+        h for h in server.rest("/tools/lookup", "POST", sop_uid.encode()) if h["Type"] == "Instance"
+    ]
     if not hits:
         return None
     (hit,) = hits  # one instance per UID: no duplicates
     request = urllib.request.Request(f"{server.url}/instances/{hit['ID']}/file")
     import base64
 
-    request.add_header("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
+    request.add_header(
+        "Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return response.read()
 
@@ -52,11 +56,14 @@ def _run_asset(output: PipelineOutput) -> tuple[bool, dict, str]:
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("slides", [output.slide_id])
         result = defs.resolve_job_def("slides_job").execute_in_process(
-            partition_key=output.slide_id, instance=instance, asset_selection=[DICOMWEB_KEY],
+            partition_key=output.slide_id,
+            instance=instance,
+            asset_selection=[DICOMWEB_KEY],
             raise_on_error=False,
         )
         metadata = {
-            k: v.value for m in result.asset_materializations_for_node("dicomweb_series")
+            k: v.value
+            for m in result.asset_materializations_for_node("dicomweb_series")
             for k, v in m.metadata.items()
         }
         errors = []
@@ -85,7 +92,9 @@ def test_asset_exists_only_when_a_server_is_configured_and_the_url_is_in_its_cod
 
 
 def test_round_trip_stores_every_instance_byte_for_byte(
-    pipeline_output: PipelineOutput, empty_orthanc: OrthancServer, credentials: None,
+    pipeline_output: PipelineOutput,
+    empty_orthanc: OrthancServer,
+    credentials: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(URL_ENV, empty_orthanc.dicomweb_url)
@@ -99,12 +108,16 @@ def test_round_trip_stores_every_instance_byte_for_byte(
     assert metadata["seconds"] > 0 and metadata["server"] == empty_orthanc.dicomweb_url
     assert empty_orthanc.instance_count() == len(files)
     for path in files:  # what Orthanc stored is our file, read back through its own REST API
-        stored = _stored_file(empty_orthanc, str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+        stored = _stored_file(
+            empty_orthanc, str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        )
         assert stored is not None and hashlib.sha256(stored).hexdigest() == _sha(path), path.name
 
 
 def test_publishing_again_stores_nothing_and_adds_no_duplicates(
-    pipeline_output: PipelineOutput, empty_orthanc: OrthancServer, credentials: None,
+    pipeline_output: PipelineOutput,
+    empty_orthanc: OrthancServer,
+    credentials: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(URL_ENV, empty_orthanc.dicomweb_url)
@@ -112,7 +125,12 @@ def test_publishing_again_stores_nothing_and_adds_no_duplicates(
     count = empty_orthanc.instance_count()
     ok, metadata, error = _run_asset(pipeline_output)
     assert first[0] and ok, (first[2], error)
-    assert metadata["instances_stored"] == metadata["instances_replaced"] == metadata["bytes_sent"] == 0
+    assert (
+        metadata["instances_stored"]
+        == metadata["instances_replaced"]
+        == metadata["bytes_sent"]
+        == 0
+    )
     assert metadata["instances_unchanged"] == metadata["instances"] == count
     assert metadata["state"] == "already on the server"
     assert empty_orthanc.instance_count() == count
@@ -134,7 +152,9 @@ def test_a_changed_instance_replaces_the_old_copy_and_the_report_says_so(
     assert report.replaced == [str(ds.SOPInstanceUID)] and not report.stored
     assert len(report.unchanged) == count - 1
     assert empty_orthanc.instance_count() == count
-    assert hashlib.sha256(_stored_file(empty_orthanc, str(ds.SOPInstanceUID))).hexdigest() == _sha(changed)
+    assert hashlib.sha256(_stored_file(empty_orthanc, str(ds.SOPInstanceUID))).hexdigest() == _sha(
+        changed
+    )
 
 
 def test_a_wrong_password_fails_with_the_servers_answer_and_changes_nothing(
@@ -167,8 +187,12 @@ def test_instances_the_server_drops_are_named(
     )
     with running_orthanc(tmp_path / "orthanc", extra={"LuaScripts": [str(script)]}) as server:
         with pytest.raises(DicomwebError) as raised:
-            publish_slide(slide_instances(pipeline_output.slide_dir / "sm", pipeline_output.slide_dir / "ann"),
-                          server.dicomweb_url)
+            publish_slide(
+                slide_instances(
+                    pipeline_output.slide_dir / "sm", pipeline_output.slide_dir / "ann"
+                ),
+                server.dicomweb_url,
+            )
         message = str(raised.value)
         assert "does not list" in message and "ann/" in message, message
         assert message.count(".dcm (SOP Instance UID ") == len(pipeline_output.ann_files), message
@@ -182,8 +206,13 @@ def test_a_server_that_is_down_fails_after_bounded_retries(
     url = f"http://127.0.0.1:{free_port()}/dicom-web"  # nothing listens there
     before = {p: _sha(p) for p in pipeline_output.all_files}
     with pytest.raises(DicomwebError) as raised:
-        publish_slide(slide_instances(pipeline_output.slide_dir / "sm", pipeline_output.slide_dir / "ann"),
-                      url, attempts=2)
+        publish_slide(
+            slide_instances(pipeline_output.slide_dir / "sm", pipeline_output.slide_dir / "ann"),
+            url,
+            attempts=2,
+        )
     message = str(raised.value)
-    assert url in message and "after 2 attempts" in message and "ConnectionError" in message, message
+    assert url in message and "after 2 attempts" in message and "ConnectionError" in message, (
+        message
+    )
     assert {p: _sha(p) for p in pipeline_output.all_files} == before

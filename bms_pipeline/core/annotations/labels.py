@@ -200,7 +200,9 @@ def load_label_table(path: Path | None = None) -> LabelTable:
         category = Code(row["category_code"], row["category_scheme"], row["category_meaning"])
         type_ = Code(row["type_code"], row["type_scheme"], row["type_meaning"])
         standard = (
-            _standard_code(row["category_code"], row["category_scheme"], row["category_meaning"], _CATEGORY_CID),
+            _standard_code(
+                row["category_code"], row["category_scheme"], row["category_meaning"], _CATEGORY_CID
+            ),
             _standard_code(row["type_code"], row["type_scheme"], row["type_meaning"], None),
         )
         for used, known in zip((category, type_), standard, strict=True):

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from bms_pipeline.core.reference import reference_path
 
-CLINICAL_COLUMNS = ("patient_id", "gender", "age", "leukemia_type", "leukemia_subtype", "ncit_concept_code")
+CLINICAL_COLUMNS = (
+    "patient_id",
+    "gender",
+    "age",
+    "leukemia_type",
+    "leukemia_subtype",
+    "ncit_concept_code",
+)
 _SEX = {"female": "F", "male": "M", "other": "O"}
 _AGE_STRING = re.compile(r"^\d{3}[DWMY]$")
 
@@ -63,7 +70,9 @@ def read_clinical_csv(path: Path) -> dict[str, PatientClinical]:
         reader = csv.DictReader(handle, delimiter=";")
         missing = [c for c in CLINICAL_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise ClinicalDataError(f"{path}: missing columns {missing} (header {reader.fieldnames})")
+            raise ClinicalDataError(
+                f"{path}: missing columns {missing} (header {reader.fieldnames})"
+            )
         patients: dict[str, PatientClinical] = {}
         for line, row in enumerate(reader, start=2):
             patient_id = (row["patient_id"] or "").strip()
@@ -74,7 +83,9 @@ def read_clinical_csv(path: Path) -> dict[str, PatientClinical]:
                 raise ClinicalDataError(f"{where}: duplicate row for this patient")
             gender = (row["gender"] or "").strip().lower()
             if gender not in _SEX:
-                raise ClinicalDataError(f"{where}: gender {row['gender']!r} is not female, male or other")
+                raise ClinicalDataError(
+                    f"{where}: gender {row['gender']!r} is not female, male or other"
+                )
             try:
                 age = age_string(row["age"] or "")
             except ValueError as exc:
@@ -84,7 +95,9 @@ def read_clinical_csv(path: Path) -> dict[str, PatientClinical]:
             if code is not None:
                 meaning = ncit_leukemia().get(code)
                 if meaning is None:
-                    raise ClinicalDataError(f"{where}: NCIt code {code!r} is not in the shipped NCIt table")
+                    raise ClinicalDataError(
+                        f"{where}: NCIt code {code!r} is not in the shipped NCIt table"
+                    )
             patients[patient_id] = PatientClinical(
                 patient_id=patient_id,
                 sex=_SEX[gender],

@@ -363,7 +363,10 @@ def _provenance(case_header: str) -> dict[str, _ColumnInfo]:
             notes=(derived,),
         ),
         SOURCE_BATCH_COLUMN: _ColumnInfo(
-            PROVENANCE_LABELS[SOURCE_BATCH_COLUMN], (PROVENANCE_LABELS[SOURCE_BATCH_COLUMN],), (), None
+            PROVENANCE_LABELS[SOURCE_BATCH_COLUMN],
+            (PROVENANCE_LABELS[SOURCE_BATCH_COLUMN],),
+            (),
+            None,
         ),
     }
 
@@ -620,7 +623,9 @@ def build_clinical_tables(
     left_out: dict[str, list[str]] = {}
     if converted_patients is not None and not collection.keep_patients_without_dicom:
         clinical, left_out[f"{cid}_clinical"] = restrict_to_patients(clinical, converted_patients)
-        laboratory, left_out[f"{cid}_laboratory"] = restrict_to_patients(laboratory, converted_patients)
+        laboratory, left_out[f"{cid}_laboratory"] = restrict_to_patients(
+            laboratory, converted_patients
+        )
 
     clinical_name, laboratory_name = f"{cid}_clinical", f"{cid}_laboratory"
     added = str(added_at or datetime.now(UTC))
@@ -678,10 +683,16 @@ def _source_checked(layout: DataLayout, path: Path, what: str) -> _Source:
 # --------------------------------------------------------------------------- QA helpers
 
 
-def restrict_to_patients(df: pl.DataFrame, patients: Collection[str]) -> tuple[pl.DataFrame, list[str]]:
+def restrict_to_patients(
+    df: pl.DataFrame, patients: Collection[str]
+) -> tuple[pl.DataFrame, list[str]]:
     """The rows of `patients` only, and the (sorted, distinct) patient ids left out."""
     keep = pl.col("dicom_patient_id").is_in(sorted(set(patients)))
-    dropped = sorted(set(df.filter(~keep | pl.col("dicom_patient_id").is_null())["dicom_patient_id"].drop_nulls()))
+    dropped = sorted(
+        set(
+            df.filter(~keep | pl.col("dicom_patient_id").is_null())["dicom_patient_id"].drop_nulls()
+        )
+    )
     return df.filter(keep), dropped
 
 
@@ -834,7 +845,9 @@ def _provenance_problems(table: str, frame: pl.DataFrame, rows: pl.DataFrame) ->
     labels = dict(zip(rows["column"], rows["column_label"], strict=True))
     for column, label in PROVENANCE_LABELS.items():
         if labels.get(column) != label:
-            problems.append(f"{table}.{column}: column_label {labels.get(column)!r}, not IDC's {label!r}")
+            problems.append(
+                f"{table}.{column}: column_label {labels.get(column)!r}, not IDC's {label!r}"
+            )
     cases = rows.filter(pl.col("case_col"))["column"].to_list()
     if len(cases) != 1 or cases[0] in PROVENANCE_LABELS:
         return [*problems, f"{table}: case_col marks {cases}, not the one source patient column"]

@@ -60,7 +60,6 @@ class ConversionSettings:
     """With `fast_composite`, read MIRAX pixels with `MiraxDirectReader` where it reproduces
     OpenSlide exactly (same output, fewer decodes)."""
 
-
     @classmethod
     def for_collection(cls, sm: SmConventions, **changes: object) -> ConversionSettings:
         """The collection's SM conventions (tile size, levels, THUMBNAIL), then `changes`."""
@@ -150,7 +149,9 @@ def convert_slide(
             mrxs_path,
             target,
             metadata=metadata,
-            default_metadata=WsiDicomizerMetadata(contributing_equipment=[contributing_equipment()]),
+            default_metadata=WsiDicomizerMetadata(
+                contributing_equipment=[contributing_equipment()]
+            ),
             tile_size=settings.tile_size,
             uid_generator=SlideUidGenerator(
                 identity.collection_id, identity.patient_id, identity.slide_id

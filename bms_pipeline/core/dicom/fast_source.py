@@ -65,7 +65,9 @@ def decoded_image_cache_bytes(
     return min(max(floor, level_width * tile_size * 4), CACHE_CAP_BYTES if cap is None else cap)
 
 
-def composite_over_background(rgba: np.ndarray, background: tuple[int, int, int] | int) -> np.ndarray:
+def composite_over_background(
+    rgba: np.ndarray, background: tuple[int, int, int] | int
+) -> np.ndarray:
     """RGB of `rgba` over `background`, bit-exact with Pillow's paste-with-mask blend
     (`(src * a + bg * (255 - a) + 127) // 255`).
 
@@ -110,7 +112,9 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
 
     def attach_direct_reader(self, reader: MiraxDirectReader | None) -> None:
         """Read this level's pixels with `reader` where it supports the level."""
-        self._direct = reader if reader is not None and reader.supports_level(self._level_index) else None
+        self._direct = (
+            reader if reader is not None and reader.supports_level(self._level_index) else None
+        )
 
     def _composite_over_background(self, rgba: np.ndarray) -> np.ndarray:
         return composite_over_background(rgba, self.blank_color)
@@ -270,7 +274,8 @@ class FastOpenSlideSource(OpenSlideSource):
         if self.direct_mirax and path.suffix.lower() == ".mrxs":
             try:
                 self._direct = MiraxDirectReader.open(
-                    path, cache_bytes=decoded_image_cache_bytes(self._slide.dimensions[0], tile_size)
+                    path,
+                    cache_bytes=decoded_image_cache_bytes(self._slide.dimensions[0], tile_size),
                 )
             except MiraxDirectUnsupported as exc:
                 logger.info("reading %s through OpenSlide: %s", path, exc)
@@ -318,7 +323,11 @@ class FastOpenSlideSource(OpenSlideSource):
         image = self.metadata.pyramid.image
         if image.pixel_spacing is None:
             raise ValueError("no pixel spacing: give one in the metadata to make a THUMBNAIL")
-        x, y = (self._base_level_offset.x, self._base_level_offset.y) if self._base_level_offset else (0, 0)
+        x, y = (
+            (self._base_level_offset.x, self._base_level_offset.y)
+            if self._base_level_offset
+            else (0, 0)
+        )
         width, height = (
             (self._base_level_size.width, self._base_level_size.height)
             if self._base_level_size
@@ -328,7 +337,11 @@ class FastOpenSlideSource(OpenSlideSource):
         background = (color, color, color) if isinstance(color, int) else color
         pixels = render_thumbnail(self._slide, (x, y, width, height), background)
         return PyramidThumbnailImageData(
-            pixels, color, self._encoder, image.pixel_spacing, (width, height),
+            pixels,
+            color,
+            self._encoder,
+            image.pixel_spacing,
+            (width, height),
             image.image_coordinate_system,
         )
 

@@ -59,7 +59,9 @@ from bms_pipeline.core.dicom.viewer_compat import viewer_coordinate_systems
 
 # DICOM PS3.16 CID 7050 de-identification method codes.
 BASIC_PROFILE = Code("113100", "DCM", "Basic Application Confidentiality Profile")
-RETAIN_FULL_DATES = Code("113106", "DCM", "Retain Longitudinal Temporal Information Full Dates Option")
+RETAIN_FULL_DATES = Code(
+    "113106", "DCM", "Retain Longitudinal Temporal Information Full Dates Option"
+)
 RETAIN_PATIENT_CHARACTERISTICS = Code("113108", "DCM", "Retain Patient Characteristics Option")
 RETAIN_DEVICE_IDENTITY = Code("113109", "DCM", "Retain Device Identity Option")
 CLEAN_DESCRIPTORS = Code("113105", "DCM", "Clean Descriptors Option")
@@ -91,20 +93,29 @@ class SlideContext:
 
 
 def deidentification_methods(collection: CollectionConfig) -> list[Code]:
-    methods = [BASIC_PROFILE, RETAIN_PATIENT_CHARACTERISTICS, RETAIN_DEVICE_IDENTITY, CLEAN_DESCRIPTORS]
+    methods = [
+        BASIC_PROFILE,
+        RETAIN_PATIENT_CHARACTERISTICS,
+        RETAIN_DEVICE_IDENTITY,
+        CLEAN_DESCRIPTORS,
+    ]
     if collection.deidentification.keep_dates:
         methods.append(RETAIN_FULL_DATES)
     return methods
 
 
-def specimen_slide(slide_id: str, patient_id: str, identifiers: SpecimenIdentifiers = "patient") -> Slide:
+def specimen_slide(
+    slide_id: str, patient_id: str, identifiers: SpecimenIdentifiers = "patient"
+) -> Slide:
     """Aspiration -> aspirate in a specimen vial -> smear on a microscope slide, MGG stained.
 
     IDC identifies the specimen and the slide sample by the patient id (one aspirate per
     patient) and the container by the slide id; `identifiers="slide"` names them after the
     slide instead."""
     specimen_id, sample_id = (
-        (patient_id, patient_id) if identifiers == "patient" else (f"{slide_id}_aspirate", f"{slide_id}_smear")
+        (patient_id, patient_id)
+        if identifiers == "patient"
+        else (f"{slide_id}_aspirate", f"{slide_id}_smear")
     )
     aspirate = Specimen(
         identifier=specimen_id,
@@ -186,7 +197,9 @@ def build_wsi_metadata(context: SlideContext) -> WsiMetadata:
             description=collection.study_description,
         ),
         series=Series(
-            number=collection.conventions.series_numbers.for_slide(context.slide_number, ["sm"])["sm"],
+            number=collection.conventions.series_numbers.for_slide(context.slide_number, ["sm"])[
+                "sm"
+            ],
             description=collection.series_description,
         ),
         patient=Patient(
@@ -210,7 +223,9 @@ def _undated(module: Any) -> Any:
     return replace(module, image=replace(module.image, acquisition_datetime=None))
 
 
-def build_pre_processor(collection: CollectionConfig) -> Callable[[WsiDicomizerMetadata], WsiMetadata]:
+def build_pre_processor(
+    collection: CollectionConfig,
+) -> Callable[[WsiDicomizerMetadata], WsiMetadata]:
     """Strip the slide name, the scanner's slide id and (by policy) dates from the file's metadata."""
 
     def pre_process(metadata: WsiDicomizerMetadata) -> WsiMetadata:

@@ -126,7 +126,9 @@ class PrivacyPolicy:
             ):
                 candidates[key] = value
         if not keep_dates:
-            for suffix, value in scan_date_forms(properties.get(CREATION_DATETIME_PROPERTY) or "").items():
+            for suffix, value in scan_date_forms(
+                properties.get(CREATION_DATETIME_PROPERTY) or ""
+            ).items():
                 candidates[CREATION_DATETIME_PROPERTY + suffix] = value
         needles = tuple(
             Needle(name, value.encode("utf-8"))
@@ -151,7 +153,9 @@ class PrivacyPolicy:
         """Allowed values that contain `needle`, with every position it has in them."""
         out = []
         for value in self.allowed:
-            positions = [i for i in range(len(value) - len(needle) + 1) if value.startswith(needle, i)]
+            positions = [
+                i for i in range(len(value) - len(needle) + 1) if value.startswith(needle, i)
+            ]
             if positions:
                 out.append((value, positions))
         return out

@@ -69,12 +69,16 @@ class PublicationGate:
         if not self.deidentification.include_label and "LABEL" in flavors:
             label = files[flavors.index("LABEL")]
             problems.append(
-                GateProblem("label", f"{label.parent.name}/{label.name}: a LABEL instance was written")
+                GateProblem(
+                    "label", f"{label.parent.name}/{label.name}: a LABEL instance was written"
+                )
             )
         if self.expect_thumbnail:
             count = flavors.count("THUMBNAIL")
             if count != 1:
-                problems.append(GateProblem("thumbnail", f"{count} THUMBNAIL instances, expected 1"))
+                problems.append(
+                    GateProblem("thumbnail", f"{count} THUMBNAIL instances, expected 1")
+                )
             else:
                 score, compared = thumbnail_similarity(files)
                 if score is None or score < MIN_THUMBNAIL_CORRELATION:
@@ -92,13 +96,13 @@ class PublicationGate:
         return self._common(files)
 
     def _common(self, files: Sequence[Path]) -> list[GateProblem]:
-        problems = [
-            GateProblem("identifiers", hit.describe()) for hit in self.privacy.scan(files)
-        ]
+        problems = [GateProblem("identifiers", hit.describe()) for hit in self.privacy.scan(files)]
         for path in files:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             name = f"{path.parent.name}/{path.name}"
-            problems += [GateProblem("deidentification", f"{name}: {p}") for p in _deid_problems(ds)]
+            problems += [
+                GateProblem("deidentification", f"{name}: {p}") for p in _deid_problems(ds)
+            ]
             if not self.deidentification.keep_dates:
                 problems += [GateProblem("dates", f"{name}: {p}") for p in _date_problems(ds)]
         return problems
@@ -112,7 +116,9 @@ def _deid_problems(ds: pydicom.Dataset) -> list[str]:
     problems = []
     if ds.get("PatientIdentityRemoved") != "YES":
         problems.append("PatientIdentityRemoved is not YES")
-    codes = {str(item.get("CodeValue", "")) for item in ds.get("DeidentificationMethodCodeSequence", [])}
+    codes = {
+        str(item.get("CodeValue", "")) for item in ds.get("DeidentificationMethodCodeSequence", [])
+    }
     if BASIC_PROFILE_CODE not in codes:
         problems.append("DeidentificationMethodCodeSequence lacks DCM 113100")
     return problems

@@ -47,6 +47,4 @@ def read_series(sm_dir: Path) -> list[SmInstance]:
 
 def volume_levels(instances: list[SmInstance]) -> list[SmInstance]:
     """VOLUME instances, largest (base) first."""
-    return sorted(
-        (i for i in instances if i.flavor == "VOLUME"), key=lambda i: -i.columns * i.rows
-    )
+    return sorted((i for i in instances if i.flavor == "VOLUME"), key=lambda i: -i.columns * i.rows)

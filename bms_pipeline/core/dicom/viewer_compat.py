@@ -36,28 +36,55 @@ VIEWER_ROTATION = 0.0  # wsidicom's rotation whose orientation is [0, 1, 0, 1, 0
 SLIDE_LONG_EDGE_MM = 75.0
 
 
-def _rotated(system: ImageCoordinateSystem | None, image_type: ImageType) -> ImageCoordinateSystem | None:
+def _rotated(
+    system: ImageCoordinateSystem | None, image_type: ImageType
+) -> ImageCoordinateSystem | None:
     if system is None or system.rotation == VIEWER_ROTATION:
         return system
     if image_type == ImageType.VOLUME:
         # The origin is measured (bounds x, y along image x, y): image x now runs along slide Y.
-        origin = PointMm(system.origin.y, system.origin.x) if system.rotation == 270 else system.origin
-        return ImageCoordinateSystem(origin=origin, rotation=VIEWER_ROTATION, z_offset=system.z_offset)
+        origin = (
+            PointMm(system.origin.y, system.origin.x) if system.rotation == 270 else system.origin
+        )
+        return ImageCoordinateSystem(
+            origin=origin, rotation=VIEWER_ROTATION, z_offset=system.z_offset
+        )
     return ImageCoordinateSystem.default_for(VIEWER_ROTATION, image_type, system.z_offset)
 
 
 def viewer_coordinate_systems(metadata: WsiDicomizerMetadata) -> WsiDicomizerMetadata:
     """The metadata with every image's coordinate system at the viewer orientation (module doc)."""
     pyramid = metadata.pyramid
-    pyramid = replace(pyramid, image=replace(
-        pyramid.image, image_coordinate_system=_rotated(pyramid.image.image_coordinate_system, ImageType.VOLUME)))
+    pyramid = replace(
+        pyramid,
+        image=replace(
+            pyramid.image,
+            image_coordinate_system=_rotated(
+                pyramid.image.image_coordinate_system, ImageType.VOLUME
+            ),
+        ),
+    )
     overview, label = metadata.overview, metadata.label
     if overview is not None and overview.image is not None:
-        overview = replace(overview, image=replace(overview.image, image_coordinate_system=_rotated(
-            overview.image.image_coordinate_system, ImageType.OVERVIEW)))
+        overview = replace(
+            overview,
+            image=replace(
+                overview.image,
+                image_coordinate_system=_rotated(
+                    overview.image.image_coordinate_system, ImageType.OVERVIEW
+                ),
+            ),
+        )
     if label is not None and label.image is not None:
-        label = replace(label, image=replace(label.image, image_coordinate_system=_rotated(
-            label.image.image_coordinate_system, ImageType.LABEL)))
+        label = replace(
+            label,
+            image=replace(
+                label.image,
+                image_coordinate_system=_rotated(
+                    label.image.image_coordinate_system, ImageType.LABEL
+                ),
+            ),
+        )
     return replace(metadata, pyramid=pyramid, overview=overview, label=label)
 
 

@@ -47,7 +47,9 @@ def url_from_collection_yaml(path: Path) -> str | None:
     return str(url) if url else None
 
 
-def resolve_target(explicit: str | None = None, collection_yaml: Path | None = None) -> DicomwebTarget | None:
+def resolve_target(
+    explicit: str | None = None, collection_yaml: Path | None = None
+) -> DicomwebTarget | None:
     """The configured server, or None when nothing names one (the asset is then left out)."""
     if explicit:
         return DicomwebTarget(normalise_url(explicit), "--dicomweb-url")

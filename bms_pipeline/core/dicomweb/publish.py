@@ -76,10 +76,26 @@ def slide_instances(sm_dir: Path, ann_dir: Path) -> list[LocalInstance]:
     found = []
     for folder in (sm_dir, ann_dir):
         for path in sorted(folder.glob("*.dcm")) if folder.is_dir() else []:
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=[
-                "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"])
-            found.append(LocalInstance(path, str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
-                                       str(ds.SOPInstanceUID), str(ds.Modality), path.stat().st_size))
+            ds = dcmread(
+                path,
+                stop_before_pixels=True,
+                specific_tags=[
+                    "StudyInstanceUID",
+                    "SeriesInstanceUID",
+                    "SOPInstanceUID",
+                    "Modality",
+                ],
+            )
+            found.append(
+                LocalInstance(
+                    path,
+                    str(ds.StudyInstanceUID),
+                    str(ds.SeriesInstanceUID),
+                    str(ds.SOPInstanceUID),
+                    str(ds.Modality),
+                    path.stat().st_size,
+                )
+            )
     if not found:
         raise DicomwebError(f"{sm_dir.parent}: no DICOM files in sm/ or ann/ to publish")
     return found
@@ -114,8 +130,9 @@ def _retriable(exc: BaseException) -> bool:
     return response is not None and response.status_code in RETRIABLE_STATUS
 
 
-def with_retries[T](what: str, server: str, call: Callable[[], T], attempts: int = 3,
-                 backoff: float = 1.0) -> T:
+def with_retries[T](
+    what: str, server: str, call: Callable[[], T], attempts: int = 3, backoff: float = 1.0
+) -> T:
     """`call()`, retried on transient failures at most `attempts` times in all."""
     for attempt in range(1, attempts + 1):
         try:
@@ -129,12 +146,16 @@ def with_retries[T](what: str, server: str, call: Callable[[], T], attempts: int
     raise AssertionError("unreachable")
 
 
-def _uids_on_server(client, server: str, study_uid: str, series_uid: str, attempts: int = 3) -> set[str]:
+def _uids_on_server(
+    client, server: str, study_uid: str, series_uid: str, attempts: int = 3
+) -> set[str]:
     def search() -> list[dict]:
         try:
             return client.search_for_instances(
-                study_instance_uid=study_uid, series_instance_uid=series_uid,
-                fields=["00080018"], get_remaining=True,
+                study_instance_uid=study_uid,
+                series_instance_uid=series_uid,
+                fields=["00080018"],
+                get_remaining=True,
             )
         except requests.HTTPError as exc:
             if exc.response is not None and exc.response.status_code == 404:
@@ -147,9 +168,11 @@ def _uids_on_server(client, server: str, study_uid: str, series_uid: str, attemp
 
 def _retrieve(client, server: str, inst: LocalInstance, attempts: int = 3) -> Dataset:
     return with_retries(
-        f"WADO-RS {inst.label}", server,
-        lambda: client.retrieve_instance(inst.study_uid, inst.series_uid, inst.sop_uid,
-                                         media_types=STORED_TRANSFER_SYNTAX),
+        f"WADO-RS {inst.label}",
+        server,
+        lambda: client.retrieve_instance(
+            inst.study_uid, inst.series_uid, inst.sop_uid, media_types=STORED_TRANSFER_SYNTAX
+        ),
         attempts,
     )
 
@@ -167,7 +190,9 @@ def first_frame(ds: Dataset) -> bytes:
         if "ExtendedOffsetTable" in ds:
             extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
         return get_frame(ds.PixelData, 0, extended_offsets=extended, number_of_frames=frames)
-    frame_bytes = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * (int(ds.BitsAllocated) // 8)
+    frame_bytes = (
+        int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * (int(ds.BitsAllocated) // 8)
+    )
     return bytes(ds.PixelData[:frame_bytes])
 
 
@@ -212,30 +237,44 @@ def publish_slide(
                 to_store.append((inst, local, True))
         if delete_strays:
             for stray in sorted(present - ours):
-                with_retries(f"DELETE instance {stray}", url,
-                             lambda s=stray, st=study_uid, se=series_uid: client.delete_instance(st, se, s),
-                             attempts)
+                with_retries(
+                    f"DELETE instance {stray}",
+                    url,
+                    lambda s=stray, st=study_uid, se=series_uid: client.delete_instance(st, se, s),
+                    attempts,
+                )
                 report.left_on_server.remove(stray)
 
     for inst, ds, replacing in to_store:
-        answer = with_retries(f"STOW-RS {inst.label}", url,
-                              lambda ds=ds, inst=inst: client.store_instances([ds], inst.study_uid),
-                              attempts)
+        answer = with_retries(
+            f"STOW-RS {inst.label}",
+            url,
+            lambda ds=ds, inst=inst: client.store_instances([ds], inst.study_uid),
+            attempts,
+        )
         failed = answer.get("FailedSOPSequence") or []
         if failed:
             reason = failed[0].get("FailureReason", "no reason given")
             raise DicomwebError(f"STOW-RS {inst.label}: {url} refused it (FailureReason {reason})")
         (report.replaced if replacing else report.stored).append(inst.sop_uid)
         report.bytes_sent += inst.size
-        logger.info("stored %s%s", inst.label, " (replacing the server's copy)" if replacing else "")
+        logger.info(
+            "stored %s%s", inst.label, " (replacing the server's copy)" if replacing else ""
+        )
 
     _verify(client, url, by_series, {i.sop_uid for i, _, r in to_store if r}, report, attempts)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 
 
-def _verify(client, url: str, by_series: dict[tuple[str, str], list[LocalInstance]],
-            replaced: set[str], report: PublishReport, attempts: int) -> None:
+def _verify(
+    client,
+    url: str,
+    by_series: dict[tuple[str, str], list[LocalInstance]],
+    replaced: set[str],
+    report: PublishReport,
+    attempts: int,
+) -> None:
     missing = []
     for (study_uid, series_uid), members in by_series.items():
         present = _uids_on_server(client, url, study_uid, series_uid, attempts)
@@ -252,20 +291,28 @@ def _verify(client, url: str, by_series: dict[tuple[str, str], list[LocalInstanc
                 local = dcmread(inst.path)
                 ours = first_frame(local)
                 theirs = with_retries(
-                    f"WADO-RS frame 1 of {inst.label}", url,
+                    f"WADO-RS frame 1 of {inst.label}",
+                    url,
                     lambda inst=inst: client.retrieve_instance_frames(
-                        inst.study_uid, inst.series_uid, inst.sop_uid, [1], media_types=ANY_FRAME),
+                        inst.study_uid, inst.series_uid, inst.sop_uid, [1], media_types=ANY_FRAME
+                    ),
                     attempts,
                 )[0]
                 if not _frames_equal(ours, theirs):
                     raise DicomwebError(
                         f"WADO-RS frame 1 of {inst.label} from {url}: {len(theirs)} bytes that differ "
                         f"from the file's {len(ours)}"
-                        + (" (the server kept its old copy: it must overwrite instances stored "
-                           "again, e.g. Orthanc's OverwriteInstances)" if inst.sop_uid in replaced else "")
+                        + (
+                            " (the server kept its old copy: it must overwrite instances stored "
+                            "again, e.g. Orthanc's OverwriteInstances)"
+                            if inst.sop_uid in replaced
+                            else ""
+                        )
                     )
                 report.verified_frames += 1
-                if inst.sop_uid in replaced and not _same_content(local, _retrieve(client, url, inst, attempts)):
+                if inst.sop_uid in replaced and not _same_content(
+                    local, _retrieve(client, url, inst, attempts)
+                ):
                     raise DicomwebError(
                         f"WADO-RS {inst.label} from {url}: still the old copy after storing the changed "
                         "one (the server must overwrite instances stored again, e.g. Orthanc's "
@@ -275,7 +322,11 @@ def _verify(client, url: str, by_series: dict[tuple[str, str], list[LocalInstanc
                 if not _same_content(dcmread(inst.path), _retrieve(client, url, inst, attempts)):
                     raise DicomwebError(
                         f"WADO-RS {inst.label} from {url}: differs from the file"
-                        + (" (the server kept its old copy: it must overwrite instances stored "
-                           "again, e.g. Orthanc's OverwriteInstances)" if inst.sop_uid in replaced else "")
+                        + (
+                            " (the server kept its old copy: it must overwrite instances stored "
+                            "again, e.g. Orthanc's OverwriteInstances)"
+                            if inst.sop_uid in replaced
+                            else ""
+                        )
                     )
                 report.verified_objects += 1

@@ -152,11 +152,13 @@ def _preparation(ds: Dataset) -> dict[str, list[str]]:
                 if key not in _PREPARATION_COLUMNS:
                     continue
                 for concept in item.get("ConceptCodeSequence", []):
-                    found[_PREPARATION_COLUMNS[key]].add((
-                        str(concept.get("CodeMeaning", "")),
-                        str(concept.get("CodingSchemeDesignator", "")),
-                        str(concept.get("CodeValue", "")),
-                    ))
+                    found[_PREPARATION_COLUMNS[key]].add(
+                        (
+                            str(concept.get("CodeMeaning", "")),
+                            str(concept.get("CodingSchemeDesignator", "")),
+                            str(concept.get("CodeValue", "")),
+                        )
+                    )
     out: dict[str, list[str]] = {}
     for prefix in _PREPARATION_COLUMNS.values():
         codes = sorted(found.get(prefix, ()), key=lambda c: ":".join(c))
@@ -229,7 +231,8 @@ class _Instance:
 def _read(dicom_root: Path) -> list[_Instance]:
     root = Path(dicom_root)
     files = sorted(
-        p for p in root.rglob("*.dcm")
+        p
+        for p in root.rglob("*.dcm")
         if not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
     # Relative to the output root (whose `dicom/` folder `dicom_root` is), so the tables
@@ -270,7 +273,9 @@ def _series_row(
         "sop_class_name": UID(sop_class).name,
         "TransferSyntaxUID": _joined(syntaxes),
         "transfer_syntax_name": _joined(transfer_syntax_name(s) for s in syntaxes),
-        "PhotometricInterpretation": _joined(_text(d, "PhotometricInterpretation") for d in datasets),
+        "PhotometricInterpretation": _joined(
+            _text(d, "PhotometricInterpretation") for d in datasets
+        ),
         "PixelRepresentation": _joined(None if v is None else str(int(v)) for v in pixel_repr),
         "Manufacturer": _any(_text(d, "Manufacturer") for d in datasets),
         "ManufacturerModelName": _any(_text(d, "ManufacturerModelName") for d in datasets),
@@ -295,11 +300,13 @@ def _sm_series_row(members: list[_Instance]) -> dict[str, object]:
     for ds in datasets:
         prep = _preparation(ds)
         for prefix in _PREPARATION_COLUMNS.values():
-            preparation[prefix] |= set(zip(
-                prep[f"{prefix}_CodeMeaning"],
-                prep[f"{prefix}_code_designator_value_str"],
-                strict=True,
-            ))
+            preparation[prefix] |= set(
+                zip(
+                    prep[f"{prefix}_CodeMeaning"],
+                    prep[f"{prefix}_code_designator_value_str"],
+                    strict=True,
+                )
+            )
     row: dict[str, object] = {
         "SeriesInstanceUID": members[0].series_uid,
         "ContainerIdentifier": _any(_text(d, "ContainerIdentifier") for d in datasets),
@@ -311,7 +318,9 @@ def _sm_series_row(members: list[_Instance]) -> dict[str, object]:
     top = [s for s in map(_top_pixel_spacing, datasets) if s is not None]
     shared = [s for s in map(_shared_pixel_spacing, datasets) if s is not None]
     spacing = min(top) if top else min(shared) if shared else None
-    columns = [c for c in (_int(d.get("TotalPixelMatrixColumns")) for d in datasets) if c is not None]
+    columns = [
+        c for c in (_int(d.get("TotalPixelMatrixColumns")) for d in datasets) if c is not None
+    ]
     rows = [r for r in (_int(d.get("TotalPixelMatrixRows")) for d in datasets) if r is not None]
     tiles_c = [c for c in (_int(d.get("Columns")) for d in datasets) if c is not None]
     tiles_r = [r for r in (_int(d.get("Rows")) for d in datasets) if r is not None]
@@ -327,28 +336,36 @@ def _sm_series_row(members: list[_Instance]) -> dict[str, object]:
 
     def modifier(ds: Dataset) -> Dataset | None:
         structure = anatomy(ds)
-        return _first(structure.get("PrimaryAnatomicStructureModifierSequence")) if structure else None
+        return (
+            _first(structure.get("PrimaryAnatomicStructureModifierSequence")) if structure else None
+        )
 
     site = smallest(_code_str(anatomy(d)) for d in datasets)
     site_modifier = smallest(_code_str(modifier(d)) for d in datasets)
     illumination = smallest(
         _code_str(_first(o.get("IlluminationTypeCodeSequence"))) if o else None for o in optical
     )
-    diagnosis = smallest(_code_str(_first(d.get("AdmittingDiagnosesCodeSequence"))) for d in datasets)
-    row.update({
-        "min_PixelSpacing_2sf": None if spacing is None else round_2sf(spacing),
-        "max_TotalPixelMatrixColumns": max(columns) if columns else max(tiles_c, default=None),
-        "max_TotalPixelMatrixRows": max(rows) if rows else max(tiles_r, default=None),
-        "ObjectiveLensPower": _lens_power(_any(o.get("ObjectiveLensPower") if o else None for o in optical)),
-        "primaryAnatomicStructure_code_designator_value_str": site[0],
-        "primaryAnatomicStructure_CodeMeaning": site[1],
-        "primaryAnatomicStructureModifier_code_designator_value_str": site_modifier[0],
-        "primaryAnatomicStructureModifier_CodeMeaning": site_modifier[1],
-        "illuminationType_code_designator_value_str": illumination[0],
-        "illuminationType_CodeMeaning": illumination[1],
-        "admittingDiagnosis_code_designator_value_str": diagnosis[0],
-        "admittingDiagnosis_CodeMeaning": diagnosis[1],
-    })
+    diagnosis = smallest(
+        _code_str(_first(d.get("AdmittingDiagnosesCodeSequence"))) for d in datasets
+    )
+    row.update(
+        {
+            "min_PixelSpacing_2sf": None if spacing is None else round_2sf(spacing),
+            "max_TotalPixelMatrixColumns": max(columns) if columns else max(tiles_c, default=None),
+            "max_TotalPixelMatrixRows": max(rows) if rows else max(tiles_r, default=None),
+            "ObjectiveLensPower": _lens_power(
+                _any(o.get("ObjectiveLensPower") if o else None for o in optical)
+            ),
+            "primaryAnatomicStructure_code_designator_value_str": site[0],
+            "primaryAnatomicStructure_CodeMeaning": site[1],
+            "primaryAnatomicStructureModifier_code_designator_value_str": site_modifier[0],
+            "primaryAnatomicStructureModifier_CodeMeaning": site_modifier[1],
+            "illuminationType_code_designator_value_str": illumination[0],
+            "illuminationType_CodeMeaning": illumination[1],
+            "admittingDiagnosis_code_designator_value_str": diagnosis[0],
+            "admittingDiagnosis_CodeMeaning": diagnosis[1],
+        }
+    )
     return row
 
 
@@ -368,7 +385,9 @@ def _sm_instance_row(instance: _Instance) -> dict[str, object]:
     }
 
 
-def _ann_rows(instance: _Instance) -> tuple[dict[str, object], dict[str, object], list[dict[str, object]]]:
+def _ann_rows(
+    instance: _Instance,
+) -> tuple[dict[str, object], dict[str, object], list[dict[str, object]]]:
     """The `ann_index`, `bms_ann_references` and `ann_group_index` rows of an ANN instance."""
     ds = instance.ds
     referenced = _first(ds.get("ReferencedSeriesSequence")) or Dataset()
@@ -391,20 +410,22 @@ def _ann_rows(instance: _Instance) -> tuple[dict[str, object], dict[str, object]
         category = _code_tuple(_first(group.get("AnnotationPropertyCategoryCodeSequence")))
         prop_type = _code_tuple(_first(group.get("AnnotationPropertyTypeCodeSequence")))
         algorithm = _first(group.get("AnnotationGroupAlgorithmIdentificationSequence")) or Dataset()
-        groups.append({
-            "SeriesInstanceUID": instance.series_uid,
-            "AnnotationGroupNumber": _int(group.get("AnnotationGroupNumber")),
-            "AnnotationGroupUID": _text(group, "AnnotationGroupUID"),
-            "AnnotationGroupLabel": _text(group, "AnnotationGroupLabel"),
-            "AnnotationGroupGenerationType": _text(group, "AnnotationGroupGenerationType"),
-            "NumberOfAnnotations": _int(group.get("NumberOfAnnotations")),
-            "GraphicType": _text(group, "GraphicType"),
-            "AnnotationPropertyCategory_code": category[0],
-            "AnnotationPropertyCategory_CodeMeaning": category[1],
-            "AnnotationPropertyType_code": prop_type[0],
-            "AnnotationPropertyType_CodeMeaning": prop_type[1],
-            "AlgorithmName": _text(algorithm, "AlgorithmName"),
-        })
+        groups.append(
+            {
+                "SeriesInstanceUID": instance.series_uid,
+                "AnnotationGroupNumber": _int(group.get("AnnotationGroupNumber")),
+                "AnnotationGroupUID": _text(group, "AnnotationGroupUID"),
+                "AnnotationGroupLabel": _text(group, "AnnotationGroupLabel"),
+                "AnnotationGroupGenerationType": _text(group, "AnnotationGroupGenerationType"),
+                "NumberOfAnnotations": _int(group.get("NumberOfAnnotations")),
+                "GraphicType": _text(group, "GraphicType"),
+                "AnnotationPropertyCategory_code": category[0],
+                "AnnotationPropertyCategory_CodeMeaning": category[1],
+                "AnnotationPropertyType_code": prop_type[0],
+                "AnnotationPropertyType_CodeMeaning": prop_type[1],
+                "AlgorithmName": _text(algorithm, "AlgorithmName"),
+            }
+        )
     return series, references, groups
 
 
@@ -413,7 +434,9 @@ def _frame(rows: list[dict[str, object]], schema: pl.Schema, order: Sequence[str
     return frame.sort(list(order), nulls_last=True, maintain_order=True) if rows else frame
 
 
-def build_dicom_index(dicom_root: Path, collection_id: str, doi: str, license_name: str) -> DicomIndex:
+def build_dicom_index(
+    dicom_root: Path, collection_id: str, doi: str, license_name: str
+) -> DicomIndex:
     """Read every `.dcm` under `dicom_root` (headers only) into idc-index's and our tables."""
     instances = _read(dicom_root)
     by_series: dict[str, list[_Instance]] = defaultdict(list)
@@ -422,7 +445,8 @@ def build_dicom_index(dicom_root: Path, collection_id: str, doi: str, license_na
 
     series_rows = [_series_row(m, collection_id, doi, license_name) for m in by_series.values()]
     sm_rows = [
-        _sm_series_row(m) for m in by_series.values()
+        _sm_series_row(m)
+        for m in by_series.values()
         if any(_text(i.ds, "Modality") == "SM" for i in m)
     ]
     sm_instances = [i for i in instances if _text(i.ds, "Modality") == "SM"]
@@ -460,19 +484,35 @@ def build_dicom_index(dicom_root: Path, collection_id: str, doi: str, license_na
     ]
     return DicomIndex(
         # Row orders follow idc-index-data's ORDER BY, with the UIDs as tie-breakers.
-        index=_frame(series_rows, schemas.INDEX,
-                     ("collection_id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID")),
-        sm_index=_frame(sm_rows, schemas.SM_INDEX,
-                        ("primaryAnatomicStructure_CodeMeaning", "SeriesInstanceUID")),
-        sm_instance_index=_frame([_sm_instance_row(i) for i in sm_instances],
-                                 schemas.SM_INSTANCE_INDEX,
-                                 ("TransferSyntaxUID", "SeriesInstanceUID", "SOPInstanceUID")),
-        ann_index=_frame(anns, schemas.ANN_INDEX,
-                         ("AnnotationCoordinateType", "referenced_SeriesInstanceUID", "SeriesInstanceUID")),
-        ann_group_index=_frame(groups, schemas.ANN_GROUP_INDEX,
-                               ("AnnotationPropertyCategory_CodeMeaning",
-                                "AnnotationPropertyType_CodeMeaning", "AlgorithmName",
-                                "SeriesInstanceUID", "AnnotationGroupNumber")),
+        index=_frame(
+            series_rows,
+            schemas.INDEX,
+            ("collection_id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID"),
+        ),
+        sm_index=_frame(
+            sm_rows, schemas.SM_INDEX, ("primaryAnatomicStructure_CodeMeaning", "SeriesInstanceUID")
+        ),
+        sm_instance_index=_frame(
+            [_sm_instance_row(i) for i in sm_instances],
+            schemas.SM_INSTANCE_INDEX,
+            ("TransferSyntaxUID", "SeriesInstanceUID", "SOPInstanceUID"),
+        ),
+        ann_index=_frame(
+            anns,
+            schemas.ANN_INDEX,
+            ("AnnotationCoordinateType", "referenced_SeriesInstanceUID", "SeriesInstanceUID"),
+        ),
+        ann_group_index=_frame(
+            groups,
+            schemas.ANN_GROUP_INDEX,
+            (
+                "AnnotationPropertyCategory_CodeMeaning",
+                "AnnotationPropertyType_CodeMeaning",
+                "AlgorithmName",
+                "SeriesInstanceUID",
+                "AnnotationGroupNumber",
+            ),
+        ),
         bms_instance_paths=_frame(paths, schemas.BMS_INSTANCE_PATHS, ("instance_path",)),
         bms_sm_tiles=_frame(tiles, schemas.BMS_SM_TILES, ("SeriesInstanceUID", "InstanceNumber")),
         bms_ann_references=_frame(references, schemas.BMS_ANN_REFERENCES, ("SeriesInstanceUID",)),

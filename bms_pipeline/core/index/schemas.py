@@ -16,39 +16,41 @@ I = pl.Int64  # BigQuery INTEGER
 F = pl.Float64  # BigQuery FLOAT
 REPEATED_S = pl.List(pl.String)
 
-INDEX = pl.Schema({
-    "collection_id": S,
-    "analysis_result_id": S,
-    "PatientID": S,
-    "SeriesInstanceUID": S,
-    "StudyInstanceUID": S,
-    "source_DOI": S,
-    "PatientAge": S,
-    "PatientSex": S,
-    "StudyDate": S,
-    "StudyDescription": S,
-    "BodyPartExamined": S,
-    "Modality": S,
-    "SOPClassUID": S,
-    "sop_class_name": S,
-    "TransferSyntaxUID": S,
-    "transfer_syntax_name": S,
-    "PhotometricInterpretation": S,
-    "PixelRepresentation": S,
-    "Manufacturer": S,
-    "ManufacturerModelName": S,
-    "SeriesDate": S,
-    "SeriesDescription": S,
-    "SeriesNumber": S,
-    "instanceCount": I,
-    "license_short_name": S,
-    "series_init_idc_version": I,
-    "series_revised_idc_version": I,
-    "aws_bucket": S,
-    "crdc_series_uuid": S,
-    "series_aws_url": S,
-    "series_size_MB": F,
-})
+INDEX = pl.Schema(
+    {
+        "collection_id": S,
+        "analysis_result_id": S,
+        "PatientID": S,
+        "SeriesInstanceUID": S,
+        "StudyInstanceUID": S,
+        "source_DOI": S,
+        "PatientAge": S,
+        "PatientSex": S,
+        "StudyDate": S,
+        "StudyDescription": S,
+        "BodyPartExamined": S,
+        "Modality": S,
+        "SOPClassUID": S,
+        "sop_class_name": S,
+        "TransferSyntaxUID": S,
+        "transfer_syntax_name": S,
+        "PhotometricInterpretation": S,
+        "PixelRepresentation": S,
+        "Manufacturer": S,
+        "ManufacturerModelName": S,
+        "SeriesDate": S,
+        "SeriesDescription": S,
+        "SeriesNumber": S,
+        "instanceCount": I,
+        "license_short_name": S,
+        "series_init_idc_version": I,
+        "series_revised_idc_version": I,
+        "aws_bucket": S,
+        "crdc_series_uuid": S,
+        "series_aws_url": S,
+        "series_size_MB": F,
+    }
+)
 """idc-index's `index` (idc-index-data's ``idc_index_schema.json``): one row per series."""
 
 _PREPARATION = {
@@ -60,60 +62,68 @@ _PREPARATION = {
     "staining_usingSubstance_code_designator_value_str": REPEATED_S,
 }
 
-SM_INDEX = pl.Schema({
-    "SeriesInstanceUID": S,
-    "ContainerIdentifier": S,
-    **_PREPARATION,
-    "min_PixelSpacing_2sf": F,
-    "max_TotalPixelMatrixColumns": I,
-    "max_TotalPixelMatrixRows": I,
-    "ObjectiveLensPower": I,
-    "primaryAnatomicStructure_code_designator_value_str": S,
-    "primaryAnatomicStructure_CodeMeaning": S,
-    "primaryAnatomicStructureModifier_code_designator_value_str": S,
-    "primaryAnatomicStructureModifier_CodeMeaning": S,
-    "illuminationType_code_designator_value_str": S,
-    "illuminationType_CodeMeaning": S,
-    "admittingDiagnosis_code_designator_value_str": S,
-    "admittingDiagnosis_CodeMeaning": S,
-})
+SM_INDEX = pl.Schema(
+    {
+        "SeriesInstanceUID": S,
+        "ContainerIdentifier": S,
+        **_PREPARATION,
+        "min_PixelSpacing_2sf": F,
+        "max_TotalPixelMatrixColumns": I,
+        "max_TotalPixelMatrixRows": I,
+        "ObjectiveLensPower": I,
+        "primaryAnatomicStructure_code_designator_value_str": S,
+        "primaryAnatomicStructure_CodeMeaning": S,
+        "primaryAnatomicStructureModifier_code_designator_value_str": S,
+        "primaryAnatomicStructureModifier_CodeMeaning": S,
+        "illuminationType_code_designator_value_str": S,
+        "illuminationType_CodeMeaning": S,
+        "admittingDiagnosis_code_designator_value_str": S,
+        "admittingDiagnosis_CodeMeaning": S,
+    }
+)
 """idc-index's `sm_index`: one row per SM series."""
 
-SM_INSTANCE_INDEX = pl.Schema({
-    "SOPInstanceUID": S,
-    "SeriesInstanceUID": S,
-    **_PREPARATION,
-    "PixelSpacing_0": F,
-    "ImageType": REPEATED_S,
-    "TransferSyntaxUID": S,
-    "instance_size": I,
-    "TotalPixelMatrixColumns": I,
-    "TotalPixelMatrixRows": I,
-    "crdc_instance_uuid": S,
-})
+SM_INSTANCE_INDEX = pl.Schema(
+    {
+        "SOPInstanceUID": S,
+        "SeriesInstanceUID": S,
+        **_PREPARATION,
+        "PixelSpacing_0": F,
+        "ImageType": REPEATED_S,
+        "TransferSyntaxUID": S,
+        "instance_size": I,
+        "TotalPixelMatrixColumns": I,
+        "TotalPixelMatrixRows": I,
+        "crdc_instance_uuid": S,
+    }
+)
 """idc-index's `sm_instance_index`: one row per SM instance."""
 
-ANN_INDEX = pl.Schema({
-    "SeriesInstanceUID": S,
-    "AnnotationCoordinateType": S,
-    "referenced_SeriesInstanceUID": S,
-})
+ANN_INDEX = pl.Schema(
+    {
+        "SeriesInstanceUID": S,
+        "AnnotationCoordinateType": S,
+        "referenced_SeriesInstanceUID": S,
+    }
+)
 """idc-index's `ann_index`: one row per ANN series (IDC assumes one instance each)."""
 
-ANN_GROUP_INDEX = pl.Schema({
-    "SeriesInstanceUID": S,
-    "AnnotationGroupNumber": I,
-    "AnnotationGroupUID": S,
-    "AnnotationGroupLabel": S,
-    "AnnotationGroupGenerationType": S,
-    "NumberOfAnnotations": I,
-    "GraphicType": S,
-    "AnnotationPropertyCategory_code": S,
-    "AnnotationPropertyCategory_CodeMeaning": S,
-    "AnnotationPropertyType_code": S,
-    "AnnotationPropertyType_CodeMeaning": S,
-    "AlgorithmName": S,
-})
+ANN_GROUP_INDEX = pl.Schema(
+    {
+        "SeriesInstanceUID": S,
+        "AnnotationGroupNumber": I,
+        "AnnotationGroupUID": S,
+        "AnnotationGroupLabel": S,
+        "AnnotationGroupGenerationType": S,
+        "NumberOfAnnotations": I,
+        "GraphicType": S,
+        "AnnotationPropertyCategory_code": S,
+        "AnnotationPropertyCategory_CodeMeaning": S,
+        "AnnotationPropertyType_code": S,
+        "AnnotationPropertyType_CodeMeaning": S,
+        "AlgorithmName": S,
+    }
+)
 """idc-index's `ann_group_index`: one row per annotation group."""
 
 IDC_TABLES: dict[str, pl.Schema] = {
@@ -138,36 +148,42 @@ IDC_ONLY_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 """Columns only IDC can fill (its releases, buckets and CRDC UUIDs): always null here."""
 
-BMS_INSTANCE_PATHS = pl.Schema({
-    "SOPInstanceUID": S,
-    "SeriesInstanceUID": S,
-    "StudyInstanceUID": S,
-    "PatientID": S,
-    "Modality": S,
-    "slide_id": S,
-    "series_path": S,
-    "instance_path": S,
-    "instance_size": I,
-})
+BMS_INSTANCE_PATHS = pl.Schema(
+    {
+        "SOPInstanceUID": S,
+        "SeriesInstanceUID": S,
+        "StudyInstanceUID": S,
+        "PatientID": S,
+        "Modality": S,
+        "slide_id": S,
+        "series_path": S,
+        "instance_path": S,
+        "instance_size": I,
+    }
+)
 """Ours: where every instance lies, relative to the output root (``dicom/<slide>/...``)."""
 
-BMS_SM_TILES = pl.Schema({
-    "SOPInstanceUID": S,
-    "SeriesInstanceUID": S,
-    "InstanceNumber": I,
-    "Columns": I,
-    "Rows": I,
-    "NumberOfFrames": I,
-})
+BMS_SM_TILES = pl.Schema(
+    {
+        "SOPInstanceUID": S,
+        "SeriesInstanceUID": S,
+        "InstanceNumber": I,
+        "Columns": I,
+        "Rows": I,
+        "NumberOfFrames": I,
+    }
+)
 """Ours: the tile size and frame count of every SM instance (not in sm_instance_index)."""
 
-BMS_ANN_REFERENCES = pl.Schema({
-    "SeriesInstanceUID": S,
-    "SOPInstanceUID": S,
-    "referenced_SeriesInstanceUID": S,
-    "referenced_SOPInstanceUID": S,
-    "numberOfAnnotationGroups": I,
-})
+BMS_ANN_REFERENCES = pl.Schema(
+    {
+        "SeriesInstanceUID": S,
+        "SOPInstanceUID": S,
+        "referenced_SeriesInstanceUID": S,
+        "referenced_SOPInstanceUID": S,
+        "numberOfAnnotationGroups": I,
+    }
+)
 """Ours: the SM instance (base level) each ANN instance references, and its group count."""
 
 BMS_TABLES: dict[str, pl.Schema] = {

@@ -278,8 +278,11 @@ class _ImageCache:
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(
-                self._hits, self._misses, len(self._entries) + len(self._carries),
-                self._bytes, self._budget,
+                self._hits,
+                self._misses,
+                len(self._entries) + len(self._carries),
+                self._bytes,
+                self._budget,
             )
 
     def clear(self) -> None:
@@ -669,7 +672,11 @@ class MiraxDirectReader:
         deferred = []
         for key, image in needed.items():
             entry = self._cache.acquire(
-                key, shape, self._loader(lv, image), wait=False, carry=key in carries,
+                key,
+                shape,
+                self._loader(lv, image),
+                wait=False,
+                carry=key in carries,
                 group=lv.index,
             )
             if entry is None:

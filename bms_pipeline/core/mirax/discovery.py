@@ -71,7 +71,9 @@ def _remote_slide_signature(
 
     prefix = f"raw/slides/{slide_id}"
     names = sorted(n for n in slides if n == f"{prefix}.mrxs" or n.startswith(f"{prefix}/"))
-    extra = [n for n in ("overrides/collection.json", f"overrides/{slide_id}.json") if n in overrides]
+    extra = [
+        n for n in ("overrides/collection.json", f"overrides/{slide_id}.json") if n in overrides
+    ]
     entries = {n: slides[n] for n in names} | {n: overrides[n] for n in extra}
     return listing_signature(entries), names
 
@@ -79,11 +81,15 @@ def _remote_slide_signature(
 def remote_slide_signature(root: StorageRoot, slide_id: str) -> str:
     """The change detector of a slide on a remote root: names, sizes and store versions of its
     files and override files (the same value `scan_remote_slides` reports)."""
-    return _remote_slide_signature(slide_id, root.listing("raw/slides"), root.listing("overrides"))[0]
+    return _remote_slide_signature(slide_id, root.listing("raw/slides"), root.listing("overrides"))[
+        0
+    ]
 
 
 def scan_remote_slides(
-    root: StorageRoot, settle_seconds: float = 0.0, previous_signatures: dict[str, str] | None = None
+    root: StorageRoot,
+    settle_seconds: float = 0.0,
+    previous_signatures: dict[str, str] | None = None,
 ) -> list[SlideStatus]:
     """`scan_slides` for a root in object storage, from one listing and without downloading.
 

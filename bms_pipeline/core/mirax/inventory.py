@@ -182,7 +182,10 @@ def find_unreadable_images(mrxs_path: Path, limit: int = 5) -> list[str]:
     expected = {}
     for level in range(int(hier["HIER_0_COUNT"])):
         section = files.sections.get(hier.get(f"HIER_0_VAL_{level}_SECTION", ""), {})
-        expected[level] = (int(section.get("DIGITIZER_WIDTH", 0)), int(section.get("DIGITIZER_HEIGHT", 0)))
+        expected[level] = (
+            int(section.get("DIGITIZER_WIDTH", 0)),
+            int(section.get("DIGITIZER_HEIGHT", 0)),
+        )
     problems: list[str] = []
     handles = [open(p, "rb") for p in files.datafiles]  # noqa: SIM115 - closed below
     try:
@@ -205,7 +208,9 @@ def find_unreadable_images(mrxs_path: Path, limit: int = 5) -> list[str]:
                 problems.append(f"{where}: {exc}")
             else:
                 if size != expected[record.level]:
-                    problems.append(f"{where}: decodes to {size}, expected {expected[record.level]}")
+                    problems.append(
+                        f"{where}: decodes to {size}, expected {expected[record.level]}"
+                    )
             if len(problems) >= limit:
                 break
     finally:
@@ -223,7 +228,9 @@ def check_complete(mrxs_path: Path) -> SlideFiles:
     sizes = [p.stat().st_size for p in files.datafiles]
     for fileno, offset, length in _records(files.index.read_bytes(), slide_id, files):
         if not 0 <= fileno < len(sizes):
-            raise SlideError(files.index, f"a record names data file number {fileno}, which does not exist")
+            raise SlideError(
+                files.index, f"a record names data file number {fileno}, which does not exist"
+            )
         if offset < 0 or length < 0 or offset + length > sizes[fileno]:
             raise SlideError(
                 files.datafiles[fileno],

@@ -354,7 +354,9 @@ def _position_buffer(geometry: MiraxGeometry) -> bytes:
 
 
 def _slidedat(
-    spec: MiraxSlideSpec, datafiles: list[str], nonhier: list[tuple[str, list[tuple[str, str, dict[str, str]]]]]
+    spec: MiraxSlideSpec,
+    datafiles: list[str],
+    nonhier: list[tuple[str, list[tuple[str, str, dict[str, str]]]]],
 ) -> str:
     g = spec.geometry
     lines: list[str] = ["[GENERAL]"]
@@ -377,7 +379,11 @@ def _slidedat(
         general["SLIDE_CREATIONDATETIME"] = spec.creation_datetime.strftime("%d/%m/%Y %H:%M:%S")
     lines += [f"{k} = {v}" for k, v in general.items()]
     lines += ["", "[HIERARCHICAL]", "HIER_COUNT = 1", f"NONHIER_COUNT = {len(nonhier)}"]
-    lines += ["INDEXFILE = Index.dat", "HIER_0_NAME = Slide zoom level", f"HIER_0_COUNT = {g.levels}"]
+    lines += [
+        "INDEXFILE = Index.dat",
+        "HIER_0_NAME = Slide zoom level",
+        f"HIER_0_COUNT = {g.levels}",
+    ]
     lines += [f"HIER_0_VAL_{i} = ZoomLevel_{i}" for i in range(g.levels)]
     lines += [f"HIER_0_VAL_{i}_SECTION = LAYER_0_LEVEL_{i}_SECTION" for i in range(g.levels)]
     sections: list[tuple[str, dict[str, str]]] = []
@@ -461,13 +467,25 @@ def write_mirax(mrxs_path: Path, spec: MiraxSlideSpec, cells: SmearCells) -> Mir
         label = files.append(_encode(_label_image(spec.label_text), "JPEG", 90))
         nonhier_records = [macro, label]
         scan_data = [
-            ("ScanDataLayer_SlideThumbnail", "NONHIER_0_VAL_0_SECTION", {"THUMBNAIL_IMAGE_TYPE": "JPEG"}),
-            ("ScanDataLayer_SlideBarcode", "NONHIER_0_VAL_1_SECTION", {"BARCODE_IMAGE_TYPE": "JPEG"}),
+            (
+                "ScanDataLayer_SlideThumbnail",
+                "NONHIER_0_VAL_0_SECTION",
+                {"THUMBNAIL_IMAGE_TYPE": "JPEG"},
+            ),
+            (
+                "ScanDataLayer_SlideBarcode",
+                "NONHIER_0_VAL_1_SECTION",
+                {"BARCODE_IMAGE_TYPE": "JPEG"},
+            ),
         ]
         if spec.preview != "none":
             nonhier_records.append(files.append(_encode(_preview_image(spec, cells), "JPEG", 90)))
             scan_data.append(
-                ("ScanDataLayer_SlidePreview", "NONHIER_0_VAL_2_SECTION", {"PREVIEW_IMAGE_TYPE": "JPEG"})
+                (
+                    "ScanDataLayer_SlidePreview",
+                    "NONHIER_0_VAL_2_SECTION",
+                    {"PREVIEW_IMAGE_TYPE": "JPEG"},
+                )
             )
         nonhier_layers: list[tuple[str, list[tuple[str, str, dict[str, str]]]]] = [
             ("Scan data layer", scan_data)

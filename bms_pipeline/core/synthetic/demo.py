@@ -52,7 +52,9 @@ class DemoDataset:
     slides: dict[str, MiraxGroundTruth]
 
 
-def _missing_fields(rng: np.random.Generator, fields_x: int, fields_y: int) -> frozenset[tuple[int, int]]:
+def _missing_fields(
+    rng: np.random.Generator, fields_x: int, fields_y: int
+) -> frozenset[tuple[int, int]]:
     """First column and row unscanned (non-zero bounds) plus a few interior holes (sparse scan)."""
     missing = {(0, y) for y in range(fields_y)} | {(x, 0) for x in range(fields_x)}
     interior = [(x, y) for x in range(2, fields_x - 1) for y in range(2, fields_y - 1)]
@@ -83,8 +85,10 @@ def slide_geometry(
     if dimensions is not None or size in ("large", "wide"):
         # large: >= 30,000 px each way after the unscanned first row and column are cropped.
         fields_x, fields_y = (
-            fields_for(*dimensions) if dimensions is not None
-            else fields_for(*WIDE_SIZE) if size == "wide"
+            fields_for(*dimensions)
+            if dimensions is not None
+            else fields_for(*WIDE_SIZE)
+            if size == "wide"
             else (31, 41)
         )
         return MiraxGeometry(
@@ -110,7 +114,9 @@ def slide_geometry(
         overlap_x=(16, 8, 0)[index % 3],
         overlap_y=(12, 6, 0)[index % 3],
         levels=4,
-        missing_fields=_missing_fields(rng, fields_x * (2 // divisions), fields_y * (2 // divisions)),
+        missing_fields=_missing_fields(
+            rng, fields_x * (2 // divisions), fields_y * (2 // divisions)
+        ),
     )
 
 
@@ -208,7 +214,9 @@ def write_demo_dataset(
             )
         )
     (tmp / "clinical").mkdir()
-    write_clinical_csv(tmp / "clinical" / "clinical.csv", patients, np.random.default_rng([seed, 2]))
+    write_clinical_csv(
+        tmp / "clinical" / "clinical.csv", patients, np.random.default_rng([seed, 2])
+    )
     write_lab_values_xlsx(
         tmp / "clinical" / "lab_values.xlsx", patients, np.random.default_rng([seed, 3])
     )

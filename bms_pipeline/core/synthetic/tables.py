@@ -103,7 +103,6 @@ def make_patients(rng: np.random.Generator, n: int) -> list[SyntheticPatient]:
 # --------------------------------------------------------------------------- clinical.csv
 
 
-
 def write_clinical_csv(
     path: Path, patients: Sequence[SyntheticPatient], rng: np.random.Generator
 ) -> None:

@@ -65,10 +65,17 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     if result.disagreements.height:
         context.log.warning(
             "%s: %d cell(s) whose original_consensus_label differs from the recomputed consensus",
-            slide_id, result.disagreements.height,
+            slide_id,
+            result.disagreements.height,
         )
     series = [
-        {"series": s.name, "number": s.series_number, "groups": s.group_count, "rows": s.rows, "bytes": s.bytes}
+        {
+            "series": s.name,
+            "number": s.series_number,
+            "groups": s.group_count,
+            "rows": s.rows,
+            "bytes": s.bytes,
+        }
         for s in result.series
     ]
     return dg.MaterializeResult(

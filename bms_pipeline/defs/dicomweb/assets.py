@@ -35,7 +35,9 @@ def build_dicomweb_asset(target: DicomwebTarget) -> dg.AssetsDefinition:
             "equal to the files)."
         ),
     )
-    def dicomweb_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
+    def dicomweb_series(
+        context: dg.AssetExecutionContext, bms: BmsPipelineResource
+    ) -> dg.MaterializeResult:
         import polars as pl
 
         from bms_pipeline.core.dicomweb.publish import DicomwebError, publish_slide, slide_instances
@@ -47,25 +49,36 @@ def build_dicomweb_asset(target: DicomwebTarget) -> dg.AssetsDefinition:
         verdict = bms.fetch(layout.validation_parquet(slide_id), required=True)
         errors = pl.read_parquet(verdict).filter(pl.col("level") == "Error").height
         if errors:
-            raise DicomwebError(f"{slide_id}: not published, {errors} validation error(s) in {verdict}")
+            raise DicomwebError(
+                f"{slide_id}: not published, {errors} validation error(s) in {verdict}"
+            )
         sm_dir = bms.fetch(layout.sm_dir(slide_id), required=True)
         ann_dir = bms.fetch(layout.ann_dir(slide_id))
         instances = slide_instances(sm_dir, ann_dir)
-        context.log.info("publishing %d instances of %s to %s", len(instances), slide_id, target.url)
+        context.log.info(
+            "publishing %d instances of %s to %s", len(instances), slide_id, target.url
+        )
         report = publish_slide(instances, target.url)
         if report.replaced:
             context.log.warning(
                 "%s: %d instance(s) on %s had other content under the same UIDs and were replaced",
-                slide_id, len(report.replaced), target.url,
+                slide_id,
+                len(report.replaced),
+                target.url,
             )
         if report.left_on_server:
             context.log.warning(
                 "%s: %d instance(s) of these series on %s are no longer ours and were left there: %s",
-                slide_id, len(report.left_on_server), target.url, ", ".join(report.left_on_server),
+                slide_id,
+                len(report.left_on_server),
+                target.url,
+                ", ".join(report.left_on_server),
             )
         state = (
-            "replaced changed series" if report.replaced
-            else "stored" if report.stored
+            "replaced changed series"
+            if report.replaced
+            else "stored"
+            if report.stored
             else "already on the server"
         )
         return dg.MaterializeResult(
@@ -97,8 +110,10 @@ def dicomweb_assets(data_root: str) -> list[dg.AssetsDefinition]:
 
     from bms_pipeline.core.dicomweb.config import resolve_target
 
-    local_yaml = None if "://" in data_root and not data_root.startswith("file://") else (
-        Path(data_root.removeprefix("file://")) / "collection.yaml"
+    local_yaml = (
+        None
+        if "://" in data_root and not data_root.startswith("file://")
+        else (Path(data_root.removeprefix("file://")) / "collection.yaml")
     )
     target = resolve_target(None, local_yaml)
     return [build_dicomweb_asset(target)] if target else []

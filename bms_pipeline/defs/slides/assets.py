@@ -39,9 +39,13 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     overrides = override_paths(bms.layout.root, slide_id)
     url = bms.inputs.url_of(f"raw/slides/{slide_id}.mrxs")
     # Override files change the DICOM as the slide does, so they are part of its version.
-    version = hashlib.sha256(
-        "".join([inv.content_hash, *(sha256_file(p) for p in overrides)]).encode()
-    ).hexdigest() if overrides else inv.content_hash
+    version = (
+        hashlib.sha256(
+            "".join([inv.content_hash, *(sha256_file(p) for p in overrides)]).encode()
+        ).hexdigest()
+        if overrides
+        else inv.content_hash
+    )
     shown = {k: ("<redacted>" if k in REDACTED_PROPERTIES else v) for k, v in sorted(props.items())}
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
@@ -55,8 +59,10 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
             "width": int(props["openslide.level[0].width"]),
             "height": int(props["openslide.level[0].height"]),
             "bounds": dg.MetadataValue.json(
-                {k.split("-")[-1]: int(props.get(f"openslide.bounds-{k.split('-')[-1]}", 0))
-                 for k in ("bounds-x", "bounds-y", "bounds-width", "bounds-height")}
+                {
+                    k.split("-")[-1]: int(props.get(f"openslide.bounds-{k.split('-')[-1]}", 0))
+                    for k in ("bounds-x", "bounds-y", "bounds-width", "bounds-height")
+                }
             ),
             "levels": int(props["openslide.level-count"]),
             "inventory": dg.MetadataValue.table(
@@ -109,7 +115,8 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
     except PublicationRefused as exc:
         withdrawn = bms.withdraw_slide(slide_id)
         raise dg.Failure(
-            description=str(exc) + ("; the earlier published series were withdrawn" if withdrawn else ""),
+            description=str(exc)
+            + ("; the earlier published series were withdrawn" if withdrawn else ""),
             metadata={"problems": dg.MetadataValue.json([str(p) for p in exc.problems])},
             allow_retries=False,
         ) from None  # the description is the whole story; the summary shows it
@@ -117,13 +124,18 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
         # OpenSlide's message does not say which tile; decode the stored images to find it.
         unreadable = find_unreadable_images(layout.mrxs(slide_id))
         if unreadable:
-            raise ConversionError(f"{exc}; unreadable stored image(s): {'; '.join(unreadable)}") from exc
+            raise ConversionError(
+                f"{exc}; unreadable stored image(s): {'; '.join(unreadable)}"
+            ) from exc
         raise
     instances = read_series(result.sm_dir)
     bms.publish(result.sm_dir)
     levels = volume_levels(instances)
     context.log.info(
-        "%s: %d instances, %d levels, %.1f MP/s", slide_id, len(instances), len(levels),
+        "%s: %d instances, %d levels, %.1f MP/s",
+        slide_id,
+        len(instances),
+        len(levels),
         result.megapixels_per_second,
     )
     return dg.MaterializeResult(

@@ -48,7 +48,9 @@ def sm_series_matches_source(
     )
 
 
-def privacy_scan_result(bms: BmsPipelineResource, slide_id: str, folder: Path) -> dg.AssetCheckResult:
+def privacy_scan_result(
+    bms: BmsPipelineResource, slide_id: str, folder: Path
+) -> dg.AssetCheckResult:
     """The publication gate's byte scan, rerun on what is published under `folder`."""
     from bms_pipeline.core.dicom.idc import privacy_policy
 

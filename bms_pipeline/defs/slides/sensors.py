@@ -1,6 +1,5 @@
 """A sensor that registers new, complete slides as partitions and converts them."""
 
-
 import json
 
 import dagster as dg
@@ -28,8 +27,11 @@ def _slide_asset_keys(context: dg.SensorEvaluationContext) -> list[dg.AssetKey]:
 
 def _slides_in_progress(instance: dg.DagsterInstance) -> set[str]:
     statuses = [
-        dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-        dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+        dg.DagsterRunStatus.CANCELING,
     ]
     records = instance.get_run_records(
         filters=dg.RunsFilter(job_name=slides_job.name, statuses=statuses)
@@ -37,8 +39,12 @@ def _slides_in_progress(instance: dg.DagsterInstance) -> set[str]:
     return {p for r in records if (p := r.dagster_run.tags.get("dagster/partition"))}
 
 
-@dg.sensor(job=slides_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-def new_slides_sensor(context: dg.SensorEvaluationContext, bms: BmsPipelineResource) -> dg.SensorResult:
+@dg.sensor(
+    job=slides_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING
+)
+def new_slides_sensor(
+    context: dg.SensorEvaluationContext, bms: BmsPipelineResource
+) -> dg.SensorResult:
     """Adds a `slides` partition for every new, complete slide under raw/slides and requests a
     run only for what needs one: a new slide, one whose files changed since its last
     inventory, or one with a slide asset never materialized. What is materialized decides,
@@ -78,11 +84,15 @@ def new_slides_sensor(context: dg.SensorEvaluationContext, bms: BmsPipelineResou
             continue
         context.log.info("requesting %s: %s", sid, why)
         run_requests.append(
-            dg.RunRequest(partition_key=sid, run_key=f"{sid}:{status.signature}", tags={"bms/reason": why})
+            dg.RunRequest(
+                partition_key=sid, run_key=f"{sid}:{status.signature}", tags={"bms/reason": why}
+            )
         )
     cursor = {s.slide_id: s.signature for s in statuses}
     return dg.SensorResult(
         run_requests=run_requests,
-        dynamic_partitions_requests=[slides_partitions.build_add_request(new_keys)] if new_keys else [],
+        dynamic_partitions_requests=[slides_partitions.build_add_request(new_keys)]
+        if new_keys
+        else [],
         cursor=json.dumps(cursor, sort_keys=True),
     )

@@ -17,7 +17,9 @@ from bms_pipeline.resources import BmsPipelineResource
     automation_condition=nightly,
     retry_policy=IDEMPOTENT_RETRY,
 )
-def clinical_tables(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
+def clinical_tables(
+    context: dg.AssetExecutionContext, bms: BmsPipelineResource
+) -> dg.MaterializeResult:
     """`<collection>_clinical` and `<collection>_laboratory` with IDC's `table_metadata` and
     `column_metadata`, as parquet, DuckDB tables (plus the `clinical_index` view) and BigQuery
     schemas with a load script. Censored lab values keep their source string, with typed
@@ -35,13 +37,20 @@ def clinical_tables(context: dg.AssetExecutionContext, bms: BmsPipelineResource)
         if patients:
             context.log.warning(
                 "%s: %d patient(s) without a converted slide left out: %s",
-                table, len(patients), ", ".join(patients[:20]) + (" ..." if len(patients) > 20 else ""),
+                table,
+                len(patients),
+                ", ".join(patients[:20]) + (" ..." if len(patients) > 20 else ""),
             )
     # The load script lists every table with a schema and parquet file, other writers' too.
     for shared in (layout.duckdb_path, layout.tables_dir, bigquery_dir(layout)):
         bms.fetch(shared)
     written = write_outputs(tables, layout)
-    for path in [*written.parquet.values(), *written.schemas.values(), written.load_script, written.duckdb]:
+    for path in [
+        *written.parquet.values(),
+        *written.schemas.values(),
+        written.load_script,
+        written.duckdb,
+    ]:
         bms.publish(path)
     return dg.MaterializeResult(
         metadata={
@@ -68,7 +77,9 @@ def clinical_tables(context: dg.AssetExecutionContext, bms: BmsPipelineResource)
     automation_condition=nightly,
     retry_policy=IDEMPOTENT_RETRY,
 )
-def dicom_index(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
+def dicom_index(
+    context: dg.AssetExecutionContext, bms: BmsPipelineResource
+) -> dg.MaterializeResult:
     """idc-index's tables (`index`, `sm_index`, `sm_instance_index`, `ann_index`,
     `ann_group_index`, with exactly idc-index-data's columns) read from the headers of every
     file under out/dicom, and ours beside them (`bms_instance_paths`: file paths relative
@@ -82,7 +93,10 @@ def dicom_index(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> 
     layout = bms.layout
     collection = bms.collection()
     index = build_dicom_index(
-        bms.fetch(layout.out / "dicom"), collection.collection_id, collection.doi, collection.license
+        bms.fetch(layout.out / "dicom"),
+        collection.collection_id,
+        collection.doi,
+        collection.license,
     )
     for shared in (layout.duckdb_path, layout.tables_dir, bigquery_dir(layout)):
         bms.fetch(shared)
@@ -105,7 +119,9 @@ def dicom_index(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> 
             "dagster/row_count": index.index.height,
             "dagster/column_schema": column_schema(index.index),
             "series": markdown_table(
-                index.index.select("PatientID", "SeriesNumber", "Modality", "SeriesDescription", "instanceCount")
+                index.index.select(
+                    "PatientID", "SeriesNumber", "Modality", "SeriesDescription", "instanceCount"
+                )
             ),
             "annotations_by_label": markdown_table(by_label),
         }

@@ -48,18 +48,32 @@ def clinical_patients_match_dicom(
         table: patients_missing_in_dicom(_published(bms, table), patients)
         for table in (f"{collection_id}_clinical", f"{collection_id}_laboratory")
     }
-    without = dicom_patients_without_clinical(_published(bms, f"{collection_id}_clinical"), patients)
+    without = dicom_patients_without_clinical(
+        _published(bms, f"{collection_id}_clinical"), patients
+    )
     left_out = _left_out(context)
-    rows = [f"{table}: {len(ids)} patient(s) with no DICOM: {', '.join(ids[:10])}" for table, ids in orphans.items() if ids]
+    rows = [
+        f"{table}: {len(ids)} patient(s) with no DICOM: {', '.join(ids[:10])}"
+        for table, ids in orphans.items()
+        if ids
+    ]
     # Kept on purpose (`keep_patients_without_dicom`), such rows are reported, not errors.
     errors = [] if collection.keep_patients_without_dicom else list(rows)
-    notes = [f"{table}: {len(ids)} patient(s) without a converted slide left out: {', '.join(ids[:10])}"
-             + (" ..." if len(ids) > 10 else "") for table, ids in left_out.items() if ids]
+    notes = [
+        f"{table}: {len(ids)} patient(s) without a converted slide left out: {', '.join(ids[:10])}"
+        + (" ..." if len(ids) > 10 else "")
+        for table, ids in left_out.items()
+        if ids
+    ]
     if without:
-        errors.append(f"{len(without)} DICOM patient(s) with no clinical row: {', '.join(without[:10])}")
+        errors.append(
+            f"{len(without)} DICOM patient(s) with no clinical row: {', '.join(without[:10])}"
+        )
     return dg.AssetCheckResult(
         passed=not errors,
-        severity=dg.AssetCheckSeverity.ERROR if errors and any(orphans.values()) else dg.AssetCheckSeverity.WARN,
+        severity=dg.AssetCheckSeverity.ERROR
+        if errors and any(orphans.values())
+        else dg.AssetCheckSeverity.WARN,
         metadata={
             "rows_without_dicom": dg.MetadataValue.json(orphans),
             "dicom_patients_without_clinical_row": dg.MetadataValue.json(without),
@@ -71,7 +85,9 @@ def clinical_patients_match_dicom(
 
 
 @dg.asset_check(asset=clinical_tables, blocking=True)
-def clinical_tables_have_no_duplicates_or_free_text(bms: BmsPipelineResource) -> dg.AssetCheckResult:
+def clinical_tables_have_no_duplicates_or_free_text(
+    bms: BmsPipelineResource,
+) -> dg.AssetCheckResult:
     """One row per patient in every table, and no name, date or free-text column."""
     import polars as pl
 
@@ -84,7 +100,9 @@ def clinical_tables_have_no_duplicates_or_free_text(bms: BmsPipelineResource) ->
     for table in (f"{collection_id}_clinical", f"{collection_id}_laboratory"):
         frame = pl.read_parquet(layout.tables_dir / f"{table}.parquet")
         problems += [f"{table}: duplicate patient {p}" for p in duplicate_patients(frame)]
-        problems += [f"{table}: possible free-text PHI column {c}" for c in free_text_phi_columns(frame)]
+        problems += [
+            f"{table}: possible free-text PHI column {c}" for c in free_text_phi_columns(frame)
+        ]
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={"problems": dg.MetadataValue.json(problems)},

@@ -19,7 +19,9 @@ from bms_pipeline.resources import BmsPipelineResource
     automation_condition=nightly,
     retry_policy=IDEMPOTENT_RETRY,
 )
-def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
+def dicom_validation(
+    context: dg.AssetExecutionContext, bms: BmsPipelineResource
+) -> dg.MaterializeResult:
     """`dciodvfy -new` on every DICOM file of the slide and `dcentvfy` on each series and on the
     patient's study; every message is a row of out/validation/<slide_id>.parquet."""
     import polars as pl
@@ -32,7 +34,10 @@ def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource
     bms.fetch(layout.out / "dicom")  # dcentvfy checks the patient's whole study
     series = slide_series_files(layout, slide_id)
     context.log.info(
-        "validating %d files in %d series of %s", sum(map(len, series.values())), len(series), slide_id
+        "validating %d files in %d series of %s",
+        sum(map(len, series.values())),
+        len(series),
+        slide_id,
     )
     frame = validate_slide(layout, slide_id)
     path = layout.validation_parquet(slide_id)
@@ -42,7 +47,10 @@ def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource
     warnings = frame.filter(pl.col("level") == "Warning")
     unexplained = warnings.filter(pl.col("known_noise").is_null())
     by_message = (
-        frame.group_by("level", "message").len().sort(["level", "len"], descending=[False, True]).head(20)
+        frame.group_by("level", "message")
+        .len()
+        .sort(["level", "len"], descending=[False, True])
+        .head(20)
     )
     return dg.MaterializeResult(
         metadata={
@@ -67,7 +75,9 @@ def dicom_validation(context: dg.AssetExecutionContext, bms: BmsPipelineResource
     automation_condition=nightly,
     retry_policy=IDEMPOTENT_RETRY,
 )
-def validation_report(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
+def validation_report(
+    context: dg.AssetExecutionContext, bms: BmsPipelineResource
+) -> dg.MaterializeResult:
     """All slides' validation messages in one table (parquet and the DuckDB table
     `validation_messages`), summarised by level and message."""
     import duckdb

@@ -14,7 +14,9 @@ def no_dicom_validation_errors(
     """Fails on any Error from dciodvfy or dcentvfy for the slide's files, series or study."""
     import polars as pl
 
-    frame = pl.read_parquet(bms.fetch(bms.layout.validation_parquet(context.partition_key), required=True))
+    frame = pl.read_parquet(
+        bms.fetch(bms.layout.validation_parquet(context.partition_key), required=True)
+    )
     errors = frame.filter(pl.col("level") == "Error")
     return dg.AssetCheckResult(
         passed=errors.height == 0,
