@@ -9,9 +9,11 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import nullcontext
 from pathlib import Path
 
 from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, DataLayout
+from bms_pipeline.deploy import POSTGRES_URL_ENV
 from bms_pipeline.instance import DAGSTER_LOG_LEVEL_ENV, MachineBudget
 
 logger = logging.getLogger("bms_pipeline")
@@ -27,6 +29,9 @@ def _data_root(args: argparse.Namespace) -> Path:
         )
     root = Path(given.removeprefix("file://")).resolve()
     os.environ[DATA_ROOT_ENV] = str(root)
+    postgres_url = getattr(args, "postgres_url", None)
+    if postgres_url:  # exported, so worker processes open the same instance
+        os.environ[POSTGRES_URL_ENV] = postgres_url
     out = getattr(args, "output_root", None)
     if out:
         # A URL output root (s3://, gs://...) is used as given; a path is made absolute.
@@ -38,20 +43,39 @@ def dagster_instance(layout: DataLayout):
     """The persistent instance under the data root (so `dagster dev` shows the same history)."""
     from dagster import DagsterInstance
 
+    from bms_pipeline.deploy import postgres_schema_lock
     from bms_pipeline.instance import ensure_instance_home, instance_lock
 
     home = layout.dagster_home
     os.environ["DAGSTER_HOME"] = str(home)
-    with instance_lock(home):
+    postgres = _postgres_target()
+    with instance_lock(home), postgres_schema_lock(postgres) if postgres else nullcontext():
         # Created under a lock, every storage touched once: SQLite schemas are made lazily,
         # and two processes making them at once fail (`table run_tags already exists`).
-        ensure_instance_home(home)
+        ensure_instance_home(home, postgres=postgres is not None)
         instance = DagsterInstance.get()
         instance.get_runs(limit=1)
         instance.get_dynamic_partitions("slides")
         instance.event_log_storage.get_concurrency_keys()
         instance.all_instigator_state()
     return instance
+
+
+def _postgres_target():
+    """The Postgres database of `$BMS_DAGSTER_POSTGRES_URL` / `--postgres-url`, created if
+    missing, or None for the SQLite default; exit 2 naming the server if it is unreachable."""
+    from bms_pipeline.deploy import DeploymentError, ensure_postgres_database
+
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if not url:
+        return None
+    try:
+        target = ensure_postgres_database(url)
+    except DeploymentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    os.environ[POSTGRES_URL_ENV] = target.dagster_url  # what dagster.yaml reads
+    return target
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
@@ -399,6 +423,12 @@ def _print_summary(outcomes, elapsed: float) -> int:
     return 1 if failed or not outcomes else 0
 
 
+POSTGRES_HELP = (
+    f"keep the Dagster instance (runs, event log, schedules) in this PostgreSQL database, "
+    f"created if missing (or ${POSTGRES_URL_ENV}; default SQLite under <data root>/.dagster)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bms-pipeline", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -438,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(or $BMS_DICOMWEB_URL, or dicomweb.url in collection.yaml; credentials from "
         "$BMS_DICOMWEB_USER/$BMS_DICOMWEB_PASSWORD or $BMS_DICOMWEB_TOKEN)",
     )
+    run.add_argument("--postgres-url", help=POSTGRES_HELP)
     run.add_argument("--slide", action="append", help="only this slide id (repeatable)")
     run.add_argument("--force", action="store_true", help="rematerialize even up-to-date slides")
     run.add_argument(
@@ -452,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("status", help="which slides are missing, stale, failed or up to date")
     )
     status.add_argument("--output-root", help="as for run")
+    status.add_argument("--postgres-url", help=POSTGRES_HELP)
     status.set_defaults(func=cmd_status)
     return parser
 

@@ -53,12 +53,11 @@ class MachineBudget:
         return max(1, self.cores // self.concurrent_conversions)
 
 
-def render_dagster_yaml(budget: MachineBudget) -> str:
+def render_dagster_yaml(budget: MachineBudget, postgres: bool = False) -> str:
     slots = budget.concurrent_conversions
     return f"""\
 # Written by bms-pipeline for this machine ({budget.cores} cores, {budget.memory_bytes / GIB:.0f} GiB).
-# SQLite storage in this folder; see README.md ("Scaling out") for Postgres.
-telemetry:
+{_storage_yaml(postgres)}telemetry:
   enabled: false
 nux:
   enabled: false
@@ -74,13 +73,48 @@ run_monitoring:
 """
 
 
-def ensure_instance_home(home: Path, budget: MachineBudget | None = None) -> Path:
-    """Create DAGSTER_HOME with a dagster.yaml if it has none (an existing one is kept)."""
+def ensure_instance_home(
+    home: Path, budget: MachineBudget | None = None, postgres: bool = False
+) -> Path:
+    """Create DAGSTER_HOME with a dagster.yaml if it has none (an existing one is kept).
+
+    `postgres` (`$BMS_DAGSTER_POSTGRES_URL` is set) asks for Postgres storage: a dagster.yaml
+    that bms-pipeline wrote with the other storage is rewritten, so the setting, not a file
+    left by an earlier run, decides where the instance lives. A dagster.yaml written by hand
+    is never touched."""
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(render_dagster_yaml(budget or MachineBudget.detect()), encoding="utf-8")
+    if config.exists():
+        text = config.read_text(encoding="utf-8")
+        ours = text.startswith(_WRITTEN_BY)
+        if not ours or (POSTGRES_STORAGE_MARK in text) == postgres:
+            return config
+    tmp = config.with_name(f".dagster.yaml.{os.getpid()}.tmp")
+    tmp.write_text(
+        render_dagster_yaml(budget or MachineBudget.detect(), postgres=postgres), encoding="utf-8"
+    )
+    os.replace(tmp, config)
     return config
+
+
+_WRITTEN_BY = "# Written by bms-pipeline"
+POSTGRES_STORAGE_MARK = "# storage: PostgreSQL"
+
+
+def _storage_yaml(postgres: bool) -> str:
+    """The storage section: SQLite in DAGSTER_HOME (Dagster's default, so nothing is
+    written), or dagster-postgres for runs, event log and schedules. The URL is read from
+    the environment by Dagster itself, so no password is ever written to disk."""
+    if not postgres:
+        return '# SQLite storage in this folder; see README.md ("Several machines") for Postgres.\n'
+    from bms_pipeline.deploy import POSTGRES_URL_ENV
+
+    return f"""{POSTGRES_STORAGE_MARK} (dagster-postgres), the URL from ${POSTGRES_URL_ENV}.
+storage:
+  postgres:
+    postgres_url:
+      env: {POSTGRES_URL_ENV}
+"""
 
 
 # -- the run worker's identity, so a run whose process died can be told from a live one ------
