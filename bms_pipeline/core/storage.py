@@ -10,8 +10,9 @@ they wrote, so a step can run on any machine that reaches the root.
 Publishing uploads a whole series or table beside its target (``<target>.partial-<token>``)
 and only then replaces the target, so a failed upload leaves the previous version in
 place; a stale partial is removed by the next publish of the same target. Object stores
-have no atomic rename of a prefix, so readers of a remote root can briefly see the target
-missing while it is being replaced; they never see half of a new series.
+have no atomic rename of a prefix: the complete upload is copied over the target object by
+object (server-side), then what the new version lacks is removed, so a reader sees each
+object whole, old or new, and during the copy a series can be part old, part new.
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ class StorageRoot:
         """Every file at or below `rel`, keyed by path relative to the root."""
         fs, base = self._fs_and_path
         target = self.remote(rel)
+        if not self.is_local:
+            fs.invalidate_cache(target)  # another worker may have written since we last listed
         try:
             if fs.isfile(target):
                 found = {target: fs.info(target)}
@@ -262,6 +265,30 @@ class StorageRoot:
                 self._save_manifest(manifest)
         return removed
 
+    def _replace_from_partial(self, partial: str, target: str, uploaded: list[str]) -> None:
+        """Move the complete upload at `partial` over `target`, object by object.
+
+        A prefix "move" is no primitive of an object store (fsspec's recursive `mv` on s3fs
+        copies pseudo-directories and fails with NoSuchKey), so each uploaded object is
+        copied server-side to its final key, overwriting the old version in one PUT, and
+        only then are the target's objects that the new version lacks removed, then the
+        partial. A reader sees each object old or new, never half of one."""
+        fs = self.fs
+        finals = [target + dest[len(partial) :] for dest in uploaded]
+        fs.invalidate_cache(target)
+        old = set(fs.find(target)) if fs.exists(target) else set()
+        if fs.isfile(target) and uploaded != [partial]:
+            fs.rm(target)  # a file replaced by a folder
+        for dest, final in zip(uploaded, finals, strict=True):
+            fs.copy(dest, final)
+        keep = {f.lstrip("/") for f in finals}
+        stale = [path for path in old if path.lstrip("/") not in keep]
+        if stale:
+            fs.rm(stale)
+        if fs.exists(partial):
+            fs.rm(partial, recursive=True)
+        fs.invalidate_cache(target)
+
     def publish(self, rel: str) -> None:
         """Upload the local `rel` (file or folder) to the remote, replacing what was there.
 
@@ -293,10 +320,7 @@ class StorageRoot:
                 )
                 for source, dest in files:
                     fs.put_file(str(source), dest)
-                if fs.exists(target):
-                    fs.rm(target, recursive=True)
-                if files:
-                    fs.mv(partial, target, recursive=True)
+                self._replace_from_partial(partial, target, [dest for _, dest in files])
             except Exception as exc:  # fsspec backends raise their own types
                 with contextlib.suppress(Exception):
                     if fs.exists(partial):
