@@ -485,7 +485,29 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--output-root", help="as for run")
     status.add_argument("--postgres-url", help=POSTGRES_HELP)
     status.set_defaults(func=cmd_status)
+
+    worker = sub.add_parser(
+        "worker",
+        help="serve steps of runs launched with BMS_EXECUTOR=celery (a Celery worker)",
+        description="A Celery worker for the steps of runs that Dagster launches with "
+        "BMS_EXECUTOR=celery. It needs the same BMS_DATA_ROOT, BMS_OUTPUT_ROOT, "
+        "BMS_DAGSTER_POSTGRES_URL and BMS_CELERY_BROKER as the daemon.",
+    )
+    worker.add_argument("--name", help="worker name (default bms-<pid>)")
+    worker.add_argument(
+        "--scratch",
+        help="this worker's own scratch folder (default $TMPDIR/bms-pipeline/worker-<name>)",
+    )
+    worker.add_argument("--concurrency", type=int, default=1, help="steps at once (default 1)")
+    worker.add_argument("--loglevel", default="INFO", help="Celery's log level")
+    worker.set_defaults(func=cmd_worker)
     return parser
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from bms_pipeline.workers import run_worker
+
+    return run_worker(args.name, args.scratch, args.concurrency, args.loglevel)
 
 
 QUIET_LIBRARIES = ("alembic", "highdicom", "wsidicom", "wsidicomizer", "opentile", "numcodecs")
