@@ -96,6 +96,7 @@ def step_failure_text(instance: dg.DagsterInstance, run_id: str) -> str:
         event = record.dagster_event
         if event is not None and (event.is_step_failure or event.is_failure):
             texts.append(f"{event.step_key}: {event.message}")
-        elif record.user_message and "rror" in record.user_message:
-            texts.append(record.user_message[:2000])
+            data = event.step_failure_data if event.is_step_failure else event.job_failure_data
+            if data is not None and data.error is not None:
+                texts.append(data.error.to_string()[:4000])
     return "\n".join(texts)
