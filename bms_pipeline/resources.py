@@ -102,7 +102,8 @@ class BmsPipelineResource(dg.ConfigurableResource):
 
     def published_patients(self) -> set[str]:
         """Patients with at least one published SM series (a listing, no download)."""
-        from bms_pipeline.core.layout import patient_id_of, published_slide_ids
+        from bms_pipeline.core.layout import published_slide_ids
+        from bms_pipeline.core.slide_id import patient_id_of
 
         slides = published_slide_ids(self.outputs.listing("dicom"))
         return {patient_id_of(s) for s in slides}

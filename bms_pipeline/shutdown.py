@@ -12,6 +12,7 @@ to staging and renamed into place, so nothing half-written is left in out/.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -73,10 +74,8 @@ class GracefulStop:
                 self.hard_stop(f"still running {GRACE_SECONDS:.0f} s after {name}")
 
     def _say(self, text: str) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.write(getattr(self, "_stderr", 2), (text + "\n").encode())
-        except OSError:
-            pass
 
     def _my_runs(self, instance) -> list:
         import dagster as dg

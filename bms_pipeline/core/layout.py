@@ -117,14 +117,3 @@ def published_slide_ids(relative_dicom_files: Iterable[str]) -> set[str]:
         ):
             found.add(parts[1])
     return found
-
-
-def patient_id_of(slide_id: str) -> str:
-    """`<patient_id>_<n>_bm` -> patient_id; a clear error for anything else."""
-    parts = slide_id.split("_")
-    if len(parts) != 3 or parts[2] != "bm" or not parts[1].isdigit():
-        raise ValueError(f"slide id {slide_id!r} is not of the form <patient_id>_<n>_bm")
-    patient_id = parts[0]
-    if len(patient_id) != 32 or any(c not in "0123456789ABCDEF" for c in patient_id):
-        raise ValueError(f"slide id {slide_id!r}: patient id must be 32 upper-case hex characters")
-    return patient_id

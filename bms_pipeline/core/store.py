@@ -89,7 +89,9 @@ def exclusive_lock(path: Path, timeout: float = 600.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{path}: another writer held the lock for {timeout} s")
+                    raise TimeoutError(
+                        f"{path}: another writer held the lock for {timeout} s"
+                    ) from None
                 time.sleep(0.05)
         try:
             yield

@@ -315,8 +315,9 @@ def child_convert_slide(spec: dict[str, Any]) -> None:
         build_pre_processor,
         build_wsi_metadata,
     )
-    from bms_pipeline.core.layout import DataLayout, patient_id_of
+    from bms_pipeline.core.layout import DataLayout
     from bms_pipeline.core.mirax.inventory import openslide_properties
+    from bms_pipeline.core.slide_id import patient_id_of
 
     layout = DataLayout.at(spec["data_root"])
     slide_id = spec["slide_id"]

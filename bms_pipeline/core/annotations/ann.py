@@ -65,11 +65,13 @@ from bms_pipeline.core.annotations.labels import (
     LabelTable,
     cell_labels,
 )
-from bms_pipeline.core.conventions import AnnConventions, SeriesNumbering
+from bms_pipeline.core.conventions import AnnConventions
 from bms_pipeline.core.dicom.convert import replace_dir_atomically
 from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
 from bms_pipeline.core.dicom.uids import series_uid, stable_uid, study_uid
-from bms_pipeline.core.layout import DataLayout, patient_id_of
+from bms_pipeline.core.layout import DataLayout
+from bms_pipeline.core.series_numbers import SeriesNumbering
+from bms_pipeline.core.slide_id import patient_id_of
 
 __all__ = [
     "ALGORITHM_FAMILY",
@@ -300,20 +302,6 @@ def _series_specs(
     return specs
 
 
-def series_numbers(
-    slide_id: str, series: Iterable[str], numbering: SeriesNumbering
-) -> dict[str, int]:
-    """SeriesNumbers of the slide's ANN series, unique beside its SM series in the study."""
-    names = list(series)
-    numbers = numbering.for_slide(_slide_number(slide_id), ["sm", *names])
-    return {name: numbers[name] for name in names}
-
-
-def _slide_number(slide_id: str) -> int:
-    patient_id_of(slide_id)  # validates the form <patient_id>_<n>_bm
-    return int(slide_id.split("_")[1])
-
-
 def _encode(
     spec: _Series,
     sm_base: Dataset,
@@ -441,7 +429,7 @@ def build_detections_ann(
     if not spec.groups:
         raise ValueError("no detections to encode")
     conventions = conventions or AnnConventions()
-    number = series_numbers(slide_id, ["detections"], numbering or SeriesNumbering())["detections"]
+    number = (numbering or SeriesNumbering()).for_slide(slide_id, ["detections"])["detections"]
     return _encode(spec, sm_base_dataset, collection_id, slide_id, number, conventions)
 
 
@@ -555,8 +543,8 @@ def build_ann_series(
     annotations = read_slide_annotations(slide_id, layout.annotations_dir, bounds, image_size)
     conventions = conventions or AnnConventions()
     specs = _series_specs(annotations, algorithm_name, algorithm_version, conventions)
-    numbers = series_numbers(
-        slide_id, [spec.name for spec in specs if spec.groups], numbering or SeriesNumbering()
+    numbers = (numbering or SeriesNumbering()).for_slide(
+        slide_id, [spec.name for spec in specs if spec.groups]
     )
     final = layout.ann_dir(slide_id)
     layout.staging_dir.mkdir(parents=True, exist_ok=True)

@@ -87,10 +87,6 @@ class SlideContext:
     def patient_id(self) -> str:
         return self.clinical.patient_id
 
-    @property
-    def slide_number(self) -> int:
-        return int(self.slide_id.split("_")[1])
-
 
 def deidentification_methods(collection: CollectionConfig) -> list[Code]:
     methods = [
@@ -197,9 +193,7 @@ def build_wsi_metadata(context: SlideContext) -> WsiMetadata:
             description=collection.study_description,
         ),
         series=Series(
-            number=collection.conventions.series_numbers.for_slide(context.slide_number, ["sm"])[
-                "sm"
-            ],
+            number=collection.conventions.series_numbers.for_slide(context.slide_id, ["sm"])["sm"],
             description=collection.series_description,
         ),
         patient=Patient(

@@ -182,7 +182,7 @@ class PrivacyPolicy:
                     if needle.name in seen:
                         continue
                     at = window.find(needle.value, max(0, decided - window_start))
-                    while 0 <= at and window_start + at < limit:
+                    while at >= 0 and window_start + at < limit:
                         if not self._is_excused(window, at, excuses[needle.name]):
                             seen.add(needle.name)
                             hits.append(IdentifierHit(path, needle.name, window_start + at))

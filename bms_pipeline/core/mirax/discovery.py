@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from bms_pipeline.core.layout import patient_id_of
 from bms_pipeline.core.mirax.inventory import (
     SlideError,
     check_complete,
     file_signature,
     newest_mtime,
 )
+from bms_pipeline.core.slide_id import patient_id_of
 
 if TYPE_CHECKING:
     from bms_pipeline.core.storage import StorageRoot

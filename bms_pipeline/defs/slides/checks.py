@@ -4,8 +4,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from bms_pipeline.core.layout import patient_id_of
 from bms_pipeline.core.mirax.inventory import openslide_properties
+from bms_pipeline.core.slide_id import patient_id_of
 from bms_pipeline.defs.slides.assets import sm_series
 from bms_pipeline.partitions import slides_partitions
 from bms_pipeline.resources import BmsPipelineResource
