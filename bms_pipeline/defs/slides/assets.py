@@ -4,7 +4,7 @@ import hashlib
 
 import dagster as dg
 
-from bms_pipeline.core.dicom.phi import REDACTED_PROPERTIES
+from bms_pipeline.core.dicom.phi import shown_properties
 from bms_pipeline.core.mirax.inventory import (
     find_unreadable_images,
     inventory,
@@ -46,7 +46,7 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
         if overrides
         else inv.content_hash
     )
-    shown = {k: ("<redacted>" if k in REDACTED_PROPERTIES else v) for k, v in sorted(props.items())}
+    shown = shown_properties(props)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
