@@ -4,6 +4,7 @@ import hashlib
 
 import dagster as dg
 
+from bms_pipeline.core.budget import CONVERSION_POOL
 from bms_pipeline.core.dicom.phi import shown_properties
 from bms_pipeline.core.mirax.inventory import (
     find_unreadable_images,
@@ -90,7 +91,7 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     deps=[mrxs_slide],
     code_version="2",
     automation_condition=nightly,
-    pool="wsi_conversion",
+    pool=CONVERSION_POOL,
 )
 def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """The slide as a DICOM VL Whole Slide Microscopy series (all levels, a THUMBNAIL from the
