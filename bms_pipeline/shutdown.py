@@ -19,6 +19,10 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 GRACE_SECONDS = 5.0
 _INSTALLED: GracefulStop | None = None
@@ -28,7 +32,9 @@ EXIT_INTERRUPTED = 130
 class GracefulStop:
     """Installed once per process (main thread); `requested` is set after the first signal."""
 
-    def __init__(self, instance_getter: Callable[[], object | None], staging: Path | None) -> None:
+    def __init__(
+        self, instance_getter: Callable[[], DagsterInstance | None], staging: Path | None
+    ) -> None:
         self._instance_getter = instance_getter
         self._staging = staging
         self.requested = threading.Event()

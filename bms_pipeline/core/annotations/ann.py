@@ -49,6 +49,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import VLWholeSlideMicroscopyImageStorage
 
 from bms_pipeline.core.annotations.inputs import (
     DISAGREEMENT_SCHEMA,
@@ -323,7 +324,8 @@ def _encode(
                 annotated_property_category=group.label.category,
                 annotated_property_type=group.label.type,
                 graphic_type=hd.ann.GraphicTypeValues.RECTANGLE,
-                graphic_data=rectangles(group.boxes),  # (n, 4, 2): one array, not n objects
+                # (n, 4, 2): one array, not n objects; highdicom takes it as it is.
+                graphic_data=rectangles(group.boxes),  # pyright: ignore[reportArgumentType]
                 algorithm_type=(
                     hd.ann.AnnotationGroupGenerationTypeValues.MANUAL
                     if manual
@@ -507,7 +509,7 @@ def _check_reference(
             f"{slide_id}: the SM instance is in study {sm_base.StudyInstanceUID}, "
             f"not in the patient's study {expected}"
         )
-    if str(sm_base.SOPClassUID) != pydicom.uid.VLWholeSlideMicroscopyImageStorage:
+    if str(sm_base.SOPClassUID) != VLWholeSlideMicroscopyImageStorage:
         raise ValueError(f"{slide_id}: the referenced instance is not a VL WSI image")
     size = (int(sm_base.TotalPixelMatrixColumns), int(sm_base.TotalPixelMatrixRows))
     if size != tuple(image_size):
@@ -551,7 +553,7 @@ def build_ann_series(
     scratch = layout.staging_dir / f"{slide_id}-ann-{uuid.uuid4().hex[:8]}"
     staged = scratch / "ann"
     staged.mkdir(parents=True)
-    written: list[tuple[_Series, hd.ann.MicroscopyBulkSimpleAnnotations, int]] = []
+    written: list[tuple[_Series, Dataset, int]] = []
     try:
         for spec in specs:
             if not spec.groups:

@@ -58,6 +58,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
+from polars.datatypes import DataTypeClass
 
 from bms_pipeline.core.clinical.lab import (
     HEMOGLOBIN_UNIT,
@@ -477,7 +478,7 @@ def _laboratory(lab: LabSheet, source: _Source) -> tuple[pl.DataFrame, dict[str,
     return table.select(order), info
 
 
-def bigquery_type(dtype: pl.DataType) -> str:
+def bigquery_type(dtype: pl.DataType | DataTypeClass) -> str:
     """The BigQuery type of a polars column type (its element type for a list)."""
     if isinstance(dtype, pl.List):
         return bigquery_type(dtype.inner)
@@ -861,7 +862,9 @@ def _provenance_problems(table: str, frame: pl.DataFrame, rows: pl.DataFrame) ->
 # --------------------------------------------------------------------------- BigQuery schema
 
 
-def _schema_field(name: str, dtype: pl.DataType, description: str | None) -> dict[str, object]:
+def _schema_field(
+    name: str, dtype: pl.DataType | DataTypeClass, description: str | None
+) -> dict[str, object]:
     mode = "NULLABLE"
     if isinstance(dtype, pl.List):
         mode, dtype = "REPEATED", dtype.inner

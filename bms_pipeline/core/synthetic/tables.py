@@ -608,7 +608,8 @@ def write_annotation_csvs(
         roi_ids = list(range(len(roi_rows) + 1, len(roi_rows) + 1 + len(rois)))
         roi_rows.extend((rid, slide.slide_id, *roi) for rid, roi in zip(roi_ids, rois, strict=True))
         for box, roi_id in zip(cells, _roi_of(cells, rois, roi_ids), strict=True):
-            cell_geometry.append((slide.slide_id, int(roi_id), tuple(int(v) for v in box)))
+            x0, y0, x1, y1 = (int(v) for v in box)
+            cell_geometry.append((slide.slide_id, int(roi_id), (x0, y0, x1, y1)))
         lineage = [int(v) for v in np.asarray(slide.cell_lineage).reshape(-1)]
         lineages.extend(lineage)
         labelled.extend([slide.expert_labels] * len(lineage))
