@@ -751,3 +751,18 @@ def expected_counts(
     if len(annotations.detections):
         out["detections"] = {DETECTION_LABEL: len(annotations.detections)}
     return out
+
+
+def count_problems(
+    expected: dict[str, dict[str, int]], actual: dict[str, dict[str, int]]
+) -> list[str]:
+    """Where the written ANN series (`read_back`) differ from what the inputs call for
+    (`expected_counts`): a label's count per series, or a series nobody asked for."""
+    problems = [
+        f"{series}/{label}: expected {count}, found {actual.get(series, {}).get(label, 0)}"
+        for series, labels in expected.items()
+        for label, count in labels.items()
+        if actual.get(series, {}).get(label, 0) != count
+    ]
+    problems += [f"{series}: not expected" for series in actual if series not in expected]
+    return problems
