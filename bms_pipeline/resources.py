@@ -129,8 +129,8 @@ class BmsPipelineResource(dg.ConfigurableResource):
         if not self.inputs.is_local:
             mrxs = self.fetch(layout.mrxs(slide_id), required=True)
             self.fetch(mrxs.with_suffix(""))
-            for name in ("collection.json", f"{slide_id}.json"):
-                self.fetch(layout.root / "overrides" / name)
+            for path in layout.override_candidates(slide_id):
+                self.fetch(path)
             return mrxs
         return layout.mrxs(slide_id)
 

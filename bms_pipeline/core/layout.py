@@ -66,6 +66,10 @@ class DataLayout:
     def annotations_dir(self) -> Path:
         return self.raw / "annotations"
 
+    def override_candidates(self, slide_id: str) -> list[Path]:
+        """Where the slide's metadata override files would be (see `override_names`)."""
+        return [self.root / name for name in override_names(slide_id)]
+
     # outputs
     @property
     def out(self) -> Path:
@@ -100,6 +104,12 @@ class DataLayout:
     def dagster_home(self) -> Path:
         """The persistent Dagster instance used by `bms-pipeline run`."""
         return self.root / ".dagster"
+
+
+def override_names(slide_id: str) -> tuple[str, str]:
+    """The metadata override files of a slide, relative to the data root, in the order they
+    apply: the collection's, then the slide's own."""
+    return ("overrides/collection.json", f"overrides/{slide_id}.json")
 
 
 def published_slide_ids(relative_dicom_files: Iterable[str]) -> set[str]:

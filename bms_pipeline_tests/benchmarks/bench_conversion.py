@@ -120,9 +120,9 @@ def ground_truth(size: str, seed: int, mrxs: Path, index: int = 0):
 
     import numpy as np
 
-    from bms_pipeline.core.mirax.content import scatter_cells
-    from bms_pipeline.core.mirax.writer import MiraxGroundTruth, MiraxSlideSpec
     from bms_pipeline.core.synthetic.demo import slide_geometry
+    from bms_pipeline.core.synthetic.mirax_writer import MiraxGroundTruth, MiraxSlideSpec
+    from bms_pipeline.core.synthetic.smear_content import scatter_cells
 
     rng = np.random.default_rng([seed, 100 + index])
     geometry = slide_geometry(rng, size, index)  # type: ignore[arg-type]
