@@ -168,9 +168,6 @@ def _run_in_worker(root: str, workers: int, plan, force: bool):
         stop.hard_stop("interrupted")
 
 
-PARALLEL_MIN_BYTES = 256 << 20
-
-
 def _default_jobs(todo, budget: MachineBudget) -> int:
     """Slides at once: what fits in memory, but one when the work is too small to repay
     starting worker processes (each imports Dagster and wsidicomizer, several seconds)."""
@@ -180,7 +177,7 @@ def _default_jobs(todo, budget: MachineBudget) -> int:
         if plan.status is not None
         for p in [plan.status.mrxs_path, *plan.status.mrxs_path.with_suffix("").glob("*")]
     )
-    return budget.concurrent_conversions if total >= PARALLEL_MIN_BYTES else 1
+    return budget.worker_processes(total)
 
 
 def _report_inputs(layout: DataLayout) -> tuple[bool, bool]:

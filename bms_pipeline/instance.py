@@ -1,8 +1,6 @@
 """The Dagster instance under the data root: a dagster.yaml sized for this machine.
 
-Conversions are memory-bound (wsidicomizer holds chunks of decoded tiles per worker), so
-the number of slides converting at once comes from memory, and wsidicomizer's threads per
-conversion from the cores left for each, so that runs x threads never oversubscribe the CPU.
+Its pool limit and run concurrency come from the machine budget (`core.budget`).
 """
 
 from __future__ import annotations
@@ -15,42 +13,14 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-CONVERSION_POOL = "wsi_conversion"
+from bms_pipeline.core.budget import CONVERSION_POOL, GIB, MachineBudget
+
+__all__ = ["CONVERSION_POOL", "MachineBudget", "ensure_instance_home", "render_dagster_yaml"]
+
 DAGSTER_LOG_LEVEL_ENV = "BMS_DAGSTER_LOG_LEVEL"
 """Level of Dagster's console log in runs the CLI executes (DEBUG with `-v`)."""
-GIB = 1 << 30
-MEMORY_PER_CONVERSION = 3 * GIB
-
-
-@dataclass(frozen=True)
-class MachineBudget:
-    cores: int
-    memory_bytes: int
-
-    @classmethod
-    def detect(cls) -> MachineBudget:
-        cores = (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
-        try:
-            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            memory = 4 * GIB
-        return cls(cores=max(1, cores), memory_bytes=memory)
-
-    @property
-    def concurrent_conversions(self) -> int:
-        """Slides converting at once: what fits in memory, and no more than the cores."""
-        return max(1, min(self.cores, self.memory_bytes // MEMORY_PER_CONVERSION))
-
-    @property
-    def threads_per_conversion(self) -> int:
-        return max(1, self.cores // self.concurrent_conversions)
 
 
 def render_dagster_yaml(budget: MachineBudget, postgres: bool = False) -> str:

@@ -14,6 +14,8 @@ from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, DataLayout
 from bms_pipeline.core.mirax.discovery import SlideStatus
 
 if TYPE_CHECKING:
+    from bms_pipeline.core.budget import MachineBudget
+
     # wsidicomizer takes seconds to import; only the conversion step needs it.
     from bms_pipeline.core.dicom.convert import ConversionSettings
 
@@ -102,7 +104,8 @@ class BmsPipelineResource(dg.ConfigurableResource):
 
     def published_patients(self) -> set[str]:
         """Patients with at least one published SM series (a listing, no download)."""
-        from bms_pipeline.core.layout import patient_id_of, published_slide_ids
+        from bms_pipeline.core.layout import published_slide_ids
+        from bms_pipeline.core.slide_id import patient_id_of
 
         slides = published_slide_ids(self.outputs.listing("dicom"))
         return {patient_id_of(s) for s in slides}
@@ -126,8 +129,8 @@ class BmsPipelineResource(dg.ConfigurableResource):
         if not self.inputs.is_local:
             mrxs = self.fetch(layout.mrxs(slide_id), required=True)
             self.fetch(mrxs.with_suffix(""))
-            for name in ("collection.json", f"{slide_id}.json"):
-                self.fetch(layout.root / "overrides" / name)
+            for path in layout.override_candidates(slide_id):
+                self.fetch(path)
             return mrxs
         return layout.mrxs(slide_id)
 
@@ -168,10 +171,10 @@ class BmsPipelineResource(dg.ConfigurableResource):
     def conversion_settings(self, collection: CollectionConfig | None = None) -> ConversionSettings:
         """The collection's SM conventions, this resource's overrides and the threads the
         machine and the pool leave this conversion."""
+        from bms_pipeline.core.budget import MachineBudget
         from bms_pipeline.core.dicom.convert import ConversionSettings
-        from bms_pipeline.instance import MachineBudget
 
-        workers = self.workers or conversion_threads(self._instance, MachineBudget.detect().cores)
+        workers = self.workers or conversion_threads(self._instance, MachineBudget.detect())
         sm = (collection or self.collection()).conventions.sm
         return ConversionSettings.for_collection(
             sm,
@@ -181,11 +184,10 @@ class BmsPipelineResource(dg.ConfigurableResource):
         )
 
 
-def conversion_threads(instance: dg.DagsterInstance | None, cores: int) -> int:
-    """The cores shared by the conversions running now (those holding a slot of the
-    `wsi_conversion` pool, this one included): one slide alone gets the whole machine from
-    any entry point, several share it without oversubscribing the CPU."""
-    from bms_pipeline.instance import CONVERSION_POOL
+def conversion_threads(instance: dg.DagsterInstance | None, budget: MachineBudget) -> int:
+    """The budget's threads beside the conversions running now (those holding a slot of the
+    conversion pool, this one included), read from any entry point's instance."""
+    from bms_pipeline.core.budget import CONVERSION_POOL
 
     running = 1
     if instance is not None:
@@ -194,7 +196,7 @@ def conversion_threads(instance: dg.DagsterInstance | None, cores: int) -> int:
             running = max(1, len(info.active_run_ids))
         except Exception:  # noqa: BLE001 - an instance without pools: count this one alone
             running = 1
-    return max(1, cores // running)
+    return budget.threads_beside(running)
 
 
 def default_data_root() -> str:

@@ -12,12 +12,17 @@ to staging and renamed into place, so nothing half-written is left in out/.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 GRACE_SECONDS = 5.0
 _INSTALLED: GracefulStop | None = None
@@ -27,7 +32,9 @@ EXIT_INTERRUPTED = 130
 class GracefulStop:
     """Installed once per process (main thread); `requested` is set after the first signal."""
 
-    def __init__(self, instance_getter: Callable[[], object | None], staging: Path | None) -> None:
+    def __init__(
+        self, instance_getter: Callable[[], DagsterInstance | None], staging: Path | None
+    ) -> None:
         self._instance_getter = instance_getter
         self._staging = staging
         self.requested = threading.Event()
@@ -73,10 +80,8 @@ class GracefulStop:
                 self.hard_stop(f"still running {GRACE_SECONDS:.0f} s after {name}")
 
     def _say(self, text: str) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.write(getattr(self, "_stderr", 2), (text + "\n").encode())
-        except OSError:
-            pass
 
     def _my_runs(self, instance) -> list:
         import dagster as dg

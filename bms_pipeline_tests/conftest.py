@@ -16,7 +16,7 @@ from bms_pipeline.core.dicom.metadata import (
     SlideContext,
 )
 from bms_pipeline.core.mirax.inventory import openslide_properties
-from bms_pipeline.core.mirax.writer import MiraxGroundTruth
+from bms_pipeline.core.synthetic.mirax_writer import MiraxGroundTruth
 from bms_pipeline_tests.helpers import PATIENT, write_test_slide
 
 COLLECTION = CollectionConfig.from_dict(yaml.safe_load(DEFAULT_COLLECTION_YAML))

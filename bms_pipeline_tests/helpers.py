@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bms_pipeline.core.mirax.content import scatter_cells
-from bms_pipeline.core.mirax.writer import (
+from bms_pipeline.core.synthetic.mirax_writer import (
     MiraxGeometry,
     MiraxGroundTruth,
     MiraxSlideSpec,
     write_mirax,
 )
+from bms_pipeline.core.synthetic.smear_content import scatter_cells
 
 PATIENT = "0123456789ABCDEF0123456789ABCDEF"
 

@@ -19,74 +19,16 @@ default corrects it, and says why:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from bms_pipeline.core.series_numbers import ConventionError, SeriesNumbering, session_number
+
+__all__ = ["ConventionError", "SeriesNumbering"]
+
 ConsensusSource = Literal["source", "recomputed"]
 SpecimenIdentifiers = Literal["patient", "slide"]
-
-
-class ConventionError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class SeriesNumbering:
-    """SeriesNumbers of one slide's series, unique within the patient's study.
-
-    A series takes its preferred number; one that is already taken (IDC's session 0 would
-    reuse the ROI series' 33) gets the first free number from `first_free`. Slide n of a
-    patient adds `(n - 1) * slide_stride`, so a second slide never collides with the first.
-    """
-
-    sm: int = 1
-    rois: int = 33
-    session_base: int = 33
-    """Session k prefers `session_base + k` (IDC: 33 + k)."""
-    consensus: int = 42
-    unlabeled: int = 42
-    detections: int = 43
-    first_free: int = 44
-    slide_stride: int = 100
-
-    def for_slide(self, slide_number: int, series: Sequence[str]) -> dict[str, int]:
-        """Number of each series name (`sm`, `rois`, `session_<k>`, `consensus`,
-        `unlabeled`, `detections`), in the order given; raises past `slide_stride`."""
-        if slide_number < 1:
-            raise ConventionError(f"slide number {slide_number} must be 1 or more")
-        offset = (slide_number - 1) * self.slide_stride
-        # Fixed series first (IDC's numbers), then sessions in order: session 0 moves.
-        ranked = sorted(series, key=lambda name: (name.startswith("session_"), _session(name)))
-        taken: dict[str, int] = {}
-        used: set[int] = set()
-        spare = self.first_free
-        for name in ranked:
-            number = self._preferred(name)
-            if number in used:
-                while spare in used:
-                    spare += 1
-                number = spare
-            if number >= self.slide_stride:
-                raise ConventionError(
-                    f"SeriesNumber {number} for {name} would reach the next slide's numbers "
-                    f"(slide_stride {self.slide_stride})"
-                )
-            used.add(number)
-            taken[name] = number
-        return {name: taken[name] + offset for name in series}
-
-    def _preferred(self, name: str) -> int:
-        if name.startswith("session_"):
-            return self.session_base + _session(name)
-        try:
-            return int(getattr(self, name))
-        except AttributeError:
-            raise ConventionError(f"no SeriesNumber rule for series {name!r}") from None
-
-
-def _session(name: str) -> int:
-    return int(name.removeprefix("session_")) if name.startswith("session_") else -1
 
 
 @dataclass(frozen=True)
@@ -131,13 +73,13 @@ class AnnConventions:
 
     def description(self, series: str) -> str:
         if series.startswith("session_"):
-            return self.session_description.format(k=_session(series))
+            return self.session_description.format(k=session_number(series))
         return str(getattr(self, f"{series}_description"))
 
     def clinical_trial_series_id(self, series: str) -> str | None:
         """IDC's ClinicalTrialSeriesID: the session, `consensus` or `detection-only`."""
         if series.startswith("session_"):
-            return str(_session(series))
+            return str(session_number(series))
         return {
             "consensus": "consensus",
             "unlabeled": "detection-only",

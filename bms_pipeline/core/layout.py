@@ -66,6 +66,10 @@ class DataLayout:
     def annotations_dir(self) -> Path:
         return self.raw / "annotations"
 
+    def override_candidates(self, slide_id: str) -> list[Path]:
+        """Where the slide's metadata override files would be (see `override_names`)."""
+        return [self.root / name for name in override_names(slide_id)]
+
     # outputs
     @property
     def out(self) -> Path:
@@ -102,6 +106,12 @@ class DataLayout:
         return self.root / ".dagster"
 
 
+def override_names(slide_id: str) -> tuple[str, str]:
+    """The metadata override files of a slide, relative to the data root, in the order they
+    apply: the collection's, then the slide's own."""
+    return ("overrides/collection.json", f"overrides/{slide_id}.json")
+
+
 def published_slide_ids(relative_dicom_files: Iterable[str]) -> set[str]:
     """Slides with a published SM series, from file paths relative to the output root
     (`dicom/<slide_id>/sm/<file>.dcm`); staging and withdrawn folders start with a dot."""
@@ -117,14 +127,3 @@ def published_slide_ids(relative_dicom_files: Iterable[str]) -> set[str]:
         ):
             found.add(parts[1])
     return found
-
-
-def patient_id_of(slide_id: str) -> str:
-    """`<patient_id>_<n>_bm` -> patient_id; a clear error for anything else."""
-    parts = slide_id.split("_")
-    if len(parts) != 3 or parts[2] != "bm" or not parts[1].isdigit():
-        raise ValueError(f"slide id {slide_id!r} is not of the form <patient_id>_<n>_bm")
-    patient_id = parts[0]
-    if len(patient_id) != 32 or any(c not in "0123456789ABCDEF" for c in patient_id):
-        raise ValueError(f"slide id {slide_id!r}: patient id must be 32 upper-case hex characters")
-    return patient_id

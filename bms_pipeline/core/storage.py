@@ -145,7 +145,7 @@ class StorageRoot:
             if fs.isfile(target):
                 found = {target: fs.info(target)}
             elif fs.isdir(target):
-                found = fs.find(target, detail=True, withdirs=False)
+                found = dict(fs.find(target, detail=True, withdirs=False))  # path -> info
             else:
                 return {}
         except FileNotFoundError:

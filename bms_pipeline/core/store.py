@@ -89,7 +89,9 @@ def exclusive_lock(path: Path, timeout: float = 600.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{path}: another writer held the lock for {timeout} s")
+                    raise TimeoutError(
+                        f"{path}: another writer held the lock for {timeout} s"
+                    ) from None
                 time.sleep(0.05)
         try:
             yield
@@ -176,3 +178,23 @@ def write_duckdb_tables(
     """
     with exclusive_lock(duckdb_lock_path(db_path), lock_timeout):
         rebuild_duckdb(db_path, parquet_by_table, views or {})
+
+
+def replace_dir_atomically(staged: Path, final: Path) -> None:
+    """Swap a completed staging folder into place, keeping the old one until the new is in.
+
+    Two renames on one filesystem: at every instant `final` is either the previous good
+    output or the new complete one (or, for a first run, absent).
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    retired = final.parent / f".retired-{final.name}-{uuid.uuid4().hex[:8]}"
+    if final.exists():
+        final.rename(retired)
+    try:
+        staged.rename(final)
+    except OSError:
+        if retired.exists():
+            retired.rename(final)
+        raise
+    if retired.exists():
+        shutil.rmtree(retired, ignore_errors=True)

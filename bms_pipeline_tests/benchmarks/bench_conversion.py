@@ -120,9 +120,9 @@ def ground_truth(size: str, seed: int, mrxs: Path, index: int = 0):
 
     import numpy as np
 
-    from bms_pipeline.core.mirax.content import scatter_cells
-    from bms_pipeline.core.mirax.writer import MiraxGroundTruth, MiraxSlideSpec
     from bms_pipeline.core.synthetic.demo import slide_geometry
+    from bms_pipeline.core.synthetic.mirax_writer import MiraxGroundTruth, MiraxSlideSpec
+    from bms_pipeline.core.synthetic.smear_content import scatter_cells
 
     rng = np.random.default_rng([seed, 100 + index])
     geometry = slide_geometry(rng, size, index)  # type: ignore[arg-type]
@@ -315,8 +315,9 @@ def child_convert_slide(spec: dict[str, Any]) -> None:
         build_pre_processor,
         build_wsi_metadata,
     )
-    from bms_pipeline.core.layout import DataLayout, patient_id_of
+    from bms_pipeline.core.layout import DataLayout
     from bms_pipeline.core.mirax.inventory import openslide_properties
+    from bms_pipeline.core.slide_id import patient_id_of
 
     layout = DataLayout.at(spec["data_root"])
     slide_id = spec["slide_id"]

@@ -50,8 +50,9 @@ from bms_pipeline.core.annotations.labels import (
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.conventions import AnnConventions
 from bms_pipeline.core.dicom.idc import convert_layout_slide
-from bms_pipeline.core.layout import DataLayout, patient_id_of
+from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.mirax.inventory import openslide_properties
+from bms_pipeline.core.slide_id import patient_id_of
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
 
 ALGORITHM = ("BMDeep nucleus detector", "2.1")

@@ -19,6 +19,8 @@ import pytest
 import xlsxwriter
 import yaml
 
+from bms_pipeline.core.bigquery import BigQueryTarget
+from bms_pipeline.core.clinical.idc_metadata import CLINICAL_INDEX
 from bms_pipeline.core.clinical.lab import (
     LAB_SHEET,
     format_rows,
@@ -29,18 +31,14 @@ from bms_pipeline.core.clinical.lab import (
 )
 from bms_pipeline.core.clinical.naming import ColumnNameError, bigquery_name, bigquery_names
 from bms_pipeline.core.clinical.patients import ClinicalDataError
-from bms_pipeline.core.clinical.tables import (
-    CLINICAL_INDEX,
-    BigQueryTarget,
-    ClinicalTables,
-    build_clinical_tables,
+from bms_pipeline.core.clinical.qa import (
     column_metadata_matches_schema,
     dicom_patients_without_clinical,
     duplicate_patients,
     free_text_phi_columns,
     patients_missing_in_dicom,
-    write_outputs,
 )
+from bms_pipeline.core.clinical.tables import ClinicalTables, build_clinical_tables, write_outputs
 from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML, CollectionConfig
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.store import write_duckdb_tables
@@ -853,3 +851,25 @@ def test_concurrent_writes_from_processes_lose_nothing(nasty: DataLayout) -> Non
         assert con.execute(f"SELECT count(*) FROM {CLINICAL}").fetchone() == (4,)
     finally:
         con.close()
+
+
+def test_patient_coverage_errs_on_rows_without_dicom_unless_kept_and_lists_what_was_left_out() -> (
+    None
+):
+    from bms_pipeline.core.clinical.qa import patient_coverage
+
+    a, b, c = ("A" * 32, "B" * 32, "C" * 32)
+    clinical = pl.DataFrame({"dicom_patient_id": [a, b]})
+    laboratory = pl.DataFrame({"dicom_patient_id": [a]})
+    tables = {"x_clinical": clinical, "x_laboratory": laboratory}
+    strict = patient_coverage(tables, "x_clinical", {a, c}, {"x_clinical": ["D" * 32]}, False)
+    assert strict.rows_without_dicom == {"x_clinical": [b], "x_laboratory": []}
+    assert strict.dicom_without_clinical == [c]
+    assert not strict.passed and strict.is_error
+    assert b in strict.describe() and c in strict.describe() and "D" * 32 in strict.describe()
+    kept = patient_coverage(tables, "x_clinical", {a, b}, {}, True)
+    assert kept.passed and not kept.is_error
+    assert f"x_clinical: 1 patient(s) with no DICOM: {b}" not in kept.describe()
+    kept_orphan = patient_coverage(tables, "x_clinical", {a}, {}, True)
+    assert kept_orphan.passed
+    assert f"x_clinical: 1 patient(s) with no DICOM: {b}" in kept_orphan.describe()

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from bms_pipeline.core.annotations import base_level_dataset, build_ann_series, slide_bounds
-from bms_pipeline.core.clinical.tables import bigquery_dir
+from bms_pipeline.core.bigquery import bigquery_dir
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.dicom.idc import convert_layout_slide
 from bms_pipeline.core.index import build_dicom_index

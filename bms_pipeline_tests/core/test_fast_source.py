@@ -19,7 +19,7 @@ from bms_pipeline.core.dicom.fast_source import (
     composite_over_background,
 )
 from bms_pipeline.core.mirax.direct import MiraxDirectReader
-from bms_pipeline.core.mirax.writer import MiraxGeometry
+from bms_pipeline.core.synthetic.mirax_writer import MiraxGeometry
 from bms_pipeline_tests.conftest import convert_test_slide
 from bms_pipeline_tests.helpers import write_test_slide
 

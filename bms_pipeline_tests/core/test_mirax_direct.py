@@ -24,7 +24,7 @@ from bms_pipeline.core.mirax.direct import (
     decode_image_bgra,
 )
 from bms_pipeline.core.mirax.inventory import check_complete, index_records
-from bms_pipeline.core.mirax.writer import MiraxGroundTruth
+from bms_pipeline.core.synthetic.mirax_writer import MiraxGroundTruth
 from bms_pipeline_tests.helpers import TINY_GEOMETRY, write_test_slide
 
 # Overlaps that are multiples of 8 keep every field at a whole pixel of level 3, so all

@@ -9,7 +9,7 @@ import numpy as np
 import openslide
 import pytest
 
-from bms_pipeline.core.mirax.writer import MiraxGeometry
+from bms_pipeline.core.synthetic.mirax_writer import MiraxGeometry
 from bms_pipeline_tests.helpers import TINY_GEOMETRY, psnr, write_test_slide
 
 

@@ -112,3 +112,41 @@ def test_scan_finds_or_excuses_a_needle_wherever_the_chunks_fall(
         assert hits == []
     else:
         assert [(h.name, h.offset) for h in hits] == [("mirax.GENERAL.SLIDE_NAME", before)]
+
+
+def test_what_the_policy_strips_is_what_wsidicomizer_would_carry_from_the_file() -> None:
+    """wsidicomizer turns SLIDE_NAME into SeriesDescription and SLIDE_ID into
+    ContainerIdentifier, keeps the label's text and the study's scan date: all gone."""
+    from datetime import date, datetime, time
+
+    from wsidicom.metadata import Image, Label, Pyramid, Series, Slide, Study
+    from wsidicomizer.metadata import WsiDicomizerMetadata
+
+    scanned = datetime(2019, 3, 14, 9, 26, 53)
+    metadata = WsiDicomizerMetadata(
+        study=Study(date=date(2019, 3, 14), time=time(9, 26, 53)),
+        series=Series(description="MUSTERMANN Erika"),
+        slide=Slide(identifier="5e1f0d2c-4b7a"),
+        label=Label(text="MUSTERMANN, Erika", barcode="KM-2019-17"),
+        pyramid=Pyramid(image=Image(acquisition_datetime=scanned), optical_paths=[]),
+    )
+    stripped = phi.strip_identifying_metadata(metadata, keep_dates=False)
+    assert stripped.series.description is None
+    assert stripped.slide.identifier is None
+    assert (stripped.label.text, stripped.label.barcode) == (None, None)
+    assert (stripped.study.date, stripped.study.time) == (None, None)
+    assert stripped.pyramid.image.acquisition_datetime is None
+    kept = phi.strip_identifying_metadata(metadata, keep_dates=True)
+    assert kept.pyramid.image.acquisition_datetime == scanned
+    assert kept.slide.identifier is None
+
+
+def test_the_ui_shows_no_property_the_scan_searches_for_by_name() -> None:
+    properties = _properties(
+        SLIDE_ID="5e1f0d2c-4b7a", SLIDE_NAME="MUSTERMANN", SLIDE_CREATIONDATETIME="14/03/2019"
+    ) | {"openslide.mpp-x": "0.11"}
+    shown = phi.shown_properties(properties)
+    assert shown["openslide.mpp-x"] == "0.11"
+    for key in phi.ALWAYS_SCANNED + (phi.CREATION_DATETIME_PROPERTY,):
+        assert shown[key] == "<redacted>"
+    assert set(phi.allowed_properties(properties)) == {"openslide.mpp-x"}

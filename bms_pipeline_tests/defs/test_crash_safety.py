@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from bms_pipeline.instance import CONVERSION_POOL
+from bms_pipeline.core.budget import CONVERSION_POOL
 from bms_pipeline_tests.defs.cli_runs import (
     demo_root,
     dicom_digest,

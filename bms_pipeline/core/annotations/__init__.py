@@ -9,7 +9,27 @@ No Dagster here: the ``ann_series`` asset only wires these functions together.
 """
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy exports below resolve to
+    from bms_pipeline.core.annotations.ann import (
+        AnnResult,
+        SeriesContent,
+        SeriesResult,
+        base_level_dataset,
+        build_ann_series,
+        count_problems,
+        expected_counts,
+        read_back,
+        read_series_content,
+    )
+    from bms_pipeline.core.annotations.inputs import (
+        AnnotationInputError,
+        SlideAnnotations,
+        read_slide_annotations,
+        slide_bounds,
+    )
+    from bms_pipeline.core.annotations.labels import LabelTable, cell_labels
 
 # Re-exported lazily: the consensus rule (used by the demo-data generator) must not pull in
 # highdicom and wsidicomizer just to be imported.
@@ -19,6 +39,7 @@ _EXPORTS = {
     "SeriesResult": "ann",
     "base_level_dataset": "ann",
     "build_ann_series": "ann",
+    "count_problems": "ann",
     "expected_counts": "ann",
     "read_back": "ann",
     "read_series_content": "ann",
@@ -39,6 +60,7 @@ __all__ = [
     "SlideAnnotations",
     "base_level_dataset",
     "build_ann_series",
+    "count_problems",
     "cell_labels",
     "expected_counts",
     "read_back",

@@ -49,6 +49,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import VLWholeSlideMicroscopyImageStorage
 
 from bms_pipeline.core.annotations.inputs import (
     DISAGREEMENT_SCHEMA,
@@ -65,11 +66,13 @@ from bms_pipeline.core.annotations.labels import (
     LabelTable,
     cell_labels,
 )
-from bms_pipeline.core.conventions import AnnConventions, SeriesNumbering
-from bms_pipeline.core.dicom.convert import replace_dir_atomically
+from bms_pipeline.core.conventions import AnnConventions
 from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
 from bms_pipeline.core.dicom.uids import series_uid, stable_uid, study_uid
-from bms_pipeline.core.layout import DataLayout, patient_id_of
+from bms_pipeline.core.layout import DataLayout
+from bms_pipeline.core.series_numbers import SeriesNumbering
+from bms_pipeline.core.slide_id import patient_id_of
+from bms_pipeline.core.store import replace_dir_atomically
 
 __all__ = [
     "ALGORITHM_FAMILY",
@@ -300,20 +303,6 @@ def _series_specs(
     return specs
 
 
-def series_numbers(
-    slide_id: str, series: Iterable[str], numbering: SeriesNumbering
-) -> dict[str, int]:
-    """SeriesNumbers of the slide's ANN series, unique beside its SM series in the study."""
-    names = list(series)
-    numbers = numbering.for_slide(_slide_number(slide_id), ["sm", *names])
-    return {name: numbers[name] for name in names}
-
-
-def _slide_number(slide_id: str) -> int:
-    patient_id_of(slide_id)  # validates the form <patient_id>_<n>_bm
-    return int(slide_id.split("_")[1])
-
-
 def _encode(
     spec: _Series,
     sm_base: Dataset,
@@ -335,7 +324,8 @@ def _encode(
                 annotated_property_category=group.label.category,
                 annotated_property_type=group.label.type,
                 graphic_type=hd.ann.GraphicTypeValues.RECTANGLE,
-                graphic_data=rectangles(group.boxes),  # (n, 4, 2): one array, not n objects
+                # (n, 4, 2): one array, not n objects; highdicom takes it as it is.
+                graphic_data=rectangles(group.boxes),  # pyright: ignore[reportArgumentType]
                 algorithm_type=(
                     hd.ann.AnnotationGroupGenerationTypeValues.MANUAL
                     if manual
@@ -441,7 +431,7 @@ def build_detections_ann(
     if not spec.groups:
         raise ValueError("no detections to encode")
     conventions = conventions or AnnConventions()
-    number = series_numbers(slide_id, ["detections"], numbering or SeriesNumbering())["detections"]
+    number = (numbering or SeriesNumbering()).for_slide(slide_id, ["detections"])["detections"]
     return _encode(spec, sm_base_dataset, collection_id, slide_id, number, conventions)
 
 
@@ -519,7 +509,7 @@ def _check_reference(
             f"{slide_id}: the SM instance is in study {sm_base.StudyInstanceUID}, "
             f"not in the patient's study {expected}"
         )
-    if str(sm_base.SOPClassUID) != pydicom.uid.VLWholeSlideMicroscopyImageStorage:
+    if str(sm_base.SOPClassUID) != VLWholeSlideMicroscopyImageStorage:
         raise ValueError(f"{slide_id}: the referenced instance is not a VL WSI image")
     size = (int(sm_base.TotalPixelMatrixColumns), int(sm_base.TotalPixelMatrixRows))
     if size != tuple(image_size):
@@ -555,15 +545,15 @@ def build_ann_series(
     annotations = read_slide_annotations(slide_id, layout.annotations_dir, bounds, image_size)
     conventions = conventions or AnnConventions()
     specs = _series_specs(annotations, algorithm_name, algorithm_version, conventions)
-    numbers = series_numbers(
-        slide_id, [spec.name for spec in specs if spec.groups], numbering or SeriesNumbering()
+    numbers = (numbering or SeriesNumbering()).for_slide(
+        slide_id, [spec.name for spec in specs if spec.groups]
     )
     final = layout.ann_dir(slide_id)
     layout.staging_dir.mkdir(parents=True, exist_ok=True)
     scratch = layout.staging_dir / f"{slide_id}-ann-{uuid.uuid4().hex[:8]}"
     staged = scratch / "ann"
     staged.mkdir(parents=True)
-    written: list[tuple[_Series, hd.ann.MicroscopyBulkSimpleAnnotations, int]] = []
+    written: list[tuple[_Series, Dataset, int]] = []
     try:
         for spec in specs:
             if not spec.groups:
@@ -761,3 +751,18 @@ def expected_counts(
     if len(annotations.detections):
         out["detections"] = {DETECTION_LABEL: len(annotations.detections)}
     return out
+
+
+def count_problems(
+    expected: dict[str, dict[str, int]], actual: dict[str, dict[str, int]]
+) -> list[str]:
+    """Where the written ANN series (`read_back`) differ from what the inputs call for
+    (`expected_counts`): a label's count per series, or a series nobody asked for."""
+    problems = [
+        f"{series}/{label}: expected {count}, found {actual.get(series, {}).get(label, 0)}"
+        for series, labels in expected.items()
+        for label, count in labels.items()
+        if actual.get(series, {}).get(label, 0) != count
+    ]
+    problems += [f"{series}: not expected" for series in actual if series not in expected]
+    return problems

@@ -29,6 +29,7 @@ from bms_pipeline.core.dicom.determinism import contributing_equipment, normaliz
 from bms_pipeline.core.dicom.fast_source import FastOpenSlideSource, OpenSlideReadSource
 from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
 from bms_pipeline.core.dicom.uids import SlideUidGenerator
+from bms_pipeline.core.store import replace_dir_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -105,26 +106,6 @@ class ConversionResult:
 
 class ConversionError(RuntimeError):
     """Conversion failed; the message names the slide and the reason."""
-
-
-def replace_dir_atomically(staged: Path, final: Path) -> None:
-    """Swap a completed staging folder into place, keeping the old one until the new is in.
-
-    Two renames on one filesystem: at every instant `final` is either the previous good
-    output or the new complete one (or, for a first run, absent).
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    retired = final.parent / f".retired-{final.name}-{uuid.uuid4().hex[:8]}"
-    if final.exists():
-        final.rename(retired)
-    try:
-        staged.rename(final)
-    except OSError:
-        if retired.exists():
-            retired.rename(final)
-        raise
-    if retired.exists():
-        shutil.rmtree(retired, ignore_errors=True)
 
 
 def convert_slide(

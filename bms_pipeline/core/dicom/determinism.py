@@ -66,10 +66,12 @@ def _rewrite(path: Path, updates: dict[str, str]) -> None:
         raw = ds.get_item(Tag(keyword))
         if raw is None:
             continue
+        # A RawDataElement (not yet parsed) knows where its value lies and how long it is.
         tell = getattr(raw, "value_tell", None)
-        if tell is None:
+        length = getattr(raw, "length", None)
+        if tell is None or length is None:
             raise DeterminismError(f"{path}: cannot locate {keyword} in the file")
-        patches.append((int(tell), _padded(value, int(raw.length), path, keyword)))
+        patches.append((int(tell), _padded(value, int(length), path, keyword)))
     with open(path, "r+b") as handle:
         for offset, data in patches:
             handle.seek(offset)

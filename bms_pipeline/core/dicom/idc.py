@@ -26,8 +26,9 @@ from bms_pipeline.core.dicom.metadata import (
 from bms_pipeline.core.dicom.overrides import load_overrides
 from bms_pipeline.core.dicom.phi import PrivacyPolicy, allowed_values
 from bms_pipeline.core.dicom.publication import PublicationGate
-from bms_pipeline.core.layout import DataLayout, patient_id_of
+from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.mirax.inventory import openslide_properties
+from bms_pipeline.core.slide_id import patient_id_of
 
 
 def privacy_policy(

@@ -5,9 +5,7 @@ Three hooks of wsidicomizer are used, each for what it is meant for:
 - `build_wsi_metadata` gives the user metadata that overrides what wsidicomizer reads from
   the MIRAX file: patient, study, series, equipment and the full specimen description;
 - `build_pre_processor` removes what the file says about the slide's identity before it is
-  merged (wsidicomizer turns SLIDE_NAME into SeriesDescription and SLIDE_ID into
-  ContainerIdentifier; the slide name can carry a patient name), and the dates when the
-  de-identification policy says so;
+  merged, by the privacy policy of `core.dicom.phi`;
 - `build_post_processor` adds the attributes wsidicom does not model: PatientAge, the
   clinical-trial module, the admitting diagnosis and the de-identification method codes.
 """
@@ -16,8 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 from pydicom import Dataset
 from pydicom.sr.coding import Code
@@ -54,7 +51,11 @@ from bms_pipeline.core.clinical.patients import PatientClinical
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.conventions import SpecimenIdentifiers
 from bms_pipeline.core.dicom.overrides import MetadataOverride, apply_overrides
-from bms_pipeline.core.dicom.phi import ALLOWED_MIRAX_PROPERTIES
+from bms_pipeline.core.dicom.phi import (
+    allowed_properties,
+    apply_date_policy,
+    strip_identifying_metadata,
+)
 from bms_pipeline.core.dicom.viewer_compat import viewer_coordinate_systems
 
 # DICOM PS3.16 CID 7050 de-identification method codes.
@@ -86,10 +87,6 @@ class SlideContext:
     @property
     def patient_id(self) -> str:
         return self.clinical.patient_id
-
-    @property
-    def slide_number(self) -> int:
-        return int(self.slide_id.split("_")[1])
 
 
 def deidentification_methods(collection: CollectionConfig) -> list[Code]:
@@ -163,7 +160,7 @@ def optical_path(properties: Mapping[str, str], lens: str | None) -> OpticalPath
 def acquisition_context(properties: Mapping[str, str]) -> Dataset:
     """IDC's TEXT "Comment" (DCM 121106) item with the MIRAX properties as JSON; here only the
     allow-listed ones, never SLIDE_ID, SLIDE_NAME or the scan date."""
-    allowed = {k: v for k, v in sorted(properties.items()) if k in ALLOWED_MIRAX_PROPERTIES}
+    allowed = allowed_properties(properties)
     item = Dataset()
     item.ValueType = "TEXT"
     concept = Dataset()
@@ -197,9 +194,7 @@ def build_wsi_metadata(context: SlideContext) -> WsiMetadata:
             description=collection.study_description,
         ),
         series=Series(
-            number=collection.conventions.series_numbers.for_slide(context.slide_number, ["sm"])[
-                "sm"
-            ],
+            number=collection.conventions.series_numbers.for_slide(context.slide_id, ["sm"])["sm"],
             description=collection.series_description,
         ),
         patient=Patient(
@@ -216,36 +211,15 @@ def build_wsi_metadata(context: SlideContext) -> WsiMetadata:
     return apply_overrides(ours, context.overrides)
 
 
-def _undated(module: Any) -> Any:
-    """The pyramid, overview or label without its image's acquisition date and time."""
-    if module is None or module.image is None:
-        return module
-    return replace(module, image=replace(module.image, acquisition_datetime=None))
-
-
 def build_pre_processor(
     collection: CollectionConfig,
 ) -> Callable[[WsiDicomizerMetadata], WsiMetadata]:
-    """Strip the slide name, the scanner's slide id and (by policy) dates from the file's metadata."""
+    """The file's metadata without what identifies the slide (the privacy policy), in the
+    coordinate system viewers show OpenSlide's image in."""
+    keep_dates = collection.deidentification.keep_dates
 
     def pre_process(metadata: WsiDicomizerMetadata) -> WsiMetadata:
-        stripped = replace(
-            metadata,
-            series=replace(metadata.series, description=None),
-            slide=replace(metadata.slide, identifier=None),
-            label=replace(metadata.label, text=None, barcode=None),
-        )
-        stripped = viewer_coordinate_systems(stripped)  # as viewers show OpenSlide's image
-        if not collection.deidentification.keep_dates:
-            # Every image of the slide: the pyramid, the overview and the label.
-            stripped = replace(
-                stripped,
-                study=replace(stripped.study, date=None, time=None),
-                pyramid=_undated(stripped.pyramid),
-                overview=_undated(stripped.overview),
-                label=_undated(stripped.label),
-            )
-        return stripped
+        return viewer_coordinate_systems(strip_identifying_metadata(metadata, keep_dates))
 
     return pre_process
 
@@ -288,18 +262,7 @@ def build_post_processor(context: SlideContext) -> Callable[[Dataset, WsiMetadat
             code.CodeMeaning = clinical.ncit_meaning
             dataset.AdmittingDiagnosesCodeSequence = [code]
             dataset.AdmittingDiagnosesDescription = clinical.ncit_meaning
-        if collection.deidentification.keep_dates:
-            # The scan is the series: SeriesDate/Time from SLIDE_CREATIONDATETIME, as StudyDate.
-            if dataset.get("StudyDate"):
-                dataset.SeriesDate = dataset.StudyDate
-                dataset.SeriesTime = dataset.get("StudyTime", "")
-        else:
-            for keyword in ("StudyDate", "StudyTime"):
-                if keyword in dataset:
-                    setattr(dataset, keyword, "")  # Type 2: present, empty
-            for keyword in ("SeriesDate", "SeriesTime"):
-                if keyword in dataset:
-                    delattr(dataset, keyword)
+        apply_date_policy(dataset, collection.deidentification.keep_dates)
         return dataset
 
     return post_process

@@ -19,6 +19,8 @@ from wsidicom.metadata import WsiMetadata
 from wsidicom.metadata.schema.json.wsi import WsiMetadataJsonSchema
 from wsidicomizer.metadata import WsiDicomizerMetadata
 
+from bms_pipeline.core.layout import DataLayout
+
 
 class OverrideError(ValueError):
     """An override file that cannot be used; the message names the file and the reason."""
@@ -43,8 +45,8 @@ class MetadataOverride:
 
 
 def override_paths(root: Path, slide_id: str) -> list[Path]:
-    folder = root / "overrides"
-    return [p for p in (folder / "collection.json", folder / f"{slide_id}.json") if p.is_file()]
+    """The slide's override files that exist, in the order they apply."""
+    return [p for p in DataLayout(root).override_candidates(slide_id) if p.is_file()]
 
 
 def load_override(path: Path) -> MetadataOverride:

@@ -16,14 +16,25 @@ write the slide id as SLIDE_NAME. A property equal to such a value is not scanne
 occurrence of a shorter property inside an occurrence of such a value is excused.
 
 Hits name the property, the file and the byte offset, never the value (which is the PHI).
+
+The same policy strips before it scans, so what is removed and what is searched for cannot
+drift apart: `strip_identifying_metadata` removes what wsidicomizer would carry from the file
+(it turns SLIDE_NAME into SeriesDescription and SLIDE_ID into ContainerIdentifier; the label
+text and barcode; by policy the scan dates of every image), `allowed_properties` is the only
+door from MIRAX properties to a header, `apply_date_policy` clears the dates a post-processor
+sees, and `shown_properties` is what the UI and the event log may show.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset
+from wsidicomizer.metadata import WsiDicomizerMetadata
 
 # MIRAX properties that may pass into DICOM headers (through wsidicomizer's MIRAX
 # metadata or ours). Everything else, SLIDE_ID and SLIDE_NAME above all, stays out.
@@ -57,6 +68,65 @@ REDACTED_PROPERTIES = frozenset({*ALWAYS_SCANNED, CREATION_DATETIME_PROPERTY})
 """Never shown, not even in the event log or the UI."""
 
 _CHUNK = 16 << 20
+
+
+def allowed_properties(properties: Mapping[str, str]) -> dict[str, str]:
+    """The MIRAX properties that may reach a DICOM header, in key order."""
+    return {k: v for k, v in sorted(properties.items()) if k in ALLOWED_MIRAX_PROPERTIES}
+
+
+def shown_properties(properties: Mapping[str, str]) -> dict[str, str]:
+    """The properties as the UI and the event log may show them: identifiers redacted."""
+    return {
+        k: ("<redacted>" if k in REDACTED_PROPERTIES else v) for k, v in sorted(properties.items())
+    }
+
+
+def strip_identifying_metadata(
+    metadata: WsiDicomizerMetadata, keep_dates: bool
+) -> WsiDicomizerMetadata:
+    """The file's metadata without the slide name, the scanner's slide id, the label's text
+    and barcode and (unless dates are kept) the study date and every image's scan date."""
+    stripped = replace(
+        metadata,
+        series=replace(metadata.series, description=None),
+        slide=replace(metadata.slide, identifier=None),
+        label=replace(metadata.label, text=None, barcode=None),
+    )
+    if keep_dates:
+        return stripped
+    # Every image of the slide: the pyramid, the overview and the label.
+    return replace(
+        stripped,
+        study=replace(stripped.study, date=None, time=None),
+        pyramid=_undated(stripped.pyramid),
+        overview=_undated(stripped.overview),
+        label=_undated(stripped.label),
+    )
+
+
+def _undated(module: Any) -> Any:
+    """The pyramid, overview or label without its image's acquisition date and time."""
+    if module is None or module.image is None:
+        return module
+    return replace(module, image=replace(module.image, acquisition_datetime=None))
+
+
+def apply_date_policy(dataset: Dataset, keep_dates: bool) -> None:
+    """Kept: the scan is the series, so SeriesDate/Time follow StudyDate/Time (from
+    SLIDE_CREATIONDATETIME). Not kept: StudyDate/Time present and empty (Type 2), SeriesDate/
+    Time absent."""
+    if keep_dates:
+        if dataset.get("StudyDate"):
+            dataset.SeriesDate = dataset.StudyDate
+            dataset.SeriesTime = dataset.get("StudyTime", "")
+        return
+    for keyword in ("StudyDate", "StudyTime"):
+        if keyword in dataset:
+            setattr(dataset, keyword, "")
+    for keyword in ("SeriesDate", "SeriesTime"):
+        if keyword in dataset:
+            delattr(dataset, keyword)
 
 
 @dataclass(frozen=True)
@@ -182,7 +252,7 @@ class PrivacyPolicy:
                     if needle.name in seen:
                         continue
                     at = window.find(needle.value, max(0, decided - window_start))
-                    while 0 <= at and window_start + at < limit:
+                    while at >= 0 and window_start + at < limit:
                         if not self._is_excused(window, at, excuses[needle.name]):
                             seen.add(needle.name)
                             hits.append(IdentifierHit(path, needle.name, window_start + at))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+
+from bms_pipeline.core.slide_id import patient_id_of
 
 
 @dataclass(frozen=True)
@@ -48,3 +51,36 @@ def read_series(sm_dir: Path) -> list[SmInstance]:
 def volume_levels(instances: list[SmInstance]) -> list[SmInstance]:
     """VOLUME instances, largest (base) first."""
     return sorted((i for i in instances if i.flavor == "VOLUME"), key=lambda i: -i.columns * i.rows)
+
+
+def scanned_size(properties: Mapping[str, str]) -> tuple[int, int]:
+    """The scanned area's size, OpenSlide's bounds (or the whole level 0 without them): what
+    the SM series' base level must be."""
+    return (
+        int(properties.get("openslide.bounds-width", properties["openslide.level[0].width"])),
+        int(properties.get("openslide.bounds-height", properties["openslide.level[0].height"])),
+    )
+
+
+def sm_series_problems(
+    instances: list[SmInstance], slide_id: str, expected_size: tuple[int, int]
+) -> list[str]:
+    """What is wrong with a written SM series against its source: base level size, a LABEL,
+    PatientID and ContainerIdentifier, one series."""
+    problems: list[str] = []
+    levels = volume_levels(instances)
+    if not levels:
+        problems.append("no VOLUME instance")
+    elif (levels[0].columns, levels[0].rows) != expected_size:
+        problems.append(
+            f"base level {levels[0].columns}x{levels[0].rows} != bounds {expected_size}"
+        )
+    if any(i.flavor == "LABEL" for i in instances):
+        problems.append("a LABEL instance was written")
+    if {i.patient_id for i in instances} != {patient_id_of(slide_id)}:
+        problems.append("PatientID differs from the slide's patient id")
+    if {i.container_identifier for i in instances} != {slide_id}:
+        problems.append("ContainerIdentifier differs from the slide id")
+    if len({i.series_instance_uid for i in instances}) != 1:
+        problems.append("instances belong to more than one series")
+    return problems

@@ -19,6 +19,7 @@ import numpy as np
 import pydicom
 import pydicom.pixels
 from PIL import Image
+from pydicom.pixels.utils import pixel_array
 
 THUMBNAIL_MAX_SIDE = 1024
 """Long side of the THUMBNAIL in pixels (smaller slides keep their size)."""
@@ -95,7 +96,7 @@ def total_pixel_matrix(path: Path, raw: bool = False) -> np.ndarray:
     by pydicom (not by wsidicom, which wrote it). `raw`: in the stored colour space (YBR
     for JPEG), without pydicom's conversion to RGB."""
     ds = pydicom.dcmread(path)
-    frames = pydicom.pixels.pixel_array(ds, raw=True) if raw else ds.pixel_array
+    frames = pixel_array(ds, raw=True) if raw else ds.pixel_array
     if int(getattr(ds, "NumberOfFrames", 1)) == 1:
         frames = frames[None]
     rows, columns = int(ds.Rows), int(ds.Columns)

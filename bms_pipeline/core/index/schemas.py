@@ -12,7 +12,7 @@ from __future__ import annotations
 import polars as pl
 
 S = pl.String
-I = pl.Int64  # BigQuery INTEGER
+I = pl.Int64  # noqa: E741 (BigQuery INTEGER; the one-letter names keep the schemas tabular)
 F = pl.Float64  # BigQuery FLOAT
 REPEATED_S = pl.List(pl.String)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bms_pipeline.core.clinical.tables import bigquery_dir, bigquery_schema, write_load_script
+from bms_pipeline.core.bigquery import bigquery_dir, bigquery_schema, write_load_script
 from bms_pipeline.core.index.dicom_index import DicomIndex
 from bms_pipeline.core.index.schemas import DESCRIPTIONS
 from bms_pipeline.core.layout import DataLayout

@@ -1,1 +1,2 @@
-"""MIRAX (3DHISTECH .mrxs) reading helpers and a synthetic writer that OpenSlide 4 opens."""
+"""MIRAX (3DHISTECH .mrxs) reading: completeness and inventory, slide discovery, and the direct
+tile reader. The synthetic writer lives apart, in `core.synthetic`."""

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from bms_pipeline.core.layout import patient_id_of
+from bms_pipeline.core.layout import override_names
 from bms_pipeline.core.mirax.inventory import (
     SlideError,
     check_complete,
     file_signature,
     newest_mtime,
 )
+from bms_pipeline.core.slide_id import patient_id_of
 
 if TYPE_CHECKING:
     from bms_pipeline.core.storage import StorageRoot
@@ -71,9 +72,7 @@ def _remote_slide_signature(
 
     prefix = f"raw/slides/{slide_id}"
     names = sorted(n for n in slides if n == f"{prefix}.mrxs" or n.startswith(f"{prefix}/"))
-    extra = [
-        n for n in ("overrides/collection.json", f"overrides/{slide_id}.json") if n in overrides
-    ]
+    extra = [n for n in override_names(slide_id) if n in overrides]
     entries = {n: slides[n] for n in names} | {n: overrides[n] for n in extra}
     return listing_signature(entries), names
 

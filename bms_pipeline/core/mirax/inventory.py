@@ -248,6 +248,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def slide_version(content_hash: str, override_files: Sequence[Path] = ()) -> str:
+    """The slide's data version: its content hash, combined with its metadata override
+    files' hashes when it has any (they change the DICOM as the slide does)."""
+    if not override_files:
+        return content_hash
+    return hashlib.sha256(
+        "".join([content_hash, *(sha256_file(p) for p in override_files)]).encode()
+    ).hexdigest()
+
+
 def inventory(mrxs_path: Path) -> SlideInventory:
     """Check completeness and hash every file; the content hash is the slide's data version."""
     files = check_complete(mrxs_path)

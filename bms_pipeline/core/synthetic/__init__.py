@@ -1,1 +1,3 @@
-"""Synthetic BMDeep-shaped dataset: slides, clinical and lab tables, annotations."""
+"""Synthetic BMDeep-shaped datasets, apart from the production readers: the MIRAX writer
+(`mirax_writer`), the procedural smear it draws (`smear_content`), the clinical, lab and
+annotation tables (`tables`) and the demo collection (`demo`)."""

@@ -17,14 +17,14 @@ import numpy as np
 
 from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML
 from bms_pipeline.core.layout import DataLayout
-from bms_pipeline.core.mirax.content import scatter_cells
-from bms_pipeline.core.mirax.writer import (
+from bms_pipeline.core.synthetic.mirax_writer import (
     MiraxGeometry,
     MiraxGroundTruth,
     MiraxSlideSpec,
     PreviewExtent,
     write_mirax,
 )
+from bms_pipeline.core.synthetic.smear_content import scatter_cells
 from bms_pipeline.core.synthetic.tables import (
     SlideAnnotationSource,
     SyntheticPatient,

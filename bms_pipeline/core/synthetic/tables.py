@@ -606,16 +606,17 @@ def write_annotation_csvs(
         fields, cells, field_of = _validated(slide)
         rois = _place_rois(rng, fields, cells, field_of)
         roi_ids = list(range(len(roi_rows) + 1, len(roi_rows) + 1 + len(rois)))
-        roi_rows.extend((rid, slide.slide_id, *roi) for rid, roi in zip(roi_ids, rois))
-        for box, roi_id in zip(cells, _roi_of(cells, rois, roi_ids)):
-            cell_geometry.append((slide.slide_id, int(roi_id), tuple(int(v) for v in box)))
+        roi_rows.extend((rid, slide.slide_id, *roi) for rid, roi in zip(roi_ids, rois, strict=True))
+        for box, roi_id in zip(cells, _roi_of(cells, rois, roi_ids), strict=True):
+            x0, y0, x1, y1 = (int(v) for v in box)
+            cell_geometry.append((slide.slide_id, int(roi_id), (x0, y0, x1, y1)))
         lineage = [int(v) for v in np.asarray(slide.cell_lineage).reshape(-1)]
         lineages.extend(lineage)
         labelled.extend([slide.expert_labels] * len(lineage))
 
     annotations = [_draw_annotations(rng, lineage) for lineage in lineages]
     candidates = np.flatnonzero(labelled)
-    for kind, i in zip(_SCENARIOS, rng.permutation(candidates)):
+    for kind, i in zip(_SCENARIOS, rng.permutation(candidates), strict=False):
         annotations[int(i)] = _scenario(rng, kind, lineages[int(i)])
     consensus = [consensus_label(labels) for labels in annotations]
     # Real sources sometimes record another consensus than the rule gives (an expert broke
@@ -639,7 +640,7 @@ def write_annotation_csvs(
     for slide in slides:
         nuclei = np.asarray(slide.nucleus_boxes, dtype=np.float64).reshape(-1, 4)
         scores = np.clip(np.round(rng.beta(8.0, 2.0, size=len(nuclei)), 4), 1e-4, 1.0)
-        for box, score in zip(nuclei, scores):
+        for box, score in zip(nuclei, scores, strict=True):
             coords = (round(float(v), 2) for v in box)
             detection_rows.append((slide.slide_id, *coords, float(score)))
 

@@ -22,6 +22,7 @@ joined back (as a literal ``\\n``) instead of being lost or read as separate mes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -266,10 +267,8 @@ def _run(tool: Tool, args: Sequence[str], what: str, cwd: Path, timeout: float) 
 def _kill(process: subprocess.Popen[bytes]) -> None:
     """End a timed-out run, including the native binary the venv's wrapper script started."""
     if os.name != "nt":
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # the group this module created for the run
-        except ProcessLookupError:
-            pass
     process.kill()
     process.communicate()
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
-from bms_pipeline.core.layout import DataLayout, patient_id_of
+from bms_pipeline.core.layout import DataLayout
+from bms_pipeline.core.slide_id import patient_id_of
 from bms_pipeline.core.validation.dicom3tools import messages_frame, validate_files
 
 

@@ -13,7 +13,7 @@ def ann_counts_match_input(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
     """Per series and label, the annotations read back with highdicom equal the input rows."""
-    from bms_pipeline.core.annotations.ann import expected_counts, read_back
+    from bms_pipeline.core.annotations.ann import count_problems, expected_counts, read_back
     from bms_pipeline.core.annotations.inputs import read_slide_annotations, slide_bounds
     from bms_pipeline.core.dicom.series import read_series, volume_levels
 
@@ -29,13 +29,7 @@ def ann_counts_match_input(
     )
     expected = expected_counts(annotations, bms.collection().conventions.ann)
     actual = read_back(bms.fetch(layout.ann_dir(slide_id)))
-    problems = [
-        f"{series}/{label}: expected {count}, found {actual.get(series, {}).get(label, 0)}"
-        for series, labels in expected.items()
-        for label, count in labels.items()
-        if actual.get(series, {}).get(label, 0) != count
-    ]
-    problems += [f"{series}: not expected" for series in actual if series not in expected]
+    problems = count_problems(expected, actual)
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={

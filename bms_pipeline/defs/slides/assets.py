@@ -1,15 +1,14 @@
 """Per-slide assets: the MIRAX inventory and its DICOM SM series."""
 
-import hashlib
-
 import dagster as dg
 
-from bms_pipeline.core.dicom.phi import REDACTED_PROPERTIES
+from bms_pipeline.core.budget import CONVERSION_POOL
+from bms_pipeline.core.dicom.phi import shown_properties
 from bms_pipeline.core.mirax.inventory import (
     find_unreadable_images,
     inventory,
     openslide_properties,
-    sha256_file,
+    slide_version,
 )
 from bms_pipeline.defs.automation import nightly
 from bms_pipeline.partitions import slides_partitions
@@ -38,15 +37,8 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     props = openslide_properties(path)
     overrides = override_paths(bms.layout.root, slide_id)
     url = bms.inputs.url_of(f"raw/slides/{slide_id}.mrxs")
-    # Override files change the DICOM as the slide does, so they are part of its version.
-    version = (
-        hashlib.sha256(
-            "".join([inv.content_hash, *(sha256_file(p) for p in overrides)]).encode()
-        ).hexdigest()
-        if overrides
-        else inv.content_hash
-    )
-    shown = {k: ("<redacted>" if k in REDACTED_PROPERTIES else v) for k, v in sorted(props.items())}
+    version = slide_version(inv.content_hash, overrides)
+    shown = shown_properties(props)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
@@ -90,7 +82,7 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     deps=[mrxs_slide],
     code_version="2",
     automation_condition=nightly,
-    pool="wsi_conversion",
+    pool=CONVERSION_POOL,
 )
 def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """The slide as a DICOM VL Whole Slide Microscopy series (all levels, a THUMBNAIL from the

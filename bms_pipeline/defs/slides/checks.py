@@ -4,7 +4,6 @@ from pathlib import Path
 
 import dagster as dg
 
-from bms_pipeline.core.layout import patient_id_of
 from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline.defs.slides.assets import sm_series
 from bms_pipeline.partitions import slides_partitions
@@ -16,31 +15,12 @@ def sm_series_matches_source(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
     """Base level equals the OpenSlide bounds, no LABEL, PatientID and ContainerIdentifier set."""
-    from bms_pipeline.core.dicom.series import read_series, volume_levels
+    from bms_pipeline.core.dicom.series import read_series, scanned_size, sm_series_problems
 
     slide_id = context.partition_key
-    layout = bms.layout
-    props = openslide_properties(bms.stage_slide(slide_id))
-    expected = (
-        int(props.get("openslide.bounds-width", props["openslide.level[0].width"])),
-        int(props.get("openslide.bounds-height", props["openslide.level[0].height"])),
-    )
-    instances = read_series(bms.fetch(layout.sm_dir(slide_id), required=True))
-    levels = volume_levels(instances)
-    problems: list[str] = []
-    if not levels:
-        problems.append("no VOLUME instance")
-    elif (levels[0].columns, levels[0].rows) != expected:
-        problems.append(f"base level {levels[0].columns}x{levels[0].rows} != bounds {expected}")
-    if any(i.flavor == "LABEL" for i in instances):
-        problems.append("a LABEL instance was written")
-    patient_id = patient_id_of(slide_id)
-    if {i.patient_id for i in instances} != {patient_id}:
-        problems.append("PatientID differs from the slide's patient id")
-    if {i.container_identifier for i in instances} != {slide_id}:
-        problems.append("ContainerIdentifier differs from the slide id")
-    if len({i.series_instance_uid for i in instances}) != 1:
-        problems.append("instances belong to more than one series")
+    expected = scanned_size(openslide_properties(bms.stage_slide(slide_id)))
+    instances = read_series(bms.fetch(bms.layout.sm_dir(slide_id), required=True))
+    problems = sm_series_problems(instances, slide_id, expected)
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={"problems": dg.MetadataValue.json(problems), "instances": len(instances)},

@@ -5,7 +5,12 @@ import json
 import dagster as dg
 
 from bms_pipeline.defs.slides.jobs import slides_job
-from bms_pipeline.partitions import INVENTORY_KEY, recorded_signature, slides_partitions
+from bms_pipeline.partitions import (
+    INVENTORY_KEY,
+    SLIDES_PARTITIONS,
+    recorded_signature,
+    slides_partitions,
+)
 from bms_pipeline.resources import BmsPipelineResource
 
 SETTLE_SECONDS = 30.0
@@ -58,7 +63,7 @@ def new_slides_sensor(
         context.log.warning("run %s: its process is gone; marked failed, pool slots freed", run_id)
     previous: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     statuses = bms.scan(SETTLE_SECONDS, previous)
-    known = set(instance.get_dynamic_partitions(slides_partitions.name))
+    known = set(instance.get_dynamic_partitions(SLIDES_PARTITIONS))
     ready = [s for s in statuses if s.ready]
     for status in statuses:
         if not status.ready:

@@ -25,7 +25,8 @@ def clinical_tables(
     schemas with a load script. Censored lab values keep their source string, with typed
     `_value` and `_qualifier` companions. Only patients with a published SM series are in
     the tables (unless `keep_patients_without_dicom`); the others are listed as left out."""
-    from bms_pipeline.core.clinical.tables import bigquery_dir, build_clinical_tables, write_outputs
+    from bms_pipeline.core.bigquery import bigquery_dir
+    from bms_pipeline.core.clinical.tables import build_clinical_tables, write_outputs
 
     layout = bms.layout
     collection = bms.collection()
@@ -86,7 +87,7 @@ def dicom_index(
     to the output root; `bms_sm_tiles`; `bms_ann_references`)."""
     import polars as pl
 
-    from bms_pipeline.core.clinical.tables import bigquery_dir, load_script_path
+    from bms_pipeline.core.bigquery import bigquery_dir, load_script_path
     from bms_pipeline.core.index import build_dicom_index
     from bms_pipeline.core.index.write import write_dicom_index
 

@@ -36,51 +36,29 @@ def clinical_patients_match_dicom(
     converted DICOM (error); a converted patient without a clinical row is reported (warning).
     Rows of patients without a converted slide were left out when the tables were built, and
     are listed here by patient id."""
-    from bms_pipeline.core.clinical.tables import (
-        dicom_patients_without_clinical,
-        patients_missing_in_dicom,
-    )
+    from bms_pipeline.core.clinical.qa import patient_coverage
 
     collection = bms.collection()
-    collection_id = collection.collection_id
-    patients = _dicom_patients(bms)
-    orphans = {
-        table: patients_missing_in_dicom(_published(bms, table), patients)
-        for table in (f"{collection_id}_clinical", f"{collection_id}_laboratory")
-    }
-    without = dicom_patients_without_clinical(
-        _published(bms, f"{collection_id}_clinical"), patients
+    clinical = f"{collection.collection_id}_clinical"
+    laboratory = f"{collection.collection_id}_laboratory"
+    coverage = patient_coverage(
+        {table: _published(bms, table) for table in (clinical, laboratory)},
+        clinical,
+        _dicom_patients(bms),
+        _left_out(context),
+        collection.keep_patients_without_dicom,
     )
-    left_out = _left_out(context)
-    rows = [
-        f"{table}: {len(ids)} patient(s) with no DICOM: {', '.join(ids[:10])}"
-        for table, ids in orphans.items()
-        if ids
-    ]
-    # Kept on purpose (`keep_patients_without_dicom`), such rows are reported, not errors.
-    errors = [] if collection.keep_patients_without_dicom else list(rows)
-    notes = [
-        f"{table}: {len(ids)} patient(s) without a converted slide left out: {', '.join(ids[:10])}"
-        + (" ..." if len(ids) > 10 else "")
-        for table, ids in left_out.items()
-        if ids
-    ]
-    if without:
-        errors.append(
-            f"{len(without)} DICOM patient(s) with no clinical row: {', '.join(without[:10])}"
-        )
     return dg.AssetCheckResult(
-        passed=not errors,
-        severity=dg.AssetCheckSeverity.ERROR
-        if errors and any(orphans.values())
-        else dg.AssetCheckSeverity.WARN,
+        passed=coverage.passed,
+        severity=dg.AssetCheckSeverity.ERROR if coverage.is_error else dg.AssetCheckSeverity.WARN,
         metadata={
-            "rows_without_dicom": dg.MetadataValue.json(orphans),
-            "dicom_patients_without_clinical_row": dg.MetadataValue.json(without),
-            "patients_left_out": dg.MetadataValue.json(left_out),
+            "rows_without_dicom": dg.MetadataValue.json(coverage.rows_without_dicom),
+            "dicom_patients_without_clinical_row": dg.MetadataValue.json(
+                coverage.dicom_without_clinical
+            ),
+            "patients_left_out": dg.MetadataValue.json(coverage.left_out),
         },
-        description="; ".join(errors + notes + ([] if errors else rows))
-        or "every patient of every table has DICOM",
+        description=coverage.describe(),
     )
 
 
@@ -91,7 +69,7 @@ def clinical_tables_have_no_duplicates_or_free_text(
     """One row per patient in every table, and no name, date or free-text column."""
     import polars as pl
 
-    from bms_pipeline.core.clinical.tables import duplicate_patients, free_text_phi_columns
+    from bms_pipeline.core.clinical.qa import duplicate_patients, free_text_phi_columns
 
     layout = bms.layout
     collection_id = bms.collection().collection_id
@@ -114,10 +92,8 @@ def clinical_tables_have_no_duplicates_or_free_text(
 def column_metadata_matches_tables(bms: BmsPipelineResource) -> dg.AssetCheckResult:
     """The published column_metadata describes every column of every published table
     exactly, with IDC's schemas."""
-    from bms_pipeline.core.clinical.tables import (
-        column_metadata_matches_schema,
-        read_written_tables,
-    )
+    from bms_pipeline.core.clinical.qa import column_metadata_matches_schema
+    from bms_pipeline.core.clinical.tables import read_written_tables
 
     bms.fetch(bms.layout.tables_dir)
     written = read_written_tables(bms.layout, bms.collection().collection_id)

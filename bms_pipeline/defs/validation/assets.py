@@ -24,9 +24,8 @@ def dicom_validation(
 ) -> dg.MaterializeResult:
     """`dciodvfy -new` on every DICOM file of the slide and `dcentvfy` on each series and on the
     patient's study; every message is a row of out/validation/<slide_id>.parquet."""
-    import polars as pl
-
     from bms_pipeline.core.store import atomic_write_parquet
+    from bms_pipeline.core.validation.report import summarize
     from bms_pipeline.core.validation.slide import slide_series_files, validate_slide
 
     slide_id = context.partition_key
@@ -43,26 +42,18 @@ def dicom_validation(
     path = layout.validation_parquet(slide_id)
     atomic_write_parquet(frame, path)
     bms.publish(path)
-    errors = frame.filter(pl.col("level") == "Error")
-    warnings = frame.filter(pl.col("level") == "Warning")
-    unexplained = warnings.filter(pl.col("known_noise").is_null())
-    by_message = (
-        frame.group_by("level", "message")
-        .len()
-        .sort(["level", "len"], descending=[False, True])
-        .head(20)
-    )
+    summary = summarize(frame)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(bms.outputs.url_of(f"validation/{slide_id}.parquet")),
             "files": sum(map(len, series.values())),
             "series": len(series),
-            "errors": errors.height,
-            "warnings": warnings.height,
-            "unexplained_warnings": unexplained.height,
+            "errors": summary.errors,
+            "warnings": summary.warnings,
+            "unexplained_warnings": summary.unexplained_warnings,
             "dagster/row_count": frame.height,
             "dagster/column_schema": column_schema(frame),
-            "messages": markdown_table(by_message, "no messages"),
+            "messages": markdown_table(summary.by_message, "no messages"),
         }
     )
 
@@ -80,48 +71,35 @@ def validation_report(
 ) -> dg.MaterializeResult:
     """All slides' validation messages in one table (parquet and the DuckDB table
     `validation_messages`), summarised by level and message."""
-    import duckdb
-    import polars as pl
-
     from bms_pipeline.core.store import atomic_write_parquet, write_duckdb_tables
+    from bms_pipeline.core.validation.report import (
+        combine_slide_results,
+        report_summary,
+        summarize,
+    )
 
     layout = bms.layout
-    from bms_pipeline.core.validation.dicom3tools import messages_frame
-
     files = sorted(bms.fetch(layout.out / "validation").glob("*.parquet"))
     if not files:
         # No slide validated yet (none converted): an empty report, not a second failure.
         context.log.info("no slide has validation results yet: writing an empty report")
-    frame = pl.concat(
-        [messages_frame([], ""), *(pl.read_parquet(f) for f in files)], how="vertical"
-    )
+    frame = combine_slide_results(files)
     path = layout.tables_dir / "validation_messages.parquet"
     atomic_write_parquet(frame, path)
     bms.fetch(layout.duckdb_path)
     write_duckdb_tables(layout.duckdb_path, {"validation_messages": path})
     bms.publish(path)
     bms.publish(layout.duckdb_path)
-    with duckdb.connect() as con:
-        cursor = con.execute(
-            """
-            select level, message, coalesce(known_noise, '') as known_noise,
-                   count(*) as occurrences, count(distinct slide_id) as slides
-            from read_parquet(?) group by all order by level, occurrences desc
-            """,
-            [str(path)],
-        )
-        columns = [d[0] for d in cursor.description]
-        summary = pl.DataFrame(cursor.fetchall(), schema=columns, orient="row")
-    errors = frame.filter(pl.col("level") == "Error").height
-    context.log.info("%d slides, %d errors, %d messages", len(files), errors, frame.height)
+    counts = summarize(frame)
+    context.log.info("%d slides, %d errors, %d messages", len(files), counts.errors, frame.height)
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
             "slides": len(files),
-            "errors": errors,
-            "warnings": frame.filter(pl.col("level") == "Warning").height,
+            "errors": counts.errors,
+            "warnings": counts.warnings,
             "dagster/row_count": frame.height,
             "dagster/column_schema": column_schema(frame),
-            "summary": markdown_table(summary, "no messages"),
+            "summary": markdown_table(report_summary(path), "no messages"),
         }
     )

@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bms_pipeline.core.mirax.content import (
+from bms_pipeline.core.synthetic.smear_content import (
     BACKGROUND_RGB,
     SmearCells,
     render_region,

@@ -1,0 +1,55 @@
+"""BMDeep's slide identifier, `<patient_id>_<n>_bm`, parsed in one place.
+
+IDC names every slide after its patient (32 upper-case hex characters, the de-identified
+patient id of the clinical table) and its number among the patient's slides (1, 2, ...):
+`<patient_id>_<n>_bm`. The patient id keys the clinical rows, the study and the DICOM
+PatientID; the number offsets the slide's SeriesNumbers within the patient's one study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_HEX = frozenset("0123456789ABCDEF")
+
+
+class SlideIdError(ValueError):
+    """A slide id that is not of BMDeep's form; the message names the id and the reason."""
+
+
+@dataclass(frozen=True, order=True)
+class SlideId:
+    patient_id: str
+    number: int
+
+    def __post_init__(self) -> None:
+        if len(self.patient_id) != 32 or not set(self.patient_id) <= _HEX:
+            raise SlideIdError(
+                f"slide id {self.patient_id}_{self.number}_bm: patient id must be "
+                "32 upper-case hex characters"
+            )
+        if self.number < 1:
+            raise SlideIdError(f"slide id {self}: slide number must be 1 or more")
+
+    @classmethod
+    def parse(cls, text: str) -> SlideId:
+        """`<patient_id>_<n>_bm` -> SlideId; a clear error for anything else."""
+        parts = text.split("_")
+        if len(parts) != 3 or parts[2] != "bm" or not parts[1].isdigit():
+            raise SlideIdError(f"slide id {text!r} is not of the form <patient_id>_<n>_bm")
+        patient_id = parts[0]
+        if len(patient_id) != 32 or not set(patient_id) <= _HEX:
+            raise SlideIdError(
+                f"slide id {text!r}: patient id must be 32 upper-case hex characters"
+            )
+        if int(parts[1]) < 1 or parts[1] != str(int(parts[1])):
+            raise SlideIdError(f"slide id {text!r}: slide number must be 1, 2, ... (no zeros)")
+        return cls(patient_id, int(parts[1]))
+
+    def __str__(self) -> str:
+        return f"{self.patient_id}_{self.number}_bm"
+
+
+def patient_id_of(slide_id: str) -> str:
+    """The patient of a slide id string (raises SlideIdError for a malformed one)."""
+    return SlideId.parse(slide_id).patient_id
