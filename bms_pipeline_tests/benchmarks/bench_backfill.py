@@ -129,6 +129,8 @@ def steps_per_worker(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[s
     counts: dict[str, int] = {}
     for run_id in run_ids:
         for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+            if record.dagster_event is None:
+                continue
             worker = record.dagster_event.engine_event_data.metadata.get("Celery worker")
             if worker is not None:
                 name = str(worker.value).split("@")[0]
@@ -194,7 +196,7 @@ def run_once(workdir: Path, generated: Path, s3, workers: int, slide_ids: list[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--slides", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()

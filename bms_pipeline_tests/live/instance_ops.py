@@ -31,7 +31,7 @@ def open_instance(home: Path, postgres_url: str) -> dg.DagsterInstance:
 
 
 def _workspace_opts():
-    from dagster._cli.workspace.cli_target import WorkspaceOpts
+    from dagster_shared.cli import WorkspaceOpts
 
     return WorkspaceOpts(workspace=(str(REPO / "workspace.yaml"),))
 
@@ -68,7 +68,7 @@ def wait_runs_finished(
     while True:
         runs = instance.get_runs(filters=dg.RunsFilter(job_name=job))
         if len(runs) >= count and all(r.status in FINISHED for r in runs):
-            return runs
+            return list(runs)
         if time.monotonic() > deadline:
             states = sorted(f"{r.tags.get('dagster/partition')}: {r.status.value}" for r in runs)
             raise AssertionError(f"runs not finished after {timeout:.0f} s: {states}")

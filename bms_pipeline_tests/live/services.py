@@ -53,7 +53,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.5):
+def wait_for[T](predicate: Callable[[], T], timeout: float, what: str, every: float = 0.5) -> T:
+    """The predicate's first truthy value, polled every `every` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

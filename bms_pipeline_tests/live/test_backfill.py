@@ -73,6 +73,8 @@ def celery_hosts(instance: dg.DagsterInstance, run_ids: list[str]) -> set[str]:
     hosts = set()
     for run_id in run_ids:
         for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+            if record.dagster_event is None:
+                continue
             worker = record.dagster_event.engine_event_data.metadata.get("Celery worker")
             if worker is not None:
                 hosts.add(str(worker.value).split("@")[0])
