@@ -68,7 +68,7 @@ def test_postgres_instance_gives_the_same_dicom_as_sqlite(
     monkeypatch.delenv(POSTGRES_URL_ENV, raising=False)
     assert not database_exists(postgres_url)
     on_postgres = tmp_path / "postgres"
-    write_demo_dataset(on_postgres, slides=3, seed=2715)  # a dataset no other test uses
+    write_demo_dataset(on_postgres, slides=2, seed=2715)  # a dataset no other test uses
     on_sqlite = tmp_path / "sqlite"
     shutil.copytree(on_postgres, on_sqlite)
 
@@ -79,7 +79,7 @@ def test_postgres_instance_gives_the_same_dicom_as_sqlite(
 
     expected = local_hashes(on_sqlite / "out" / "dicom")
     got = local_hashes(on_postgres / "out" / "dicom")
-    assert len(expected) >= 3 * 5
+    assert len(expected) >= 2 * 5
     assert got == expected
     # The instance really lives in Postgres (created by the run), not in SQLite files.
     assert database_exists(postgres_url)
@@ -103,12 +103,12 @@ def test_two_runs_write_to_one_postgres_instance_at_once(
     roots = [tmp_path / "machine-a", tmp_path / "machine-b"]
     slides = {}
     for seed, root in enumerate(roots, start=41):
-        slides[root] = set(write_demo_dataset(root, slides=2, seed=seed).slides)
+        slides[root] = set(write_demo_dataset(root, slides=1, seed=seed).slides)
     assert not slides[roots[0]] & slides[roots[1]]
 
     processes = [cli_run(root, postgres_url, "--jobs", "1") for root in roots]
     outputs = [finish(p) for p in processes]
-    assert all("2/2 slides ok" in out for out in outputs), outputs
+    assert all("1/1 slides ok" in out for out in outputs), outputs
 
     instance = postgres_instance(roots[0] / ".dagster", postgres_url, monkeypatch)
     runs = instance.get_runs()

@@ -37,7 +37,7 @@ def test_worker_killed_mid_conversion_fails_the_step_and_a_rerun_completes(
 ) -> None:
     generated = tmp_path / "generated"
     # Big enough that the conversion takes seconds, so the kill lands inside it.
-    dataset = write_demo_dataset(generated, slides=1, seed=3, dimensions=(6000, 5000))
+    dataset = write_demo_dataset(generated, slides=1, seed=3, dimensions=(5000, 4000))
     (slide_id,) = dataset.slides
     fs = s3.filesystem()
     bucket = s3.new_bucket()
