@@ -51,7 +51,6 @@ import os
 import platform
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -143,30 +142,16 @@ def run_root(data_root: Path, scratch: Path) -> Path:
 
 def level_records(mrxs: Path) -> tuple[list[Path], dict[int, list[tuple[int, int, int]]]]:
     """(data files, {zoom level: [(fileno, offset, length), ...]}) from Index.dat."""
-    from bms_pipeline.core.mirax.inventory import slide_files
+    from bms_pipeline.core.mirax.format import index_records, slide_files
 
     files = slide_files(mrxs)
-    index = files.index.read_bytes()
     slide_id = files.sections["GENERAL"]["SLIDE_ID"]
-    head = len(b"01.02") + len(slide_id.encode("utf-8"))
-
-    def i32(at: int) -> int:
-        return struct.unpack_from("<i", index, at)[0]
-
-    levels = int(files.sections["HIERARCHICAL"]["HIER_0_COUNT"])
-    hier_table = i32(head)
     records: dict[int, list[tuple[int, int, int]]] = {}
-    for level in range(levels):
-        page = i32(i32(hier_table + 4 * level) + 4)
-        out = records.setdefault(level, [])
-        while True:
-            count, next_ptr = i32(page), i32(page + 4)
-            for k in range(count):
-                at = page + 8 + 16 * k
-                out.append((i32(at + 12), i32(at + 4), i32(at + 8)))
-            if next_ptr == 0:
-                break
-            page = next_ptr
+    for record in index_records(files.index.read_bytes(), slide_id, files):
+        if record.level is not None:
+            records.setdefault(record.level, []).append(
+                (record.fileno, record.offset, record.length)
+            )
     return list(files.datafiles), records
 
 
