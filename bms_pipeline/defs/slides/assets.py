@@ -11,8 +11,8 @@ from bms_pipeline.core.mirax.inventory import (
     slide_version,
 )
 from bms_pipeline.defs.automation import nightly
-from bms_pipeline.partitions import slides_partitions
-from bms_pipeline.resources import BmsPipelineResource
+from bms_pipeline.defs.partitions import slides_partitions
+from bms_pipeline.defs.resources import BmsPipelineResource
 
 
 @dg.asset(
