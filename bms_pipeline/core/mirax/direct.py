@@ -50,10 +50,9 @@ from typing import Self
 import numpy as np
 from imagecodecs import JPEG8, jpeg8_decode, png_decode
 
+from bms_pipeline.core.mirax.format import HIER_RECORD, INDEX_VERSION, POSITION_RECORD, SLIDEDAT
 from bms_pipeline.core.mirax.inventory import SlideError, read_slidedat
 
-INDEX_VERSION = b"01.02"
-_POSITION_RECORD_SIZE = 9
 _READ_PIECE = 4096  # openslide_read_region paints at most 4096 x 4096 pixels at a time
 _DYADIC = 256  # advances must be multiples of 1/256 so float sums stay exact
 _FORMATS = frozenset({"JPEG", "PNG", "BMP24"})  # parse_image_format of OpenSlide
@@ -497,7 +496,7 @@ class MiraxDirectReader:
             )
         mrxs_path = Path(mrxs_path)
         folder = mrxs_path.with_suffix("")
-        slidedat_path = folder / "Slidedat.ini"
+        slidedat_path = folder / SLIDEDAT
         if mrxs_path.suffix != ".mrxs" or not mrxs_path.is_file():
             raise MiraxDirectUnsupported(f"{mrxs_path}: not an existing .mrxs file")
         if not slidedat_path.is_file():
@@ -787,7 +786,7 @@ def _slide_positions(
         raise MiraxDirectUnsupported(f"{path}: cannot read the position record ({exc})") from exc
     if len(raw) != length:
         raise MiraxDirectUnsupported(f"{path}: truncated: the position record is cut short")
-    expected = _POSITION_RECORD_SIZE * npositions
+    expected = POSITION_RECORD.size * npositions
     if compressed:
         inflater = zlib.decompressobj()
         try:
@@ -806,7 +805,7 @@ def _slide_positions(
         )
     positions = []
     for i in range(npositions):
-        flag, px, py = struct.unpack_from("<Bii", raw, i * _POSITION_RECORD_SIZE)
+        flag, px, py = POSITION_RECORD.unpack_from(raw, i * POSITION_RECORD.size)
         if flag & 0xFE:
             raise MiraxDirectUnsupported(f"{path}: position {i} has flag {flag}")
         positions.append((px, py))  # times the level-0 concat factor, which must be 1
@@ -955,7 +954,7 @@ def _build_levels(
             if count < 0:
                 raise index.fail(f"zoom level {i}: negative page length")
             for k in range(count):
-                at = page + 8 + 16 * k
+                at = page + 8 + HIER_RECORD.size * k
                 image_index, offset, length, fileno = (index.i32(at + 4 * j) for j in range(4))
                 if min(image_index, offset, length, fileno) < 0:
                     raise index.fail(f"zoom level {i}: negative value in record {k}")
