@@ -92,7 +92,7 @@ def profile_buckets() -> list[tuple[str, tuple[str, ...]]]:
         ),
         (
             "direct MIRAX read (`MiraxDirectReader`: camera JPEG decode to BGRA, cache, paste)",
-            ("decode_image_bgra (", "MiraxDirectReader.", "_ImageCache."),
+            ("decode_image_bgra (", "MiraxDirectReader.", "ImageCache."),
         ),
         ("ARGB->RGBA (`argb2rgba`)", tuple(argb)),
         ("JPEG encode (libjpeg-turbo via imagecodecs)", (*encode, *BUCKETS[3][1])),
