@@ -13,6 +13,7 @@ from bms_pipeline.defs.annotations import assets as annotation_assets
 from bms_pipeline.defs.annotations import checks as annotation_checks
 from bms_pipeline.defs.automation import automation_sensor
 from bms_pipeline.defs.dicomweb.assets import dicomweb_assets
+from bms_pipeline.defs.resources import BmsPipelineResource, default_data_root
 from bms_pipeline.defs.slides import assets as slide_assets
 from bms_pipeline.defs.slides import checks as slide_checks
 from bms_pipeline.defs.slides.jobs import collection_job, slides_job
@@ -21,7 +22,6 @@ from bms_pipeline.defs.tables import assets as table_assets
 from bms_pipeline.defs.tables import checks as table_checks
 from bms_pipeline.defs.validation import assets as validation_assets
 from bms_pipeline.defs.validation import checks as validation_checks
-from bms_pipeline.resources import BmsPipelineResource, default_data_root
 from bms_pipeline.workers import select_executor
 
 

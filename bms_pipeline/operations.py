@@ -18,8 +18,8 @@ from dagster._core.loader import LoadingContextForTest
 
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.mirax.discovery import SlideStatus, scan_slides
-from bms_pipeline.partitions import INVENTORY_KEY, recorded_signature, slides_partitions
-from bms_pipeline.resources import BmsPipelineResource
+from bms_pipeline.defs.partitions import INVENTORY_KEY, recorded_signature, slides_partitions
+from bms_pipeline.defs.resources import BmsPipelineResource
 
 SlideState = Literal["not-ready", "missing", "changed", "stale", "failed", "up-to-date"]
 SLIDE_JOB = "slides_job"

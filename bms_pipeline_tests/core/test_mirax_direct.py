@@ -514,10 +514,10 @@ def test_cache_keeps_carries_for_the_next_tile_row_and_evicts_finished_images_fi
     """Over budget, images the next tile row does not need go first (least recent first);
     when only carries are left, the newest carry goes, so the oldest (the left part of the
     row, which the next tile row reads first) stays. A new level releases the carries."""
-    from bms_pipeline.core.mirax.direct import _ImageCache
+    from bms_pipeline.core.mirax.direct.cache import ImageCache
 
     shape = (2, 2, 4)
-    cache = _ImageCache(budget=3 * 16)  # three 2 x 2 BGRA images
+    cache = ImageCache(budget=3 * 16)  # three 2 x 2 BGRA images
 
     def get(key: int, carry: bool, group: int = 0) -> None:
         entry = cache.acquire(

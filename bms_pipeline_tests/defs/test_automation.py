@@ -10,7 +10,7 @@ import dagster as dg
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
 from bms_pipeline.definitions import build_definitions
 from bms_pipeline.defs.automation import automation_sensor
-from bms_pipeline.partitions import slides_partitions
+from bms_pipeline.defs.partitions import slides_partitions
 
 
 def _requested(result) -> dict[str, set[str]]:

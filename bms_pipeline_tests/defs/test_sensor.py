@@ -9,8 +9,8 @@ import time
 import dagster as dg
 
 from bms_pipeline.definitions import build_definitions
+from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.slides.sensors import new_slides_sensor
-from bms_pipeline.resources import BmsPipelineResource
 from bms_pipeline_tests.defs.conftest import ConvertedRoot
 from bms_pipeline_tests.helpers import write_test_slide
 

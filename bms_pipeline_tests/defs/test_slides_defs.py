@@ -13,9 +13,9 @@ import pytest
 
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
 from bms_pipeline.definitions import build_definitions
+from bms_pipeline.defs.partitions import slides_partitions
+from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.slides.sensors import new_slides_sensor
-from bms_pipeline.partitions import slides_partitions
-from bms_pipeline.resources import BmsPipelineResource
 from bms_pipeline_tests.helpers import PATIENT, write_test_slide
 
 SLIDE_ID = f"{PATIENT}_1_bm"

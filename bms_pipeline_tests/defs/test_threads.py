@@ -7,7 +7,7 @@ import yaml
 
 from bms_pipeline.core.budget import CONVERSION_POOL, MachineBudget
 from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML, CollectionConfig
-from bms_pipeline.resources import BmsPipelineResource, conversion_threads
+from bms_pipeline.defs.resources import BmsPipelineResource, conversion_threads
 
 FOUR_CORES = MachineBudget(cores=4, memory_bytes=24 << 30)
 

@@ -22,10 +22,10 @@ from fsspec.implementations.memory import MemoryFileSystem
 from bms_pipeline.core.storage import StorageError, StorageRoot
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
 from bms_pipeline.definitions import build_definitions
+from bms_pipeline.defs.partitions import slides_partitions
+from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.slides.sensors import new_slides_sensor
 from bms_pipeline.operations import plan_slides, run_collection
-from bms_pipeline.partitions import slides_partitions
-from bms_pipeline.resources import BmsPipelineResource
 
 
 @pytest.fixture

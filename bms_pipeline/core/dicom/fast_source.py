@@ -58,7 +58,7 @@ def decoded_image_cache_bytes(
     wsidicom reads tiles row by row; camera images that straddle two tile rows are read
     by both, so a cache that cannot hold them until the next row decodes them twice
     (OpenSlide's default 32 MiB cache does so on any slide wider than ~10,000 px). The
-    direct reader's cache keeps exactly those (`mirax.direct._ImageCache`), which are at
+    direct reader's cache keeps exactly those (`mirax.direct.cache.ImageCache`), which are at
     most an image row; a tile row's height leaves room for the images of the tiles in
     flight.
     """

@@ -12,6 +12,7 @@ from pathlib import Path
 from bms_pipeline.core.clinical.patients import clinical_for
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.dicom.convert import (
+    ConversionError,
     ConversionResult,
     ConversionSettings,
     SlideIdentity,
@@ -27,7 +28,7 @@ from bms_pipeline.core.dicom.overrides import load_overrides
 from bms_pipeline.core.dicom.phi import PrivacyPolicy, allowed_values
 from bms_pipeline.core.dicom.publication import PublicationGate
 from bms_pipeline.core.layout import DataLayout
-from bms_pipeline.core.mirax.inventory import openslide_properties
+from bms_pipeline.core.mirax.inventory import find_unreadable_images, openslide_properties
 from bms_pipeline.core.slide_id import patient_id_of
 
 
@@ -103,11 +104,22 @@ def convert_layout_slide(
     slide_id: str,
     settings: ConversionSettings | None = None,
 ) -> ConversionResult:
-    """Convert `raw/slides/<slide_id>.mrxs` into `out/dicom/<slide_id>/sm/`."""
-    return convert_with_idc_metadata(
-        layout.mrxs(slide_id),
-        layout.sm_dir(slide_id),
-        layout.staging_dir,
-        slide_context(layout, collection, slide_id),
-        settings,
-    )
+    """Convert `raw/slides/<slide_id>.mrxs` into `out/dicom/<slide_id>/sm/`.
+
+    A failed conversion names the stored images that do not decode: OpenSlide's own message
+    does not say which tile it was."""
+    try:
+        return convert_with_idc_metadata(
+            layout.mrxs(slide_id),
+            layout.sm_dir(slide_id),
+            layout.staging_dir,
+            slide_context(layout, collection, slide_id),
+            settings,
+        )
+    except ConversionError as exc:
+        unreadable = find_unreadable_images(layout.mrxs(slide_id))
+        if unreadable:
+            raise ConversionError(
+                f"{exc}; unreadable stored image(s): {'; '.join(unreadable)}"
+            ) from exc
+        raise

@@ -24,6 +24,13 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
+from bms_pipeline.core.mirax.format import (
+    HIER_RECORD,
+    INDEX_VERSION,
+    NONHIER_PAGE,
+    POSITION_RECORD,
+    SLIDEDAT,
+)
 from bms_pipeline.core.synthetic.smear_content import (
     BACKGROUND_RGB,
     SmearCells,
@@ -31,7 +38,6 @@ from bms_pipeline.core.synthetic.smear_content import (
     to_uint8,
 )
 
-INDEX_VERSION = b"01.02"
 ImageFormat = Literal["JPEG", "PNG"]
 PositionLayer = Literal["vimslide", "stitching", "none"]
 PreviewExtent = Literal["bounds", "canvas", "none"]
@@ -349,7 +355,7 @@ def _position_buffer(geometry: MiraxGeometry) -> bytes:
         for xp in range(geometry.fields_x):
             x, y = geometry.field_origin(xp, yp)
             scanned = (xp, yp) not in geometry.missing_fields
-            records += struct.pack("<Bii", 1 if scanned else 0, x, y)
+            records += POSITION_RECORD.pack(1 if scanned else 0, x, y)
     return bytes(records)
 
 
@@ -439,12 +445,12 @@ def _index_dat(
         struct.pack_into("<i", body, hier_table + 4 * i, at)
         body.extend(struct.pack("<ii", len(records), 0))
         for record in records:
-            body.extend(struct.pack("<iiii", *record))
+            body.extend(HIER_RECORD.pack(*record))
     for i, (offset, length, fileno) in enumerate(nonhier):
         page = len(body) + 8
         at = list_head(page)
         struct.pack_into("<i", body, nonhier_table + 4 * i, at)
-        body.extend(struct.pack("<iiiiiii", 1, 0, 0, 0, offset, length, fileno))
+        body.extend(NONHIER_PAGE.pack(1, 0, 0, 0, offset, length, fileno))
     return bytes(body)
 
 
@@ -507,7 +513,7 @@ def write_mirax(mrxs_path: Path, spec: MiraxSlideSpec, cells: SmearCells) -> Mir
     finally:
         files.close()
     (folder / "Index.dat").write_bytes(_index_dat(spec.mirax_slide_id, hier, nonhier_records))
-    (folder / "Slidedat.ini").write_bytes(
+    (folder / SLIDEDAT).write_bytes(
         b"\xef\xbb\xbf" + _slidedat(spec, files.names, nonhier_layers).encode("utf-8")
     )
     mrxs_path.write_bytes(b"3DHISTECH MIRAX slide (synthetic, bms-pipeline)\n")

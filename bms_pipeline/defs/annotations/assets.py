@@ -5,9 +5,9 @@ import dagster as dg
 from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline.defs.automation import nightly
 from bms_pipeline.defs.metadata import markdown_table
+from bms_pipeline.defs.partitions import slides_partitions
+from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.slides.assets import sm_series
-from bms_pipeline.partitions import slides_partitions
-from bms_pipeline.resources import BmsPipelineResource
 
 
 @dg.asset(

@@ -4,8 +4,8 @@ import dagster as dg
 
 from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline.defs.annotations.assets import ann_series
-from bms_pipeline.partitions import slides_partitions
-from bms_pipeline.resources import BmsPipelineResource
+from bms_pipeline.defs.partitions import slides_partitions
+from bms_pipeline.defs.resources import BmsPipelineResource
 
 
 @dg.asset_check(asset=ann_series, blocking=True, partitions_def=slides_partitions)

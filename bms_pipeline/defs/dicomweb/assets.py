@@ -11,9 +11,9 @@ import dagster as dg
 
 from bms_pipeline.core.dicomweb.config import DicomwebTarget
 from bms_pipeline.defs.automation import nightly
+from bms_pipeline.defs.partitions import slides_partitions
+from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.validation.assets import dicom_validation
-from bms_pipeline.partitions import slides_partitions
-from bms_pipeline.resources import BmsPipelineResource
 
 CODE_VERSION = "1"
 

@@ -5,14 +5,13 @@ import dagster as dg
 from bms_pipeline.core.budget import CONVERSION_POOL
 from bms_pipeline.core.dicom.phi import shown_properties
 from bms_pipeline.core.mirax.inventory import (
-    find_unreadable_images,
     inventory,
     openslide_properties,
     slide_version,
 )
 from bms_pipeline.defs.automation import nightly
-from bms_pipeline.partitions import slides_partitions
-from bms_pipeline.resources import BmsPipelineResource
+from bms_pipeline.defs.partitions import slides_partitions
+from bms_pipeline.defs.resources import BmsPipelineResource
 
 
 @dg.asset(
@@ -91,7 +90,6 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
     in any byte, no LABEL, de-identification attributes, a THUMBNAIL that is the slide).
     A refused slide is withdrawn from out/dicom entirely, and fails again on every rerun
     until its inputs, override files or the code change."""
-    from bms_pipeline.core.dicom.convert import ConversionError
     from bms_pipeline.core.dicom.idc import convert_layout_slide
     from bms_pipeline.core.dicom.overrides import load_overrides
     from bms_pipeline.core.dicom.publication import PublicationRefused
@@ -112,14 +110,6 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
             metadata={"problems": dg.MetadataValue.json([str(p) for p in exc.problems])},
             allow_retries=False,
         ) from None  # the description is the whole story; the summary shows it
-    except ConversionError as exc:
-        # OpenSlide's message does not say which tile; decode the stored images to find it.
-        unreadable = find_unreadable_images(layout.mrxs(slide_id))
-        if unreadable:
-            raise ConversionError(
-                f"{exc}; unreadable stored image(s): {'; '.join(unreadable)}"
-            ) from exc
-        raise
     instances = read_series(result.sm_dir)
     bms.publish(result.sm_dir)
     levels = volume_levels(instances)

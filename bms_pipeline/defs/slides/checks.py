@@ -5,9 +5,9 @@ from pathlib import Path
 import dagster as dg
 
 from bms_pipeline.core.mirax.inventory import openslide_properties
+from bms_pipeline.defs.partitions import slides_partitions
+from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.slides.assets import sm_series
-from bms_pipeline.partitions import slides_partitions
-from bms_pipeline.resources import BmsPipelineResource
 
 
 @dg.asset_check(asset=sm_series, blocking=True, partitions_def=slides_partitions)

@@ -4,14 +4,14 @@ import json
 
 import dagster as dg
 
-from bms_pipeline.defs.slides.jobs import slides_job
-from bms_pipeline.partitions import (
+from bms_pipeline.defs.partitions import (
     INVENTORY_KEY,
     SLIDES_PARTITIONS,
     recorded_signature,
     slides_partitions,
 )
-from bms_pipeline.resources import BmsPipelineResource
+from bms_pipeline.defs.resources import BmsPipelineResource
+from bms_pipeline.defs.slides.jobs import slides_job
 
 SETTLE_SECONDS = 30.0
 

@@ -5,8 +5,8 @@ import dagster as dg
 from bms_pipeline.defs.annotations.assets import ann_series
 from bms_pipeline.defs.automation import IDEMPOTENT_RETRY, nightly
 from bms_pipeline.defs.metadata import column_schema, markdown_table
+from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.slides.assets import sm_series
-from bms_pipeline.resources import BmsPipelineResource
 
 
 @dg.asset(

@@ -2,8 +2,8 @@
 
 import dagster as dg
 
+from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.tables.assets import clinical_tables, dicom_index
-from bms_pipeline.resources import BmsPipelineResource
 
 
 def _published(bms: BmsPipelineResource, table: str):  # -> pl.DataFrame

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
+from bms_pipeline.defs.partitions import slides_partitions
+from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.validation.assets import dicom_validation
-from bms_pipeline.partitions import slides_partitions
-from bms_pipeline.resources import BmsPipelineResource
 
 
 @dg.asset_check(asset=dicom_validation, blocking=True, partitions_def=slides_partitions)
