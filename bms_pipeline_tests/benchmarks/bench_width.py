@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
-    if args.before and "before-idc" not in args.variants:
+    if args.before and not any(v.startswith("before-") for v in args.variants):
         args.variants.insert(1, "before-idc")
     benches = [SlideBench(size, args) for size in args.slides.split(",")]
     for run in range(args.runs):
