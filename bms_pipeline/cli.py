@@ -38,8 +38,13 @@ def dagster_instance(layout: DataLayout):
     """The persistent instance under the data root (so `dagster dev` shows the same history)."""
     from dagster import DagsterInstance
 
-    from bms_pipeline.instance import ensure_instance_home, instance_lock
+    from bms_pipeline.instance import (
+        ensure_instance_home,
+        instance_lock,
+        skip_sqlite_checkpoint_on_close,
+    )
 
+    skip_sqlite_checkpoint_on_close()  # before the first connection (schema creation too)
     home = layout.dagster_home
     os.environ["DAGSTER_HOME"] = str(home)
     with instance_lock(home):
