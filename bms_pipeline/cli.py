@@ -44,8 +44,13 @@ def dagster_instance(layout: DataLayout):
     from dagster import DagsterInstance
 
     from bms_pipeline.deploy import postgres_schema_lock
-    from bms_pipeline.instance import ensure_instance_home, instance_lock
+    from bms_pipeline.instance import (
+        ensure_instance_home,
+        instance_lock,
+        skip_sqlite_checkpoint_on_close,
+    )
 
+    skip_sqlite_checkpoint_on_close()  # before the first connection (schema creation too)
     home = layout.dagster_home
     os.environ["DAGSTER_HOME"] = str(home)
     postgres = _postgres_target()

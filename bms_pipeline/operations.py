@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import dagster as dg
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.loader import LoadingContextForTest
 
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.mirax.discovery import SlideStatus, scan_slides
 from bms_pipeline.defs.partitions import INVENTORY_KEY, recorded_signature, slides_partitions
 from bms_pipeline.defs.resources import BmsPipelineResource
+from bms_pipeline.staleness import Staleness
 
 SlideState = Literal["not-ready", "missing", "changed", "stale", "failed", "up-to-date"]
 SLIDE_JOB = "slides_job"
@@ -97,9 +96,7 @@ def plan_slides(
     if slide_ids is not None:
         statuses = [s for s in statuses if s.slide_id in slide_ids]
     known = set(instance.get_dynamic_partitions(slides_partitions.name))
-    resolver = CachingStaleStatusResolver(
-        instance, defs.resolve_asset_graph(), LoadingContextForTest(instance)
-    )
+    resolver = Staleness(instance, defs)
     keys = slide_asset_keys(defs)
     plans = []
     for status in statuses:
@@ -117,9 +114,9 @@ def plan_slides(
         if recorded != status.signature:
             plans.append(SlidePlan(sid, "changed", "slide files changed on disk", status))
             continue
-        states = {key: resolver.get_status(key, sid) for key in keys}
-        missing = [k.to_user_string() for k, s in states.items() if s == StaleStatus.MISSING]
-        stale = [k.to_user_string() for k, s in states.items() if s == StaleStatus.STALE]
+        states = {key: resolver.status(key, sid) for key in keys}
+        missing = [k.to_user_string() for k, s in states.items() if s == "missing"]
+        stale = [k.to_user_string() for k, s in states.items() if s == "stale"]
         if missing:
             plans.append(
                 SlidePlan(sid, "missing", f"not materialized: {', '.join(missing)}", status)
@@ -127,9 +124,7 @@ def plan_slides(
         elif _last_run_failed(instance, sid):
             plans.append(SlidePlan(sid, "failed", "the last run failed", status))
         elif stale:
-            causes = sorted(
-                {c.category.value.lower() for k in keys for c in resolver.get_stale_causes(k, sid)}
-            )
+            causes = sorted({c for k in keys for c in resolver.causes(k, sid)})
             plans.append(
                 SlidePlan(sid, "stale", f"stale ({'/'.join(causes)}): {', '.join(stale)}", status)
             )
@@ -243,14 +238,12 @@ def run_slide(
         _outcome(plan.slide_id, result, outcome)
         if not result.success:
             return outcome
-    resolver = CachingStaleStatusResolver(
-        instance, defs.resolve_asset_graph(), LoadingContextForTest(instance)
-    )
+    resolver = Staleness(instance, defs)
     candidates = [key for key in slide_asset_keys(defs) if key != INVENTORY_KEY]
     not_fresh = [
         key
         for key in candidates
-        if plan.state == "failed" or resolver.get_status(key, plan.slide_id) != StaleStatus.FRESH
+        if plan.state == "failed" or resolver.status(key, plan.slide_id) != "fresh"
     ]
     # Dagster reports only the first stale asset of a chain; everything below it reruns too.
     below = (
@@ -279,14 +272,8 @@ def run_collection(
     instance: dg.DagsterInstance, defs: dg.Definitions, force: bool = False
 ) -> SlideOutcome:
     """Materialize the unpartitioned tables and reports that are missing or stale."""
-    resolver = CachingStaleStatusResolver(
-        instance, defs.resolve_asset_graph(), LoadingContextForTest(instance)
-    )
-    keys = [
-        key
-        for key in collection_asset_keys(defs)
-        if force or resolver.get_status(key) != StaleStatus.FRESH
-    ]
+    resolver = Staleness(instance, defs)
+    keys = [key for key in collection_asset_keys(defs) if force or resolver.status(key) != "fresh"]
     if not keys:
         return SlideOutcome(COLLECTION, True, skipped=True)
     result = _execute(defs.resolve_job_def(COLLECTION_JOB), instance, asset_selection=keys)
@@ -325,15 +312,8 @@ def check_collection_inputs(layout: DataLayout) -> list[InputProblem]:
 
 def collection_states(instance: dg.DagsterInstance, defs: dg.Definitions) -> list[tuple[str, str]]:
     """(asset, state) of every collection-wide table and report, for `status`."""
-    resolver = CachingStaleStatusResolver(
-        instance, defs.resolve_asset_graph(), LoadingContextForTest(instance)
-    )
-    names = {
-        StaleStatus.MISSING: "missing",
-        StaleStatus.STALE: "stale",
-        StaleStatus.FRESH: "up-to-date",
-    }
+    resolver = Staleness(instance, defs)
+    names = {"missing": "missing", "stale": "stale", "fresh": "up-to-date"}
     return [
-        (key.to_user_string(), names.get(resolver.get_status(key), "unknown"))
-        for key in collection_asset_keys(defs)
+        (key.to_user_string(), names[resolver.status(key)]) for key in collection_asset_keys(defs)
     ]

@@ -56,7 +56,7 @@ from bms_pipeline_tests.benchmarks.bench_conversion import (
 MODULE = "bms_pipeline_tests.benchmarks.bench_width"
 QUALITY = 80
 VARIANTS = ("ours-idc", "ours-512", "orthanc-1024", "orthanc-512", "cli", "codec", "job")
-OPTIONAL = ("before-idc",)  # with --before: ours-idc on another checkout of the project
+OPTIONAL = ("before-idc", "before-job")  # with --before: ours-idc / job on another checkout
 SLIDES = ("large", "wide")
 
 
@@ -176,10 +176,23 @@ class SlideBench:
     def __init__(self, size: str, args: argparse.Namespace) -> None:
         self.size = size
         self.args = args
-        self.root = ensure_dataset(Path(args.cache).resolve(), size, 0, 1)
+        # A name (`large`, `wide`) is a demo dataset generated and cached here; a path is a
+        # data root written elsewhere (`demo-data --width W --height H`, or a real slide), so
+        # the benchmark can be rerun on a slide it did not generate (no PSNR then: the ground
+        # truth is replayed from the generator's size and seed).
+        given = Path(size)
+        self.external = "/" in size
+        if self.external:
+            self.root = given.resolve()
+            self.size = given.name
+        else:
+            self.root = ensure_dataset(Path(args.cache).resolve(), size, 0, 1)
         self.slide_id, self.mrxs = single_slide(self.root)
-        self.scratch = Path(tempfile.mkdtemp(prefix=f"width-{size}-", dir=args.cache)).resolve()
-        self.logs = Path(args.cache) / "logs" / f"width-{size}"
+        Path(args.cache).mkdir(parents=True, exist_ok=True)
+        self.scratch = Path(
+            tempfile.mkdtemp(prefix=f"width-{self.size}-", dir=args.cache)
+        ).resolve()
+        self.logs = Path(args.cache) / "logs" / f"width-{self.size}"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.samples: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
         self.extra: dict[str, Any] = {}
@@ -270,12 +283,20 @@ class SlideBench:
             proc = run_child("codec", spec, log)
             sample.update(proc.result)
             files = []
-        elif variant == "job":
+        elif variant in ("job", "before-job"):
             root = run_root(self.root, self.scratch)
-            exe = tool("bms-pipeline")
-            assert exe, "bms-pipeline not found"
-            proc = run_measured([exe, "run", "--data-root", str(root), "--force"], log)
+            command = [sys.executable, "-m", "bms_pipeline.cli", "run"]
+            # before-job: the other checkout's bms_pipeline (`python -m` puts the working
+            # folder first on sys.path), same interpreter and packages.
+            cwd = Path(self.args.before).resolve() if variant == "before-job" else Path.cwd()
+            began = time.time()
+            proc = run_measured(
+                [*command, "--data-root", str(root), "--force"], log.resolve(), cwd=cwd
+            )
+            ended = time.time()
             sample["conversion_s"] = conversion_seconds(log, self.slide_id)
+            if proc.returncode == 0:
+                sample.update(job_phases(root / ".dagster", began, ended))
             files = []
         else:
             raise ValueError(variant)
@@ -290,7 +311,12 @@ class SlideBench:
             sample["mb"] = sum(f.stat().st_size for f in files) / 1e6
             if index == 0 and not self.args.no_validate:
                 sample["dciodvfy"] = dciodvfy_errors(files)[:2]
-            if index == 0 and variant == "ours-idc" and self.args.psnr_regions:
+            if (
+                index == 0
+                and variant == "ours-idc"
+                and self.args.psnr_regions
+                and not self.external
+            ):
                 truth = ground_truth(self.size, 0, self.mrxs)
                 regions = TruthRegions(truth, self.args.psnr_regions)
                 (sm,) = (out / "dicom").glob("*/sm")
@@ -333,6 +359,41 @@ class SlideBench:
         if proc.ok and raw.exists():
             self.extra["profile"] = summarise_profile(raw)
             self.extra["profile_wall"] = proc.wall
+
+
+def job_phases(home: Path, began: float, ended: float) -> dict[str, float]:
+    """Where a `run --force` spent its wall time, from the step events in its instance
+    (read after the run, untimed): before the `sm_series` step starts (interpreter, imports,
+    instance, planning, inventory), the `sm_series` step (its imports, the conversion, the
+    publication gate, publishing), and after it (checks, annotations, validation, the
+    collection job, the summary), with every other step's own duration."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    starts: dict[str, float] = {}
+    steps: dict[str, float] = {}
+    ends: dict[str, float] = {}
+    for run in instance.get_runs():
+        for record in instance.get_records_for_run(run.run_id, limit=100_000).records:
+            entry = record.event_log_entry
+            event = entry.dagster_event
+            if event is None or not event.step_key:
+                continue
+            if event.event_type_value == "STEP_START":
+                starts[event.step_key] = entry.timestamp
+            elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+                ends[event.step_key] = entry.timestamp
+                steps[event.step_key] = entry.timestamp - starts.get(
+                    event.step_key, entry.timestamp
+                )
+    if "sm_series" not in starts or "sm_series" not in ends:
+        return {}
+    return {
+        "before_sm_s": starts["sm_series"] - began,
+        "sm_step_s": ends["sm_series"] - starts["sm_series"],
+        "after_sm_s": ended - ends["sm_series"],
+        **{f"step:{k}": round(v, 3) for k, v in steps.items()},
+    }
 
 
 def conversion_seconds(log: Path, slide_id: str) -> float | None:
@@ -400,20 +461,36 @@ def report(benches: list[SlideBench], args: argparse.Namespace) -> str:
                     f"- {bench.size} {variant} level-0 PSNR {psnr['dicom']:.2f} dB "
                     f"(source ceiling {psnr['source']:.2f} dB, {psnr['regions']} regions)"
                 )
-        for variant in ("orthanc-1024", "orthanc-512", "cli", "codec", "job"):
+        for variant in ("orthanc-1024", "orthanc-512", "cli", "codec", "job", "before-job"):
             rows = bench.samples.get(variant, [])
             if rows:
                 out.append(
                     f"- {bench.size} {variant} walls: {', '.join(f'{r["wall"]:.1f}' for r in rows)}"
                 )
-        job = bench.samples.get("job", [])
-        if job and med(job, "conversion_s"):
+        for name in ("before-job", "job"):
+            job = bench.samples.get(name, [])
+            if not (job and med(job, "conversion_s")):
+                continue
             conv, wall = med(job, "conversion_s"), med(job, "wall")
             assert conv is not None and wall is not None
             out.append(
-                f"- {bench.size} job: conversion {conv:.1f} s inside a {wall:.1f} s run: "
+                f"- {bench.size} {name}: conversion {conv:.1f} s inside a {wall:.1f} s run: "
                 f"everything else {wall - conv:.1f} s = {(wall - conv) / conv:.0%} of the conversion"
             )
+            after = med(job, "after_sm_s")
+            if after is not None:
+                sm_step = med(job, "sm_step_s") or 0.0
+                out.append(
+                    f"- {bench.size} {name} phases (median): before the sm_series step "
+                    f"{med(job, 'before_sm_s'):.1f} s, the sm_series step {sm_step:.1f} s "
+                    f"(conversion {conv:.1f} s, the rest of the step {sm_step - conv:.1f} s), "
+                    f"after it {after:.1f} s = {after / conv:.0%} of the conversion; steps: "
+                    + ", ".join(
+                        f"{k.removeprefix('step:')} {med(job, k):.2f}"
+                        for k in sorted({k for r in job for k in r if k.startswith("step:")})
+                        if k != "step:sm_series"
+                    )
+                )
         out.append(
             f"- {bench.size}: levels {bench.levels['count']}, IDC levels written "
             f"{bench.levels['present']}, {bench.levels['tiles_1024']:,} tiles of 1024 px"
@@ -433,7 +510,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--slides", default=",".join(SLIDES))
+    parser.add_argument(
+        "--slides",
+        default=",".join(SLIDES),
+        help="comma-separated: large, wide (generated and cached) or paths of data roots",
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--cache", default=".bench")
     parser.add_argument("--profile", action="store_true")
@@ -446,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
-    if args.before and "before-idc" not in args.variants:
+    if args.before and not any(v.startswith("before-") for v in args.variants):
         args.variants.insert(1, "before-idc")
     benches = [SlideBench(size, args) for size in args.slides.split(",")]
     for run in range(args.runs):

