@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -46,6 +47,10 @@ _VERSION_KEYS = (
     "LastModified",
     "created",
 )
+_PARTIAL = re.compile(r"\.partial-[0-9a-f]{12}(/|$)")
+"""A path inside an upload in progress (`publish`): a reader listing the folder beside it
+(dcentvfy fetching a patient's study while another slide of the patient is published)
+must not take it for published objects, or it sees every instance twice."""
 _LOCKS: dict[Path, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
@@ -154,6 +159,8 @@ class StorageRoot:
         for path, info in found.items():
             path = path if path.startswith("/") or not base.startswith("/") else "/" + path
             name = str(PurePosixPath(path).relative_to(base)) if base != "/" else path.lstrip("/")
+            if _PARTIAL.search(name):
+                continue  # another writer's upload in flight (or a dead one's): not published
             out[name] = info
         return out
 
