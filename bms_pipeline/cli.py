@@ -11,10 +11,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, DataLayout
 from bms_pipeline.deploy import POSTGRES_URL_ENV
-from bms_pipeline.instance import DAGSTER_LOG_LEVEL_ENV, MachineBudget
+from bms_pipeline.instance import DAGSTER_LOG_LEVEL_ENV, MachineBudget, instance_home
 
 logger = logging.getLogger("bms_pipeline")
 
@@ -51,7 +52,7 @@ def dagster_instance(layout: DataLayout):
     )
 
     skip_sqlite_checkpoint_on_close()  # before the first connection (schema creation too)
-    home = layout.dagster_home
+    home = instance_home(layout)
     os.environ["DAGSTER_HOME"] = str(home)
     postgres = _postgres_target()
     with instance_lock(home), postgres_schema_lock(postgres) if postgres else nullcontext():
@@ -148,6 +149,12 @@ def _has_slides(root: Path) -> bool:
     return True
 
 
+def _bms(defs: Any) -> Any:
+    """The definitions' `bms` resource (every definitions this CLI builds has one)."""
+    resources = defs.resources or {}
+    return resources["bms"]
+
+
 def _instance_and_defs(root: Path, workers: int | None = None):
     from bms_pipeline.definitions import build_definitions
 
@@ -165,7 +172,7 @@ def _run_in_worker(root: str, workers: int, plan, force: bool):
 
     _quiet_libraries(verbose=os.environ.get(DAGSTER_LOG_LEVEL_ENV) == "DEBUG")
     _, instance, defs = _instance_and_defs(Path(root), workers)
-    stop = GracefulStop(lambda: instance, defs.resources["bms"].layout.staging_dir).install()
+    stop = GracefulStop(lambda: instance, _bms(defs).layout.staging_dir).install()
     stop.current_slides.add(plan.slide_id)
     try:
         return run_slide(instance, defs, plan, force=force)
@@ -216,11 +223,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if fatal or not _dicomweb_target(args, root):
         return 2
     layout, instance, defs = _instance_and_defs(root)
-    out_layout = defs.resources["bms"].layout
+    out_layout = _bms(defs).layout
     stop = GracefulStop(lambda: instance, out_layout.staging_dir).install()
     started = time.perf_counter()
     try:
-        with root_run_lock(layout.dagster_home, on_wait=lambda msg: print(msg, flush=True)):
+        with root_run_lock(instance_home(layout), on_wait=lambda msg: print(msg, flush=True)):
             for run_id in reap_dead_runs(instance):
                 print(f"run {run_id}: its process is gone; marked failed, pool slots freed")
             removed = remove_stale_outputs(out_layout.out, instance)
@@ -258,6 +265,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 outcomes.append(run_collection(instance, defs, force=refresh))
     except KeyboardInterrupt:
         stop.hard_stop("interrupted")
+        return EXIT_INTERRUPTED  # hard_stop exits; this says so to the reader
     if stop.requested.is_set():
         return EXIT_INTERRUPTED
     return _print_summary(outcomes, time.perf_counter() - started)
@@ -305,7 +313,7 @@ def _run_slides(
         f"{workers} wsidicomizer thread(s) each",
         flush=True,
     )
-    staging = defs.resources["bms"].layout.staging_dir
+    staging = _bms(defs).layout.staging_dir
 
     def detail(outcome) -> str:
         md = outcome.metadata

@@ -16,11 +16,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bms_pipeline.core.budget import CONVERSION_POOL, GIB, MachineBudget
+from bms_pipeline.core.layout import DataLayout
 
 __all__ = ["CONVERSION_POOL", "MachineBudget", "ensure_instance_home", "render_dagster_yaml"]
 
 DAGSTER_LOG_LEVEL_ENV = "BMS_DAGSTER_LOG_LEVEL"
 """Level of Dagster's console log in runs the CLI executes (DEBUG with `-v`)."""
+
+
+def instance_home(layout: DataLayout) -> Path:
+    """The persistent Dagster instance of `bms-pipeline run`, under the data root."""
+    return layout.root / ".dagster"
 
 
 def render_dagster_yaml(budget: MachineBudget, postgres: bool = False) -> str:

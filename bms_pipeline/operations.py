@@ -16,7 +16,12 @@ import dagster as dg
 
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.mirax.discovery import SlideStatus, scan_slides
-from bms_pipeline.defs.partitions import INVENTORY_KEY, recorded_signature, slides_partitions
+from bms_pipeline.defs.partitions import (
+    INVENTORY_KEY,
+    SLIDES_PARTITIONS,
+    recorded_signature,
+    slides_partitions,
+)
 from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.staleness import Staleness
 
@@ -84,7 +89,7 @@ def plan_slides(
 ) -> list[SlidePlan]:
     """The state of every slide under raw/slides (or of `slide_ids`), scanned through the
     definitions' `bms` resource (so a URL data root works) or else at `layout`."""
-    bms = defs.resources.get("bms")
+    bms = (defs.resources or {}).get("bms")
     if isinstance(bms, BmsPipelineResource):
         statuses = bms.scan()
     else:
@@ -95,7 +100,7 @@ def plan_slides(
         )
     if slide_ids is not None:
         statuses = [s for s in statuses if s.slide_id in slide_ids]
-    known = set(instance.get_dynamic_partitions(slides_partitions.name))
+    known = set(instance.get_dynamic_partitions(SLIDES_PARTITIONS))
     resolver = Staleness(instance, defs)
     keys = slide_asset_keys(defs)
     plans = []
@@ -134,10 +139,10 @@ def plan_slides(
 
 
 def register_slides(instance: dg.DagsterInstance, slide_ids: list[str]) -> None:
-    known = set(instance.get_dynamic_partitions(slides_partitions.name))
+    known = set(instance.get_dynamic_partitions(SLIDES_PARTITIONS))
     new = [s for s in slide_ids if s not in known]
     if new:
-        instance.add_dynamic_partitions(slides_partitions.name, new)
+        instance.add_dynamic_partitions(SLIDES_PARTITIONS, new)
 
 
 def _execute(
@@ -176,13 +181,14 @@ def _outcome(
     for mat in result.get_asset_materialization_events():
         materialization = mat.step_materialization_data.materialization
         examples = materialization.metadata.get("warning_examples")
-        if examples is not None and examples.value:
+        shown = examples.value if examples is not None else None
+        if isinstance(shown, list) and shown:
             name = materialization.asset_key.to_user_string()
             count = materialization.metadata.get("warnings")
-            total = count.value if count is not None else len(examples.value)
-            outcome.warnings += [f"{name}: {w}" for w in examples.value]
-            if isinstance(total, int) and total > len(examples.value):
-                outcome.warnings.append(f"{name}: ... and {total - len(examples.value)} more")
+            total = count.value if count is not None else len(shown)
+            outcome.warnings += [f"{name}: {w}" for w in shown]
+            if isinstance(total, int) and total > len(shown):
+                outcome.warnings.append(f"{name}: ... and {total - len(shown)} more")
     for mat in result.asset_materializations_for_node("sm_series"):
         outcome.metadata = {k: v.value for k, v in mat.metadata.items()}
     return outcome

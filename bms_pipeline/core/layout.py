@@ -100,11 +100,6 @@ class DataLayout:
     def duckdb_path(self) -> Path:
         return self.out / "bms.duckdb"
 
-    @property
-    def dagster_home(self) -> Path:
-        """The persistent Dagster instance used by `bms-pipeline run`."""
-        return self.root / ".dagster"
-
 
 def override_names(slide_id: str) -> tuple[str, str]:
     """The metadata override files of a slide, relative to the data root, in the order they

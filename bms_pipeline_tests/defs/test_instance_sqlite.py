@@ -45,11 +45,12 @@ def test_sqlite_connections_skip_the_checkpoint_on_close_and_keep_every_commit(
 
     # A whole Dagster instance made this way keeps its runs for the next process's instance.
     from bms_pipeline.cli import dagster_instance
+    from bms_pipeline.instance import instance_home
 
     layout = DataLayout.at(tmp_path / "root")
-    monkeypatch.setenv("DAGSTER_HOME", str(layout.dagster_home))  # restored afterwards
+    monkeypatch.setenv("DAGSTER_HOME", str(instance_home(layout)))  # restored afterwards
     instance = dagster_instance(layout)
     result = dg.materialize([whole], instance=instance)
     assert result.success
-    reopened = dg.DagsterInstance.from_config(str(layout.dagster_home))
+    reopened = dg.DagsterInstance.from_config(str(instance_home(layout)))
     assert [r.run_id for r in reopened.get_runs()] == [result.run_id]
