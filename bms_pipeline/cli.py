@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, DataLayout
-from bms_pipeline.deploy import POSTGRES_URL_ENV
-from bms_pipeline.instance import DAGSTER_LOG_LEVEL_ENV, MachineBudget, instance_home
+from bms_pipeline.orchestration.deploy import POSTGRES_URL_ENV
+from bms_pipeline.orchestration.instance import DAGSTER_LOG_LEVEL_ENV, MachineBudget, instance_home
 
 logger = logging.getLogger("bms_pipeline")
 
@@ -44,8 +44,8 @@ def dagster_instance(layout: DataLayout):
     """The persistent instance under the data root (so `dagster dev` shows the same history)."""
     from dagster import DagsterInstance
 
-    from bms_pipeline.deploy import postgres_schema_lock
-    from bms_pipeline.instance import (
+    from bms_pipeline.orchestration.deploy import postgres_schema_lock
+    from bms_pipeline.orchestration.instance import (
         ensure_instance_home,
         instance_lock,
         skip_sqlite_checkpoint_on_close,
@@ -70,7 +70,7 @@ def dagster_instance(layout: DataLayout):
 def _postgres_target():
     """The Postgres database of `$BMS_DAGSTER_POSTGRES_URL` / `--postgres-url`, created if
     missing, or None for the SQLite default; exit 2 naming the server if it is unreachable."""
-    from bms_pipeline.deploy import DeploymentError, ensure_postgres_database
+    from bms_pipeline.orchestration.deploy import DeploymentError, ensure_postgres_database
 
     url = os.environ.get(POSTGRES_URL_ENV)
     if not url:
@@ -167,8 +167,8 @@ def _instance_and_defs(root: Path, workers: int | None = None):
 
 def _run_in_worker(root: str, workers: int, plan, force: bool):
     """One slide in a worker process, against the same persistent instance."""
-    from bms_pipeline.operations import run_slide
-    from bms_pipeline.shutdown import GracefulStop
+    from bms_pipeline.orchestration.operations import run_slide
+    from bms_pipeline.orchestration.shutdown import GracefulStop
 
     _quiet_libraries(verbose=os.environ.get(DAGSTER_LOG_LEVEL_ENV) == "DEBUG")
     _, instance, defs = _instance_and_defs(Path(root), workers)
@@ -194,7 +194,7 @@ def _default_jobs(todo, budget: MachineBudget) -> int:
 
 def _report_inputs(layout: DataLayout) -> tuple[bool, bool]:
     """Collection-level input problems, each printed once; (fatal, any)."""
-    from bms_pipeline.operations import check_collection_inputs
+    from bms_pipeline.orchestration.operations import check_collection_inputs
 
     problems = check_collection_inputs(layout)
     for problem in problems:
@@ -206,15 +206,19 @@ def _report_inputs(layout: DataLayout) -> tuple[bool, bool]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bms_pipeline.console import ProgressBoard
-    from bms_pipeline.instance import reap_dead_runs, remove_stale_outputs, root_run_lock
-    from bms_pipeline.operations import (
+    from bms_pipeline.orchestration.instance import (
+        reap_dead_runs,
+        remove_stale_outputs,
+        root_run_lock,
+    )
+    from bms_pipeline.orchestration.operations import (
         SlideOutcome,
         plan_slides,
         register_slides,
         run_collection,
         run_slide,
     )
-    from bms_pipeline.shutdown import EXIT_INTERRUPTED, GracefulStop
+    from bms_pipeline.orchestration.shutdown import EXIT_INTERRUPTED, GracefulStop
 
     root = _data_root(args)
     if not _has_slides(root):
@@ -371,7 +375,7 @@ def _run_slides(
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bms_pipeline.operations import collection_states, plan_slides
+    from bms_pipeline.orchestration.operations import collection_states, plan_slides
 
     root = _data_root(args)
     if not _has_slides(root):
@@ -394,7 +398,7 @@ def _print_summary(outcomes, elapsed: float) -> int:
     """A table that fits a screen when all is well (passing checks are counted, failing
     ones named), then every fault in full: errors with every line, the values behind each
     failed check, the data warnings."""
-    from bms_pipeline.operations import COLLECTION
+    from bms_pipeline.orchestration.operations import COLLECTION
 
     print()
     print(f"{'slide':<38} {'result':<7} {'inst':>4} {'levels':>6} {'sec':>7} {'MP/s':>7}  checks")
@@ -515,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from bms_pipeline.workers import run_worker
+    from bms_pipeline.orchestration.workers import run_worker
 
     return run_worker(args.name, args.scratch, args.concurrency, args.loglevel)
 

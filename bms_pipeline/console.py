@@ -130,7 +130,7 @@ class ProgressBoard:
     def _refresh(self) -> None:
         import dagster as dg
 
-        from bms_pipeline.operations import SLIDE_JOB
+        from bms_pipeline.orchestration.operations import SLIDE_JOB
 
         with self._lock:
             active = [line for line in self.lines.values() if line.started and not line.finished]

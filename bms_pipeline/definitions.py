@@ -22,7 +22,7 @@ from bms_pipeline.defs.tables import assets as table_assets
 from bms_pipeline.defs.tables import checks as table_checks
 from bms_pipeline.defs.validation import assets as validation_assets
 from bms_pipeline.defs.validation import checks as validation_checks
-from bms_pipeline.workers import select_executor
+from bms_pipeline.orchestration.workers import select_executor
 
 
 def build_definitions(
@@ -44,7 +44,7 @@ def build_definitions(
         # 4-6 s of imports (Dagster, wsidicomizer, highdicom, polars): runs execute in one
         # process, and parallelism comes from concurrent runs (one per slide), capped by
         # the run queue and the `wsi_conversion` pool in dagster.yaml.
-        # BMS_EXECUTOR=celery sends launched runs' steps to workers (bms_pipeline.workers).
+        # BMS_EXECUTOR=celery sends launched runs' steps to workers (bms_pipeline.orchestration.workers).
         executor=select_executor(),
         sensors=[new_slides_sensor, automation_sensor],
         resources={

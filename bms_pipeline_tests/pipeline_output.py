@@ -39,7 +39,7 @@ class PipelineOutput:
 
 def convert_demo(root: Path, slides: int = 2, seed: int = 5) -> PipelineOutput:
     from bms_pipeline.definitions import build_definitions
-    from bms_pipeline.operations import plan_slides, register_slides, run_slide
+    from bms_pipeline.orchestration.operations import plan_slides, register_slides, run_slide
 
     dataset = write_demo_dataset(root, slides=slides, seed=seed)
     defs = build_definitions(str(root))

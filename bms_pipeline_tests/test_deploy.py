@@ -1,4 +1,4 @@
-"""The deployment settings (bms_pipeline.deploy, workers, instance): parsing, errors that
+"""The deployment settings (bms_pipeline.orchestration.deploy, workers, instance): parsing, errors that
 name the setting and the reason, and the dagster.yaml that follows the storage setting."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bms_pipeline.deploy import (
+from bms_pipeline.orchestration.deploy import (
     EXECUTOR_ENV,
     POSTGRES_URL_ENV,
     CelerySettings,
@@ -17,8 +17,8 @@ from bms_pipeline.deploy import (
     ensure_postgres_database,
     executor_name,
 )
-from bms_pipeline.instance import MachineBudget, ensure_instance_home
-from bms_pipeline.workers import select_executor, worker_environment
+from bms_pipeline.orchestration.instance import MachineBudget, ensure_instance_home
+from bms_pipeline.orchestration.workers import select_executor, worker_environment
 from bms_pipeline_tests.live.services import free_port
 
 BUDGET = MachineBudget(cores=4, memory_bytes=16 << 30)

@@ -55,7 +55,7 @@ class BmsPipelineResource(dg.ConfigurableResource):
         """Remember the instance (for the pool's occupancy) and tag the run with this process,
         whatever started it (CLI, UI, sensor, backfill, `dagster asset materialize`), so a run
         whose process died can be found and its pool slot freed (`instance.reap_dead_runs`)."""
-        from bms_pipeline.instance import WORKER_TAG, worker_identity
+        from bms_pipeline.orchestration.instance import WORKER_TAG, worker_identity
 
         self._instance = context.instance
         run = context.run

@@ -33,7 +33,7 @@ from pathlib import Path
 import dagster as dg
 
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
-from bms_pipeline.deploy import PostgresTarget, ensure_postgres_database
+from bms_pipeline.orchestration.deploy import PostgresTarget, ensure_postgres_database
 from bms_pipeline_tests.live.instance_ops import (
     open_instance,
     stop_sensors,

@@ -24,7 +24,7 @@ def test_sqlite_connections_skip_the_checkpoint_on_close_and_keep_every_commit(
     import sqlalchemy as sa
 
     from bms_pipeline.core.layout import DataLayout
-    from bms_pipeline.instance import skip_sqlite_checkpoint_on_close
+    from bms_pipeline.orchestration.instance import skip_sqlite_checkpoint_on_close
 
     skip_sqlite_checkpoint_on_close()
     skip_sqlite_checkpoint_on_close()  # idempotent: one listener
@@ -45,7 +45,7 @@ def test_sqlite_connections_skip_the_checkpoint_on_close_and_keep_every_commit(
 
     # A whole Dagster instance made this way keeps its runs for the next process's instance.
     from bms_pipeline.cli import dagster_instance
-    from bms_pipeline.instance import instance_home
+    from bms_pipeline.orchestration.instance import instance_home
 
     layout = DataLayout.at(tmp_path / "root")
     monkeypatch.setenv("DAGSTER_HOME", str(instance_home(layout)))  # restored afterwards

@@ -13,7 +13,12 @@ import pytest
 
 from bms_pipeline.core.synthetic.demo import DemoDataset, write_demo_dataset
 from bms_pipeline.definitions import build_definitions
-from bms_pipeline.operations import plan_slides, register_slides, run_collection, run_slide
+from bms_pipeline.orchestration.operations import (
+    plan_slides,
+    register_slides,
+    run_collection,
+    run_slide,
+)
 
 
 def _hash_tree(root: Path) -> dict[str, str]:

@@ -108,7 +108,7 @@ def test_the_same_inputs_in_two_folders_give_byte_identical_dicom_trees(tmp_path
     import dagster as dg
 
     from bms_pipeline.definitions import build_definitions
-    from bms_pipeline.operations import plan_slides, register_slides, run_slide
+    from bms_pipeline.orchestration.operations import plan_slides, register_slides, run_slide
 
     trees = []
     for folder in ("first", "second/deeper"):

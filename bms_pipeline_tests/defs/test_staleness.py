@@ -1,11 +1,11 @@
 """The staleness adapter against the real Dagster: fails loudly when Dagster's private
-stale-status API moves or changes its verdicts (`bms_pipeline/staleness.py`)."""
+stale-status API moves or changes its verdicts (`bms_pipeline/orchestration/staleness.py`)."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from bms_pipeline.staleness import Staleness
+from bms_pipeline.orchestration.staleness import Staleness
 
 PARTS = dg.StaticPartitionsDefinition(["a", "b"])
 

@@ -33,7 +33,7 @@ def test_threads_follow_the_conversions_holding_pool_slots() -> None:
 def test_the_pool_limit_the_asset_pool_and_the_worker_count_read_one_budget() -> None:
     from bms_pipeline.core.budget import GIB, PARALLEL_MIN_BYTES
     from bms_pipeline.defs.slides.assets import sm_series
-    from bms_pipeline.instance import render_dagster_yaml
+    from bms_pipeline.orchestration.instance import render_dagster_yaml
 
     budget = MachineBudget(cores=8, memory_bytes=7 * GIB)  # memory for 2 conversions
     assert budget.concurrent_conversions == 2

@@ -25,7 +25,7 @@ from bms_pipeline.definitions import build_definitions
 from bms_pipeline.defs.partitions import slides_partitions
 from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.slides.sensors import new_slides_sensor
-from bms_pipeline.operations import plan_slides, run_collection
+from bms_pipeline.orchestration.operations import plan_slides, run_collection
 
 
 @pytest.fixture

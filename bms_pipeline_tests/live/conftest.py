@@ -43,7 +43,7 @@ def make_cluster(
     """Build the deployment's shared environment (Postgres instance, bucket roots, Celery
     executor) in this process too, so the backfill this test submits is the one the daemon
     and workers see; processes are stopped afterwards."""
-    from bms_pipeline.deploy import PostgresTarget, ensure_postgres_database
+    from bms_pipeline.orchestration.deploy import PostgresTarget, ensure_postgres_database
 
     require_port(RABBIT_HOST, RABBIT_PORT, "RabbitMQ")
     clusters: list[Cluster] = []

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from bms_pipeline.deploy import PostgresTarget, postgres_schema_lock
-from bms_pipeline.instance import ensure_instance_home
+from bms_pipeline.orchestration.deploy import PostgresTarget, postgres_schema_lock
+from bms_pipeline.orchestration.instance import ensure_instance_home
 from bms_pipeline_tests.live.services import REPO
 
 FINISHED = {

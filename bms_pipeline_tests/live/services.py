@@ -167,7 +167,7 @@ def local_hashes(root: Path) -> dict[str, str]:
 
 def purge_queue() -> None:
     """Drop messages a killed earlier test left in the broker's queue."""
-    from bms_pipeline.celery_app import app
+    from bms_pipeline.orchestration.celery_app import app
 
     with contextlib.suppress(Exception):
         app.control.purge()

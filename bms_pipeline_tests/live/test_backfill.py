@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
-from bms_pipeline.instance import CONVERSION_POOL
+from bms_pipeline.orchestration.instance import CONVERSION_POOL
 from bms_pipeline_tests.live.instance_ops import (
     materialization_counts,
     open_instance,
@@ -123,7 +123,7 @@ def test_backfill_of_8_slides_on_2_celery_workers_equals_single_machine_run(
 
     # One successful materialization per slide and asset, in the Postgres instance.
     from bms_pipeline.definitions import build_definitions
-    from bms_pipeline.operations import slide_asset_keys
+    from bms_pipeline.orchestration.operations import slide_asset_keys
 
     keys = slide_asset_keys(build_definitions(data_url, output_root=out_url))
     counts = materialization_counts(instance, keys, slide_ids)

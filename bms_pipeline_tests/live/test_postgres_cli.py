@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
-from bms_pipeline.deploy import POSTGRES_URL_ENV, PostgresTarget
+from bms_pipeline.orchestration.deploy import POSTGRES_URL_ENV, PostgresTarget
 from bms_pipeline_tests.live.services import REPO, local_hashes
 
 pytestmark = pytest.mark.live

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
-from bms_pipeline.instance import CONVERSION_POOL, reap_dead_runs
+from bms_pipeline.orchestration.instance import CONVERSION_POOL, reap_dead_runs
 from bms_pipeline_tests.live.instance_ops import (
     materialization_counts,
     open_instance,
@@ -93,7 +93,7 @@ def test_worker_killed_mid_conversion_fails_the_step_and_a_rerun_completes(
     rerun = next(r for r in runs if r.run_id != failed.run_id)
     assert rerun.is_success, step_failure_text(instance, rerun.run_id)
     from bms_pipeline.definitions import build_definitions
-    from bms_pipeline.operations import slide_asset_keys
+    from bms_pipeline.orchestration.operations import slide_asset_keys
 
     keys = slide_asset_keys(build_definitions(data_url, output_root=out_url))
     counts = materialization_counts(

@@ -20,8 +20,8 @@ import pytest
 
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
 from bms_pipeline.definitions import build_definitions
-from bms_pipeline.instance import ensure_instance_home
-from bms_pipeline.operations import plan_slides, register_slides, run_slide
+from bms_pipeline.orchestration.instance import ensure_instance_home
+from bms_pipeline.orchestration.operations import plan_slides, register_slides, run_slide
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "ui"

@@ -56,7 +56,7 @@ def new_slides_sensor(
     not the cursor (which only tracks files still settling), so starting the UI or the daemon
     on a converted collection launches nothing. Each tick also fails runs whose process died
     and frees their pool slots, so a crash does not block the runs it requests."""
-    from bms_pipeline.instance import reap_dead_runs
+    from bms_pipeline.orchestration.instance import reap_dead_runs
 
     instance = context.instance
     for run_id in reap_dead_runs(instance):

@@ -78,7 +78,7 @@ def child_dagster(spec: dict[str, Any]) -> None:
         raise SystemExit(3)
 
     from bms_pipeline.definitions import build_definitions
-    from bms_pipeline.operations import register_slides
+    from bms_pipeline.orchestration.operations import register_slides
 
     defs = build_definitions(spec["data_root"], workers=spec["workers"])
     job = defs.resolve_job_def("slides_job").get_subset(
@@ -111,8 +111,8 @@ def child_init_instance(spec: dict[str, Any]) -> None:
     """Create the persistent Dagster instance the A-like children load (storage migrated)."""
     import dagster as dg
 
-    from bms_pipeline.instance import ensure_instance_home
-    from bms_pipeline.operations import register_slides
+    from bms_pipeline.orchestration.instance import ensure_instance_home
+    from bms_pipeline.orchestration.operations import register_slides
 
     home = Path(spec["dagster_home"])
     ensure_instance_home(home)

@@ -16,7 +16,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from bms_pipeline.deploy import POSTGRES_URL_ENV, CelerySettings, PostgresTarget, executor_name
+from bms_pipeline.orchestration.deploy import (
+    POSTGRES_URL_ENV,
+    CelerySettings,
+    PostgresTarget,
+    executor_name,
+)
 
 WORKER_QUEUE = "dagster"  # dagster-celery's default queue
 
@@ -46,7 +51,7 @@ def worker_argv(name: str, concurrency: int, loglevel: str = "INFO") -> list[str
         "-m",
         "celery",
         "-A",
-        "bms_pipeline.celery_app",
+        "bms_pipeline.orchestration.celery_app",
         "worker",
         "-n",
         f"{name}@{socket.gethostname()}",

@@ -19,7 +19,7 @@ try:  # the private API, the only import of dagster._core for staleness
     from dagster._core.loader import LoadingContextForTest
 except ImportError as exc:  # pragma: no cover - only on a Dagster that moved them
     raise ImportError(
-        "bms_pipeline.staleness: Dagster's stale-status API moved "
+        "bms_pipeline.orchestration.staleness: Dagster's stale-status API moved "
         f"(dagster {dg.__version__}); update this adapter"
     ) from exc
 

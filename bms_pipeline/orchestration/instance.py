@@ -83,7 +83,7 @@ def _storage_yaml(postgres: bool) -> str:
     the environment by Dagster itself, so no password is ever written to disk."""
     if not postgres:
         return '# SQLite storage in this folder; see README.md ("Several machines") for Postgres.\n'
-    from bms_pipeline.deploy import POSTGRES_URL_ENV
+    from bms_pipeline.orchestration.deploy import POSTGRES_URL_ENV
 
     return f"""{POSTGRES_STORAGE_MARK} (dagster-postgres), the URL from ${POSTGRES_URL_ENV}.
 storage:

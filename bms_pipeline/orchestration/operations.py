@@ -23,7 +23,7 @@ from bms_pipeline.defs.partitions import (
     slides_partitions,
 )
 from bms_pipeline.defs.resources import BmsPipelineResource
-from bms_pipeline.staleness import Staleness
+from bms_pipeline.orchestration.staleness import Staleness
 
 SlideState = Literal["not-ready", "missing", "changed", "stale", "failed", "up-to-date"]
 SLIDE_JOB = "slides_job"
@@ -151,7 +151,11 @@ def _execute(
     """`execute_in_process` as every run here needs it: tagged with this process (so a crash
     is detected by `reap_dead_runs`) and with Dagster's console log at a level people read
     (WARNING by default: events stay in the instance for the UI)."""
-    from bms_pipeline.instance import DAGSTER_LOG_LEVEL_ENV, WORKER_TAG, worker_identity
+    from bms_pipeline.orchestration.instance import (
+        DAGSTER_LOG_LEVEL_ENV,
+        WORKER_TAG,
+        worker_identity,
+    )
 
     level = os.environ.get(DAGSTER_LOG_LEVEL_ENV, "CRITICAL")
     return job.execute_in_process(

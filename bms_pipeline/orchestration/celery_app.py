@@ -1,4 +1,4 @@
-"""The Celery app that `bms-pipeline worker` serves (`celery -A bms_pipeline.celery_app`).
+"""The Celery app that `bms-pipeline worker` serves (`celery -A bms_pipeline.orchestration.celery_app`).
 
 dagster-celery's own `dagster_celery.app` reads its broker from a generated config module;
 this one is built from the same `CelerySettings` the executor uses (`BMS_CELERY_BROKER`,
@@ -11,7 +11,7 @@ from dagster_celery.config import DEFAULT_CONFIG, dict_wrapper
 from dagster_celery.make_app import make_app
 from dagster_celery.tasks import create_task
 
-from bms_pipeline.deploy import CelerySettings
+from bms_pipeline.orchestration.deploy import CelerySettings
 
 _settings = CelerySettings.from_env()
 
