@@ -42,8 +42,8 @@ class SlideId:
             raise SlideIdError(
                 f"slide id {text!r}: patient id must be 32 upper-case hex characters"
             )
-        if int(parts[1]) < 1 or parts[1] != str(int(parts[1])):
-            raise SlideIdError(f"slide id {text!r}: slide number must be 1, 2, ... (no zeros)")
+        if int(parts[1]) < 1:
+            raise SlideIdError(f"slide id {text!r}: slide number must be 1 or more")
         return cls(patient_id, int(parts[1]))
 
     def __str__(self) -> str:
