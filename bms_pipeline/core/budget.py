@@ -46,7 +46,8 @@ class MachineBudget:
 
     @property
     def threads_per_conversion(self) -> int:
-        return max(1, self.cores // self.concurrent_conversions)
+        """Threads of each conversion when the pool is full."""
+        return self.threads_beside(self.concurrent_conversions)
 
     def threads_beside(self, running: int) -> int:
         """Threads of one conversion while `running` conversions (itself included) hold a

@@ -24,10 +24,7 @@ class SlideId:
 
     def __post_init__(self) -> None:
         if len(self.patient_id) != 32 or not set(self.patient_id) <= _HEX:
-            raise SlideIdError(
-                f"slide id {self.patient_id}_{self.number}_bm: patient id must be "
-                "32 upper-case hex characters"
-            )
+            raise SlideIdError(f"slide id {self}: patient id must be 32 upper-case hex characters")
         if self.number < 1:
             raise SlideIdError(f"slide id {self}: slide number must be 1 or more")
 
@@ -37,14 +34,7 @@ class SlideId:
         parts = text.split("_")
         if len(parts) != 3 or parts[2] != "bm" or not parts[1].isdigit():
             raise SlideIdError(f"slide id {text!r} is not of the form <patient_id>_<n>_bm")
-        patient_id = parts[0]
-        if len(patient_id) != 32 or not set(patient_id) <= _HEX:
-            raise SlideIdError(
-                f"slide id {text!r}: patient id must be 32 upper-case hex characters"
-            )
-        if int(parts[1]) < 1:
-            raise SlideIdError(f"slide id {text!r}: slide number must be 1 or more")
-        return cls(patient_id, int(parts[1]))
+        return cls(parts[0], int(parts[1]))  # checked on construction
 
     def __str__(self) -> str:
         return f"{self.patient_id}_{self.number}_bm"

@@ -104,3 +104,18 @@ def test_outputs_on_another_filesystem_than_the_inputs(tmp_path: Path) -> None:
         assert not (tmp_path / "out").exists()
     finally:
         shutil.rmtree(out_root, ignore_errors=True)
+
+
+def test_loading_the_code_location_imports_no_converter_or_dicom_library() -> None:
+    """`dagster dev` and every run worker load the definitions: wsidicomizer, wsidicom,
+    pydicom and highdicom load inside the steps that need them, never at load time."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bms_pipeline.definitions; "
+        "print(sorted(m for m in ('wsidicomizer', 'wsidicom', 'pydicom', 'highdicom') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

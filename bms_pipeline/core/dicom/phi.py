@@ -31,10 +31,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydicom import Dataset
-from wsidicomizer.metadata import WsiDicomizerMetadata
+if TYPE_CHECKING:  # the UI's checks import this module; wsidicomizer loads in the steps only
+    from pydicom import Dataset
+    from wsidicomizer.metadata import WsiDicomizerMetadata
 
 # MIRAX properties that may pass into DICOM headers (through wsidicomizer's MIRAX
 # metadata or ours). Everything else, SLIDE_ID and SLIDE_NAME above all, stays out.

@@ -146,10 +146,10 @@ class IndexDat:
                 raise self.fail(f"zoom level {level}: negative page length")
             for k in range(count):
                 at = page + 8 + HIER_RECORD.size * k
-                record = tuple(self.i32(at + 4 * j) for j in range(4))
-                if min(record) < 0:
+                image_index, offset, length, fileno = (self.i32(at + 4 * j) for j in range(4))
+                if min(image_index, offset, length, fileno) < 0:
                     raise self.fail(f"zoom level {level}: negative value in record {k}")
-                yield record  # type: ignore[misc]
+                yield image_index, offset, length, fileno
             if next_page == 0:
                 return
             page = next_page
