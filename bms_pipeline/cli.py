@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import multiprocessing
 import os
@@ -230,6 +231,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     out_layout = _bms(defs).layout
     stop = GracefulStop(lambda: instance, out_layout.staging_dir).install()
     started = time.perf_counter()
+    # The modules and definitions just loaded live as long as the process: out of the
+    # collector's sight, its full passes during the runs walk only what the runs allocate
+    # (each pass held the GIL for 0.3 s, in the conversion too). Undone on return, for
+    # callers of `main` in a longer-lived process.
+    gc.freeze()
     try:
         with root_run_lock(instance_home(layout), on_wait=lambda msg: print(msg, flush=True)):
             for run_id in reap_dead_runs(instance):
@@ -270,6 +276,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         stop.hard_stop("interrupted")
         return EXIT_INTERRUPTED  # hard_stop exits; this says so to the reader
+    finally:
+        gc.unfreeze()
     if stop.requested.is_set():
         return EXIT_INTERRUPTED
     return _print_summary(outcomes, time.perf_counter() - started)
@@ -545,5 +553,14 @@ def main(argv: list[str] | None = None) -> int:
     return args.func(args)
 
 
+def entry() -> None:
+    """The console script. Before the interpreter exits, every object is frozen out of the
+    garbage collector's sight: its passes over them at shutdown took 1.3 s after a
+    conversion (measured), and the memory is returned to the system at exit anyway."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
