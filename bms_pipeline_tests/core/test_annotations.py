@@ -195,6 +195,27 @@ def test_every_series_is_written_and_reads_back_with_the_input_counts(demo: Demo
         assert set(slide.result.skipped) == possible - set(expected)
 
 
+def test_the_pydicom_count_agrees_with_highdicoms_reading(demo: Demo) -> None:
+    for slide in demo.slides.values():
+        by_highdicom = {n: c.counts for n, c in read_series_content(slide.result.ann_dir).items()}
+        assert read_back(slide.result.ann_dir) == by_highdicom
+
+
+def test_a_group_whose_count_disagrees_with_its_coordinates_is_named(
+    demo: Demo, tmp_path: Path
+) -> None:
+    slide = next(iter(demo.slides.values()))
+    ann_dir = tmp_path / "ann"
+    shutil.copytree(slide.result.ann_dir, ann_dir)
+    path = ann_dir / "detections.dcm"
+    ds = pydicom.dcmread(path)
+    group = ds.AnnotationGroupSequence[0]
+    group.NumberOfAnnotations = int(group.NumberOfAnnotations) + 1
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(ValueError, match=rf"detections\.dcm: group 1 \({DETECTION_LABEL}\)"):
+        read_back(ann_dir)
+
+
 def test_expected_counts_helper_agrees_with_an_independent_count(demo: Demo) -> None:
     for slide in demo.slides.values():
         annotations = read_slide_annotations(

@@ -12,7 +12,7 @@ from bms_pipeline.defs.resources import BmsPipelineResource
 def ann_counts_match_input(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
-    """Per series and label, the annotations read back with highdicom equal the input rows."""
+    """Per series and label, the annotations read back with pydicom (not highdicom, which wrote them) equal the input rows."""
     from bms_pipeline.core.annotations.ann import count_problems, expected_counts, read_back
     from bms_pipeline.core.annotations.inputs import read_slide_annotations, slide_bounds
     from bms_pipeline.core.dicom.series import read_series, volume_levels
