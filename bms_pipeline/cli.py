@@ -17,6 +17,7 @@ from typing import Any
 from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, DataLayout
 from bms_pipeline.orchestration.deploy import POSTGRES_URL_ENV
 from bms_pipeline.orchestration.instance import DAGSTER_LOG_LEVEL_ENV, MachineBudget, instance_home
+from bms_pipeline.orchestration.preload import preload_slide_steps
 
 logger = logging.getLogger("bms_pipeline")
 
@@ -173,6 +174,7 @@ def _run_in_worker(root: str, workers: int, plan, force: bool):
 
     _quiet_libraries(verbose=os.environ.get(DAGSTER_LOG_LEVEL_ENV) == "DEBUG")
     _, instance, defs = _instance_and_defs(Path(root), workers)
+    preload_slide_steps()  # a worker process lives for its runs only
     stop = GracefulStop(lambda: instance, _bms(defs).layout.staging_dir).install()
     stop.current_slides.add(plan.slide_id)
     try:
@@ -346,6 +348,8 @@ def _run_slides(
             defs = build_definitions(
                 str(root), workers=workers, output_root=os.environ.get(OUTPUT_ROOT_ENV)
             )
+            if todo:
+                preload_slide_steps()  # undone with the freeze of `cmd_run`
             for plan in todo:
                 if stop.requested.is_set():
                     interrupted = True
