@@ -150,3 +150,22 @@ def test_the_ui_shows_no_property_the_scan_searches_for_by_name() -> None:
     for key in phi.ALWAYS_SCANNED + (phi.CREATION_DATETIME_PROPERTY,):
         assert shown[key] == "<redacted>"
     assert set(phi.allowed_properties(properties)) == {"openslide.mpp-x"}
+
+
+@pytest.mark.parametrize("chunk", [5, 64, 1 << 20])
+def test_a_bare_needle_after_many_carried_copies_is_found_at_its_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """The slide id is carried on purpose and contains the needle; each copy is excused, in
+    every chunk, and the one bare occurrence far behind them is still reported."""
+    monkeypatch.setattr(phi, "_CHUNK", chunk)
+    needle = SLIDE_ID[:12]
+    policy = PrivacyPolicy.for_slide(_properties(SLIDE_NAME=needle), [SLIDE_ID])
+    carried = (b"\x00" * 37 + SLIDE_ID.encode()) * 40
+    data = carried + b"\x03" * 1000 + needle.encode() + b"\x04" * 10
+    path = tmp_path / "f.dcm"
+    path.write_bytes(data)
+    hits = policy.scan([path])
+    assert [(h.name, h.offset) for h in hits] == [("mirax.GENERAL.SLIDE_NAME", len(carried) + 1000)]
+    path.write_bytes(carried)
+    assert policy.scan([path]) == []

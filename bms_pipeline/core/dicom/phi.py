@@ -27,6 +27,7 @@ sees, and `shown_properties` is what the UI and the event log may show.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -232,47 +233,47 @@ class PrivacyPolicy:
         return out
 
     def _scan_file(self, path: Path) -> list[IdentifierHit]:
-        if not self.needles:
+        """Chunk by chunk over the file mapped into memory (no copy but the chunk polars
+        searches): `find` places the needles `_occur` reports, and each occurrence is judged
+        against the whole file around it."""
+        if not self.needles or path.stat().st_size == 0:
             return []
         excuses = {n.name: self._excuses(n.value) for n in self.needles}
-        context = max((len(a) for a in self.allowed), default=0)
-        reach = max(len(n.value) for n in self.needles) + 2 * context
+        overlap = max(len(n.value) for n in self.needles) - 1
         hits: list[IdentifierHit] = []
         seen: set[str] = set()
-        decided = 0  # every occurrence starting before this file offset has been judged
-        window_start = 0
-        window = b""
-        with open(path, "rb") as handle:
-            while True:
-                chunk = handle.read(_CHUNK)
-                at_end = not chunk
-                window += chunk
-                window_end = window_start + len(window)
-                limit = window_end if at_end else window_end - reach
+        with (
+            open(path, "rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
+        ):
+            for start in range(0, len(data), _CHUNK):
+                end = start + _CHUNK  # judged here: the occurrences starting before `end`
                 active = [n for n in self.needles if n.name not in seen]
+                if not active:
+                    break
+                window = data[start : end + overlap]
                 for needle, present in zip(active, _occur(window, active), strict=True):
                     if not present:
                         continue  # what `find` below would conclude, at memmem's speed
-                    at = window.find(needle.value, max(0, decided - window_start))
-                    while at >= 0 and window_start + at < limit:
-                        if not self._is_excused(window, at, excuses[needle.name]):
+                    # Bounded to the occurrences starting in this chunk.
+                    stop = end + len(needle.value) - 1
+                    at = data.find(needle.value, start, stop)
+                    while at >= 0:
+                        if not self._is_excused(data, at, excuses[needle.name]):
                             seen.add(needle.name)
-                            hits.append(IdentifierHit(path, needle.name, window_start + at))
+                            hits.append(IdentifierHit(path, needle.name, at))
                             break
-                        at = window.find(needle.value, at + 1)
-                decided = max(decided, limit)
-                if at_end:
-                    return hits
-                keep_from = max(0, decided - context - window_start)
-                window = window[keep_from:]
-                window_start += keep_from
+                        at = data.find(needle.value, at + 1, stop)
+        return hits
 
     @staticmethod
-    def _is_excused(window: bytes, at: int, excuses: list[tuple[bytes, list[int]]]) -> bool:
+    def _is_excused(
+        data: bytes | mmap.mmap, at: int, excuses: list[tuple[bytes, list[int]]]
+    ) -> bool:
         for value, positions in excuses:
             for p in positions:
                 start = at - p
-                if start >= 0 and window.startswith(value, start):
+                if start >= 0 and data[start : start + len(value)] == value:
                     return True
         return False
 
