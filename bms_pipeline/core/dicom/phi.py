@@ -69,7 +69,7 @@ ALWAYS_SCANNED = (SLIDE_ID_PROPERTY, SLIDE_NAME_PROPERTY)
 REDACTED_PROPERTIES = frozenset({*ALWAYS_SCANNED, CREATION_DATETIME_PROPERTY})
 """Never shown, not even in the event log or the UI."""
 
-_CHUNK = 16 << 20
+_CHUNK = 4 << 20  # larger windows cost polars far more memory: +250 MiB peak at 16 MiB, measured
 
 
 def allowed_properties(properties: Mapping[str, str]) -> dict[str, str]:
@@ -234,19 +234,21 @@ class PrivacyPolicy:
 
     def _scan_file(self, path: Path) -> list[IdentifierHit]:
         """Chunk by chunk over the file mapped into memory (no copy but the chunk polars
-        searches): `find` places the needles `_occur` reports, and each occurrence is judged
-        against the whole file around it."""
+        searches; the pages of the chunks done handed back): `find` places the needles
+        `_occur` reports, and each occurrence is judged against the whole file around it."""
         if not self.needles or path.stat().st_size == 0:
             return []
         excuses = {n.name: self._excuses(n.value) for n in self.needles}
         overlap = max(len(n.value) for n in self.needles) - 1
         hits: list[IdentifierHit] = []
         seen: set[str] = set()
+        released = 0  # the mapped pages before this offset are handed back
         with (
             open(path, "rb") as handle,
             mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
         ):
             for start in range(0, len(data), _CHUNK):
+                released = _release_pages(data, released, start)
                 end = start + _CHUNK  # judged here: the occurrences starting before `end`
                 active = [n for n in self.needles if n.name not in seen]
                 if not active:
@@ -276,6 +278,17 @@ class PrivacyPolicy:
                 if start >= 0 and data[start : start + len(value)] == value:
                     return True
         return False
+
+
+def _release_pages(data: mmap.mmap, released: int, offset: int) -> int:
+    """Hand the pages of `data` read before `offset` back to the page cache: a mapped file's
+    pages count in the process's resident memory once touched (a whole 111 MB level, seen as
+    peak RSS), though the kernel can drop them. Returns the new release boundary."""
+    boundary = offset - offset % mmap.PAGESIZE
+    if boundary > released and hasattr(mmap, "MADV_DONTNEED"):
+        data.madvise(mmap.MADV_DONTNEED, released, boundary - released)
+        return boundary
+    return released
 
 
 def _occur(window: bytes, needles: Sequence[Needle]) -> list[bool]:
