@@ -6,7 +6,7 @@ them first and freezes everything loaded so far out of the garbage collector's s
 (`gc.freeze`): these objects live as long as the process, and each full collection pass
 during a conversion or an ANN build walked all of them, holding the GIL. Measured on the
 wide slide (190,528 x 14,376 px), the whole `run` took about 0.8 s less, and the steps
-after the conversion 0.3 s less.
+after the conversion 0.55 s less (3.1 -> 2.55 s).
 """
 
 from __future__ import annotations

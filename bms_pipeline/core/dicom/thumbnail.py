@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,35 @@ def _pearson(la: np.ndarray, lb: np.ndarray) -> float:
     return float((la * lb).sum() / denominator)
 
 
+@dataclass(frozen=True)
+class _TileGrid:
+    """How a single- or multi-frame TILED_FULL WSM instance lays its frames out."""
+
+    rows: int  # of a frame
+    columns: int
+    width: int  # of the total pixel matrix
+    height: int
+
+    @classmethod
+    def of(cls, ds: pydicom.Dataset) -> _TileGrid:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        return cls(
+            rows,
+            columns,
+            int(ds.get("TotalPixelMatrixColumns", columns)),
+            int(ds.get("TotalPixelMatrixRows", rows)),
+        )
+
+    @property
+    def across(self) -> int:
+        return math.ceil(self.width / self.columns)
+
+    def check(self, path: Path, frames: int) -> None:
+        down = math.ceil(self.height / self.rows)
+        if self.across * down != frames:
+            raise ValueError(f"{path}: {frames} frames for a {self.across}x{down} tile grid")
+
+
 def total_pixel_matrix(path: Path, raw: bool = False) -> np.ndarray:
     """The whole pixel matrix of a single- or multi-frame TILED_FULL WSM instance, decoded
     by pydicom (not by wsidicom, which wrote it). `raw`: in the stored colour space (YBR
@@ -95,18 +125,16 @@ def total_pixel_matrix(path: Path, raw: bool = False) -> np.ndarray:
     frames = pixel_array(ds, raw=True) if raw else ds.pixel_array
     if int(getattr(ds, "NumberOfFrames", 1)) == 1:
         frames = frames[None]
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    width = int(ds.get("TotalPixelMatrixColumns", columns))
-    height = int(ds.get("TotalPixelMatrixRows", rows))
-    across = math.ceil(width / columns)
-    down = math.ceil(height / rows)
-    if across * down != len(frames):
-        raise ValueError(f"{path}: {len(frames)} frames for a {across}x{down} tile grid")
-    image = np.zeros((down * rows, across * columns, 3), dtype=np.uint8)
+    grid = _TileGrid.of(ds)
+    grid.check(path, len(frames))
+    rows, columns = grid.rows, grid.columns
+    image = np.zeros(
+        (math.ceil(len(frames) / grid.across) * rows, grid.across * columns, 3), dtype=np.uint8
+    )
     for index, frame in enumerate(frames):
-        ty, tx = divmod(index, across)
+        ty, tx = divmod(index, grid.across)
         image[ty * rows : (ty + 1) * rows, tx * columns : (tx + 1) * columns] = frame[..., :3]
-    return image[:height, :width]
+    return image[: grid.height, : grid.width]
 
 
 def thumbnail_similarity(files: Sequence[Path]) -> tuple[float | None, str]:
@@ -136,7 +164,8 @@ def _correlation_of_files(a: Path, b: Path) -> float:
     Y channel is the luminance (the same BT.601 weights as Pillow's "L"), and pydicom's
     YBR to RGB conversion of a whole level was most of the publication gate's time."""
     headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in (a, b)]
-    width, height = _matrix_size(headers[0])
+    grid = _TileGrid.of(headers[0])
+    width, height = grid.width, grid.height
     scale = min(1.0, _COMPARE_SIDE / max(width, height))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     la, lb = (
@@ -146,24 +175,16 @@ def _correlation_of_files(a: Path, b: Path) -> float:
     return _pearson(la, lb)
 
 
-def _matrix_size(ds: pydicom.Dataset) -> tuple[int, int]:
-    """(width, height) of the instance's total pixel matrix."""
-    return (
-        int(ds.get("TotalPixelMatrixColumns", ds.Columns)),
-        int(ds.get("TotalPixelMatrixRows", ds.Rows)),
-    )
-
-
 def _compared_luminance(path: Path, header: pydicom.Dataset, size: tuple[int, int]) -> np.ndarray:
     """The instance's luminance resized to `size` (BOX)."""
     photometric = str(header.PhotometricInterpretation)
     luma = photometric.startswith("YBR_FULL")
     if luma and header.file_meta.TransferSyntaxUID == JPEGBaseline8Bit:
         plane, reduction = _jpeg_luma_plane(path, size)
-        width, height = _matrix_size(header)
+        grid = _TileGrid.of(header)
         # The region the whole matrix covers at this scale, to the fraction of a pixel, so
         # that the boxes average the same pixels as at full size.
-        region = (0.0, 0.0, width / reduction, height / reduction)
+        region = (0.0, 0.0, grid.width / reduction, grid.height / reduction)
         image = Image.fromarray(plane)
         return np.asarray(image.resize(size, Image.Resampling.BOX, box=region), dtype=np.float64)
     matrix = total_pixel_matrix(path, raw=luma)
@@ -174,34 +195,35 @@ def _compared_luminance(path: Path, header: pydicom.Dataset, size: tuple[int, in
 
 
 def _jpeg_luma_plane(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, int]:
-    """The Y plane of a baseline-JPEG YBR instance and its reduction, its frames decoded by Pillow's libjpeg
-    at the smallest DCT scale (1/1 to 1/8) that keeps at least twice the resolution of
-    `size`: the comparison does not need the whole level, and decoding it at full size
-    through pydicom was 10x slower (measured on a 10-megapixel level)."""
+    """The Y plane of a baseline-JPEG YBR instance and its reduction: its frames decoded by
+    Pillow's libjpeg at the smallest DCT scale (1/1 to 1/8) that keeps at least 8x the
+    resolution of `size`. The comparison does not need the whole level, and decoding it at
+    full size through pydicom was 10x slower (measured on a 10-megapixel level); a 2x
+    margin moved the wide slide's score by 0.012, 8x by 0.001."""
     ds = pydicom.dcmread(path)
-    width, height = _matrix_size(ds)
-    rows, columns = int(ds.Rows), int(ds.Columns)
+    grid = _TileGrid.of(ds)
     count = int(getattr(ds, "NumberOfFrames", 1))
-    across, down = math.ceil(width / columns), math.ceil(height / rows)
-    if across * down != count:
-        raise ValueError(f"{path}: {count} frames for a {across}x{down} tile grid")
+    grid.check(path, count)
     reduction = 1
     while (
         reduction < 8
-        and width / (2 * reduction) >= 8 * size[0]
-        and height / (2 * reduction) >= 8 * size[1]
+        and grid.width / (2 * reduction) >= 8 * size[0]
+        and grid.height / (2 * reduction) >= 8 * size[1]
     ):
         reduction *= 2
-    tile_w, tile_h = math.ceil(columns / reduction), math.ceil(rows / reduction)
-    plane = np.zeros((down * tile_h, across * tile_w), dtype=np.uint8)
+    tile_w, tile_h = math.ceil(grid.columns / reduction), math.ceil(grid.rows / reduction)
+    draft = (max(1, grid.columns // reduction), max(1, grid.rows // reduction))
+    plane = np.zeros((math.ceil(count / grid.across) * tile_h, grid.across * tile_w), np.uint8)
     for index, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=count)):
         with Image.open(io.BytesIO(frame)) as image:
             # Without a colour transform: the stored Y channel, as pixel_array(raw=True).
-            image.draft("YCbCr", (max(1, columns // reduction), max(1, rows // reduction)))
+            image.draft("YCbCr", draft)
             if image.size != (tile_w, tile_h):
                 raise ValueError(f"{path}: frame {index + 1} decodes to {image.size}")
-            ty, tx = divmod(index, across)
+            ty, tx = divmod(index, grid.across)
             plane[ty * tile_h : (ty + 1) * tile_h, tx * tile_w : (tx + 1) * tile_w] = np.asarray(
                 image.getchannel(0)
             )
-    return plane[: math.ceil(height / reduction), : math.ceil(width / reduction)], reduction
+    return plane[
+        : math.ceil(grid.height / reduction), : math.ceil(grid.width / reduction)
+    ], reduction
