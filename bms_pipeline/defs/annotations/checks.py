@@ -1,14 +1,17 @@
-"""Every input row is in the ANN series, exactly once per series it belongs to."""
+"""Every input row is in the ANN series, exactly once per series it belongs to, and no
+identifier is in any of its bytes; evaluated in one step."""
+
+from collections.abc import Iterator
 
 import dagster as dg
 
 from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline.defs.annotations.assets import ann_series
+from bms_pipeline.defs.check_steps import Check, check_specs, evaluate_selected
 from bms_pipeline.defs.partitions import slides_partitions
 from bms_pipeline.defs.resources import BmsPipelineResource
 
 
-@dg.asset_check(asset=ann_series, blocking=True, partitions_def=slides_partitions)
 def ann_counts_match_input(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
@@ -41,7 +44,6 @@ def ann_counts_match_input(
     )
 
 
-@dg.asset_check(asset=ann_series, blocking=True, partitions_def=slides_partitions)
 def ann_series_free_of_slide_identifiers(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
@@ -51,3 +53,15 @@ def ann_series_free_of_slide_identifiers(
 
     slide_id = context.partition_key
     return privacy_scan_result(bms, slide_id, bms.layout.ann_dir(slide_id))
+
+
+ANN_SERIES_CHECKS = (Check(ann_counts_match_input), Check(ann_series_free_of_slide_identifiers))
+
+
+@dg.multi_asset_check(
+    specs=check_specs(ann_series, ANN_SERIES_CHECKS, slides_partitions), can_subset=True
+)
+def ann_series_checks(
+    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
+) -> Iterator[dg.AssetCheckResult]:
+    yield from evaluate_selected(context, bms, ann_series, ANN_SERIES_CHECKS)

@@ -1,16 +1,17 @@
-"""Checks on the SM series that gate everything downstream of it."""
+"""Checks on the SM series that gate everything downstream of it, evaluated in one step."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 
 from bms_pipeline.core.mirax.inventory import openslide_properties
+from bms_pipeline.defs.check_steps import Check, check_specs, evaluate_selected
 from bms_pipeline.defs.partitions import slides_partitions
 from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.slides.assets import sm_series
 
 
-@dg.asset_check(asset=sm_series, blocking=True, partitions_def=slides_partitions)
 def sm_series_matches_source(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
@@ -55,7 +56,6 @@ def privacy_scan_result(
     )
 
 
-@dg.asset_check(asset=sm_series, blocking=True, partitions_def=slides_partitions)
 def sm_series_free_of_slide_identifiers(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
@@ -66,7 +66,6 @@ def sm_series_free_of_slide_identifiers(
     return privacy_scan_result(bms, slide_id, bms.layout.sm_dir(slide_id))
 
 
-@dg.asset_check(asset=sm_series, blocking=True, partitions_def=slides_partitions)
 def sm_series_thumbnail_matches_pyramid(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
@@ -91,3 +90,19 @@ def sm_series_thumbnail_matches_pyramid(
             else compared
         ),
     )
+
+
+SM_SERIES_CHECKS = (
+    Check(sm_series_matches_source),
+    Check(sm_series_free_of_slide_identifiers),
+    Check(sm_series_thumbnail_matches_pyramid),
+)
+
+
+@dg.multi_asset_check(
+    specs=check_specs(sm_series, SM_SERIES_CHECKS, slides_partitions), can_subset=True
+)
+def sm_series_checks(
+    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
+) -> Iterator[dg.AssetCheckResult]:
+    yield from evaluate_selected(context, bms, sm_series, SM_SERIES_CHECKS)

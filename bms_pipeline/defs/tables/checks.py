@@ -1,7 +1,11 @@
-"""The clinical tables agree with the DICOM and carry no free text that could identify anyone."""
+"""The clinical tables agree with the DICOM and carry no free text that could identify
+anyone; evaluated in one step."""
+
+from collections.abc import Iterator
 
 import dagster as dg
 
+from bms_pipeline.defs.check_steps import Check, check_specs, evaluate_selected
 from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.tables.assets import clinical_tables, dicom_index
 
@@ -28,7 +32,6 @@ def _left_out(context: dg.AssetCheckExecutionContext) -> dict[str, list[str]]:
     return dict(value.value) if value is not None else {}  # type: ignore[arg-type]
 
 
-@dg.asset_check(asset=clinical_tables, blocking=True, additional_deps=[dicom_index])
 def clinical_patients_match_dicom(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
@@ -62,9 +65,8 @@ def clinical_patients_match_dicom(
     )
 
 
-@dg.asset_check(asset=clinical_tables, blocking=True)
 def clinical_tables_have_no_duplicates_or_free_text(
-    bms: BmsPipelineResource,
+    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
     """One row per patient in every table, and no name, date or free-text column."""
     import polars as pl
@@ -88,8 +90,9 @@ def clinical_tables_have_no_duplicates_or_free_text(
     )
 
 
-@dg.asset_check(asset=clinical_tables, blocking=True)
-def column_metadata_matches_tables(bms: BmsPipelineResource) -> dg.AssetCheckResult:
+def column_metadata_matches_tables(
+    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
+) -> dg.AssetCheckResult:
     """The published column_metadata describes every column of every published table
     exactly, with IDC's schemas."""
     from bms_pipeline.core.clinical.qa import column_metadata_matches_schema
@@ -103,3 +106,17 @@ def column_metadata_matches_tables(bms: BmsPipelineResource) -> dg.AssetCheckRes
         metadata={"problems": dg.MetadataValue.json(problems)},
         description="; ".join(problems[:5]) or "column_metadata matches",
     )
+
+
+CLINICAL_TABLES_CHECKS = (
+    Check(clinical_patients_match_dicom, additional_deps=(dicom_index,)),
+    Check(clinical_tables_have_no_duplicates_or_free_text),
+    Check(column_metadata_matches_tables),
+)
+
+
+@dg.multi_asset_check(specs=check_specs(clinical_tables, CLINICAL_TABLES_CHECKS), can_subset=True)
+def clinical_tables_checks(
+    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
+) -> Iterator[dg.AssetCheckResult]:
+    yield from evaluate_selected(context, bms, clinical_tables, CLINICAL_TABLES_CHECKS)
