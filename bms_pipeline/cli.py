@@ -47,13 +47,8 @@ def dagster_instance(layout: DataLayout):
     from dagster import DagsterInstance
 
     from bms_pipeline.orchestration.deploy import postgres_schema_lock
-    from bms_pipeline.orchestration.instance import (
-        ensure_instance_home,
-        instance_lock,
-        skip_sqlite_checkpoint_on_close,
-    )
+    from bms_pipeline.orchestration.instance import ensure_instance_home, instance_lock
 
-    skip_sqlite_checkpoint_on_close()  # before the first connection (schema creation too)
     home = instance_home(layout)
     os.environ["DAGSTER_HOME"] = str(home)
     postgres = _postgres_target()
@@ -169,6 +164,7 @@ def _instance_and_defs(root: Path, workers: int | None = None):
 
 def _run_in_worker(root: str, workers: int, plan, force: bool):
     """One slide in a worker process, against the same persistent instance."""
+    from bms_pipeline.orchestration.instance import sqlite_files_kept_open
     from bms_pipeline.orchestration.operations import run_slide
     from bms_pipeline.orchestration.shutdown import GracefulStop
 
@@ -178,7 +174,8 @@ def _run_in_worker(root: str, workers: int, plan, force: bool):
     stop = GracefulStop(lambda: instance, _bms(defs).layout.staging_dir).install()
     stop.current_slides.add(plan.slide_id)
     try:
-        return run_slide(instance, defs, plan, force=force)
+        with sqlite_files_kept_open():
+            return run_slide(instance, defs, plan, force=force)
     except KeyboardInterrupt:
         stop.hard_stop("interrupted")
 
@@ -213,6 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         reap_dead_runs,
         remove_stale_outputs,
         root_run_lock,
+        sqlite_files_kept_open,
     )
     from bms_pipeline.orchestration.operations import (
         SlideOutcome,
@@ -239,7 +237,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Undone on return, for callers of `main` in a longer-lived process.
     gc.freeze()
     try:
-        with root_run_lock(instance_home(layout), on_wait=lambda msg: print(msg, flush=True)):
+        with (
+            root_run_lock(instance_home(layout), on_wait=lambda msg: print(msg, flush=True)),
+            sqlite_files_kept_open(),
+        ):
             for run_id in reap_dead_runs(instance):
                 print(f"run {run_id}: its process is gone; marked failed, pool slots freed")
             removed = remove_stale_outputs(out_layout.out, instance)
