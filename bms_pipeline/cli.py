@@ -205,12 +205,19 @@ def _report_inputs(layout: DataLayout) -> tuple[bool, bool]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bms_pipeline.orchestration.instance import sqlite_files_kept_open
+
+    # From the instance's creation on (a new instance creates its schemas).
+    with sqlite_files_kept_open():
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     from bms_pipeline.console import ProgressBoard
     from bms_pipeline.orchestration.instance import (
         reap_dead_runs,
         remove_stale_outputs,
         root_run_lock,
-        sqlite_files_kept_open,
     )
     from bms_pipeline.orchestration.operations import (
         SlideOutcome,
@@ -237,10 +244,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Undone on return, for callers of `main` in a longer-lived process.
     gc.freeze()
     try:
-        with (
-            root_run_lock(instance_home(layout), on_wait=lambda msg: print(msg, flush=True)),
-            sqlite_files_kept_open(),
-        ):
+        with root_run_lock(instance_home(layout), on_wait=lambda msg: print(msg, flush=True)):
             for run_id in reap_dead_runs(instance):
                 print(f"run {run_id}: its process is gone; marked failed, pool slots freed")
             removed = remove_stale_outputs(out_layout.out, instance)
