@@ -7,8 +7,6 @@ steps. One `multi_asset_check` per asset keeps every check's name, key, blocking
 description and history, and still lets one check be run alone (`can_subset`).
 """
 
-from __future__ import annotations
-
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -87,3 +85,23 @@ def evaluate_selected(
         )
     if first_error is not None:
         raise first_error
+
+
+def checks_in_one_step(
+    asset: dg.AssetsDefinition,
+    checks: Sequence[Check],
+    partitions_def: dg.PartitionsDefinition | None = None,
+) -> dg.AssetChecksDefinition:
+    """`<asset>_checks`: the op that evaluates `checks` of `asset` (or those selected)."""
+
+    @dg.multi_asset_check(
+        name=f"{asset.key.to_python_identifier()}_checks",
+        specs=check_specs(asset, checks, partitions_def),
+        can_subset=True,
+    )
+    def evaluate(
+        context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
+    ) -> Iterator[dg.AssetCheckResult]:
+        yield from evaluate_selected(context, bms, asset, checks)
+
+    return evaluate

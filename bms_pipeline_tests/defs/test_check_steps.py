@@ -124,7 +124,12 @@ def test_one_check_can_be_run_alone(tmp_path) -> None:
 
 def test_the_pipeline_keeps_every_check_blocking_and_one_step_per_asset() -> None:
     from bms_pipeline.definitions import build_definitions
+    from bms_pipeline.defs.annotations.checks import ann_series_checks
+    from bms_pipeline.defs.slides.checks import sm_series_checks
+    from bms_pipeline.defs.tables.checks import clinical_tables_checks
 
+    steps = [c.node_def.name for c in (sm_series_checks, ann_series_checks, clinical_tables_checks)]
+    assert steps == ["sm_series_checks", "ann_series_checks", "clinical_tables_checks"]
     graph = build_definitions().resolve_asset_graph()
     by_asset: dict[str, set[str]] = {}
     for key in graph.asset_check_keys:

@@ -1,13 +1,11 @@
 """Every input row is in the ANN series, exactly once per series it belongs to, and no
 identifier is in any of its bytes; evaluated in one step."""
 
-from collections.abc import Iterator
-
 import dagster as dg
 
 from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline.defs.annotations.assets import ann_series
-from bms_pipeline.defs.check_steps import Check, check_specs, evaluate_selected
+from bms_pipeline.defs.check_steps import Check, checks_in_one_step
 from bms_pipeline.defs.partitions import slides_partitions
 from bms_pipeline.defs.resources import BmsPipelineResource
 
@@ -58,10 +56,4 @@ def ann_series_free_of_slide_identifiers(
 ANN_SERIES_CHECKS = (Check(ann_counts_match_input), Check(ann_series_free_of_slide_identifiers))
 
 
-@dg.multi_asset_check(
-    specs=check_specs(ann_series, ANN_SERIES_CHECKS, slides_partitions), can_subset=True
-)
-def ann_series_checks(
-    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
-) -> Iterator[dg.AssetCheckResult]:
-    yield from evaluate_selected(context, bms, ann_series, ANN_SERIES_CHECKS)
+ann_series_checks = checks_in_one_step(ann_series, ANN_SERIES_CHECKS, slides_partitions)

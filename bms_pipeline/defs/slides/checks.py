@@ -1,12 +1,11 @@
 """Checks on the SM series that gate everything downstream of it, evaluated in one step."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 
 from bms_pipeline.core.mirax.inventory import openslide_properties
-from bms_pipeline.defs.check_steps import Check, check_specs, evaluate_selected
+from bms_pipeline.defs.check_steps import Check, checks_in_one_step
 from bms_pipeline.defs.partitions import slides_partitions
 from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.slides.assets import sm_series
@@ -99,10 +98,4 @@ SM_SERIES_CHECKS = (
 )
 
 
-@dg.multi_asset_check(
-    specs=check_specs(sm_series, SM_SERIES_CHECKS, slides_partitions), can_subset=True
-)
-def sm_series_checks(
-    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
-) -> Iterator[dg.AssetCheckResult]:
-    yield from evaluate_selected(context, bms, sm_series, SM_SERIES_CHECKS)
+sm_series_checks = checks_in_one_step(sm_series, SM_SERIES_CHECKS, slides_partitions)

@@ -1,11 +1,9 @@
 """The clinical tables agree with the DICOM and carry no free text that could identify
 anyone; evaluated in one step."""
 
-from collections.abc import Iterator
-
 import dagster as dg
 
-from bms_pipeline.defs.check_steps import Check, check_specs, evaluate_selected
+from bms_pipeline.defs.check_steps import Check, checks_in_one_step
 from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.tables.assets import clinical_tables, dicom_index
 
@@ -115,8 +113,4 @@ CLINICAL_TABLES_CHECKS = (
 )
 
 
-@dg.multi_asset_check(specs=check_specs(clinical_tables, CLINICAL_TABLES_CHECKS), can_subset=True)
-def clinical_tables_checks(
-    context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
-) -> Iterator[dg.AssetCheckResult]:
-    yield from evaluate_selected(context, bms, clinical_tables, CLINICAL_TABLES_CHECKS)
+clinical_tables_checks = checks_in_one_step(clinical_tables, CLINICAL_TABLES_CHECKS)
