@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -95,7 +97,8 @@ storage:
 
 # -- SQLite files kept open while a command runs -------------------------------------------
 
-_KEPT_OPEN: dict[str, object] = {}  # database path -> idle sqlite3 connection
+_KEPT_OPEN: dict[str, sqlite3.Connection] = {}  # database path -> idle connection
+_KEPT_LOCK = threading.Lock()  # the progress thread's queries check connections in too
 _KEEPING = False
 _LISTENING = False
 
@@ -123,11 +126,12 @@ def sqlite_files_kept_open() -> Iterator[None]:
     try:
         yield
     finally:
-        _KEEPING = False
-        kept = list(_KEPT_OPEN.values())
-        _KEPT_OPEN.clear()
+        with _KEPT_LOCK:
+            _KEEPING = False
+            kept = list(_KEPT_OPEN.values())
+            _KEPT_OPEN.clear()
         for connection in kept:
-            connection.close()  # type: ignore[attr-defined]
+            connection.close()
 
 
 def kept_open_sqlite_files() -> list[str]:
@@ -142,8 +146,6 @@ def _listen_for_sqlite_files() -> None:
     global _LISTENING
     if _LISTENING:
         return
-    import sqlite3
-
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
     from sqlalchemy.pool import Pool
@@ -155,11 +157,17 @@ def _listen_for_sqlite_files() -> None:
 
     def on_checkin(_dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
         path = record.info.get("bms_sqlite_file") if record is not None else None
-        if not _KEEPING or path is None or path in _KEPT_OPEN:
+        if path is None:
             return
-        connection = sqlite3.connect(path, check_same_thread=False)
-        connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # maps the WAL index
-        _KEPT_OPEN[path] = connection
+        with _KEPT_LOCK:
+            if not _KEEPING or path in _KEPT_OPEN:
+                return
+            try:
+                connection = sqlite3.connect(path, check_same_thread=False)
+                connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # WAL index
+            except sqlite3.Error:
+                return  # only an optimisation: the storage's own operation goes on
+            _KEPT_OPEN[path] = connection
 
     event.listen(Engine, "do_connect", on_do_connect)
     event.listen(Pool, "checkin", on_checkin)
