@@ -86,7 +86,7 @@ def test_a_reduced_decode_of_a_large_level_sees_what_the_full_decode_sees(
     _write_tiled_jpeg(path, _smear_like(width, height, seed=3))
     header = pydicom.dcmread(path, stop_before_pixels=True)
     size = (256, 34)
-    plane, reduction = thumbnail._jpeg_luma_plane(path, size)
+    plane, reduction = thumbnail._jpeg_luma_plane(path, thumbnail._TileGrid.of(header), size)
     assert reduction > 1, "the level is large enough to be decoded at a reduced scale"
     fast = thumbnail._compared_luminance(path, header, size)
     full = _full_decode_luminance(path, size)

@@ -180,8 +180,8 @@ def _compared_luminance(path: Path, header: pydicom.Dataset, size: tuple[int, in
     photometric = str(header.PhotometricInterpretation)
     luma = photometric.startswith("YBR_FULL")
     if luma and header.file_meta.TransferSyntaxUID == JPEGBaseline8Bit:
-        plane, reduction = _jpeg_luma_plane(path, size)
         grid = _TileGrid.of(header)
+        plane, reduction = _jpeg_luma_plane(path, grid, size)
         # The region the whole matrix covers at this scale, to the fraction of a pixel, so
         # that the boxes average the same pixels as at full size.
         region = (0.0, 0.0, grid.width / reduction, grid.height / reduction)
@@ -194,14 +194,13 @@ def _compared_luminance(path: Path, header: pydicom.Dataset, size: tuple[int, in
     return np.asarray(image.resize(size, Image.Resampling.BOX), dtype=np.float64)
 
 
-def _jpeg_luma_plane(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, int]:
+def _jpeg_luma_plane(path: Path, grid: _TileGrid, size: tuple[int, int]) -> tuple[np.ndarray, int]:
     """The Y plane of a baseline-JPEG YBR instance and its reduction: its frames decoded by
     Pillow's libjpeg at the smallest DCT scale (1/1 to 1/8) that keeps at least 8x the
     resolution of `size`. The comparison does not need the whole level, and decoding it at
     full size through pydicom was 10x slower (measured on a 10-megapixel level); a 2x
     margin moved the wide slide's score by 0.012, 8x by 0.001."""
     ds = pydicom.dcmread(path)
-    grid = _TileGrid.of(ds)
     count = int(getattr(ds, "NumberOfFrames", 1))
     grid.check(path, count)
     reduction = 1
