@@ -7,6 +7,7 @@ the reader under test, so a reader bug cannot hide behind an identical expectati
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -536,6 +537,38 @@ def test_a_failed_build_keeps_the_previous_series(demo: Demo, tmp_path: Path) ->
     with pytest.raises(AnnotationInputError, match="outside the converted image"):
         _build(layout, demo.collection.collection_id, slide)
     assert {p.name: p.read_bytes() for p in good.ann_dir.iterdir()} == before
+
+
+def test_rows_read_again_are_kept_until_a_file_changes(demo: Demo, tmp_path: Path) -> None:
+    """The ANN build and its count check read the same rows: the second read returns the
+    kept result, frozen so that no caller can change it for the next, and an edit of any
+    file (even one that keeps its size) is read anew."""
+    slide = next(iter(demo.slides.values()))
+    layout = _copy_inputs(demo, tmp_path)
+    args = (slide.slide_id, layout.annotations_dir, slide.bounds, slide.size)
+    first = read_slide_annotations(*args)
+    assert read_slide_annotations(*args) is first
+    with pytest.raises(ValueError, match="read-only"):
+        first.detections.boxes[0, 0] = -1.0
+    path = layout.annotations_dir / "detections.csv"
+    row = _slide_row(path, slide.slide_id, 0)
+    score = row.fields["score"]
+    assert len(score) >= 3, score
+    changed = next(
+        c for c in ("0." + "4" * (len(score) - 2), "0." + "5" * (len(score) - 2)) if c != score
+    )  # same size: only the modification time tells
+    before = path.stat()
+    _replace_field(path, row, "score", changed)
+    assert path.stat().st_size == before.st_size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    again = read_slide_annotations(*args)
+    assert again is not first
+    assert again.detections.score[0] == pytest.approx(float(changed))
+    assert first.detections.score[0] == pytest.approx(float(score))
+    path.unlink()
+    for _ in range(2):  # a missing file is an error each time, never a kept result
+        with pytest.raises(AnnotationInputError, match="detections.csv"):
+            read_slide_annotations(*args)
 
 
 def test_a_quoted_multiline_field_does_not_shift_line_numbers(demo: Demo, tmp_path: Path) -> None:
