@@ -250,7 +250,8 @@ def _run_command(args: argparse.Namespace) -> int:
             removed = remove_stale_outputs(out_layout.out, instance)
             if removed:
                 print(f"removed {len(removed)} half-written output(s) of runs that died")
-            outcomes, interrupted, any_ready = _run_slides(
+            outcomes, interrupted, any_ready, collected = _run_slides(
+                not input_problems,
                 args,
                 root,
                 layout,
@@ -274,6 +275,8 @@ def _run_command(args: argparse.Namespace) -> int:
                 outcomes.append(
                     SlideOutcome("(collection)", False, error="input error(s) reported above")
                 )
+            elif collected is not None:
+                outcomes.append(collected)  # in the last slide's run
             elif any_ready:
                 print("collection-wide tables and reports ...", flush=True)
                 # A failed slide may have been withdrawn (publication gate): the index and
@@ -291,6 +294,7 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def _run_slides(
+    with_collection: bool,
     args,
     root,
     layout,
@@ -304,7 +308,11 @@ def _run_slides(
     ProgressBoard,
 ):
     """Plan, then convert what needs it (serially or in worker processes) with live progress.
-    Returns (outcomes, interrupted, any slide ready), or (None, ...) for an unknown --slide."""
+    Serially and `with_collection`, the last slide's run also materializes the collection
+    tables (`run_slide_and_collection`). Returns (outcomes, interrupted, any slide ready,
+    the collection's outcome if that run made it), or (None, ...) for an unknown --slide."""
+    from bms_pipeline.orchestration.operations import run_slide_and_collection
+
     wanted = set(args.slide) if args.slide else None
     plans = plan_slides(instance, defs, layout, wanted)
     if wanted:
@@ -314,7 +322,7 @@ def _run_slides(
                 f"error: no such slide under {layout.slides_dir}: {sorted(unknown)}",
                 file=sys.stderr,
             )
-            return None, False, False
+            return None, False, False, None
     register_slides(instance, [p.slide_id for p in plans if p.state != "not-ready"])
     outcomes: list = []
     todo = [p for p in plans if p.state != "not-ready" and (args.force or p.needs_run)]
@@ -345,6 +353,7 @@ def _run_slides(
         return "nothing to do" if outcome.skipped else ""
 
     interrupted = False
+    collected = None
     with ProgressBoard(instance, staging, [p.slide_id for p in todo]) as board:
         if jobs == 1:
             from bms_pipeline.definitions import build_definitions
@@ -361,7 +370,18 @@ def _run_slides(
                     break
                 stop.current_slides = {plan.slide_id}
                 board.start(plan.slide_id)
-                outcome = run_slide(instance, defs, plan, force=args.force)
+                if with_collection and plan is todo[-1]:
+                    # A failed slide may have been withdrawn (publication gate): the index
+                    # and clinical tables are then rebuilt whole.
+                    outcome, collected = run_slide_and_collection(
+                        instance,
+                        defs,
+                        plan,
+                        force=args.force,
+                        refresh=any(not o.ok for o in outcomes),
+                    )
+                else:
+                    outcome = run_slide(instance, defs, plan, force=args.force)
                 board.finish(plan.slide_id, outcome.ok, outcome.skipped, detail(outcome))
                 outcomes.append(outcome)
             interrupted = interrupted or stop.requested.is_set()
@@ -388,7 +408,7 @@ def _run_slides(
                         pool.shutdown(wait=True, cancel_futures=True)
                         interrupted = True
                         break
-    return outcomes, interrupted, any(p.state != "not-ready" for p in plans)
+    return outcomes, interrupted, any(p.state != "not-ready" for p in plans), collected
 
 
 def cmd_status(args: argparse.Namespace) -> int:

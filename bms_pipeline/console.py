@@ -130,18 +130,16 @@ class ProgressBoard:
     def _refresh(self) -> None:
         import dagster as dg
 
-        from bms_pipeline.orchestration.operations import SLIDE_JOB
+        from bms_pipeline.orchestration.operations import PARTITION_TAG
 
         with self._lock:
             active = [line for line in self.lines.values() if line.started and not line.finished]
         for line in active:
-            # Only the newest run's id (a slide may take two runs: inventory, then the rest):
-            # whole run records would deserialize the run's snapshot ids and tags each poll.
+            # Only the newest run's id (a slide may take two runs: inventory, then the rest,
+            # of `slides_job` or, for the last slide, `slide_and_collection_job`): whole run
+            # records would deserialize the run's snapshot ids and tags each poll.
             run_ids = self._instance.get_run_ids(
-                filters=dg.RunsFilter(
-                    job_name=SLIDE_JOB, tags={"dagster/partition": line.slide_id}
-                ),
-                limit=1,
+                filters=dg.RunsFilter(tags={PARTITION_TAG: line.slide_id}), limit=1
             )
             if not run_ids:
                 continue

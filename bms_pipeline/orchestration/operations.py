@@ -9,6 +9,7 @@ slide marks only itself stale.
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,7 +29,13 @@ from bms_pipeline.orchestration.staleness import Staleness
 SlideState = Literal["not-ready", "missing", "changed", "stale", "failed", "up-to-date"]
 SLIDE_JOB = "slides_job"
 COLLECTION_JOB = "collection_job"
+SLIDE_AND_COLLECTION_JOB = "slide_and_collection_job"
 COLLECTION = "(collection)"
+PARTITION_TAG = "dagster/partition"
+SLIDE_STEPS_TAG = "bms/slide_steps"
+"""On a run of `SLIDE_AND_COLLECTION_JOB`, "ok" once its slide's steps and checks have all
+passed: a failure of that run in a collection step then does not make the slide "failed".
+Set after the run, so a run that died on the way has none and counts as failed."""
 
 
 @dataclass
@@ -75,10 +82,15 @@ def slide_asset_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
 
 
 def _last_run_failed(instance: dg.DagsterInstance, slide_id: str) -> bool:
+    """The slide's newest run (of whichever job: only slide runs carry its partition) failed
+    in the slide's own steps or checks."""
     records = instance.get_run_records(
-        filters=dg.RunsFilter(job_name=SLIDE_JOB, tags={"dagster/partition": slide_id}), limit=1
+        filters=dg.RunsFilter(tags={PARTITION_TAG: slide_id}), limit=1
     )
-    return bool(records) and records[0].dagster_run.status == dg.DagsterRunStatus.FAILURE
+    if not records:
+        return False
+    run = records[0].dagster_run
+    return run.status == dg.DagsterRunStatus.FAILURE and run.tags.get(SLIDE_STEPS_TAG) != "ok"
 
 
 def plan_slides(
@@ -168,21 +180,39 @@ def _execute(
 
 
 def _outcome(
-    slide_id: str, result: dg.ExecuteInProcessResult, outcome: SlideOutcome | None = None
+    slide_id: str,
+    result: dg.ExecuteInProcessResult,
+    outcome: SlideOutcome | None = None,
+    steps: Callable[[str | None], bool] | None = None,
 ) -> SlideOutcome:
+    """What `result` says of `slide_id` (or of the collection): its checks, the first line of
+    each failure, data warnings; with `steps`, of the steps it accepts only (a run of
+    `SLIDE_AND_COLLECTION_JOB` holds both parts), and successful unless one of those failed."""
     outcome = outcome or SlideOutcome(slide_id, True)
-    outcome.success = outcome.success and result.success
+    mine = steps or (lambda _step: True)
+    failures = [e for e in result.get_step_failure_events() if mine(e.step_key)]
+    # A run that failed only in the other part's steps: this part succeeded.
+    elsewhere = steps is not None and bool(result.get_step_failure_events())
+    succeeded = result.success or (elsewhere and not failures)
+    outcome.success = outcome.success and succeeded
     outcome.run_ids.append(result.run_id)
-    for evaluation in result.get_asset_check_evaluations():
+    for event in result.all_events:
+        if event.event_type != dg.DagsterEventType.ASSET_CHECK_EVALUATION or not mine(
+            event.step_key
+        ):
+            continue
+        evaluation = event.asset_check_evaluation_data
         outcome.checks[evaluation.check_name] = evaluation.passed
         if not evaluation.passed:
             outcome.check_details[evaluation.check_name] = _check_detail(evaluation)
-    for event in result.get_step_failure_events():
+    for event in failures:
         cause = _root_cause(event.step_failure_data.error)
         if outcome.check_details and "blocking asset check" in cause:
             continue  # the failed check is named with its values already
         outcome.error = f"{event.step_key}: {cause}"
     for mat in result.get_asset_materialization_events():
+        if not mine(mat.step_key):
+            continue
         materialization = mat.step_materialization_data.materialization
         examples = materialization.metadata.get("warning_examples")
         shown = examples.value if examples is not None else None
@@ -193,8 +223,9 @@ def _outcome(
             outcome.warnings += [f"{name}: {w}" for w in shown]
             if isinstance(total, int) and total > len(shown):
                 outcome.warnings.append(f"{name}: ... and {total - len(shown)} more")
-    for mat in result.asset_materializations_for_node("sm_series"):
-        outcome.metadata = {k: v.value for k, v in mat.metadata.items()}
+    if mine("sm_series"):
+        for mat in result.asset_materializations_for_node("sm_series"):
+            outcome.metadata = {k: v.value for k, v in mat.metadata.items()}
     return outcome
 
 
@@ -228,28 +259,29 @@ def _root_cause(error) -> str:
     return text or error.cls_name or "step failed"
 
 
-def run_slide(
-    instance: dg.DagsterInstance, defs: dg.Definitions, plan: SlidePlan, force: bool = False
-) -> SlideOutcome:
-    """Re-inventory a missing or changed slide, then materialize whatever is not FRESH
-    (everything, with `force`)."""
-    job = defs.resolve_job_def(SLIDE_JOB)
-    outcome = SlideOutcome(plan.slide_id, True)
+def _slide_selection(
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    plan: SlidePlan,
+    force: bool,
+    outcome: SlideOutcome,
+) -> list[dg.AssetKey] | None:
+    """The slide's assets to materialize: all of them with `force`, else whatever is not
+    FRESH and everything below it, after re-inventorying a missing or changed slide (whose
+    failure is recorded in `outcome`). None: nothing to run."""
+    keys = slide_asset_keys(defs)
     if force:
-        return _outcome(
-            plan.slide_id,
-            _execute(job, instance, partition_key=plan.slide_id),
-            outcome,
-        )
+        return keys
     if plan.state in ("missing", "changed"):
+        job = defs.resolve_job_def(SLIDE_JOB)
         result = _execute(
             job, instance, partition_key=plan.slide_id, asset_selection=[INVENTORY_KEY]
         )
         _outcome(plan.slide_id, result, outcome)
         if not result.success:
-            return outcome
+            return None
     resolver = Staleness(instance, defs)
-    candidates = [key for key in slide_asset_keys(defs) if key != INVENTORY_KEY]
+    candidates = [key for key in keys if key != INVENTORY_KEY]
     not_fresh = [
         key
         for key in candidates
@@ -264,9 +296,63 @@ def run_slide(
     downstream = [key for key in candidates if key in below]
     if not downstream:
         outcome.skipped = plan.state != "missing"
+        return None
+    return downstream
+
+
+def run_slide(
+    instance: dg.DagsterInstance, defs: dg.Definitions, plan: SlidePlan, force: bool = False
+) -> SlideOutcome:
+    """Re-inventory a missing or changed slide, then materialize whatever is not FRESH
+    (everything, with `force`)."""
+    outcome = SlideOutcome(plan.slide_id, True)
+    selection = _slide_selection(instance, defs, plan, force, outcome)
+    if selection is None:
         return outcome
-    result = _execute(job, instance, partition_key=plan.slide_id, asset_selection=downstream)
+    job = defs.resolve_job_def(SLIDE_JOB)
+    if force:
+        result = _execute(job, instance, partition_key=plan.slide_id)
+    else:
+        result = _execute(job, instance, partition_key=plan.slide_id, asset_selection=selection)
     return _outcome(plan.slide_id, result, outcome)
+
+
+def run_slide_and_collection(
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    plan: SlidePlan,
+    force: bool = False,
+    refresh: bool = False,
+) -> tuple[SlideOutcome, SlideOutcome | None]:
+    """`run_slide`, with the collection tables and reports that its run makes stale (all of
+    them with `force` or `refresh`, and any already stale) materialized in the same run,
+    after the slide's steps: the run that `run_collection` would start next is not needed
+    (its creation, planning and end cost about 0.2 s). The collection's outcome is None
+    when the slide's own steps did not all pass, so that their failure blocked the
+    collection's steps: the caller then runs the collection alone, refreshing what a
+    withdrawn slide may have left listed."""
+    outcome = SlideOutcome(plan.slide_id, True)
+    selection = _slide_selection(instance, defs, plan, force, outcome)
+    if selection is None:
+        return outcome, None
+    graph = defs.resolve_asset_graph()
+    below = dg.AssetSelection.assets(*selection).downstream().resolve(graph)
+    resolver = Staleness(instance, defs)
+    collection = [
+        key
+        for key in collection_asset_keys(defs)
+        if force or refresh or key in below or resolver.status(key) != "fresh"
+    ]
+    job = defs.resolve_job_def(SLIDE_AND_COLLECTION_JOB)
+    result = _execute(
+        job, instance, partition_key=plan.slide_id, asset_selection=[*selection, *collection]
+    )
+    collection_steps = set(defs.resolve_job_def(COLLECTION_JOB).graph.node_names())
+    _outcome(plan.slide_id, result, outcome, steps=lambda step: step not in collection_steps)
+    if not outcome.ok:
+        return outcome, None
+    instance.add_run_tags(result.run_id, {SLIDE_STEPS_TAG: "ok"})
+    return outcome, _outcome(COLLECTION, result, steps=lambda step: step in collection_steps)
 
 
 def collection_asset_keys(defs: dg.Definitions) -> list[dg.AssetKey]:

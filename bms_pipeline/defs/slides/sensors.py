@@ -38,9 +38,9 @@ def _slides_in_progress(instance: dg.DagsterInstance) -> set[str]:
         dg.DagsterRunStatus.STARTED,
         dg.DagsterRunStatus.CANCELING,
     ]
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(job_name=slides_job.name, statuses=statuses)
-    )
+    # Any job's run with a slide partition converts that slide (`slides_job`, the CLI's
+    # `slide_and_collection_job`, a run launched from an asset's page).
+    records = instance.get_run_records(filters=dg.RunsFilter(statuses=statuses))
     return {p for r in records if (p := r.dagster_run.tags.get("dagster/partition"))}
 
 
