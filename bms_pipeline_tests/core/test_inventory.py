@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from bms_pipeline.core.mirax.inventory import (
     check_complete,
     find_unreadable_images,
     inventory,
+    openslide_properties,
 )
 from bms_pipeline_tests.helpers import write_test_slide
 
@@ -74,3 +76,29 @@ def test_unreadable_tile_is_named_by_level_position_and_file(tmp_path: Path) -> 
     check_complete(truth.mrxs_path)  # still complete: every byte is there
     (problem,) = find_unreadable_images(truth.mrxs_path)
     assert problem.startswith("level 0 image (x=") and datafile.name in problem
+
+
+def test_openslide_properties_follow_every_change_of_the_slide_files(slide: Path) -> None:
+    """The properties are kept between a slide's steps, never past a change of any of its
+    files, and no caller can change what the next one gets."""
+    first = openslide_properties(slide)
+    objective = first["mirax.GENERAL.OBJECTIVE_NAME"]
+    first["mirax.GENERAL.OBJECTIVE_NAME"] = "changed by a caller"
+    second = openslide_properties(slide)
+    assert second["mirax.GENERAL.OBJECTIVE_NAME"] == objective
+    second["mirax.GENERAL.OBJECTIVE_NAME"] = "changed by another caller"
+    assert openslide_properties(slide)["mirax.GENERAL.OBJECTIVE_NAME"] == objective
+    # The same number of bytes, a later modification time: only the time tells.
+    slidedat = slide.with_suffix("") / "Slidedat.ini"
+    text = slidedat.read_bytes()
+    renamed = objective[:-1] + ("X" if objective[-1] != "X" else "Y")
+    before = slidedat.stat()
+    slidedat.write_bytes(text.replace(objective.encode(), renamed.encode(), 1))
+    os.utime(slidedat, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    assert openslide_properties(slide)["mirax.GENERAL.OBJECTIVE_NAME"] == renamed
+    # A file OpenSlide needs, gone: an error every time, never the kept properties.
+    index = slide.with_suffix("") / "Index.dat"
+    index.rename(index.with_name("Index.moved"))
+    for _ in range(2):
+        with pytest.raises(SlideError, match="OpenSlide cannot open"):
+            openslide_properties(slide)

@@ -10,6 +10,7 @@ which a truncated data file cannot hold.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,12 +198,53 @@ def newest_mtime(mrxs_path: Path) -> float:
     return max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)
 
 
+_SlideIdentity = tuple[tuple[str, int, int, int, int], ...]
+_PROPERTIES_KEPT = 4
+_properties: dict[_SlideIdentity, dict[str, str]] = {}
+_properties_lock = threading.Lock()
+
+
+def _slide_identity(mrxs_path: Path) -> _SlideIdentity:
+    """Name, device, inode, size and modification time of the .mrxs and of every file in
+    its folder (Slidedat.ini, Index.dat, the data files: OpenSlide reads all of them)."""
+    mrxs_path = Path(mrxs_path).resolve()
+    folder = mrxs_path.with_suffix("")
+    files = [mrxs_path, *(sorted(folder.iterdir()) if folder.is_dir() else [])]
+    out = []
+    for path in files:
+        stat = path.stat()
+        out.append((str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(out)
+
+
 def openslide_properties(mrxs_path: Path) -> dict[str, str]:
-    """All OpenSlide properties of the slide (raises SlideError if OpenSlide refuses it)."""
+    """All OpenSlide properties of the slide (raises SlideError if OpenSlide refuses it).
+
+    Every step of a slide asks for them (the conversion, the annotations, three checks):
+    opening the slide takes OpenSlide 14-22 ms on the real-width demo slide, so the
+    properties of the last few slides are kept while none of their files has changed
+    (same device, inode, size and modification time), and each caller gets its own copy.
+    A slide OpenSlide refuses is opened again every time, so its error is raised each time.
+    """
     import openslide
 
     try:
+        identity = _slide_identity(mrxs_path)
+    except OSError:
+        identity = None  # OpenSlide names what is missing
+    if identity is not None:
+        with _properties_lock:
+            kept = _properties.get(identity)
+        if kept is not None:
+            return dict(kept)
+    try:
         with openslide.OpenSlide(str(mrxs_path)) as slide:
-            return dict(slide.properties)
+            properties = dict(slide.properties)
     except openslide.OpenSlideError as exc:
         raise SlideError(Path(mrxs_path), f"OpenSlide cannot open the slide ({exc})") from exc
+    if identity is not None:
+        with _properties_lock:
+            while len(_properties) >= _PROPERTIES_KEPT:
+                del _properties[next(iter(_properties))]  # the oldest
+            _properties[identity] = dict(properties)
+    return properties
