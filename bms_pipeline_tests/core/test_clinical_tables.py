@@ -41,7 +41,7 @@ from bms_pipeline.core.clinical.qa import (
 from bms_pipeline.core.clinical.tables import ClinicalTables, build_clinical_tables, write_outputs
 from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML, CollectionConfig
 from bms_pipeline.core.layout import DataLayout
-from bms_pipeline.core.store import write_duckdb_tables
+from bms_pipeline.core.store import OutputWriteError, write_duckdb_tables
 from bms_pipeline.core.synthetic.tables import (
     make_patients,
     write_clinical_csv,
@@ -793,6 +793,28 @@ def test_failed_duckdb_write_leaves_previous_database(
         write_duckdb_tables(nasty.duckdb_path, {"broken": nasty.out / "missing.parquet"})
     assert nasty.duckdb_path.read_bytes() == before
     assert [p for p in nasty.out.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_an_unreadable_database_is_named_and_later_writes_still_work(
+    nasty_tables: ClinicalTables, nasty: DataLayout
+) -> None:
+    """Rebuilds share one DuckDB instance per process: a file it cannot attach, or a
+    statement that fails, leaves it ready for the next rebuild."""
+    nasty.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
+    nasty.duckdb_path.write_bytes(b"not a database" * 1000)
+    with pytest.raises(OutputWriteError, match="cannot be opened") as info:
+        write_outputs(nasty_tables, nasty)
+    assert str(nasty.duckdb_path) in str(info.value)
+    nasty.duckdb_path.unlink()
+    with pytest.raises(duckdb.Error):
+        write_duckdb_tables(nasty.duckdb_path, {"broken": nasty.out / "missing.parquet"})
+    write_outputs(nasty_tables, nasty)
+    con = duckdb.connect(str(nasty.duckdb_path), read_only=True)
+    try:
+        assert con.execute(f"SELECT count(*) FROM {CLINICAL}").fetchone() == (4,)
+        assert con.execute("SELECT count(*) FROM clinical_index").fetchone()[0] > 0
+    finally:
+        con.close()
 
 
 def test_concurrent_writes_from_threads_leave_a_readable_database(
