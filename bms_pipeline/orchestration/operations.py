@@ -326,11 +326,12 @@ def run_slide_and_collection(
 ) -> tuple[SlideOutcome, SlideOutcome | None]:
     """`run_slide`, with the collection tables and reports that its run makes stale (all of
     them with `force` or `refresh`, and any already stale) materialized in the same run,
-    after the slide's steps: the run that `run_collection` would start next is not needed
-    (its creation, planning and end cost about 0.2 s). The collection's outcome is None
-    when the slide's own steps did not all pass, so that their failure blocked the
-    collection's steps: the caller then runs the collection alone, refreshing what a
-    withdrawn slide may have left listed."""
+    each after the slide assets it reads: the run that `run_collection` would start next
+    is not needed (its creation, planning and end cost about 0.2 s). The collection's
+    outcome is None when the slide's own steps did not all pass (their failure blocks the
+    collection steps below them): the caller then runs the collection alone, refreshing
+    what a withdrawn slide may have left listed. A run that dies, even in a collection
+    step, carries no `SLIDE_STEPS_TAG`, so the next `run` converts the slide again."""
     outcome = SlideOutcome(plan.slide_id, True)
     selection = _slide_selection(instance, defs, plan, force, outcome)
     if selection is None:
