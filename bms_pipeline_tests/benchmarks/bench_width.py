@@ -184,7 +184,9 @@ class SlideBench:
         self.external = "/" in size
         if self.external:
             self.root = given.resolve()
-            self.size = given.name
+            # `demo-data --data-root <name>/data` roots are all called `data`: the parent
+            # tells them apart in the report and keeps their logs apart.
+            self.size = self.root.parent.name if self.root.name == "data" else self.root.name
         else:
             self.root = ensure_dataset(Path(args.cache).resolve(), size, 0, 1)
         self.slide_id, self.mrxs = single_slide(self.root)
