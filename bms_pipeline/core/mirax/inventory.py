@@ -198,23 +198,9 @@ def newest_mtime(mrxs_path: Path) -> float:
     return max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)
 
 
-_SlideIdentity = tuple[tuple[str, int, int, int, int], ...]
 _PROPERTIES_KEPT = 4
-_properties: dict[_SlideIdentity, dict[str, str]] = {}
+_properties: dict[tuple[str, str], dict[str, str]] = {}
 _properties_lock = threading.Lock()
-
-
-def _slide_identity(mrxs_path: Path) -> _SlideIdentity:
-    """Name, device, inode, size and modification time of the .mrxs and of every file in
-    its folder (Slidedat.ini, Index.dat, the data files: OpenSlide reads all of them)."""
-    mrxs_path = Path(mrxs_path).resolve()
-    folder = mrxs_path.with_suffix("")
-    files = [mrxs_path, *(sorted(folder.iterdir()) if folder.is_dir() else [])]
-    out = []
-    for path in files:
-        stat = path.stat()
-        out.append((str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns))
-    return tuple(out)
 
 
 def openslide_properties(mrxs_path: Path) -> dict[str, str]:
@@ -223,28 +209,26 @@ def openslide_properties(mrxs_path: Path) -> dict[str, str]:
     Every step of a slide asks for them (the conversion, the annotations, three checks):
     opening the slide takes OpenSlide 14-22 ms on the real-width demo slide, so the
     properties of the last few slides are kept while none of their files has changed
-    (same device, inode, size and modification time), and each caller gets its own copy.
+    (`file_signature`: names, sizes and modification times), and each caller gets its own
+    copy.
     A slide OpenSlide refuses is opened again every time, so its error is raised each time.
     """
     import openslide
 
-    try:
-        identity = _slide_identity(mrxs_path)
-    except OSError:
-        identity = None  # OpenSlide names what is missing
-    if identity is not None:
-        with _properties_lock:
-            kept = _properties.get(identity)
-        if kept is not None:
-            return dict(kept)
+    # The slide's change detector (`file_signature`): a file missing, added or rewritten
+    # gives another key.
+    identity = (str(Path(mrxs_path).resolve()), file_signature(mrxs_path))
+    with _properties_lock:
+        kept = _properties.get(identity)
+    if kept is not None:
+        return dict(kept)
     try:
         with openslide.OpenSlide(str(mrxs_path)) as slide:
             properties = dict(slide.properties)
     except openslide.OpenSlideError as exc:
         raise SlideError(Path(mrxs_path), f"OpenSlide cannot open the slide ({exc})") from exc
-    if identity is not None:
-        with _properties_lock:
-            while len(_properties) >= _PROPERTIES_KEPT:
-                del _properties[next(iter(_properties))]  # the oldest
-            _properties[identity] = dict(properties)
+    with _properties_lock:
+        while len(_properties) >= _PROPERTIES_KEPT:
+            del _properties[next(iter(_properties))]  # the oldest
+        _properties[identity] = dict(properties)
     return properties
