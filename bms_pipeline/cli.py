@@ -250,8 +250,7 @@ def _run_command(args: argparse.Namespace) -> int:
             removed = remove_stale_outputs(out_layout.out, instance)
             if removed:
                 print(f"removed {len(removed)} half-written output(s) of runs that died")
-            outcomes, interrupted, any_ready, collected = _run_slides(
-                not input_problems,
+            outcomes, interrupted, any_ready = _run_slides(
                 args,
                 root,
                 layout,
@@ -275,14 +274,11 @@ def _run_command(args: argparse.Namespace) -> int:
                 outcomes.append(
                     SlideOutcome("(collection)", False, error="input error(s) reported above")
                 )
-            elif collected is not None:
-                outcomes.append(collected)  # in the last slide's run
-            elif any_ready:
+            elif any_ready or withdrawn_any(outcomes):
                 print("collection-wide tables and reports ...", flush=True)
-                # A failed slide may have been withdrawn (publication gate): the index and
-                # clinical tables are rebuilt, so nothing of it stays listed.
-                refresh = args.force or any(not o.ok for o in outcomes)
-                outcomes.append(run_collection(instance, defs, force=refresh))
+                # Their versions hold the published files and patients: a converted,
+                # refused or withdrawn slide makes them run, an unchanged collection not.
+                outcomes.append(run_collection(instance, defs, force=args.force))
     except KeyboardInterrupt:
         stop.hard_stop("interrupted")
         return EXIT_INTERRUPTED  # hard_stop exits; this says so to the reader
@@ -293,8 +289,15 @@ def _run_command(args: argparse.Namespace) -> int:
     return _print_summary(outcomes, time.perf_counter() - started)
 
 
+def withdrawn_any(outcomes) -> bool:
+    return any(o.withdrawn for o in outcomes)
+
+
+def withdrawn_outcomes(outcomes) -> list:
+    return [o for o in outcomes if o.withdrawn]
+
+
 def _run_slides(
-    with_collection: bool,
     args,
     root,
     layout,
@@ -307,11 +310,10 @@ def _run_slides(
     run_slide,
     ProgressBoard,
 ):
-    """Plan, then convert what needs it (serially or in worker processes) with live progress.
-    Serially and `with_collection`, the last slide's run also materializes the collection
-    tables (`run_slide_and_collection`). Returns (outcomes, interrupted, any slide ready,
-    the collection's outcome if that run made it), or (None, ...) for an unknown --slide."""
-    from bms_pipeline.orchestration.operations import run_slide_and_collection
+    """Plan, withdraw the slides that are no longer inputs, then convert what needs it
+    (serially or in worker processes) with live progress. Returns (outcomes, interrupted,
+    any slide ready), or (None, ...) for an unknown --slide."""
+    from bms_pipeline.orchestration.operations import withdraw_removed
 
     wanted = set(args.slide) if args.slide else None
     plans = plan_slides(instance, defs, layout, wanted)
@@ -322,15 +324,29 @@ def _run_slides(
                 f"error: no such slide under {layout.slides_dir}: {sorted(unknown)}",
                 file=sys.stderr,
             )
-            return None, False, False, None
-    register_slides(instance, [p.slide_id for p in plans if p.state != "not-ready"])
+            return None, False, False
+    register_slides(
+        instance, [p.slide_id for p in plans if p.state not in ("not-ready", "skipped")]
+    )
     outcomes: list = []
-    todo = [p for p in plans if p.state != "not-ready" and (args.force or p.needs_run)]
+    if not wanted:
+        for sid, why in withdraw_removed(defs, plans).items():
+            print(f"{sid}: withdrawn from every output: {why}", flush=True)
+            outcomes.append(SlideOutcome(sid, True, skipped=True, withdrawn=why))
+    runnable = ("not-ready", "skipped")
+    todo = [p for p in plans if p.state not in runnable and (args.force or p.needs_run)]
     for plan in plans:
         if plan.state == "not-ready":
             outcomes.append(SlideOutcome(plan.slide_id, False, error=plan.detail))
+        elif plan.state in ("refused", "failed") and plan not in todo:
+            # Rests until its inputs or the code change (`--force` tries again).
+            outcomes.append(
+                SlideOutcome(
+                    plan.slide_id, False, skipped=True, error=f"{plan.state}: {plan.detail}"
+                )
+            )
         elif plan not in todo:
-            outcomes.append(SlideOutcome(plan.slide_id, True, skipped=True))
+            outcomes.append(SlideOutcome(plan.slide_id, True, skipped=True, note=plan.detail))
     budget = MachineBudget.detect()
     jobs = max(1, min(args.jobs or _default_jobs(todo, budget), len(todo) or 1))
     workers = max(1, budget.cores // jobs)
@@ -353,7 +369,6 @@ def _run_slides(
         return "nothing to do" if outcome.skipped else ""
 
     interrupted = False
-    collected = None
     with ProgressBoard(instance, staging, [p.slide_id for p in todo]) as board:
         if jobs == 1:
             from bms_pipeline.definitions import build_definitions
@@ -370,18 +385,7 @@ def _run_slides(
                     break
                 stop.current_slides = {plan.slide_id}
                 board.start(plan.slide_id)
-                if with_collection and plan is todo[-1]:
-                    # A failed slide may have been withdrawn (publication gate): the index
-                    # and clinical tables are then rebuilt whole.
-                    outcome, collected = run_slide_and_collection(
-                        instance,
-                        defs,
-                        plan,
-                        force=args.force,
-                        refresh=any(not o.ok for o in outcomes),
-                    )
-                else:
-                    outcome = run_slide(instance, defs, plan, force=args.force)
+                outcome = run_slide(instance, defs, plan, force=args.force)
                 board.finish(plan.slide_id, outcome.ok, outcome.skipped, detail(outcome))
                 outcomes.append(outcome)
             interrupted = interrupted or stop.requested.is_set()
@@ -408,11 +412,15 @@ def _run_slides(
                         pool.shutdown(wait=True, cancel_futures=True)
                         interrupted = True
                         break
-    return outcomes, interrupted, any(p.state != "not-ready" for p in plans), collected
+    return outcomes, interrupted, any(p.state not in runnable for p in plans)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bms_pipeline.orchestration.operations import collection_states, plan_slides
+    from bms_pipeline.orchestration.operations import (
+        collection_states,
+        pending_withdrawals,
+        plan_slides,
+    )
 
     root = _data_root(args)
     if not _has_slides(root):
@@ -424,6 +432,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for plan in plans:
         counts[plan.state] = counts.get(plan.state, 0) + 1
+    for sid, why in pending_withdrawals(defs, plans).items():
+        print(f"{sid:<42} {'withdraw':<11} {why}")
+        counts["to withdraw"] = counts.get("to withdraw", 0) + 1
     print("\n" + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
     print("\ncollection assets:")
     for name, state in collection_states(instance, defs):
@@ -445,7 +456,12 @@ def _print_summary(outcomes, elapsed: float) -> int:
         checks = f"{len(o.checks) - len(failed)}/{len(o.checks)}" if o.checks else "-"
         if failed:
             checks += " FAILED: " + ", ".join(failed)
-        result = ("fresh" if o.skipped else "ok") if o.ok else "FAILED"
+        if o.withdrawn:
+            result = "gone"
+        elif o.ok:
+            result = "fresh" if o.skipped else "ok"
+        else:
+            result = "RESTING" if o.skipped else "FAILED"
         print(
             f"{o.slide_id:<38} {result:<7} {md.get('instances', '-'):>4} "
             f"{md.get('levels', '-'):>6} {md.get('seconds', '-'):>7} "
@@ -454,6 +470,8 @@ def _print_summary(outcomes, elapsed: float) -> int:
     problems = [o for o in outcomes if o.error or o.check_details or o.warnings]
     if problems:
         print()
+    for o in withdrawn_outcomes(outcomes):
+        print(f"{o.slide_id}: withdrawn: {o.withdrawn}")
     for o in problems:
         for line_no, line in enumerate(o.error.splitlines()):
             print(f"{o.slide_id}: {line}" if line_no == 0 else f"    {line}")
@@ -462,12 +480,14 @@ def _print_summary(outcomes, elapsed: float) -> int:
         for warning in o.warnings:
             print(f"{o.slide_id}: warning: {warning}")
     failed = [o for o in outcomes if not o.ok]
-    slides = [o for o in outcomes if o.slide_id != COLLECTION]
+    withdrawn = [o for o in outcomes if o.withdrawn]
+    slides = [o for o in outcomes if o.slide_id != COLLECTION and not o.withdrawn]
     total_checks = sum(len(o.checks) for o in outcomes)
     failed_checks = sum(not ok for o in outcomes for ok in o.checks.values())
     collection = next((o for o in outcomes if o.slide_id == COLLECTION), None)
     print(
         f"\n{sum(o.ok for o in slides)}/{len(slides)} slides ok"
+        + (f", {len(withdrawn)} withdrawn" if withdrawn else "")
         + (f", collection tables {'ok' if collection.ok else 'FAILED'}" if collection else "")
         + f", {total_checks - failed_checks}/{total_checks} checks passed, {elapsed:.1f} s"
     )

@@ -11,12 +11,12 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 from bms_pipeline.defs.annotations import assets as annotation_assets
 from bms_pipeline.defs.annotations import checks as annotation_checks
-from bms_pipeline.defs.automation import automation_sensor
+from bms_pipeline.defs.automation import nightly_backfills
 from bms_pipeline.defs.dicomweb.assets import dicomweb_assets
 from bms_pipeline.defs.resources import BmsPipelineResource, default_data_root
 from bms_pipeline.defs.slides import assets as slide_assets
 from bms_pipeline.defs.slides import checks as slide_checks
-from bms_pipeline.defs.slides.jobs import collection_job, slide_and_collection_job, slides_job
+from bms_pipeline.defs.slides.jobs import collection_job, slides_job
 from bms_pipeline.defs.slides.sensors import new_slides_sensor
 from bms_pipeline.defs.tables import assets as table_assets
 from bms_pipeline.defs.tables import checks as table_checks
@@ -39,14 +39,15 @@ def build_definitions(
         asset_checks=dg.load_asset_checks_from_modules(
             [slide_checks, annotation_checks, validation_checks, table_checks]
         ),
-        jobs=[slides_job, collection_job, slide_and_collection_job],
+        jobs=[slides_job, collection_job],
         # A slide's steps run one after the other anyway, and each step process would pay
         # 4-6 s of imports (Dagster, wsidicomizer, highdicom, polars): runs execute in one
         # process, and parallelism comes from concurrent runs (one per slide), capped by
         # the run queue and the `wsi_conversion` pool in dagster.yaml.
         # BMS_EXECUTOR=celery sends launched runs' steps to workers (bms_pipeline.orchestration.workers).
         executor=select_executor(),
-        sensors=[new_slides_sensor, automation_sensor],
+        sensors=[new_slides_sensor],
+        schedules=[nightly_backfills],
         resources={
             "bms": BmsPipelineResource(
                 data_root=data_root, output_root=output_root, workers=workers

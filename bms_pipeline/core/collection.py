@@ -66,6 +66,14 @@ class CollectionConfig:
     keep_patients_without_dicom: bool = False
     """Publish clinical and lab rows of patients without a converted slide (default: leave
     them out and list them; a real lab sheet has more patients than slides)."""
+    skip_slides: tuple[tuple[str, str], ...] = ()
+    """(slide_id, reason) of slides not to convert (IDC skipped known duplicate scans): listed
+    with the reason by `run` and `status`, left alone by the sensor and the schedule, and
+    withdrawn if they were published."""
+
+    @property
+    def skipped_slides(self) -> dict[str, str]:
+        return dict(self.skip_slides)
 
     @property
     def carried_values(self) -> tuple[str, ...]:
@@ -153,7 +161,22 @@ class CollectionConfig:
             detection_algorithm=algorithm,
             conventions=conventions,
             keep_patients_without_dicom=bool(raw.get("keep_patients_without_dicom", False)),
+            skip_slides=_skip_slides(raw.get("skip_slides"), source),
         )
+
+
+def _skip_slides(raw: Any, source: Path | str) -> tuple[tuple[str, str], ...]:
+    """`skip_slides: {<slide_id>: <reason>}`; every slide needs a reason."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise CollectionConfigError(
+            f"{source}: skip_slides must map each slide id to its reason, got {type(raw).__name__}"
+        )
+    missing = sorted(str(k) for k, v in raw.items() if not str(v or "").strip())
+    if missing:
+        raise CollectionConfigError(f"{source}: skip_slides: give a reason for {missing}")
+    return tuple(sorted((str(k), str(v).strip()) for k, v in raw.items()))
 
 
 DEFAULT_COLLECTION_YAML = """\

@@ -168,6 +168,37 @@ class BmsPipelineResource(dg.ConfigurableResource):
     def collection(self) -> CollectionConfig:
         return CollectionConfig.load(self.fetch(self.layout.collection_yaml, required=True))
 
+    def collection_inputs(self):  # -> core.versions.CollectionInputs
+        """collection.yaml, the clinical rows and the annotation rows, read once, for the
+        versions of every slide's outputs."""
+        from bms_pipeline.core.versions import CollectionInputs
+
+        layout = self.layout
+        self.fetch(layout.clinical_csv)
+        self.fetch(layout.annotations_dir)
+        return CollectionInputs.read(self.collection(), layout.clinical_csv, layout.annotations_dir)
+
+    def collection_sources(self) -> dict:
+        """What the collection-wide outputs' versions are made of
+        (`core.versions.collection_versions`): a listing of the outputs, no download."""
+        layout = self.layout
+        self.fetch(layout.clinical_csv)
+        self.fetch(layout.lab_values_xlsx)
+        return {
+            "collection": self.collection(),
+            "clinical_csv": layout.clinical_csv,
+            "lab_workbook": layout.lab_values_xlsx,
+            "published_patients": self.published_patients(),
+            "dicom_signature": self.outputs.signature(["dicom"]),
+            "validation_signature": self.outputs.signature(["validation"]),
+        }
+
+    def published_slides(self) -> set[str]:
+        """Slides with a published SM series (a listing, no download)."""
+        from bms_pipeline.core.layout import published_slide_ids
+
+        return published_slide_ids(self.outputs.listing("dicom"))
+
     def conversion_settings(self, collection: CollectionConfig | None = None) -> ConversionSettings:
         """The collection's SM conventions, this resource's overrides and the threads the
         machine and the pool leave this conversion."""

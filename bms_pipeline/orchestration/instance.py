@@ -275,6 +275,10 @@ def reap_dead_runs(instance) -> list[str]:  # instance: dg.DagsterInstance
         if identity is None or worker_alive(identity):
             continue
         host, pid = identity.split(":")[:2]
+        from bms_pipeline.defs.facts import PROCESS_DIED_TAG
+
+        # Not a verdict on the slide's inputs: the next run tries it again.
+        instance.add_run_tags(run.run_id, {PROCESS_DIED_TAG: "1"})
         instance.report_run_failed(
             run, message=f"the process running this run (pid {pid} on {host}) is gone"
         )

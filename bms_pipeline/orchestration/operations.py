@@ -1,41 +1,30 @@
-"""What each slide needs (status) and running exactly that, shared by the CLI and tests.
+"""Running what `core.run_decision` decides, shared by the CLI and tests.
 
-A slide is up to date when its MIRAX inventory matches the files on disk and Dagster
-reports every slide asset FRESH (no code-version change, no newer upstream data version).
-So a second `run` converts nothing, a code change marks every slide stale, and a changed
-slide marks only itself stale.
+`plan_slides` gathers each slide's facts (`defs.facts`) and asks the one decision; `run_slide`
+materializes exactly the assets it names (everything with `force`); `run_collection` does the
+same for the collection-wide tables and reports; `withdraw_removed` takes out of every output
+the slides that are no longer inputs.
 """
 
 import json
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import dagster as dg
 
 from bms_pipeline.core.layout import DataLayout
-from bms_pipeline.core.mirax.discovery import SlideStatus, scan_slides
-from bms_pipeline.defs.partitions import (
-    INVENTORY_KEY,
-    SLIDES_PARTITIONS,
-    recorded_signature,
-    slides_partitions,
-)
+from bms_pipeline.core.mirax.discovery import SlideStatus
+from bms_pipeline.core.run_decision import INVENTORY_ASSET, Decision, SlideState, slides_to_withdraw
+from bms_pipeline.defs.facts import plan_collection
+from bms_pipeline.defs.facts import plan_slides as _plan
+from bms_pipeline.defs.partitions import SLIDES_PARTITIONS, slides_partitions
 from bms_pipeline.defs.resources import BmsPipelineResource
-from bms_pipeline.orchestration.staleness import Staleness
 
-SlideState = Literal["not-ready", "missing", "changed", "stale", "failed", "up-to-date"]
 SLIDE_JOB = "slides_job"
 COLLECTION_JOB = "collection_job"
-SLIDE_AND_COLLECTION_JOB = "slide_and_collection_job"
 COLLECTION = "(collection)"
 PARTITION_TAG = "dagster/partition"
-SLIDE_STEPS_TAG = "bms/slide_steps"
-"""On a run of `SLIDE_AND_COLLECTION_JOB`, "ok" once its slide's steps and checks have all
-passed: a failure of that run in a collection step then does not make the slide "failed".
-Set after the run, so a run that died on the way has none and counts as failed."""
 
 
 @dataclass
@@ -44,10 +33,11 @@ class SlidePlan:
     state: SlideState
     detail: str = ""
     status: SlideStatus | None = None
+    decision: Decision | None = None
 
     @property
     def needs_run(self) -> bool:
-        return self.state not in ("up-to-date", "not-ready")
+        return self.decision is not None and self.decision.needs_run
 
 
 @dataclass
@@ -63,6 +53,9 @@ class SlideOutcome:
     warnings: list[str] = field(default_factory=list)
     """Data warnings of the materializations (lab cells read as text...)."""
     run_ids: list[str] = field(default_factory=list)
+    withdrawn: str = ""
+    """Why the slide was withdrawn from every output (it is no longer an input)."""
+    note: str = ""
 
     @property
     def ok(self) -> bool:
@@ -70,27 +63,26 @@ class SlideOutcome:
 
 
 def slide_asset_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
+    """The slide's assets in graph order (the inventory first)."""
     graph = defs.resolve_asset_graph()
-    return sorted(
-        (
-            key
-            for key in graph.get_all_asset_keys()
-            if graph.get(key).partitions_def == slides_partitions
-        ),
-        key=lambda k: k.to_user_string(),
-    )
+    keys = {
+        k for k in graph.get_all_asset_keys() if graph.get(k).partitions_def == slides_partitions
+    }
+    return [k for k in graph.toposorted_asset_keys if k in keys]
 
 
-def _last_run_failed(instance: dg.DagsterInstance, slide_id: str) -> bool:
-    """The slide's newest run (of whichever job: only slide runs carry its partition) failed
-    in the slide's own steps or checks."""
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(tags={PARTITION_TAG: slide_id}), limit=1
-    )
-    if not records:
-        return False
-    run = records[0].dagster_run
-    return run.status == dg.DagsterRunStatus.FAILURE and run.tags.get(SLIDE_STEPS_TAG) != "ok"
+def code_versions(defs: dg.Definitions, keys: list[dg.AssetKey]) -> dict[str, str]:
+    graph = defs.resolve_asset_graph()
+    return {k.to_user_string(): str(graph.get(k).code_version or "") for k in keys}
+
+
+def _bms(defs: dg.Definitions, layout: DataLayout | None = None) -> BmsPipelineResource:
+    bms = (defs.resources or {}).get("bms")
+    if isinstance(bms, BmsPipelineResource):
+        return bms
+    if layout is None:
+        raise ValueError("definitions without a `bms` resource")
+    return BmsPipelineResource(data_root=str(layout.root))
 
 
 def plan_slides(
@@ -99,55 +91,39 @@ def plan_slides(
     layout: DataLayout,
     slide_ids: set[str] | None = None,
 ) -> list[SlidePlan]:
-    """The state of every slide under raw/slides (or of `slide_ids`), scanned through the
-    definitions' `bms` resource (so a URL data root works) or else at `layout`."""
-    bms = (defs.resources or {}).get("bms")
-    if isinstance(bms, BmsPipelineResource):
-        statuses = bms.scan()
-    else:
-        from bms_pipeline.core.dicom.overrides import override_paths  # imports wsidicom
+    """The decision for every slide under raw/slides (or for `slide_ids`)."""
+    versions = code_versions(defs, slide_asset_keys(defs))
+    return [
+        SlidePlan(status.slide_id, decision.state, decision.reason, status, decision)
+        for status, decision in _plan(instance, _bms(defs, layout), versions, slide_ids)
+    ]
 
-        statuses = scan_slides(
-            layout.slides_dir, extra_inputs=lambda slide_id: override_paths(layout.root, slide_id)
-        )
-    if slide_ids is not None:
-        statuses = [s for s in statuses if s.slide_id in slide_ids]
-    known = set(instance.get_dynamic_partitions(SLIDES_PARTITIONS))
-    resolver = Staleness(instance, defs)
-    keys = slide_asset_keys(defs)
-    plans = []
-    for status in statuses:
-        sid = status.slide_id
-        if not status.ready:
-            plans.append(SlidePlan(sid, "not-ready", status.reason, status))
-            continue
-        if sid not in known:
-            plans.append(SlidePlan(sid, "missing", "not registered yet", status))
-            continue
-        recorded = recorded_signature(instance, sid)
-        if recorded is None:
-            plans.append(SlidePlan(sid, "missing", "never inventoried", status))
-            continue
-        if recorded != status.signature:
-            plans.append(SlidePlan(sid, "changed", "slide files changed on disk", status))
-            continue
-        states = {key: resolver.status(key, sid) for key in keys}
-        missing = [k.to_user_string() for k, s in states.items() if s == "missing"]
-        stale = [k.to_user_string() for k, s in states.items() if s == "stale"]
-        if missing:
-            plans.append(
-                SlidePlan(sid, "missing", f"not materialized: {', '.join(missing)}", status)
-            )
-        elif _last_run_failed(instance, sid):
-            plans.append(SlidePlan(sid, "failed", "the last run failed", status))
-        elif stale:
-            causes = sorted({c for k in keys for c in resolver.causes(k, sid)})
-            plans.append(
-                SlidePlan(sid, "stale", f"stale ({'/'.join(causes)}): {', '.join(stale)}", status)
-            )
-        else:
-            plans.append(SlidePlan(sid, "up-to-date", "", status))
-    return plans
+
+def pending_withdrawals(defs: dg.Definitions, plans: list[SlidePlan]) -> dict[str, str]:
+    """The published slides that are no longer inputs (what `withdraw_removed` takes out)."""
+    bms = _bms(defs)
+    present = {p.slide_id for p in plans}
+    pending = slides_to_withdraw(bms.published_slides(), present, bms.collection().skipped_slides)
+    for sid in sorted(_validated_slides(bms) - present):
+        pending.setdefault(sid, "no longer under raw/slides (removed or renamed)")
+    return pending
+
+
+def withdraw_removed(defs: dg.Definitions, plans: list[SlidePlan]) -> dict[str, str]:
+    """Withdraw from every output the published slides that are no longer inputs (removed
+    or renamed under raw/slides, or skipped in collection.yaml): slide id -> why. The index
+    and clinical tables follow on the collection's next build (their versions hold the
+    published files and patients)."""
+    bms = _bms(defs)
+    withdrawn = pending_withdrawals(defs, plans)
+    for sid in withdrawn:
+        bms.withdraw_slide(sid)
+    return withdrawn
+
+
+def _validated_slides(bms: BmsPipelineResource) -> set[str]:
+    names = bms.outputs.listing("validation")
+    return {n.split("/")[-1].removesuffix(".parquet") for n in names if n.endswith(".parquet")}
 
 
 def register_slides(instance: dg.DagsterInstance, slide_ids: list[str]) -> None:
@@ -183,23 +159,15 @@ def _outcome(
     slide_id: str,
     result: dg.ExecuteInProcessResult,
     outcome: SlideOutcome | None = None,
-    steps: Callable[[str | None], bool] | None = None,
 ) -> SlideOutcome:
     """What `result` says of `slide_id` (or of the collection): its checks, the first line of
-    each failure, data warnings; with `steps`, of the steps it accepts only (a run of
-    `SLIDE_AND_COLLECTION_JOB` holds both parts), and successful unless one of those failed."""
+    each failure, data warnings."""
     outcome = outcome or SlideOutcome(slide_id, True)
-    mine = steps or (lambda _step: True)
-    failures = [e for e in result.get_step_failure_events() if mine(e.step_key)]
-    # A run that failed only in the other part's steps: this part succeeded.
-    elsewhere = steps is not None and bool(result.get_step_failure_events())
-    succeeded = result.success or (elsewhere and not failures)
-    outcome.success = outcome.success and succeeded
+    failures = result.get_step_failure_events()
+    outcome.success = outcome.success and result.success
     outcome.run_ids.append(result.run_id)
     for event in result.all_events:
-        if event.event_type != dg.DagsterEventType.ASSET_CHECK_EVALUATION or not mine(
-            event.step_key
-        ):
+        if event.event_type != dg.DagsterEventType.ASSET_CHECK_EVALUATION:
             continue
         evaluation = event.asset_check_evaluation_data
         outcome.checks[evaluation.check_name] = evaluation.passed
@@ -211,8 +179,6 @@ def _outcome(
             continue  # the failed check is named with its values already
         outcome.error = f"{event.step_key}: {cause}"
     for mat in result.get_asset_materialization_events():
-        if not mine(mat.step_key):
-            continue
         materialization = mat.step_materialization_data.materialization
         examples = materialization.metadata.get("warning_examples")
         shown = examples.value if examples is not None else None
@@ -223,9 +189,8 @@ def _outcome(
             outcome.warnings += [f"{name}: {w}" for w in shown]
             if isinstance(total, int) and total > len(shown):
                 outcome.warnings.append(f"{name}: ... and {total - len(shown)} more")
-    if mine("sm_series"):
-        for mat in result.asset_materializations_for_node("sm_series"):
-            outcome.metadata = {k: v.value for k, v in mat.metadata.items()}
+    for mat in result.asset_materializations_for_node("sm_series"):
+        outcome.metadata = {k: v.value for k, v in mat.metadata.items()}
     return outcome
 
 
@@ -266,45 +231,42 @@ def _slide_selection(
     force: bool,
     outcome: SlideOutcome,
 ) -> list[dg.AssetKey] | None:
-    """The slide's assets to materialize: all of them with `force`, else whatever is not
-    FRESH and everything below it, after re-inventorying a missing or changed slide (whose
+    """The slide's assets to materialize: all of them with `force`; for a slide whose files
+    changed, the inventory first, then what the decision names on its new facts (whose
     failure is recorded in `outcome`). None: nothing to run."""
     keys = slide_asset_keys(defs)
     if force:
         return keys
-    if plan.state in ("missing", "changed"):
+    decision = plan.decision
+    if decision is None:
+        return None
+    if decision.state == "changed":
         job = defs.resolve_job_def(SLIDE_JOB)
         result = _execute(
-            job, instance, partition_key=plan.slide_id, asset_selection=[INVENTORY_KEY]
+            job,
+            instance,
+            partition_key=plan.slide_id,
+            asset_selection=[dg.AssetKey(INVENTORY_ASSET)],
         )
         _outcome(plan.slide_id, result, outcome)
         if not result.success:
             return None
-    resolver = Staleness(instance, defs)
-    candidates = [key for key in keys if key != INVENTORY_KEY]
-    not_fresh = [
-        key
-        for key in candidates
-        if plan.state == "failed" or resolver.status(key, plan.slide_id) != "fresh"
-    ]
-    # Dagster reports only the first stale asset of a chain; everything below it reruns too.
-    below = (
-        dg.AssetSelection.assets(*not_fresh).downstream().resolve(defs.resolve_asset_graph())
-        if not_fresh
-        else set()
-    )
-    downstream = [key for key in candidates if key in below]
-    if not downstream:
-        outcome.skipped = plan.state != "missing"
+        layout = _bms(defs).layout
+        decision = plan_slides(instance, defs, layout, {plan.slide_id})[0].decision
+        if decision is None or not decision.needs_run:
+            outcome.skipped = True
+            return None
+    if not decision.needs_run:
+        outcome.skipped = True
         return None
-    return downstream
+    wanted = set(decision.assets)
+    return [k for k in keys if k.to_user_string() in wanted]
 
 
 def run_slide(
     instance: dg.DagsterInstance, defs: dg.Definitions, plan: SlidePlan, force: bool = False
 ) -> SlideOutcome:
-    """Re-inventory a missing or changed slide, then materialize whatever is not FRESH
-    (everything, with `force`)."""
+    """Materialize what the slide's decision names (everything with `force`)."""
     outcome = SlideOutcome(plan.slide_id, True)
     selection = _slide_selection(instance, defs, plan, force, outcome)
     if selection is None:
@@ -317,45 +279,6 @@ def run_slide(
     return _outcome(plan.slide_id, result, outcome)
 
 
-def run_slide_and_collection(
-    instance: dg.DagsterInstance,
-    defs: dg.Definitions,
-    plan: SlidePlan,
-    force: bool = False,
-    refresh: bool = False,
-) -> tuple[SlideOutcome, SlideOutcome | None]:
-    """`run_slide`, with the collection tables and reports that its run makes stale (all of
-    them with `force` or `refresh`, and any already stale) materialized in the same run,
-    each after the slide assets it reads: the run that `run_collection` would start next
-    is not needed (its creation, planning and end cost about 0.2 s). The collection's
-    outcome is None when the slide's own steps did not all pass (their failure blocks the
-    collection steps below them): the caller then runs the collection alone, refreshing
-    what a withdrawn slide may have left listed. A run that dies, even in a collection
-    step, carries no `SLIDE_STEPS_TAG`, so the next `run` converts the slide again."""
-    outcome = SlideOutcome(plan.slide_id, True)
-    selection = _slide_selection(instance, defs, plan, force, outcome)
-    if selection is None:
-        return outcome, None
-    graph = defs.resolve_asset_graph()
-    below = dg.AssetSelection.assets(*selection).downstream().resolve(graph)
-    resolver = Staleness(instance, defs)
-    collection = [
-        key
-        for key in collection_asset_keys(defs)
-        if force or refresh or key in below or resolver.status(key) != "fresh"
-    ]
-    job = defs.resolve_job_def(SLIDE_AND_COLLECTION_JOB)
-    result = _execute(
-        job, instance, partition_key=plan.slide_id, asset_selection=[*selection, *collection]
-    )
-    collection_steps = set(defs.resolve_job_def(COLLECTION_JOB).graph.node_names())
-    _outcome(plan.slide_id, result, outcome, steps=lambda step: step not in collection_steps)
-    if not outcome.ok:
-        return outcome, None
-    instance.add_run_tags(result.run_id, {SLIDE_STEPS_TAG: "ok"})
-    return outcome, _outcome(COLLECTION, result, steps=lambda step: step in collection_steps)
-
-
 def collection_asset_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
     graph = defs.resolve_asset_graph()
     job = defs.resolve_job_def(COLLECTION_JOB)
@@ -365,12 +288,20 @@ def collection_asset_keys(defs: dg.Definitions) -> list[dg.AssetKey]:
     )
 
 
+def collection_plan(instance: dg.DagsterInstance, defs: dg.Definitions) -> Decision:
+    """The decision for the collection-wide tables and reports."""
+    versions = code_versions(defs, collection_asset_keys(defs))
+    return plan_collection(instance, _bms(defs), versions)[0]
+
+
 def run_collection(
     instance: dg.DagsterInstance, defs: dg.Definitions, force: bool = False
 ) -> SlideOutcome:
-    """Materialize the unpartitioned tables and reports that are missing or stale."""
-    resolver = Staleness(instance, defs)
-    keys = [key for key in collection_asset_keys(defs) if force or resolver.status(key) != "fresh"]
+    """Materialize the collection tables and reports whose inputs changed (all with `force`)."""
+    keys = collection_asset_keys(defs)
+    if not force:
+        wanted = set(collection_plan(instance, defs).assets)
+        keys = [k for k in keys if k.to_user_string() in wanted]
     if not keys:
         return SlideOutcome(COLLECTION, True, skipped=True)
     result = _execute(defs.resolve_job_def(COLLECTION_JOB), instance, asset_selection=keys)
@@ -408,9 +339,15 @@ def check_collection_inputs(layout: DataLayout) -> list[InputProblem]:
 
 
 def collection_states(instance: dg.DagsterInstance, defs: dg.Definitions) -> list[tuple[str, str]]:
-    """(asset, state) of every collection-wide table and report, for `status`."""
-    resolver = Staleness(instance, defs)
-    names = {"missing": "missing", "stale": "stale", "fresh": "up-to-date"}
-    return [
-        (key.to_user_string(), names[resolver.status(key)]) for key in collection_asset_keys(defs)
-    ]
+    """(asset, state and why) of every collection-wide table and report, for `status`."""
+    decision = collection_plan(instance, defs)
+    states = []
+    for key in collection_asset_keys(defs):
+        name = key.to_user_string()
+        if name in decision.assets:
+            states.append((name, f"stale: {decision.why.get(name, '')}"))
+        elif decision.state == "failed":
+            states.append((name, f"failed: {decision.reason}"))
+        else:
+            states.append((name, "up-to-date"))
+    return states

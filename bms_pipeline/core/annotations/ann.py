@@ -31,6 +31,7 @@ one in one rename, so readers see the old series or the new ones, never a mix.
 from __future__ import annotations
 
 import copy
+import hashlib
 import shutil
 import subprocess
 import time
@@ -303,6 +304,34 @@ def _series_specs(
     return specs
 
 
+def content_key(
+    spec: _Series, sm_base: Dataset, series_number: int, conventions: AnnConventions
+) -> str:
+    """A hash of everything that defines one ANN instance's content: the SM instance it
+    references (whose UID follows the image's content and the patient's attributes), each
+    group's label, coordinates, measurements and description, the algorithm, the series
+    number and the conventions. A moved box, a changed label or measurement gives new
+    Series and SOP Instance UIDs to the series that hold it, and only to those."""
+    h = hashlib.sha256()
+    for value in (
+        sm_base.SOPInstanceUID,
+        sm_base.StudyInstanceUID,
+        spec.name,
+        series_number,
+        repr(conventions),
+        repr(spec.algorithm),
+    ):
+        h.update(str(value).encode() + b"\x1e")
+    for group in spec.groups:
+        h.update(f"{group.key}|{group.label!r}|{group.description}".encode())
+        h.update(np.ascontiguousarray(group.boxes, dtype=np.float64).tobytes())
+        for m in group.measurements:
+            h.update(repr(m.name).encode())
+            h.update(np.ascontiguousarray(m.values, dtype=np.float64).tobytes())
+        h.update(b"\x1d")
+    return h.hexdigest()[:16]
+
+
 def _encode(
     spec: _Series,
     sm_base: Dataset,
@@ -311,8 +340,9 @@ def _encode(
     series_number: int,
     conventions: AnnConventions,
 ) -> hd.ann.MicroscopyBulkSimpleAnnotations:
-    """The ANN object of one series, with deterministic UIDs."""
-    scope = (collection_id, "slide", slide_id, f"ann/{spec.name}")
+    """The ANN object of one series, with UIDs derived from its content (`content_key`)."""
+    content = content_key(spec, sm_base, series_number, conventions)
+    scope = (collection_id, "slide", slide_id, f"ann/{spec.name}", content)
     manual = spec.algorithm is None
     groups = []
     for number, group in enumerate(spec.groups, start=1):
@@ -347,7 +377,7 @@ def _encode(
         source_images=[sm_base],
         annotation_coordinate_type=hd.ann.AnnotationCoordinateTypeValues.SCOORD,
         annotation_groups=groups,
-        series_instance_uid=series_uid(collection_id, slide_id, f"ann/{spec.name}"),
+        series_instance_uid=series_uid(collection_id, slide_id, f"ann/{spec.name}", content),
         series_number=series_number,
         sop_instance_uid=stable_uid(*scope, "sop"),
         instance_number=1,

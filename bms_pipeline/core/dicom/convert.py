@@ -84,6 +84,10 @@ class SlideIdentity:
     collection_id: str
     patient_id: str
     slide_id: str
+    content_key: str = ""
+    """The version of the series' content (`core.versions.sm_version`), part of its UIDs."""
+    frame_key: str = ""
+    """The version of the slide's files, part of its frame of reference UID."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,11 @@ def convert_slide(
             ),
             tile_size=settings.tile_size,
             uid_generator=SlideUidGenerator(
-                identity.collection_id, identity.patient_id, identity.slide_id
+                identity.collection_id,
+                identity.patient_id,
+                identity.slide_id,
+                content_key=identity.content_key,
+                frame_key=identity.frame_key,
             ),
             include_levels=settings.present_levels(mrxs_path),
             include_label=settings.include_label,

@@ -66,16 +66,21 @@ def convert_with_idc_metadata(
     staging_root: Path,
     context: SlideContext,
     settings: ConversionSettings | None = None,
+    content_key: str = "",
+    frame_key: str = "",
 ) -> ConversionResult:
     """Convert with the IDC metadata; the series is published only if it passes the
-    publication gate (else `PublicationRefused`)."""
+    publication gate (else `PublicationRefused`). `content_key` and `frame_key` (the series'
+    content version and the slide files' version) make its UIDs follow its content."""
     collection = context.collection
     settings = settings or ConversionSettings.for_collection(collection.conventions.sm)
     return convert_slide(
         mrxs_path,
         sm_dir,
         staging_root,
-        SlideIdentity(collection.collection_id, context.patient_id, context.slide_id),
+        SlideIdentity(
+            collection.collection_id, context.patient_id, context.slide_id, content_key, frame_key
+        ),
         metadata=build_wsi_metadata(context),
         metadata_post_processor=build_post_processor(context),
         metadata_pre_processor=build_pre_processor(collection),
@@ -103,6 +108,8 @@ def convert_layout_slide(
     collection: CollectionConfig,
     slide_id: str,
     settings: ConversionSettings | None = None,
+    content_key: str = "",
+    frame_key: str = "",
 ) -> ConversionResult:
     """Convert `raw/slides/<slide_id>.mrxs` into `out/dicom/<slide_id>/sm/`.
 
@@ -115,6 +122,8 @@ def convert_layout_slide(
             layout.staging_dir,
             slide_context(layout, collection, slide_id),
             settings,
+            content_key,
+            frame_key,
         )
     except ConversionError as exc:
         unreadable = find_unreadable_images(layout.mrxs(slide_id))

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from bms_pipeline.core.mirax.inventory import openslide_properties
-from bms_pipeline.defs.automation import nightly
+from bms_pipeline.defs.facts import mark_refused, slide_asset_version, version_metadata
 from bms_pipeline.defs.metadata import markdown_table
 from bms_pipeline.defs.partitions import slides_partitions
 from bms_pipeline.defs.resources import BmsPipelineResource
@@ -16,7 +16,6 @@ from bms_pipeline.defs.slides.assets import sm_series
     kinds={"dicom", "highdicom"},
     deps=[sm_series],
     code_version="2",
-    automation_condition=nightly,
 )
 def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """Microscopy Bulk Simple Annotations (rois, session_<k>, consensus, unlabeled, detections)
@@ -35,6 +34,7 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     slide_id = context.partition_key
     layout = bms.layout
     collection = bms.collection()
+    version = slide_asset_version(context, bms)
     base = volume_levels(read_series(bms.fetch(layout.sm_dir(slide_id), required=True)))[0]
     properties = openslide_properties(bms.stage_slide(slide_id))
     bms.fetch(layout.annotations_dir)
@@ -55,6 +55,7 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     except PublicationRefused as exc:
         # The image was published but its annotations may not be: withdraw the whole slide,
         # so that nothing of it is shared half-checked.
+        mark_refused(context)
         bms.withdraw_slide(slide_id)
         raise dg.Failure(
             description=f"{exc}; the slide's published series were withdrawn",
@@ -79,7 +80,9 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
         for s in result.series
     ]
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(version.digest),
         metadata={
+            **version_metadata(version),
             "path": dg.MetadataValue.path(bms.outputs.url_of(f"dicom/{slide_id}/ann")),
             "series": markdown_table(pl.DataFrame(series)),
             "series_written": len(result.series),
@@ -90,5 +93,5 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
             "disagreement_examples": markdown_table(result.disagreements.head(10)),
             "bytes": result.total_bytes,
             "seconds": round(result.seconds, 3),
-        }
+        },
     )

@@ -10,7 +10,7 @@ URL is part of the code version, so naming another server makes every slide stal
 import dagster as dg
 
 from bms_pipeline.core.dicomweb.config import DicomwebTarget
-from bms_pipeline.defs.automation import nightly
+from bms_pipeline.defs.facts import slide_asset_version, version_metadata
 from bms_pipeline.defs.partitions import slides_partitions
 from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.validation.assets import dicom_validation
@@ -26,7 +26,6 @@ def build_dicomweb_asset(target: DicomwebTarget) -> dg.AssetsDefinition:
         kinds={"dicomweb"},
         deps=[dicom_validation],
         code_version=f"{CODE_VERSION}-{target.fingerprint}",
-        automation_condition=nightly,
         description=(
             f"STOW-RS of the slide's SM and ANN instances to {target.url} (from {target.source}), "
             "only after every blocking check passed; idempotent (what the server holds equal is "
@@ -44,6 +43,7 @@ def build_dicomweb_asset(target: DicomwebTarget) -> dg.AssetsDefinition:
 
         slide_id = context.partition_key
         layout = bms.layout
+        version = slide_asset_version(context, bms)
         # Never publish what failed: the blocking checks gate this step in a run, and the
         # validation verdict on disk is re-read in case this step runs on its own.
         verdict = bms.fetch(layout.validation_parquet(slide_id), required=True)
@@ -82,7 +82,9 @@ def build_dicomweb_asset(target: DicomwebTarget) -> dg.AssetsDefinition:
             else "already on the server"
         )
         return dg.MaterializeResult(
+            data_version=dg.DataVersion(version.digest),
             metadata={
+                **version_metadata(version),
                 "server": dg.MetadataValue.url(target.url),
                 "configured_by": target.source,
                 "authentication": report.auth,
@@ -98,7 +100,7 @@ def build_dicomweb_asset(target: DicomwebTarget) -> dg.AssetsDefinition:
                 "verified_annotation_objects": report.verified_objects,
                 "series": dg.MetadataValue.json(report.series),
                 "replaced_sop_instance_uids": dg.MetadataValue.json(report.replaced),
-            }
+            },
         )
 
     return dicomweb_series

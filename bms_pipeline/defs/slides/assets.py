@@ -9,7 +9,12 @@ from bms_pipeline.core.mirax.inventory import (
     openslide_properties,
     slide_version,
 )
-from bms_pipeline.defs.automation import nightly
+from bms_pipeline.defs.facts import (
+    SLIDE_VERSION_METADATA,
+    mark_refused,
+    slide_asset_version,
+    version_metadata,
+)
 from bms_pipeline.defs.partitions import slides_partitions
 from bms_pipeline.defs.resources import BmsPipelineResource
 
@@ -19,7 +24,6 @@ from bms_pipeline.defs.resources import BmsPipelineResource
     group_name="slides",
     kinds={"mirax"},
     code_version="1",
-    automation_condition=nightly,
 )
 def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """The raw MIRAX slide: checked complete, hashed file by file, and opened by OpenSlide.
@@ -70,6 +74,7 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
                 ),
             ),
             "openslide_properties": dg.MetadataValue.json(shown),
+            SLIDE_VERSION_METADATA: version,
         },
     )
 
@@ -80,7 +85,6 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     kinds={"dicom", "wsidicomizer"},
     deps=[mrxs_slide],
     code_version="2",
-    automation_condition=nightly,
     pool=CONVERSION_POOL,
 )
 def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
@@ -99,10 +103,19 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
     layout = bms.layout
     bms.stage_slide(slide_id)
     bms.fetch(layout.clinical_csv, required=True)
+    version = slide_asset_version(context, bms)
     context.log.info("converting %s with wsidicomizer", slide_id)
     try:
-        result = convert_layout_slide(layout, bms.collection(), slide_id, bms.conversion_settings())
+        result = convert_layout_slide(
+            layout,
+            bms.collection(),
+            slide_id,
+            bms.conversion_settings(),
+            content_key=version.digest,
+            frame_key=version.parts["slide files"],
+        )
     except PublicationRefused as exc:
+        mark_refused(context)
         withdrawn = bms.withdraw_slide(slide_id)
         raise dg.Failure(
             description=str(exc)
@@ -121,7 +134,9 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
         result.megapixels_per_second,
     )
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(version.digest),
         metadata={
+            **version_metadata(version),
             "path": dg.MetadataValue.path(bms.outputs.url_of(f"dicom/{slide_id}/sm")),
             "instances": len(instances),
             "levels": len(levels),
@@ -136,5 +151,5 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
                 [o.summary() for o in load_overrides(layout.root, slide_id)]
             ),
             "study_instance_uid": instances[0].study_instance_uid,
-        }
+        },
     )

@@ -17,11 +17,3 @@ collection_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(*COLLECTION_GROUPS),
     description="Collection-wide tables and reports over every slide.",
 )
-
-slide_and_collection_job = dg.define_asset_job(
-    name="slide_and_collection_job",
-    selection=dg.AssetSelection.groups(*SLIDE_GROUPS, *COLLECTION_GROUPS),
-    description="One slide (one partition), then the collection-wide tables and reports in the "
-    "same run: `bms-pipeline run` runs the last slide it converts this way, instead of a "
-    "collection run after it.",
-)

@@ -1,61 +1,62 @@
-"""A sensor that registers new, complete slides as partitions and converts them."""
+"""The sensor that keeps the published collection following its inputs under the daemon."""
 
 import json
 
 import dagster as dg
 
-from bms_pipeline.defs.partitions import (
-    INVENTORY_KEY,
-    SLIDES_PARTITIONS,
-    recorded_signature,
-    slides_partitions,
-)
+from bms_pipeline.core.run_decision import INVENTORY_ASSET, slides_to_withdraw
+from bms_pipeline.defs.facts import plan_collection, plan_slides
+from bms_pipeline.defs.partitions import SLIDES_PARTITIONS, slides_partitions
 from bms_pipeline.defs.resources import BmsPipelineResource
-from bms_pipeline.defs.slides.jobs import slides_job
+from bms_pipeline.defs.slides.jobs import collection_job, slides_job
 
 SETTLE_SECONDS = 30.0
+_IN_PROGRESS = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 
-def _slide_asset_keys(context: dg.SensorEvaluationContext) -> list[dg.AssetKey]:
-    """The partitioned assets a slide run materializes (only the inventory when the sensor
-    is evaluated without its definitions)."""
+def _code_versions(context: dg.SensorEvaluationContext, job: str) -> dict[str, str]:
+    """Asset -> code version of the assets `job` materializes, in graph order."""
     repository = context.repository_def
     if repository is None:
-        return [INVENTORY_KEY]
+        return {}
     graph = repository.asset_graph
-    selected = repository.get_job(slides_job.name).asset_layer.selected_asset_keys
-    return sorted(
-        (k for k in selected if graph.get(k).partitions_def == slides_partitions),
-        key=lambda k: k.to_user_string(),
-    )
+    selected = repository.get_job(job).asset_layer.selected_asset_keys
+    return {
+        key.to_user_string(): str(graph.get(key).code_version or "")
+        for key in graph.toposorted_asset_keys
+        if key in selected
+    }
 
 
-def _slides_in_progress(instance: dg.DagsterInstance) -> set[str]:
-    statuses = [
-        dg.DagsterRunStatus.QUEUED,
-        dg.DagsterRunStatus.NOT_STARTED,
-        dg.DagsterRunStatus.STARTING,
-        dg.DagsterRunStatus.STARTED,
-        dg.DagsterRunStatus.CANCELING,
-    ]
-    # Any job's run with a slide partition converts that slide (`slides_job`, the CLI's
-    # `slide_and_collection_job`, a run launched from an asset's page).
-    records = instance.get_run_records(filters=dg.RunsFilter(statuses=statuses))
-    return {p for r in records if (p := r.dagster_run.tags.get("dagster/partition"))}
+def _runs_in_progress(instance: dg.DagsterInstance) -> tuple[set[str], bool]:
+    """(slides being converted, whether a collection run is under way)."""
+    records = instance.get_run_records(filters=dg.RunsFilter(statuses=_IN_PROGRESS))
+    slides = {p for r in records if (p := r.dagster_run.tags.get("dagster/partition"))}
+    collection = any(r.dagster_run.job_name == collection_job.name for r in records)
+    return slides, collection
 
 
 @dg.sensor(
-    job=slides_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING
+    jobs=[slides_job, collection_job],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def new_slides_sensor(
     context: dg.SensorEvaluationContext, bms: BmsPipelineResource
 ) -> dg.SensorResult:
-    """Adds a `slides` partition for every new, complete slide under raw/slides and requests a
-    run only for what needs one: a new slide, one whose files changed since its last
-    inventory, or one with a slide asset never materialized. What is materialized decides,
-    not the cursor (which only tracks files still settling), so starting the UI or the daemon
-    on a converted collection launches nothing. Each tick also fails runs whose process died
-    and frees their pool slots, so a crash does not block the runs it requests."""
+    """Follows raw/slides, the annotation and clinical files and collection.yaml with the same
+    decision as `run` and `status` (`core.run_decision`): registers each new, complete slide
+    as a partition; requests a run of exactly the assets whose inputs changed; never requests
+    a slide that rests as refused or failed until its inputs change; withdraws the slides
+    that are no longer inputs; then rebuilds the collection tables once no slide is busy.
+    Each request carries the versions it is for, so the same inputs are never requested
+    twice. Each tick also fails runs whose process died and frees their pool slots."""
     from bms_pipeline.orchestration.instance import reap_dead_runs
 
     instance = context.instance
@@ -64,35 +65,53 @@ def new_slides_sensor(
     previous: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     statuses = bms.scan(SETTLE_SECONDS, previous)
     known = set(instance.get_dynamic_partitions(SLIDES_PARTITIONS))
-    ready = [s for s in statuses if s.ready]
-    for status in statuses:
-        if not status.ready:
-            context.log.info("waiting for %s: %s", status.slide_id, status.reason)
-    new_keys = [s.slide_id for s in ready if s.slide_id not in known]
-    keys = _slide_asset_keys(context)
-    materialized = {key: instance.get_materialized_partitions(key) for key in keys}
-    busy = _slides_in_progress(instance)
+    busy, collection_busy = _runs_in_progress(instance)
+    versions = _code_versions(context, slides_job.name) or {INVENTORY_ASSET: ""}
     run_requests = []
-    for status in ready:
+    new_keys = []
+    for status, decision in plan_slides(instance, bms, versions, statuses=statuses):
         sid = status.slide_id
-        if sid in known and sid in busy:
-            continue  # a run of it is queued or converting; its outcome decides the next tick
-        if sid not in known:
-            why = "new slide"
-        elif (recorded := recorded_signature(instance, sid)) is None:
-            why = "never inventoried"
-        elif recorded != status.signature:
-            why = "files changed since the last inventory"
-        elif missing := [k.to_user_string() for k in keys if sid not in materialized[k]]:
-            why = f"never materialized: {', '.join(missing)}"
-        else:
+        if decision.state in ("not-ready", "skipped", "refused", "failed"):
+            if decision.reason:
+                context.log.info("%s: %s: %s", sid, decision.state, decision.reason)
             continue
-        context.log.info("requesting %s: %s", sid, why)
+        if sid not in known:
+            new_keys.append(sid)
+        if not decision.needs_run or sid in busy:
+            continue  # up to date, or a run of it is queued or converting
+        context.log.info("requesting %s: %s", sid, decision.reason)
+        selection = [dg.AssetKey(a) for a in decision.assets]
         run_requests.append(
             dg.RunRequest(
-                partition_key=sid, run_key=f"{sid}:{status.signature}", tags={"bms/reason": why}
+                job_name=slides_job.name,
+                partition_key=sid,
+                asset_selection=None if decision.state == "new" else selection,
+                run_key=f"{sid}:{status.signature}:{decision.version_key}",
+                tags={"bms/reason": decision.reason[:200]},
             )
         )
+    if not busy and not run_requests:
+        withdrawn = slides_to_withdraw(
+            bms.published_slides(),
+            {s.slide_id for s in statuses},
+            bms.collection().skipped_slides,
+        )
+        for sid, why in withdrawn.items():
+            bms.withdraw_slide(sid)
+            context.log.warning("%s withdrawn: %s", sid, why)
+        collection_versions = _code_versions(context, collection_job.name)
+        if collection_versions and not collection_busy:
+            decision, _ = plan_collection(instance, bms, collection_versions)
+            if decision.needs_run:
+                context.log.info("requesting the collection tables: %s", decision.reason)
+                run_requests.append(
+                    dg.RunRequest(
+                        job_name=collection_job.name,
+                        asset_selection=[dg.AssetKey(a) for a in decision.assets],
+                        run_key=f"collection:{decision.version_key}",
+                        tags={"bms/reason": decision.reason[:200]},
+                    )
+                )
     cursor = {s.slide_id: s.signature for s in statuses}
     return dg.SensorResult(
         run_requests=run_requests,

@@ -3,7 +3,8 @@
 import dagster as dg
 
 from bms_pipeline.defs.annotations.assets import ann_series
-from bms_pipeline.defs.automation import IDEMPOTENT_RETRY, nightly
+from bms_pipeline.defs.automation import IDEMPOTENT_RETRY
+from bms_pipeline.defs.facts import collection_asset_version, version_metadata
 from bms_pipeline.defs.metadata import column_schema, markdown_table
 from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.slides.assets import sm_series
@@ -14,7 +15,6 @@ from bms_pipeline.defs.slides.assets import sm_series
     kinds={"polars", "duckdb", "parquet", "bigquery"},
     deps=[sm_series],
     code_version="1",
-    automation_condition=nightly,
     retry_policy=IDEMPOTENT_RETRY,
 )
 def clinical_tables(
@@ -31,6 +31,7 @@ def clinical_tables(
     layout = bms.layout
     collection = bms.collection()
     bms.fetch(layout.clinical_csv.parent, required=True)
+    version = collection_asset_version(context, bms)
     tables = build_clinical_tables(layout, collection, converted_patients=bms.published_patients())
     for warning in tables.warnings:
         context.log.warning(warning)
@@ -54,7 +55,9 @@ def clinical_tables(
     ]:
         bms.publish(path)
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(version.digest),
         metadata={
+            **version_metadata(version),
             "path": dg.MetadataValue.path(str(layout.tables_dir)),
             "duckdb": dg.MetadataValue.path(str(written.duckdb)),
             "load_script": dg.MetadataValue.path(str(written.load_script)),
@@ -66,7 +69,7 @@ def clinical_tables(
             "dagster/column_schema": column_schema(tables.clinical),
             "laboratory_schema": column_schema(tables.laboratory),
             "clinical_preview": markdown_table(tables.clinical.head(10)),
-        }
+        },
     )
 
 
@@ -75,7 +78,6 @@ def clinical_tables(
     kinds={"dicom", "duckdb", "parquet"},
     deps=[sm_series, ann_series],
     code_version="2",
-    automation_condition=nightly,
     retry_policy=IDEMPOTENT_RETRY,
 )
 def dicom_index(
@@ -93,6 +95,7 @@ def dicom_index(
 
     layout = bms.layout
     collection = bms.collection()
+    version = collection_asset_version(context, bms)
     index = build_dicom_index(
         bms.fetch(layout.out / "dicom"),
         collection.collection_id,
@@ -114,7 +117,9 @@ def dicom_index(
         .head(15)
     )
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(version.digest),
         metadata={
+            **version_metadata(version),
             "path": dg.MetadataValue.path(str(paths["index"].parent)),
             "row_counts": dg.MetadataValue.json(counts),
             "dagster/row_count": index.index.height,
@@ -125,5 +130,5 @@ def dicom_index(
                 )
             ),
             "annotations_by_label": markdown_table(by_label),
-        }
+        },
     )

@@ -3,7 +3,8 @@
 import dagster as dg
 
 from bms_pipeline.defs.annotations.assets import ann_series
-from bms_pipeline.defs.automation import IDEMPOTENT_RETRY, nightly
+from bms_pipeline.defs.automation import IDEMPOTENT_RETRY
+from bms_pipeline.defs.facts import collection_asset_version, slide_asset_version, version_metadata
 from bms_pipeline.defs.metadata import column_schema, markdown_table
 from bms_pipeline.defs.partitions import slides_partitions
 from bms_pipeline.defs.resources import BmsPipelineResource
@@ -16,7 +17,6 @@ from bms_pipeline.defs.slides.assets import sm_series
     kinds={"dicom3tools", "parquet"},
     deps=[sm_series, ann_series],
     code_version="1",
-    automation_condition=nightly,
     retry_policy=IDEMPOTENT_RETRY,
 )
 def dicom_validation(
@@ -30,6 +30,7 @@ def dicom_validation(
 
     slide_id = context.partition_key
     layout = bms.layout
+    version = slide_asset_version(context, bms)
     bms.fetch(layout.out / "dicom")  # dcentvfy checks the patient's whole study
     series = slide_series_files(layout, slide_id)
     context.log.info(
@@ -44,7 +45,9 @@ def dicom_validation(
     bms.publish(path)
     summary = summarize(frame)
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(version.digest),
         metadata={
+            **version_metadata(version),
             "path": dg.MetadataValue.path(bms.outputs.url_of(f"validation/{slide_id}.parquet")),
             "files": sum(map(len, series.values())),
             "series": len(series),
@@ -54,7 +57,7 @@ def dicom_validation(
             "dagster/row_count": frame.height,
             "dagster/column_schema": column_schema(frame),
             "messages": markdown_table(summary.by_message, "no messages"),
-        }
+        },
     )
 
 
@@ -63,7 +66,6 @@ def dicom_validation(
     kinds={"duckdb"},
     deps=[dicom_validation],
     code_version="1",
-    automation_condition=nightly,
     retry_policy=IDEMPOTENT_RETRY,
 )
 def validation_report(
@@ -79,6 +81,7 @@ def validation_report(
     )
 
     layout = bms.layout
+    version = collection_asset_version(context, bms)
     files = sorted(bms.fetch(layout.out / "validation").glob("*.parquet"))
     if not files:
         # No slide validated yet (none converted): an empty report, not a second failure.
@@ -93,7 +96,9 @@ def validation_report(
     counts = summarize(frame)
     context.log.info("%d slides, %d errors, %d messages", len(files), counts.errors, frame.height)
     return dg.MaterializeResult(
+        data_version=dg.DataVersion(version.digest),
         metadata={
+            **version_metadata(version),
             "path": dg.MetadataValue.path(str(path)),
             "slides": len(files),
             "errors": counts.errors,
@@ -101,5 +106,5 @@ def validation_report(
             "dagster/row_count": frame.height,
             "dagster/column_schema": column_schema(frame),
             "summary": markdown_table(report_summary(path), "no messages"),
-        }
+        },
     )
