@@ -341,12 +341,10 @@ def _run_slides(
         elif plan.state in ("refused", "failed") and plan not in todo:
             # Rests until its inputs or the code change (`--force` tries again).
             outcomes.append(
-                SlideOutcome(
-                    plan.slide_id, False, skipped=True, error=f"{plan.state}: {plan.detail}"
-                )
+                SlideOutcome(plan.slide_id, False, skipped=True, error=plan.detail, note=plan.state)
             )
         elif plan not in todo:
-            outcomes.append(SlideOutcome(plan.slide_id, True, skipped=True, note=plan.detail))
+            outcomes.append(SlideOutcome(plan.slide_id, True, skipped=True))
     budget = MachineBudget.detect()
     jobs = max(1, min(args.jobs or _default_jobs(todo, budget), len(todo) or 1))
     workers = max(1, budget.cores // jobs)
@@ -461,7 +459,7 @@ def _print_summary(outcomes, elapsed: float) -> int:
         elif o.ok:
             result = "fresh" if o.skipped else "ok"
         else:
-            result = "RESTING" if o.skipped else "FAILED"
+            result = o.note.upper() if o.skipped and o.note else "FAILED"
         print(
             f"{o.slide_id:<38} {result:<7} {md.get('instances', '-'):>4} "
             f"{md.get('levels', '-'):>6} {md.get('seconds', '-'):>7} "

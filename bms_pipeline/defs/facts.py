@@ -229,13 +229,29 @@ def plan_slides(
     scanned: list[Any] = bms.scan() if statuses is None else statuses
     if slide_ids is not None:
         scanned = [s for s in scanned if s.slide_id in slide_ids]
-    inputs = bms.collection_inputs()
     below = {a: v for a, v in versions_of.items() if a != INVENTORY_ASSET}
+    order = [INVENTORY_ASSET, *below]
+    try:
+        inputs = bms.collection_inputs()
+    except (ValueError, OSError) as exc:
+        # No version can be known without collection.yaml: new slides are still registered
+        # and requested (their conversion names the problem); the others wait for it.
+        known = set(instance.get_dynamic_partitions("slides"))
+        problem = str(exc)
+        return [
+            (s, decide_slide(_without_collection(s, problem, s.slide_id in known), order))
+            for s in scanned
+        ]
     facts = gather_slide_facts(
         instance, scanned, inputs, bms.conversion_settings(inputs.collection), below
     )
-    order = [INVENTORY_ASSET, *below]
     return [(s, decide_slide(f, order)) for s, f in zip(scanned, facts, strict=True)]
+
+
+def _without_collection(status: Any, problem: str, known: bool) -> SlideFacts:
+    if not status.ready or known:
+        return SlideFacts(status.slide_id, False, status.reason or problem)
+    return SlideFacts(status.slide_id, True)
 
 
 def plan_collection(instance: dg.DagsterInstance, bms: Any, versions_of: Mapping[str, str]):

@@ -46,7 +46,7 @@ def test_second_run_converts_nothing_and_a_changed_slide_alone_reruns(dataset: D
     defs = build_definitions(str(dataset.layout.root))
     with dg.instance_for_test() as instance:
         plans, outcomes = _run_all(instance, defs, dataset)
-        assert {p.state for p in plans} == {"missing"}
+        assert {p.state for p in plans} == {"new"}
         assert all(o.ok for o in outcomes.values()), outcomes
         collection = run_collection(instance, defs)
         assert collection.ok and len(collection.checks) >= 3, collection

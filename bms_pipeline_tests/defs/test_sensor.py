@@ -52,7 +52,7 @@ def test_a_fresh_cursor_on_a_converted_collection_requests_nothing(
             reasons = {r.partition_key: r.tags["bms/reason"] for r in second.run_requests}
             assert reasons == {
                 NEW_SLIDE: "new slide",
-                changed: "files changed since the last inventory",
+                changed: "slide files changed on disk",
             }
             (added,) = second.dynamic_partitions_requests
             assert list(added.partition_keys) == [NEW_SLIDE]

@@ -91,10 +91,13 @@ def new_slides_sensor(
             )
         )
     if not busy and not run_requests:
+        try:
+            skipped = bms.collection().skipped_slides
+        except (ValueError, OSError) as exc:
+            context.log.warning("collection tables wait: %s", exc)
+            return _result(run_requests, new_keys, statuses)
         withdrawn = slides_to_withdraw(
-            bms.published_slides(),
-            {s.slide_id for s in statuses},
-            bms.collection().skipped_slides,
+            bms.published_slides(), {s.slide_id for s in statuses}, skipped
         )
         for sid, why in withdrawn.items():
             bms.withdraw_slide(sid)
@@ -112,6 +115,10 @@ def new_slides_sensor(
                         tags={"bms/reason": decision.reason[:200]},
                     )
                 )
+    return _result(run_requests, new_keys, statuses)
+
+
+def _result(run_requests: list, new_keys: list[str], statuses: list) -> dg.SensorResult:
     cursor = {s.slide_id: s.signature for s in statuses}
     return dg.SensorResult(
         run_requests=run_requests,
