@@ -132,3 +132,88 @@ def dicom_index(
             "annotations_by_label": markdown_table(by_label),
         },
     )
+
+
+@dg.asset(
+    group_name="tables",
+    kinds={"duckdb", "parquet"},
+    deps=[dicom_index, clinical_tables],
+    code_version="1",
+    retry_policy=IDEMPOTENT_RETRY,
+)
+def releases(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
+    """Numbered releases, the IDC way: a run that changes what is published (a series added,
+    revised under new UIDs or withdrawn, or a clinical table changed) records release n+1
+    in out/releases/ledger.json; `bms_releases`, `bms_series_releases` (first and last
+    release of every published series) and `bms_prior_versions_index` (idc-index-data's
+    columns where they apply) are made from it."""
+    import datetime as dt
+
+    import polars as pl
+
+    from bms_pipeline.core.annotations.ann import converter_commit
+    from bms_pipeline.core.releases import (
+        Ledger,
+        published_series,
+        record_release,
+        release_tables,
+    )
+    from bms_pipeline.core.store import atomic_write_parquet, atomic_write_text, write_duckdb_tables
+    from bms_pipeline.core.versions import file_digest
+
+    layout = bms.layout
+    collection = bms.collection()
+    version = collection_asset_version(context, bms)
+    tables_dir = bms.fetch(layout.tables_dir)
+    ledger_path = bms.fetch(layout.out / "releases") / "ledger.json"
+    ledger = Ledger.load(ledger_path)
+    index, paths = tables_dir / "index.parquet", tables_dir / "bms_instance_paths.parquet"
+    series = (
+        published_series(pl.read_parquet(index), pl.read_parquet(paths))
+        if index.is_file() and paths.is_file()
+        else []
+    )
+    clinical = {
+        name: file_digest(tables_dir / f"{collection.collection_id}_{name}.parquet")
+        for name in ("clinical", "laboratory")
+    }
+    updated = record_release(
+        ledger,
+        series,
+        {f"{collection.collection_id}_{n}": d for n, d in clinical.items()},
+        code_version=converter_commit(),
+        date=dt.datetime.now(dt.UTC).date().isoformat(),
+    )
+    if updated is not ledger:
+        atomic_write_text(ledger_path, updated.to_json() + "\n")
+        bms.publish(ledger_path)
+        latest = updated.releases[-1]
+        context.log.info(
+            "release %d: %d added, %d revised, %d removed, tables changed: %s",
+            latest.number,
+            latest.added,
+            latest.revised,
+            latest.removed,
+            ", ".join(latest.tables_changed) or "none",
+        )
+    frames = release_tables(updated, collection.collection_id)
+    written = {}
+    for name, frame in frames.items():
+        written[name] = tables_dir / f"{name}.parquet"
+        atomic_write_parquet(frame, written[name])
+        bms.publish(written[name])
+    bms.fetch(layout.duckdb_path)
+    write_duckdb_tables(layout.duckdb_path, written)
+    bms.publish(layout.duckdb_path)
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(version.digest),
+        metadata={
+            **version_metadata(version),
+            "release": updated.last,
+            "new_release": updated is not ledger,
+            "series": len(updated.current),
+            "prior_versions": len(updated.prior),
+            "releases": markdown_table(frames["bms_releases"], "no release yet"),
+            "path": dg.MetadataValue.path(str(ledger_path)),
+        },
+    )
