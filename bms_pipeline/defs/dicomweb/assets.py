@@ -74,6 +74,16 @@ def build_dicomweb_asset(target: DicomwebTarget) -> dg.AssetsDefinition:
                 target.url,
                 ", ".join(report.left_on_server),
             )
+        superseded = superseded_series(context, report.series)
+        if superseded:
+            context.log.warning(
+                "%s: %d series published earlier on %s were superseded by new versions (new "
+                "UIDs) or withdrawn; listed for retraction: %s",
+                slide_id,
+                len(superseded),
+                target.url,
+                ", ".join(superseded),
+            )
         state = (
             "replaced changed series"
             if report.replaced
@@ -100,10 +110,22 @@ def build_dicomweb_asset(target: DicomwebTarget) -> dg.AssetsDefinition:
                 "verified_annotation_objects": report.verified_objects,
                 "series": dg.MetadataValue.json(report.series),
                 "replaced_sop_instance_uids": dg.MetadataValue.json(report.replaced),
+                "superseded_series": dg.MetadataValue.json(superseded),
             },
         )
 
     return dicomweb_series
+
+
+def superseded_series(context: dg.AssetExecutionContext, now: dict[str, int]) -> list[str]:
+    """Series UIDs this slide had on the server at its previous publication and has no more
+    (a changed series is published under new UIDs, so its old version stays there): listed
+    for retraction, with those of earlier publications not yet retracted."""
+    from bms_pipeline.defs.facts import latest_metadata
+
+    previous = latest_metadata(context.instance, context.asset_key, context.partition_key) or {}
+    before = set(previous.get("series") or {}) | set(previous.get("superseded_series") or [])
+    return sorted(before - set(now))
 
 
 def dicomweb_assets(data_root: str) -> list[dg.AssetsDefinition]:
