@@ -216,12 +216,39 @@ def write_duckdb_tables(
         rebuild_duckdb(db_path, parquet_by_table, views or {})
 
 
+def keep_unchanged(staged: Path, final: Path) -> list[str]:
+    """Link each staged file whose bytes equal the published file of the same name to that
+    file, in place of the staged copy; the names kept. Any error leaves the staged copy."""
+    import filecmp
+
+    kept = []
+    if not final.is_dir():
+        return kept
+    for new in sorted(staged.iterdir()):
+        old = final / new.name
+        if not (new.is_file() and old.is_file()) or new.stat().st_size != old.stat().st_size:
+            continue
+        if not filecmp.cmp(new, old, shallow=False):
+            continue
+        link = new.with_name(f".{new.name}.kept")
+        try:
+            os.link(old, link)
+            link.replace(new)
+            kept.append(new.name)
+        except OSError:
+            link.unlink(missing_ok=True)
+    return kept
+
+
 def replace_dir_atomically(staged: Path, final: Path) -> None:
     """Swap a completed staging folder into place, keeping the old one until the new is in.
 
     Two renames on one filesystem: at every instant `final` is either the previous good
-    output or the new complete one (or, for a first run, absent).
+    output or the new complete one (or, for a first run, absent). A staged file whose bytes
+    equal the published one's is replaced by a link to it first, so an unchanged file keeps
+    its inode and mtime: only what changed is touched (`keep_unchanged`).
     """
+    keep_unchanged(staged, final)
     final.parent.mkdir(parents=True, exist_ok=True)
     retired = final.parent / f".retired-{final.name}-{uuid.uuid4().hex[:8]}"
     if final.exists():
