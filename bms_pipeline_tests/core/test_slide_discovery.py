@@ -79,12 +79,17 @@ def test_a_symlink_loop_is_reported_as_a_loop_and_the_scan_goes_on(
     folder_loop = _place(template, slides, f"{PATIENT}_3_bm").with_suffix("") / "Index.dat"
     folder_loop.unlink()
     folder_loop.symlink_to(folder_loop.name)
+    looped_folder = _place(template, slides, f"{PATIENT}_4_bm").with_suffix("")
+    shutil.rmtree(looped_folder)
+    looped_folder.symlink_to(looped_folder.name, target_is_directory=True)
     found = _by_id(slides)
     for path in (a, b):
         ready, reason = found[path.stem]
         assert not ready and reason.startswith(f"{path}: a symlink loop")
     ready, reason = found[f"{PATIENT}_3_bm"]
     assert not ready and reason.startswith(f"{folder_loop}: a symlink loop")
+    ready, reason = found[f"{PATIENT}_4_bm"]
+    assert not ready and reason.startswith(f"{looped_folder}: a symlink loop")
     assert found[f"{OTHER}_1_bm"] == (True, "")
 
 
