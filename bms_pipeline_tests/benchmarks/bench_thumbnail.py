@@ -148,8 +148,12 @@ def _resized(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.convert("RGB").resize(size, Image.Resampling.LANCZOS))
 
 
-def wrong_thumbnails(mrxs: Path, right: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
-    """The wrong pictures of `mrxs` a THUMBNAIL of the size of `right` could hold."""
+def wrong_thumbnails(
+    mrxs: Path, right: np.ndarray, preview: bool = True
+) -> Iterator[tuple[str, np.ndarray]]:
+    """The wrong pictures of `mrxs` a THUMBNAIL of the size of `right` could hold.
+    `preview`: the slide's MIRAX preview covers another area than the bounds (the
+    generator's `bounds` preview is the same area, only blurred: not a wrong picture)."""
     height, width = right.shape[:2]
     with openslide.OpenSlide(str(mrxs)) as slide:
         background = tuple(
@@ -164,7 +168,7 @@ def wrong_thumbnails(mrxs: Path, right: np.ndarray) -> Iterator[tuple[str, np.nd
     yield "flipped_v", np.ascontiguousarray(right[::-1])
     if "macro" in associated:
         yield "macro", _resized(associated["macro"], (width, height))
-    if "thumbnail" in associated:
+    if preview and "thumbnail" in associated:
         yield "preview", _resized(associated["thumbnail"], (width, height))
 
 
@@ -188,7 +192,12 @@ class Scores:
 
 
 def score_series(
-    label: str, mrxs: Path, files: Sequence[Path], scratch: Path, scores: Scores
+    label: str,
+    mrxs: Path,
+    files: Sequence[Path],
+    scratch: Path,
+    scores: Scores,
+    preview: bool = True,
 ) -> None:
     """The right score of the series' THUMBNAIL and the scores of every wrong picture."""
     flavors = flavor_files(files)
@@ -198,7 +207,7 @@ def score_series(
     assert right is not None
     scores.right[label] = right
     picture = total_pixel_matrix(thumbnail)
-    for name, wrong in wrong_thumbnails(mrxs, picture):
+    for name, wrong in wrong_thumbnails(mrxs, picture, preview):
         fake = write_like(thumbnail, wrong, scratch / label / f"{name.replace('/', '_')}.dcm")
         score, _ = thumbnail_similarity([*others, fake])
         assert score is not None
@@ -232,7 +241,8 @@ def measure(work: Path, slide_ids: Sequence[str] | None = None, generator: bool 
             assert stock is not None
             scores.wrong.setdefault(label, {})["stock_preview_crop"] = stock
             continue
-        score_series(label, mrxs, result.files, work / "wrong", scores)
+        preview = not label.startswith("generator") or "canvas" in label
+        score_series(label, mrxs, result.files, work / "wrong", scores, preview)
     return scores
 
 
@@ -256,7 +266,7 @@ def report(scores: Scores) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--json", type=Path, help="write every score here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-thumbnail-") as tmp:

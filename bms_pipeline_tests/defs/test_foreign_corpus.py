@@ -93,6 +93,7 @@ def test_sm_series_says_which_reader_served_each_level_and_why_it_fell_back(
         readers = foreign_run.metadata[slide_id]["readers"]
         assert isinstance(readers, list) and readers, slide_id
         assert readers[0]["level"] == 0
+        opened = ""
         try:
             direct = MiraxDirectReader.open(
                 foreign_run.root / "raw" / "slides" / f"{slide_id}.mrxs"
