@@ -166,11 +166,11 @@ class ReaderLog:
             c = self._levels[index]
             if c.direct + c.fallback == 0:
                 continue
-            reader = (
+            reader: Literal["direct", "openslide", "direct+openslide"] = (
                 "direct" if not c.fallback else "openslide" if not c.direct else "direct+openslide"
             )
-            reason = c.reason or self.note if c.fallback else None
-            out.append(LevelReads(index, c.width, c.height, reader, c.direct, c.fallback, reason))  # type: ignore[arg-type]
+            reason = (c.reason or self.note) if c.fallback else None
+            out.append(LevelReads(index, c.width, c.height, reader, c.direct, c.fallback, reason))
         return tuple(out)
 
 
@@ -206,7 +206,6 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
 
     _direct: MiraxDirectReader | None = None
     _reads: _LevelCounter | None = None
-
     _slide_path: Path = Path()
 
     def attach_direct_reader(
