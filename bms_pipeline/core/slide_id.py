@@ -4,6 +4,12 @@ IDC names every slide after its patient (32 upper-case hex characters, the de-id
 patient id of the clinical table) and its number among the patient's slides (1, 2, ...):
 `<patient_id>_<n>_bm`. The patient id keys the clinical rows, the study and the DICOM
 PatientID; the number offsets the slide's SeriesNumbers within the patient's one study.
+
+The number is ASCII digits only: Python's `isdigit` and `int` also take Arabic-Indic (`٣`)
+or full-width digits, and `isdigit` superscripts (`²`, which `int` then refuses), so such a
+file name would have become slide 3 or a crash. A zero-padded number (`_01_`) is accepted
+as the same number; two spellings of one slide side by side are refused where the slides
+are listed (`core.mirax.discovery`).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 _HEX = frozenset("0123456789ABCDEF")
+_DIGITS = frozenset("0123456789")
 
 
 class SlideIdError(ValueError):
@@ -34,6 +41,11 @@ class SlideId:
         parts = text.split("_")
         if len(parts) != 3 or parts[2] != "bm" or not parts[1].isdigit():
             raise SlideIdError(f"slide id {text!r} is not of the form <patient_id>_<n>_bm")
+        if not set(parts[1]) <= _DIGITS:
+            raise SlideIdError(
+                f"slide id {text!r}: the slide number {parts[1]!r} must be ASCII digits 0-9 "
+                f"(it holds {', '.join(sorted(f'U+{ord(c):04X}' for c in set(parts[1]) - _DIGITS))})"
+            )
         return cls(parts[0], int(parts[1]))  # checked on construction
 
     def __str__(self) -> str:

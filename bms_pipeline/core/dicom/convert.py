@@ -4,7 +4,9 @@ wsidicomizer does not refuse an existing output folder, so old and new files wou
 the series is written into a fresh staging folder on the output filesystem, made
 byte-deterministic (`core.dicom.determinism`), judged by the publication gate
 (`core.dicom.publication`) and moved into place only when complete and passed. A failed
-run leaves the previous good series, or nothing; a refused one leaves nothing.
+run leaves the previous good series, or nothing; a refused one leaves nothing. An optional
+instance the gate finds wrong (the THUMBNAIL) is left out and the series published with a
+warning (`ConversionResult.warnings`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from wsidicomizer.wsidicomizer import SourceIdentifier
 
 from bms_pipeline.core.conventions import SmConventions
 from bms_pipeline.core.dicom.determinism import contributing_equipment, normalize_series
-from bms_pipeline.core.dicom.fast_source import FastOpenSlideSource, OpenSlideReadSource
+from bms_pipeline.core.dicom.fast_source import (
+    FastOpenSlideSource,
+    LevelReads,
+    OpenSlideReadSource,
+    ReaderLog,
+    recording_reads,
+)
 from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
 from bms_pipeline.core.dicom.uids import SlideUidGenerator
 from bms_pipeline.core.store import replace_dir_atomically
@@ -98,6 +106,10 @@ class ConversionResult:
     total_bytes: int
     base_width: int
     base_height: int
+    warnings: tuple[str, ...] = ()
+    """Optional instances the publication gate left out, and why."""
+    readers: tuple[LevelReads, ...] = ()
+    """Which reader served each converted level, and why it fell back to OpenSlide."""
 
     @property
     def base_megapixels(self) -> float:
@@ -129,38 +141,18 @@ def convert_slide(
     scratch = staging_root / f"{identity.slide_id}-sm-{uuid.uuid4().hex[:8]}"
     target = scratch / "sm"
     started = time.perf_counter()
+    log = ReaderLog(_reader_note(settings))
     try:
-        files = WsiDicomizer.convert(
-            mrxs_path,
-            target,
-            metadata=metadata,
-            default_metadata=WsiDicomizerMetadata(
-                contributing_equipment=[contributing_equipment()]
-            ),
-            tile_size=settings.tile_size,
-            uid_generator=SlideUidGenerator(
-                identity.collection_id,
-                identity.patient_id,
-                identity.slide_id,
-                content_key=identity.content_key,
-                frame_key=identity.frame_key,
-            ),
-            include_levels=settings.present_levels(mrxs_path),
-            include_label=settings.include_label,
-            include_overview=settings.include_overview,
-            include_thumbnail=settings.include_thumbnail,
-            metadata_post_processor=metadata_post_processor,
-            metadata_pre_processor=metadata_pre_processor,
-            workers=settings.workers,
-            chunk_size=settings.chunk_size,
-            encoding=JpegSettings(quality=settings.jpeg_quality),
-            offset_table=settings.offset_table,
-            preferred_source=(
-                (FastOpenSlideSource if settings.direct_mirax else OpenSlideReadSource)
-                if settings.fast_composite
-                else SourceIdentifier.OPENSLIDE
-            ),
-        )
+        with recording_reads(log):
+            files = _convert(
+                mrxs_path,
+                target,
+                identity,
+                metadata,
+                metadata_post_processor,
+                metadata_pre_processor,
+                settings,
+            )
         seconds = time.perf_counter() - started
         written = sorted(Path(str(f)) for f in files)
         if not written:
@@ -168,8 +160,10 @@ def convert_slide(
         base_width, base_height = _base_size(written)
         normalize_series(written)
         problems = list(gate(written)) if gate is not None else []
-        if problems:
-            raise PublicationRefused(identity.slide_id, "SM", problems)
+        refusing = [p for p in problems if p.refuses]
+        if refusing:
+            raise PublicationRefused(identity.slide_id, "SM", refusing)
+        written, warnings = _leave_out(written, problems)
         replace_dir_atomically(target, sm_dir)
     except (ConversionError, PublicationRefused):
         raise
@@ -181,6 +175,8 @@ def convert_slide(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     final_files = tuple(sm_dir / f.name for f in written)
+    for warning in warnings:
+        logger.warning("slide %s: %s", identity.slide_id, warning)
     return ConversionResult(
         sm_dir=sm_dir,
         files=final_files,
@@ -188,6 +184,71 @@ def convert_slide(
         total_bytes=sum(f.stat().st_size for f in final_files),
         base_width=base_width,
         base_height=base_height,
+        warnings=tuple(warnings),
+        readers=log.levels(),
+    )
+
+
+def _reader_note(settings: ConversionSettings) -> str | None:
+    """Why no level can be read directly, whatever the slide."""
+    if not settings.fast_composite:
+        return "wsidicomizer's stock OpenSlide source (settings.fast_composite is off)"
+    if not settings.direct_mirax:
+        return "the direct MIRAX reader is turned off (settings.direct_mirax)"
+    return None
+
+
+def _leave_out(
+    written: list[Path], problems: Sequence[GateProblem]
+) -> tuple[list[Path], list[str]]:
+    """Drop the optional instances the gate found wrong and renumber the rest; the
+    warnings say what was left out and why."""
+    dropped = {path for problem in problems for path in problem.leave_out}
+    for path in dropped:
+        path.unlink()
+    kept = [path for path in written if path not in dropped]
+    if dropped:
+        normalize_series(kept)
+    return kept, [str(problem) for problem in problems]
+
+
+def _convert(
+    mrxs_path: Path,
+    target: Path,
+    identity: SlideIdentity,
+    metadata: WsiMetadata | None,
+    metadata_post_processor: MetadataPostProcessor | None,
+    metadata_pre_processor: MetadataPreProcessor | None,
+    settings: ConversionSettings,
+) -> list:
+    return WsiDicomizer.convert(
+        mrxs_path,
+        target,
+        metadata=metadata,
+        default_metadata=WsiDicomizerMetadata(contributing_equipment=[contributing_equipment()]),
+        tile_size=settings.tile_size,
+        uid_generator=SlideUidGenerator(
+            identity.collection_id,
+            identity.patient_id,
+            identity.slide_id,
+            content_key=identity.content_key,
+            frame_key=identity.frame_key,
+        ),
+        include_levels=settings.present_levels(mrxs_path),
+        include_label=settings.include_label,
+        include_overview=settings.include_overview,
+        include_thumbnail=settings.include_thumbnail,
+        metadata_post_processor=metadata_post_processor,
+        metadata_pre_processor=metadata_pre_processor,
+        workers=settings.workers,
+        chunk_size=settings.chunk_size,
+        encoding=JpegSettings(quality=settings.jpeg_quality),
+        offset_table=settings.offset_table,
+        preferred_source=(
+            (FastOpenSlideSource if settings.direct_mirax else OpenSlideReadSource)
+            if settings.fast_composite
+            else SourceIdentifier.OPENSLIDE
+        ),
     )
 
 

@@ -11,6 +11,8 @@ The pixels themselves come from `MiraxDirectReader` where it reproduces OpenSlid
 camera image once into a shared cache, where OpenSlide's `read_region` (62 % of the
 conversion's CPU after the compositing fix) re-assembles every tile through its own
 cache and premultiplied-ARGB painting. Other levels and reads go through OpenSlide.
+Which reader served each level, and why one fell back, is recorded in a `ReaderLog`
+(`recording_reads`), which the conversion result and `sm_series` metadata show.
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ from __future__ import annotations
 import ctypes
 import logging
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from imagecodecs import JPEG8, jpeg8_encode
@@ -96,6 +103,95 @@ def composite_over_background(
     return rgb
 
 
+@dataclass(frozen=True)
+class LevelReads:
+    """Which reader served one pyramid level (OpenSlide's level index) of a conversion."""
+
+    level: int
+    width: int
+    height: int
+    reader: Literal["direct", "openslide", "direct+openslide"]
+    direct_reads: int
+    openslide_reads: int
+    reason: str | None
+    """Why (some) reads went through OpenSlide; None when all were direct."""
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "level": self.level,
+            "size": [self.width, self.height],
+            "reader": self.reader,
+            "direct_reads": self.direct_reads,
+            "openslide_reads": self.openslide_reads,
+            "fell_back_because": self.reason,
+        }
+
+
+@dataclass
+class _LevelCounter:
+    width: int
+    height: int
+    reason: str | None = None
+    direct: int = 0
+    fallback: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, direct: bool, reason: str | None = None) -> None:
+        with self.lock:  # tiles are read from wsidicom's worker threads
+            if direct:
+                self.direct += 1
+            else:
+                self.fallback += 1
+                self.reason = self.reason or reason
+
+
+class ReaderLog:
+    """Per level, how many reads the direct MIRAX reader served and how many OpenSlide, and
+    the first reason a level or read fell back. `note`: a reason that holds for every level
+    (the direct reader is turned off), else the reason it did not open for the slide."""
+
+    def __init__(self, note: str | None = None) -> None:
+        self.note = note
+        self._levels: dict[int, _LevelCounter] = {}
+
+    def level(self, index: int, width: int, height: int, reason: str | None) -> _LevelCounter:
+        counter = self._levels.setdefault(index, _LevelCounter(width, height))
+        counter.reason = counter.reason or reason or self.note
+        return counter
+
+    def levels(self) -> tuple[LevelReads, ...]:
+        """The levels something was read from, from the base up."""
+        out = []
+        for index in sorted(self._levels):
+            c = self._levels[index]
+            if c.direct + c.fallback == 0:
+                continue
+            reader: Literal["direct", "openslide", "direct+openslide"] = (
+                "direct" if not c.fallback else "openslide" if not c.direct else "direct+openslide"
+            )
+            reason = (c.reason or self.note) if c.fallback else None
+            out.append(LevelReads(index, c.width, c.height, reader, c.direct, c.fallback, reason))
+        return tuple(out)
+
+
+_READER_LOG: ContextVar[ReaderLog | None] = ContextVar("bms_reader_log", default=None)
+
+
+@contextmanager
+def recording_reads(log: ReaderLog) -> Iterator[ReaderLog]:
+    """Sources opened in this block (in this thread) record their reads in `log`."""
+    token = _READER_LOG.set(log)
+    try:
+        yield log
+    finally:
+        _READER_LOG.reset(token)
+
+
+def _short(reason: object, path: Path) -> str:
+    """A fallback reason without the folder of the slide (the file names stay)."""
+    return str(reason).replace(f"{path.parent}/", "")
+
+
 _JPEG_COLORSPACES = {Channels.YBR: JPEG8.CS.YCbCr, Channels.RGB: JPEG8.CS.RGB}
 
 
@@ -109,12 +205,34 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
     """
 
     _direct: MiraxDirectReader | None = None
+    _reads: _LevelCounter | None = None
+    _slide_path: Path = Path()
 
-    def attach_direct_reader(self, reader: MiraxDirectReader | None) -> None:
-        """Read this level's pixels with `reader` where it supports the level."""
+    def attach_direct_reader(
+        self,
+        reader: MiraxDirectReader | None,
+        log: ReaderLog | None = None,
+        why_not: str | None = None,
+        slide_path: Path | None = None,
+    ) -> None:
+        """Read this level's pixels with `reader` where it supports the level; count the
+        reads in `log` (`why_not`: why there is no reader for the slide)."""
         self._direct = (
             reader if reader is not None and reader.supports_level(self._level_index) else None
         )
+        self._slide_path = slide_path or Path()
+        if log is not None:
+            reason = (
+                _short(reader.unsupported_reason(self._level_index), self._slide_path)
+                if reader is not None and self._direct is None
+                else why_not
+            )
+            width, height = self._osr_level_size()
+            self._reads = log.level(self._level_index, width, height, reason)
+
+    def _osr_level_size(self) -> tuple[int, int]:
+        size = self.image_size
+        return int(size.width), int(size.height)
 
     def _composite_over_background(self, rgba: np.ndarray) -> np.ndarray:
         return composite_over_background(rgba, self.blank_color)
@@ -176,11 +294,19 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
         location = region.start * self._downsample + self._offset
         if self._direct is not None:
             try:
-                return self._direct.read_bgra(
+                pixels = self._direct.read_bgra(
                     self._level_index, location.x, location.y, region.size.width, region.size.height
                 )
-            except MiraxDirectUnsupported:
-                pass  # a read the direct reader cannot reproduce exactly: OpenSlide's own
+            except MiraxDirectUnsupported as exc:
+                # A read the direct reader cannot reproduce exactly: OpenSlide's own.
+                if self._reads is not None:
+                    self._reads.count(False, _short(exc, self._slide_path))
+            else:
+                if self._reads is not None:
+                    self._reads.count(True)
+                return pixels
+        elif self._reads is not None:
+            self._reads.count(False)
         buffer = np.empty((region.size.height, region.size.width, 4), dtype=np.uint8)
         _read_region(
             self._osr,
@@ -266,12 +392,19 @@ class FastOpenSlideSource(OpenSlideSource):
 
     direct_mirax: ClassVar[bool] = True
     _direct: MiraxDirectReader | None = None
+    _why_not_direct: str | None = None
+    _slide_path: Path = Path()
 
     def __init__(self, filepath: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(filepath, *args, **kwargs)
+        self._reader_log = _READER_LOG.get()
         tile_size = self._tile_size or 512
-        path = Path(str(filepath))
-        if self.direct_mirax and path.suffix.lower() == ".mrxs":
+        path = self._slide_path = Path(str(filepath))
+        if not self.direct_mirax:
+            self._why_not_direct = "the direct MIRAX reader is turned off"
+        elif path.suffix.lower() != ".mrxs":
+            self._why_not_direct = "not a MIRAX slide"
+        else:
             try:
                 self._direct = MiraxDirectReader.open(
                     path,
@@ -279,6 +412,9 @@ class FastOpenSlideSource(OpenSlideSource):
                 )
             except MiraxDirectUnsupported as exc:
                 logger.info("reading %s through OpenSlide: %s", path, exc)
+                self._why_not_direct = (
+                    f"the direct reader does not open the slide: {_short(exc, path)}"
+                )
         self._slide.set_cache(OpenSlideCache(self.openslide_cache_bytes(tile_size)))
 
     def openslide_cache_bytes(self, tile_size: int) -> int:
@@ -356,7 +492,9 @@ class FastOpenSlideSource(OpenSlideSource):
             self._tile_size,
             self._encoder,
         )
-        image_data.attach_direct_reader(self._direct)
+        image_data.attach_direct_reader(
+            self._direct, self._reader_log, self._why_not_direct, self._slide_path
+        )
         return image_data
 
 

@@ -11,9 +11,12 @@ the SM and ANN series, before anything is moved into the output root:
 - `dates`: without `keep_dates`, StudyDate is empty and no SeriesDate is written;
 - `thumbnail` (SM): exactly one THUMBNAIL, which correlates with the pyramid.
 
-A series with any problem is refused (`PublicationRefused`): nothing of it is published,
-and what was published of the slide before is withdrawn. The asset checks show the same
-verdicts in the UI, but they are never the only gate.
+The severity fits the rule. A privacy, de-identification or conformance problem refuses the
+series (`PublicationRefused`): nothing of it is published, and what was published of the
+slide before is withdrawn. The THUMBNAIL is an optional object the pipeline makes itself
+from the pyramid; a THUMBNAIL problem (`GateProblem.leave_out`) leaves it out of the series,
+which is published with a warning, so an optional object never withholds a slide. The asset
+checks show the same verdicts in the UI, but they are never the only gate.
 """
 
 from __future__ import annotations
@@ -33,8 +36,18 @@ BASIC_PROFILE_CODE = "113100"
 
 @dataclass(frozen=True)
 class GateProblem:
+    """One broken rule. `leave_out`: the optional instances to drop instead of refusing
+    the series (empty: the problem refuses it)."""
+
     check: str
     detail: str
+    leave_out: tuple[Path, ...] = ()
+    optional: bool = False
+    """The rule is about an optional object: leave out `leave_out` and warn, never refuse."""
+
+    @property
+    def refuses(self) -> bool:
+        return not self.optional
 
     def __str__(self) -> str:
         return f"{self.check}: {self.detail}"
@@ -74,22 +87,7 @@ class PublicationGate:
                 )
             )
         if self.expect_thumbnail:
-            count = flavors.count("THUMBNAIL")
-            if count != 1:
-                problems.append(
-                    GateProblem("thumbnail", f"{count} THUMBNAIL instances, expected 1")
-                )
-            else:
-                score, compared = thumbnail_similarity(files)
-                if score is None or score < MIN_THUMBNAIL_CORRELATION:
-                    problems.append(
-                        GateProblem(
-                            "thumbnail",
-                            f"{compared}: correlation {score:.3f} below {MIN_THUMBNAIL_CORRELATION}"
-                            if score is not None
-                            else compared,
-                        )
-                    )
+            problems += thumbnail_problems(files, flavors)
         return problems
 
     def ann_problems(self, files: Sequence[Path]) -> list[GateProblem]:
@@ -106,6 +104,38 @@ class PublicationGate:
             if not self.deidentification.keep_dates:
                 problems += [GateProblem("dates", f"{name}: {p}") for p in _date_problems(ds)]
         return problems
+
+
+def thumbnail_problems(files: Sequence[Path], flavors: Sequence[str]) -> list[GateProblem]:
+    """The THUMBNAIL rule (optional: a problem leaves the THUMBNAIL out, with a warning):
+    exactly one, and it correlates with the pyramid at or above its own resolution
+    (`core.dicom.thumbnail.thumbnail_similarity`)."""
+    thumbnails = tuple(
+        Path(f) for f, flavor in zip(files, flavors, strict=True) if flavor == "THUMBNAIL"
+    )
+    if len(thumbnails) != 1:
+        return [
+            GateProblem(
+                "thumbnail",
+                f"{len(thumbnails)} THUMBNAIL instances, expected 1; the series is published "
+                "without a THUMBNAIL",
+                leave_out=thumbnails,
+                optional=True,
+            )
+        ]
+    score, compared = thumbnail_similarity(files)
+    if score is not None and score >= MIN_THUMBNAIL_CORRELATION:
+        return []
+    why = (
+        compared
+        if score is None
+        else f"{compared}: correlation {score:.3f} below {MIN_THUMBNAIL_CORRELATION}"
+    )
+    return [
+        GateProblem(
+            "thumbnail", f"{why}; the THUMBNAIL is left out", leave_out=thumbnails, optional=True
+        )
+    ]
 
 
 def _flavor(ds: pydicom.Dataset) -> str:

@@ -6,7 +6,9 @@ or are absent), so the THUMBNAIL showed another region than the slide, or was mi
 Viewers show the THUMBNAIL as the overview map, so it must be the slide: it is rendered
 from the lowest pyramid level that still has at least `THUMBNAIL_MAX_SIDE` pixels along the
 long side of the converted bounds, then resized. The publication gate compares it with
-the smallest VOLUME level written and refuses the series below `MIN_THUMBNAIL_CORRELATION`.
+the smallest VOLUME level written that is at least as large (`compared_level`) and, below
+`MIN_THUMBNAIL_CORRELATION`, leaves the THUMBNAIL out of the series with a warning (an
+optional object never withholds a slide; `core.dicom.publication`).
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ THUMBNAIL_MAX_SIDE = 1024
 """Long side of the THUMBNAIL in pixels (smaller slides keep their size)."""
 
 MIN_THUMBNAIL_CORRELATION = 0.9
-"""Pearson correlation of the luminance of the THUMBNAIL and of the smallest VOLUME level
-resized to the same size. The same picture correlates at 0.98 or more after two JPEG
-encodings and resampling; another region of a smear correlates near 0."""
+"""Pearson correlation of the luminance of the THUMBNAIL and of the compared VOLUME level
+reduced to the same size. Measured (`bms_pipeline_tests/benchmarks/bench_thumbnail.py`, the
+README's table) over the 12 foreign MIRAX slides and the generator's variants: right
+THUMBNAILs 0.995 or more; wrong pictures (another region, shifted by 1/128 of the side or
+more, flipped, the macro, a preview of another area, wsidicomizer's preview crop) 0.835 at
+most."""
 
 _COMPARE_SIDE = 256
 
@@ -138,25 +143,46 @@ def total_pixel_matrix(path: Path, raw: bool = False) -> np.ndarray:
 
 
 def thumbnail_similarity(files: Sequence[Path]) -> tuple[float | None, str]:
-    """Correlation of the series' THUMBNAIL with its smallest VOLUME level, and what was
-    compared; None when the series has no THUMBNAIL."""
-    thumbnail: Path | None = None
-    smallest: tuple[int, Path] | None = None
+    """Correlation of the series' THUMBNAIL with the pyramid where it has the detail: the
+    smallest VOLUME level at least as large as the THUMBNAIL, reduced to the comparison size
+    (`compared_level`); and what was compared. None when the series has no THUMBNAIL."""
+    thumbnail: tuple[tuple[int, int], Path] | None = None
+    levels: list[tuple[tuple[int, int], Path]] = []
     for path in files:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         flavor = str(ds.ImageType[2]) if len(ds.ImageType) > 2 else ""
+        grid = _TileGrid.of(ds)
         if flavor == "THUMBNAIL":
-            thumbnail = Path(path)
+            thumbnail = ((grid.width, grid.height), Path(path))
         elif flavor == "VOLUME":
-            pixels = int(ds.TotalPixelMatrixColumns) * int(ds.TotalPixelMatrixRows)
-            if smallest is None or pixels < smallest[0]:
-                smallest = (pixels, Path(path))
+            levels.append(((grid.width, grid.height), Path(path)))
     if thumbnail is None:
         return None, "no THUMBNAIL instance"
-    if smallest is None:
+    level = compared_level(thumbnail[0], [size for size, _ in levels])
+    if level is None:
         return 0.0, "no VOLUME instance to compare the THUMBNAIL with"
-    score = _correlation_of_files(thumbnail, smallest[1])
-    return score, f"{thumbnail.name} against {smallest[1].name}"
+    size, path = levels[level]
+    score = _correlation_of_files(thumbnail[1], path)
+    return score, (
+        f"{thumbnail[1].name} ({thumbnail[0][0]}x{thumbnail[0][1]}) against "
+        f"{path.name} ({size[0]}x{size[1]})"
+    )
+
+
+def compared_level(thumbnail: tuple[int, int], levels: Sequence[tuple[int, int]]) -> int | None:
+    """Index of the level the THUMBNAIL is compared with: the smallest at least as wide and
+    as high as the THUMBNAIL, reduced to it, so the comparison sees the pyramid's detail.
+    The smallest kept level can be a few dozen pixels wide (nine levels, every second kept):
+    enlarged to the THUMBNAIL's size it is mostly JPEG noise, and a right THUMBNAIL scored
+    0.20. Only when no kept level is that large, the largest one."""
+    if not levels:
+        return None
+    order = sorted(range(len(levels)), key=lambda i: levels[i][0] * levels[i][1])
+    for index in order:
+        width, height = levels[index]
+        if width >= thumbnail[0] and height >= thumbnail[1]:
+            return index
+    return order[-1]
 
 
 def _correlation_of_files(a: Path, b: Path) -> float:

@@ -151,5 +151,8 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
                 [o.summary() for o in load_overrides(layout.root, slide_id)]
             ),
             "study_instance_uid": instances[0].study_instance_uid,
+            "readers": dg.MetadataValue.json([r.summary() for r in result.readers]),
+            "warnings": len(result.warnings),
+            "warning_examples": dg.MetadataValue.json(list(result.warnings)),
         },
     )

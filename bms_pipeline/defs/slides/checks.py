@@ -68,26 +68,36 @@ def sm_series_free_of_slide_identifiers(
 def sm_series_thumbnail_matches_pyramid(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
-    """The THUMBNAIL correlates with the smallest pyramid level (it is the slide, not a copy
-    of a MIRAX preview that covers another region)."""
+    """The THUMBNAIL, where there is one, correlates with the pyramid level at or above its
+    own resolution (it is the slide, not a copy of a MIRAX preview that covers another
+    region). The THUMBNAIL is optional: none (`sm.thumbnail: false`, or left out by the
+    publication gate with a warning) passes, and a wrong one only warns (it never
+    withholds the slide)."""
     from bms_pipeline.core.dicom.thumbnail import MIN_THUMBNAIL_CORRELATION, thumbnail_similarity
 
     slide_id = context.partition_key
     files = sorted(bms.fetch(bms.layout.sm_dir(slide_id), required=True).glob("*.dcm"))
     score, compared = thumbnail_similarity(files)
-    passed = score is not None and score >= MIN_THUMBNAIL_CORRELATION
+    wanted = bms.collection().conventions.sm.thumbnail
+    if score is None:
+        description = (
+            "no THUMBNAIL: left out by the publication gate (see sm_series warnings)"
+            if wanted
+            else "no THUMBNAIL, as collection.yaml asks (conventions.sm.thumbnail: false)"
+        )
+    else:
+        description = f"THUMBNAIL correlation {score:.3f} (bound {MIN_THUMBNAIL_CORRELATION})"
+    passed = score is None or score >= MIN_THUMBNAIL_CORRELATION
     return dg.AssetCheckResult(
         passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR if passed else dg.AssetCheckSeverity.WARN,
         metadata={
             "correlation": round(score, 4) if score is not None else None,
             "bound": MIN_THUMBNAIL_CORRELATION,
             "compared": compared,
+            "thumbnail_wanted": wanted,
         },
-        description=(
-            f"THUMBNAIL correlation {score:.3f} (bound {MIN_THUMBNAIL_CORRELATION})"
-            if score is not None
-            else compared
-        ),
+        description=description,
     )
 
 
