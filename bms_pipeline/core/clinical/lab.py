@@ -311,9 +311,10 @@ def parse_lab_columns(frame: pl.DataFrame, sources: Mapping[str, str]) -> pl.Dat
     for name, source in sources.items():
         kind = pl.col(f"__{name}_kind")
         lazy = lazy.with_columns(
-            pl.when(kind == "ambiguous").then(None).otherwise(pl.col(f"{name}_value")).alias(
-                f"{name}_value"
-            ),
+            pl.when(kind == "ambiguous")
+            .then(None)
+            .otherwise(pl.col(f"{name}_value"))
+            .alias(f"{name}_value"),
             pl.when(kind == "ambiguous")
             .then(None)
             .otherwise(pl.col(f"{name}_qualifier"))
@@ -463,9 +464,7 @@ def _lab_columns(
                 if defined_by == DICTIONARY_SHEET
                 else "not a column the shipped LOINC table defines"
             )
-            cells = int(
-                body[f"c{position}"].str.strip_chars().fill_null("").ne("").sum()
-            )
+            cells = int(body[f"c{position}"].str.strip_chars().fill_null("").ne("").sum())
             left_out.append(LeftOutColumn(LAB_SHEET, position, reason, cells))
             continue
         assert header is not None
@@ -535,9 +534,7 @@ def read_lab_values(
 
     framed = grid.body()
     kept = [f"c{patient_position}", *(f"c{c.position}" for c in columns)]
-    non_empty = pl.any_horizontal(
-        [pl.col(k).str.strip_chars().fill_null("") != "" for k in kept]
-    )
+    non_empty = pl.any_horizontal([pl.col(k).str.strip_chars().fill_null("") != "" for k in kept])
     framed = framed.select("excel_row", *kept).filter(non_empty)
     patient = pl.col(f"c{patient_position}").str.strip_chars()
     blank_ids = framed.filter(patient.is_null() | (patient == ""))["excel_row"].to_list()
@@ -666,13 +663,12 @@ def _settle_numeric_cells(
             continue
         source = f"c{c.position}"
         is_numeric = pl.col("excel_row").is_in(numeric)
-        value = (
-            pl.col(source).str.strip_chars().str.replace(r"^[<>]\s*", "").cast(pl.Float64)
-        )
+        value = pl.col(source).str.strip_chars().str.replace(r"^[<>]\s*", "").cast(pl.Float64)
         parsed = parsed.with_columns(
-            pl.when(is_numeric).then(value).otherwise(pl.col(f"{c.name}_value")).alias(
-                f"{c.name}_value"
-            ),
+            pl.when(is_numeric)
+            .then(value)
+            .otherwise(pl.col(f"{c.name}_value"))
+            .alias(f"{c.name}_value"),
             pl.when(is_numeric)
             .then(pl.lit("number"))
             .otherwise(pl.col(f"__{c.name}_kind"))
@@ -707,4 +703,3 @@ def _normalise_hemoglobin(
         ),
         odd_rows,
     )
-

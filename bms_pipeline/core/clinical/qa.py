@@ -102,8 +102,7 @@ def free_text_findings(df: pl.DataFrame, allowed: Iterable[str] = ()) -> list[st
         text = df[name]
         reasons = {
             f"longer than {_FREE_TEXT_CHARS} characters": text.str.len_chars() > _FREE_TEXT_CHARS,
-            f"{_FREE_TEXT_WORDS} or more words": text.str.count_matches(r"\S+")
-            >= _FREE_TEXT_WORDS,
+            f"{_FREE_TEXT_WORDS} or more words": text.str.count_matches(r"\S+") >= _FREE_TEXT_WORDS,
             "a date": text.str.contains(_DATE_LIKE),
         }
         found = [

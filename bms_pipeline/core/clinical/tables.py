@@ -92,6 +92,7 @@ from bms_pipeline.core.clinical.qa import (
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.store import (
+    FOREIGN_WRITER_TIMEOUT,
     atomic_write_parquet,
     atomic_write_text,
     duckdb_lock_path,
@@ -295,7 +296,11 @@ def _descriptions(tables: ClinicalTables, table: str) -> dict[str, str]:
 
 
 def write_outputs(
-    tables: ClinicalTables, layout: DataLayout, *, lock_timeout: float = 600.0
+    tables: ClinicalTables,
+    layout: DataLayout,
+    *,
+    lock_timeout: float = 600.0,
+    writer_timeout: float = FOREIGN_WRITER_TIMEOUT,
 ) -> WrittenTables:
     """Write parquet, DuckDB, BigQuery schemas and load.sh, as one locked, atomic update.
 
@@ -312,7 +317,9 @@ def write_outputs(
             schemas[name] = bq / f"{name}.schema.json"
             schema = bigquery_schema(frame.schema, _descriptions(tables, name))
             atomic_write_text(schemas[name], json.dumps(schema, indent=2) + "\n")
-        rebuild_duckdb(layout.duckdb_path, parquet, {CLINICAL_INDEX: CLINICAL_INDEX_SQL})
+        rebuild_duckdb(
+            layout.duckdb_path, parquet, {CLINICAL_INDEX: CLINICAL_INDEX_SQL}, writer_timeout
+        )
         load_script = write_load_script(layout, tables.target)
     return WrittenTables(
         parquet=parquet,
