@@ -65,10 +65,9 @@ def clinical_table(
     clinical = clinical or read_clinical_source(path)
     patients: dict[str, PatientClinical] = clinical.patients
     ordered = sorted(CLINICAL_COLUMNS, key=lambda c: clinical.positions[c])
-    raw = pl.DataFrame(
-        [[row[c] or None for c in ordered] for row in clinical.rows],  # empty: null
+    raw = pl.DataFrame(  # an empty field is null, as in the lab table
+        {c: [row[c] or None for row in clinical.rows] for c in ordered},
         schema=dict.fromkeys(ordered, pl.String),
-        orient="row",
     )
     raw = raw.with_columns(pl.col("patient_id").str.strip_chars().alias("dicom_patient_id"))
     derived = pl.DataFrame(

@@ -63,7 +63,7 @@ import fastexcel
 import polars as pl
 
 from bms_pipeline.core.clinical.naming import ColumnNameError, bigquery_name
-from bms_pipeline.core.clinical.patients import ClinicalDataError, is_pseudonym
+from bms_pipeline.core.clinical.patients import PSEUDONYM_PATTERN, ClinicalDataError
 from bms_pipeline.core.clinical.workbook import (
     MAX_UNPACKED_BYTES,
     Workbook,
@@ -543,8 +543,7 @@ def read_lab_values(
             f"{path}: sheet {LAB_SHEET!r}, column {patient_header!r}: blank patient id in "
             f"Excel row(s) {format_rows(blank_ids)}"
         )
-    ids = framed.select("excel_row", patient.alias("id"))
-    malformed = [r for r, pid in ids.iter_rows() if not is_pseudonym(pid)]
+    malformed = framed.filter(~patient.str.contains(PSEUDONYM_PATTERN))["excel_row"].to_list()
     if malformed:
         raise ClinicalDataError(
             f"{path}: sheet {LAB_SHEET!r}, column {patient_header!r}: patient id in Excel "

@@ -36,7 +36,8 @@ CLINICAL_COLUMNS = (
 )
 _SEX = {"female": "F", "male": "M", "other": "O"}
 _AGE_STRING = re.compile(r"^\d{3}[DWMY]$")
-_PSEUDONYM = re.compile(r"^[0-9A-F]{32}$")
+PSEUDONYM_PATTERN = r"^[0-9A-F]{32}$"
+_PSEUDONYM = re.compile(PSEUDONYM_PATTERN)
 _SHOWABLE = re.compile(r"^[A-Za-z]{0,2}[0-9][0-9.,:<>+-]{0,11}[A-Za-z]{0,2}$")
 
 

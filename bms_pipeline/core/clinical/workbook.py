@@ -5,7 +5,7 @@ calamine (through fastexcel) reads the cells fast, but three things it cannot te
 - how much a workbook unpacks to before it does so: a 3 MB zip can declare 3 GiB of XML
   and calamine then holds it all in memory. `open_workbook` sums the sizes the zip members
   declare and refuses a workbook above a limit before anything is decompressed; the sheet
-  XML read here is checked by zipfile against its declared size and CRC as it is read.
+  XML read in full here is checked by zipfile against its declared size and CRC.
 - where a sheet starts: calamine's grid starts at the first cell holding a value, so a blank
   first row or column would shift every row and column number a message names.
   `SheetXml.origin` finds the first row and column that hold a value in the sheet XML.
@@ -36,6 +36,7 @@ _OFFICE_DOCUMENT = _REL_NS + "/officeDocument"
 _REF = re.compile(rb"([A-Z]{1,3})([0-9]+)")
 # A cell element that holds something (not self-closing); r may follow other attributes.
 _VALUED_CELL = rb'<(?:\w+:)?c\b[^>]*?\br="([A-Z]{1,3})([0-9]+)"[^>/]*>'
+_VALUED_CELL_RE = re.compile(_VALUED_CELL)
 _TEXT_TYPE = re.compile(rb'\bt="(?:s|inlineStr|str)"')
 
 
@@ -63,25 +64,50 @@ def _local(tag: str) -> str:
 
 @dataclass(frozen=True)
 class SheetXml:
-    """One sheet's XML, to place calamine's grid and tell text cells from numbers."""
+    """One sheet's XML member, to place calamine's grid and tell text cells from numbers."""
 
+    path: Path
     name: str
-    xml: bytes
+    member: str
+
+    def read(self) -> bytes:
+        """The whole XML; zipfile checks it against its declared size and CRC."""
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                return archive.read(self.member)
+        except (zipfile.BadZipFile, KeyError, OSError) as exc:
+            raise ClinicalDataError(
+                f"{self.path}: sheet {self.name!r} cannot be unpacked ({exc})"
+            ) from exc
 
     def origin(self) -> tuple[int, int]:
         """(1-based Excel row, 0-based column) of calamine's grid's top-left cell: the first
-        row and the first column that hold a value. (1, 0) for a sheet without cell refs."""
-        first = re.search(_VALUED_CELL, self.xml)
+        row and the first column that hold a value. (1, 0) for a sheet without cell refs.
+
+        Rows are stored in order, so the first valued cell gives the row; when it is in
+        column A (as good as always) that is the answer, read from the XML's first chunk.
+        Otherwise the leftmost column with a value is searched in the whole XML."""
+        head, first = b"", None
+        try:
+            with zipfile.ZipFile(self.path) as archive, archive.open(self.member) as fh:
+                while first is None and (chunk := fh.read(1 << 16)):
+                    start = max(0, len(head) - 256)  # a tag cut by the previous chunk
+                    head = head[start:] + chunk
+                    first = _VALUED_CELL_RE.search(head)
+        except (zipfile.BadZipFile, KeyError, OSError) as exc:
+            raise ClinicalDataError(
+                f"{self.path}: sheet {self.name!r} cannot be unpacked ({exc})"
+            ) from exc
         if first is None:
             return 1, 0
-        row = int(first.group(2))
-        # Rows are stored in order, so the first valued cell gives the row; the column is
-        # the leftmost with any value: try A, B, ... (one search each; A almost always hits).
-        last = column_position(first.group(1).decode())
+        row, last = int(first.group(2)), column_position(first.group(1).decode())
+        if last == 0:
+            return row, 0
+        xml = self.read()
         for position in range(last):
             letters = column_letter(position).encode()
             pattern = rb'<(?:\w+:)?c\b[^>]*?\br="' + letters + rb'[0-9]+"[^>/]*>'
-            if re.search(pattern, self.xml):
+            if re.search(pattern, xml):
                 return row, position
         return row, last
 
@@ -90,10 +116,11 @@ class SheetXml:
         wanted = {f"{column_letter(c)}{r}".encode(): (r, c) for r, c in refs}
         found: set[tuple[int, int]] = set()
         names = sorted(wanted)
+        xml = self.read()
         for start in range(0, len(names), 500):
             chunk = b"|".join(names[start : start + 500])
             pattern = rb'<(?:\w+:)?c\b([^>]*?)\br="(' + chunk + rb')"([^>]*)>'
-            for match in re.finditer(pattern, self.xml):
+            for match in re.finditer(pattern, xml):
                 if _TEXT_TYPE.search(match.group(1) + match.group(3)):
                     found.add(wanted[match.group(2)])
         return found
@@ -112,14 +139,8 @@ class Workbook:
         return list(self.members)
 
     def sheet_xml(self, name: str) -> SheetXml:
-        """The sheet's XML, checked against its declared size and CRC as it is read."""
-        try:
-            with zipfile.ZipFile(self.path) as archive:
-                return SheetXml(name, archive.read(self.members[name]))
-        except (zipfile.BadZipFile, KeyError, OSError) as exc:
-            raise ClinicalDataError(
-                f"{self.path}: sheet {name!r} cannot be unpacked ({exc})"
-            ) from exc
+        """The sheet's XML member (read on demand)."""
+        return SheetXml(self.path, name, self.members[name])
 
 
 def open_workbook(path: Path, max_unpacked: int = MAX_UNPACKED_BYTES) -> Workbook:
