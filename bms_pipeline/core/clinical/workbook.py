@@ -27,8 +27,8 @@ from xml.etree import ElementTree
 from bms_pipeline.core.clinical.patients import ClinicalDataError
 
 MAX_UNPACKED_BYTES = 512 * 2**20
-"""What a lab workbook may unpack to (the zip members' declared sizes, summed). The real
-BMDeep workbook (257 patients) unpacks to well under 1 MiB and a 100,000-row synthetic one to
+"""What a lab workbook may unpack to (the zip members' declared sizes, summed). A synthetic
+workbook of the real sheet's 257 patients unpacks to 0.2 MiB, one of 100,000 patients to
 66 MiB; 512 MiB leaves room while keeping memory bounded."""
 
 _REL_NS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
