@@ -31,8 +31,6 @@ MAX_UNPACKED_BYTES = 512 * 2**20
 workbook of the real sheet's 257 patients unpacks to 0.2 MiB, one of 100,000 patients to
 66 MiB; 512 MiB leaves room while keeping memory bounded."""
 
-_REL_NS = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
-_OFFICE_DOCUMENT = _REL_NS + "/officeDocument"
 _REF = re.compile(rb"([A-Z]{1,3})([0-9]+)")
 # A cell element that holds something (not self-closing); r may follow other attributes.
 _VALUED_CELL = rb'<(?:\w+:)?c\b[^>]*?\br="([A-Z]{1,3})([0-9]+)"[^>/]*>'
@@ -177,7 +175,7 @@ def _sheet_members(archive: zipfile.ZipFile) -> dict[str, str]:
     workbook = "xl/workbook.xml"
     if "_rels/.rels" in archive.namelist():
         for rel in ElementTree.fromstring(archive.read("_rels/.rels")):
-            if rel.get("Type") == _OFFICE_DOCUMENT and rel.get("Target"):
+            if rel.get("Type", "").endswith("/officeDocument") and rel.get("Target"):
                 workbook = rel.get("Target", workbook).lstrip("/")
     folder = posixpath.dirname(workbook)
     rels_name = posixpath.join(folder, "_rels", posixpath.basename(workbook) + ".rels")
@@ -189,7 +187,8 @@ def _sheet_members(archive: zipfile.ZipFile) -> dict[str, str]:
     members: dict[str, str] = {}
     for element in ElementTree.fromstring(archive.read(workbook)).iter():
         if _local(element.tag) == "sheet":
-            rid = element.get(f"{{{_REL_NS}}}id", "")
+            # r:id, in the transitional or the strict OOXML namespace
+            rid = next((v for k, v in element.attrib.items() if k.endswith("}id")), "")
             if rid in targets and element.get("name") is not None:
                 members[element.get("name", "")] = targets[rid]
     return members
