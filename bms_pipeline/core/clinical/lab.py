@@ -384,7 +384,7 @@ def read_sheet_grids(workbook: Workbook, sheets: Sequence[str]) -> dict[str, She
             for name in sheets
         }
     except Exception as exc:  # fastexcel raises its own types for missing sheets/bad files
-        raise ClinicalDataError(f"{path}: cannot read sheets {list(sheets)} ({exc})") from exc
+        raise ClinicalDataError(f"{path}: cannot read sheets {list(sheets)} ({exc})") from None
     grids: dict[str, SheetGrid] = {}
     for name, frame in frames.items():
         row, column = workbook.sheet_xml(name).origin()
@@ -434,7 +434,7 @@ def read_lab_dictionary(path: Path, grid: SheetGrid | None) -> tuple[dict[str, s
         try:
             name = bigquery_name(column)
         except ColumnNameError as exc:
-            raise ClinicalDataError(f"{where}: {exc}") from exc
+            raise ClinicalDataError(f"{where}: {exc}") from None
         if label is None or not label.strip():
             warnings.append(f"{where}: column {column!r} has no label; its label is its name")
             label = column

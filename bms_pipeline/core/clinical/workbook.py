@@ -12,6 +12,9 @@ calamine (through fastexcel) reads the cells fast, but three things it cannot te
 - whether a cell is a number or text: calamine renders both as the same string (``1.234``).
   A numeric cell is unambiguous; a text cell ``1.234`` in a German sheet may be 1234.
   `SheetXml.text_cells` looks the cells up in the XML.
+
+Errors are raised ``from None``: their message names the file and the cause, and a run's
+summary shows the innermost error of a chain, which would be the bare cause.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ class SheetXml:
         except (zipfile.BadZipFile, KeyError, OSError) as exc:
             raise ClinicalDataError(
                 f"{self.path}: sheet {self.name!r} cannot be unpacked ({exc})"
-            ) from exc
+            ) from None
 
     def origin(self) -> tuple[int, int]:
         """(1-based Excel row, 0-based column) of calamine's grid's top-left cell: the first
@@ -95,7 +98,7 @@ class SheetXml:
         except (zipfile.BadZipFile, KeyError, OSError) as exc:
             raise ClinicalDataError(
                 f"{self.path}: sheet {self.name!r} cannot be unpacked ({exc})"
-            ) from exc
+            ) from None
         if first is None:
             return 1, 0
         row, last = int(first.group(2)), column_position(first.group(1).decode())
@@ -149,7 +152,7 @@ def open_workbook(path: Path, max_unpacked: int = MAX_UNPACKED_BYTES) -> Workboo
     except (zipfile.BadZipFile, OSError) as exc:
         raise ClinicalDataError(
             f"{path}: not a readable XLSX workbook (an XLSX file is a zip archive: {exc})"
-        ) from exc
+        ) from None
     with archive:
         infos = archive.infolist()
         unpacked = sum(info.file_size for info in infos)
@@ -166,7 +169,7 @@ def open_workbook(path: Path, max_unpacked: int = MAX_UNPACKED_BYTES) -> Workboo
         except (KeyError, ElementTree.ParseError, zipfile.BadZipFile) as exc:
             raise ClinicalDataError(
                 f"{path}: not a readable XLSX workbook (its sheet list cannot be read: {exc})"
-            ) from exc
+            ) from None
     return Workbook(path, unpacked, members)
 
 
