@@ -21,6 +21,7 @@ import xlsxwriter
 
 from bms_pipeline.core.clinical.lab import LAB_SHEET, read_lab_values, reference_label
 from bms_pipeline.core.clinical.patients import ClinicalDataError, read_clinical_source
+from bms_pipeline.core.clinical.qa import free_text_phi_columns
 from bms_pipeline.core.clinical.tables import build_clinical_tables, write_outputs
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.store import OutputWriteError
@@ -479,3 +480,10 @@ def test_a_read_only_client_does_not_block_a_rebuild(tmp_path: Path) -> None:
     finally:
         reader.kill()
         reader.wait()
+
+
+def test_the_free_text_rule_flags_all_five_planted_columns_by_name() -> None:
+    frame = pl.DataFrame(
+        {c: ["x"] for c in ("comment", "info", "bemerkung", "station", "creatinine")}
+    )
+    assert free_text_phi_columns(frame) == ["comment", "info", "bemerkung", "station"]

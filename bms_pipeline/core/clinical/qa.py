@@ -74,7 +74,8 @@ _PHI_TOKENS = frozenset((
     "address", "adresse", "street", "strasse", "city", "ort", "zip", "postcode", "plz",
     "phone", "telephone", "telefon", "email", "mail", "mrn", "ssn", "insurance",
     "comment", "comments", "kommentar", "note", "notes", "remark", "remarks", "bemerkung",
-    "freetext", "text", "anamnese",
+    "freetext", "text", "anamnese", "info", "infos", "station", "anmerkung", "hinweis",
+    "freitext", "bemerkungen", "kommentare",
 ))
 # fmt: on
 _DATE_LIKE = r"\b\d{1,2}[./]\d{1,2}[./]\d{2,4}\b|\b\d{4}-\d{2}-\d{2}\b"
