@@ -11,6 +11,7 @@ import atexit
 import fcntl
 import os
 import shutil
+import struct
 import threading
 import time
 import uuid
@@ -101,6 +102,59 @@ def exclusive_lock(path: Path, timeout: float = 600.0) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+FOREIGN_WRITER_TIMEOUT = 120.0
+"""How long a rebuild waits for another process that holds the DuckDB file open for writing
+(a `duckdb` shell, a notebook) to let go before it refuses."""
+
+_FLOCK = "hhqqi"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid
+
+
+def _ofd_lock(fd: int, kind: int, command: int) -> tuple[int, int]:
+    """An open-file-description lock over the whole file: (l_type, l_pid) of the answer."""
+    answer = fcntl.fcntl(fd, command, struct.pack(_FLOCK, kind, os.SEEK_SET, 0, 0, 0))
+    kind, _, _, _, pid = struct.unpack(_FLOCK, answer)
+    return kind, pid
+
+
+@contextmanager
+def no_foreign_writer(db_path: Path, timeout: float = FOREIGN_WRITER_TIMEOUT) -> Iterator[None]:
+    """Keep other DuckDB clients from writing ``db_path`` while it is copied and replaced.
+
+    DuckDB takes a POSIX write lock (fcntl) on a database it opens for writing, a read lock
+    on one it opens read-only. A client that writes the file while the rebuild copies it
+    would lose its writes, or go on writing to a file renamed away. So: wait up to
+    ``timeout`` s for such a writer to close the file, then refuse (OutputWriteError naming
+    the file and the process); while the rebuild runs, hold a read lock, which DuckDB
+    writers cannot pass and readers can. The lock is Linux's open-file-description kind
+    (F_OFD_SETLK): it conflicts with DuckDB's POSIX locks, even those of this process, and
+    other opens and closes of the file (the copy) do not drop it as they would a POSIX one.
+    """
+    try:
+        fd = os.open(db_path, os.O_RDONLY)
+    except FileNotFoundError:
+        yield
+        return
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                _ofd_lock(fd, fcntl.F_RDLCK, fcntl.F_OFD_SETLK)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    kind, pid = _ofd_lock(fd, fcntl.F_RDLCK, fcntl.F_OFD_GETLK)
+                    who = f"process {pid}" if kind != fcntl.F_UNLCK and pid > 0 else "a process"
+                    raise OutputWriteError(
+                        f"{db_path}: held open for writing by {who} (a DuckDB client); waited "
+                        f"{timeout:.0f} s. Close it (or open it read_only) and run again; the "
+                        "database is never replaced under a writer"
+                    ) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -136,7 +190,10 @@ def _close_engine() -> None:
 
 
 def rebuild_duckdb(
-    db_path: Path, parquet_by_table: Mapping[str, Path], views: Mapping[str, str]
+    db_path: Path,
+    parquet_by_table: Mapping[str, Path],
+    views: Mapping[str, str],
+    writer_timeout: float = FOREIGN_WRITER_TIMEOUT,
 ) -> None:
     """Rebuild ``db_path`` with these tables and views; the caller holds the lock.
 
@@ -145,9 +202,15 @@ def rebuild_duckdb(
     original. Other tables survive; readers see the old or the new file, never a mix.
     The copy is attached to the process's DuckDB (`_duckdb_engine`) as the default
     database while it is rebuilt, so the views' SQL names its tables as a reader of the
-    file does.
+    file does. Another process writing the file is waited for, then refused
+    (`no_foreign_writer`), never replaced under.
     """
     db_path.parent.mkdir(parents=True, exist_ok=True)
+    with no_foreign_writer(db_path, writer_timeout):
+        _rebuild(db_path, parquet_by_table, views)
+
+
+def _rebuild(db_path: Path, parquet_by_table: Mapping[str, Path], views: Mapping[str, str]) -> None:
     tmp = _temp_beside(db_path)
     tmp_wal = Path(f"{tmp}.wal")
     wal = Path(f"{db_path}.wal")
@@ -206,6 +269,7 @@ def write_duckdb_tables(
     views: Mapping[str, str] | None = None,
     *,
     lock_timeout: float = 600.0,
+    writer_timeout: float = FOREIGN_WRITER_TIMEOUT,
 ) -> None:
     """Put parquet files into ``db_path`` as tables (plus views), one writer at a time.
 
@@ -213,7 +277,7 @@ def write_duckdb_tables(
     serialise on the same lock and never lose each other's tables.
     """
     with exclusive_lock(duckdb_lock_path(db_path), lock_timeout):
-        rebuild_duckdb(db_path, parquet_by_table, views or {})
+        rebuild_duckdb(db_path, parquet_by_table, views or {}, writer_timeout)
 
 
 def keep_unchanged(staged: Path, final: Path) -> list[str]:

@@ -1,6 +1,7 @@
-"""The `<collection_id>_clinical` table from clinical.csv: the source columns under
-BigQuery-safe names, each derived column (sex meaning, age in years, NCIt meaning) right
-after its source; the source strings are kept.
+"""The `<collection_id>_clinical` table from clinical.csv: the contract's columns (their
+names are BigQuery-safe already) in source order, each derived column (sex meaning, age in
+years, NCIt meaning) right after its source; the source strings are kept. Other columns of
+the file are never read into the table (`patients.read_clinical_source`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from bms_pipeline.core.clinical.idc_metadata import (
     SourceFile,
     provenance_columns,
 )
-from bms_pipeline.core.clinical.naming import ColumnNameError, bigquery_names
 from bms_pipeline.core.clinical.patients import (
-    ClinicalDataError,
+    CLINICAL_COLUMNS,
+    ClinicalSource,
     PatientClinical,
     ncit_leukemia,
-    read_clinical_csv,
+    read_clinical_source,
 )
 
 # clinical.csv: the derived columns that follow a source column, and every label.
@@ -55,28 +56,19 @@ def _age_years(age: str) -> int:
     return int(int(age[:3]) * _AGE_UNIT_DAYS[age[3]] // 365.25)
 
 
-def clinical_table(source: SourceFile) -> tuple[pl.DataFrame, dict[str, ColumnInfo]]:
-    """clinical.csv as the clinical table, validated by `read_clinical_csv`'s rules."""
+def clinical_table(
+    source: SourceFile, clinical: ClinicalSource | None = None
+) -> tuple[pl.DataFrame, dict[str, ColumnInfo]]:
+    """clinical.csv as the clinical table: the contract's columns only, read and validated
+    once by `read_clinical_source` (``clinical``, read here if not given)."""
     path = source.path
-    patients: dict[str, PatientClinical] = read_clinical_csv(path)
-    raw = pl.read_csv(path, separator=";", infer_schema=False, encoding="utf8")
-    headers = list(raw.columns)
-    try:
-        names = bigquery_names(headers)
-    except ColumnNameError as exc:
-        raise ClinicalDataError(f"{path}: {exc}") from exc
-    added = {
-        "dicom_patient_id",
-        "source_batch",
-        *(x for d in _CLINICAL_DERIVED.values() for x in d),
-    }
-    if added & set(names):
-        raise ClinicalDataError(
-            f"{path}: source columns {sorted(added & set(names))} clash with columns this "
-            "table adds"
-        )
-    raw = raw.rename(dict(zip(headers, names, strict=True)))
-    position = {name: i for i, name in enumerate(names)}
+    clinical = clinical or read_clinical_source(path)
+    patients: dict[str, PatientClinical] = clinical.patients
+    ordered = sorted(CLINICAL_COLUMNS, key=lambda c: clinical.positions[c])
+    raw = pl.DataFrame(  # an empty field is null, as in the lab table
+        {c: [row[c] or None for row in clinical.rows] for c in ordered},
+        schema=dict.fromkeys(ordered, pl.String),
+    )
     raw = raw.with_columns(pl.col("patient_id").str.strip_chars().alias("dicom_patient_id"))
     derived = pl.DataFrame(
         [
@@ -93,29 +85,25 @@ def clinical_table(source: SourceFile) -> tuple[pl.DataFrame, dict[str, ColumnIn
         orient="row",
     )
     joined = raw.join(derived, on="dicom_patient_id", how="left", maintain_order="left")
-    if joined.height != len(patients) or joined["dicom_patient_sex"].null_count():
-        raise ClinicalDataError(f"{path}: rows read by polars and by the validator disagree")
 
     order = [DICOM_PATIENT_COLUMN, SOURCE_BATCH_COLUMN]
-    info = provenance_columns(headers[position[CASE_COLUMN]])
-    for name, header in zip(names, headers, strict=True):
+    info = provenance_columns(clinical.headers[CASE_COLUMN])
+    for name in ordered:
+        header, position = clinical.headers[name], clinical.positions[name]
         order.append(name)
-        info[name] = ColumnInfo(
-            _CLINICAL_LABELS.get(name, header), (header,), (position[name],), source
-        )
+        info[name] = ColumnInfo(_CLINICAL_LABELS[name], (header,), (position,), source)
         for extra in _CLINICAL_DERIVED.get(name, ()):
             order.append(extra)
-            info[extra] = ColumnInfo(_CLINICAL_LABELS[extra], (header,), (position[name],), source)
+            info[extra] = ColumnInfo(_CLINICAL_LABELS[extra], (header,), (position,), source)
     info["dicom_patient_sex"] = replace(
         info["dicom_patient_sex"],
         value_descriptions=_SEX_MEANING,
         values_note="DICOM PatientSex defined terms",
     )
-    if "ncit_concept_code" in info:
-        info["ncit_concept_code"] = replace(
-            info["ncit_concept_code"],
-            value_descriptions=ncit_leukemia(),
-            values_note="descriptions from the NCIt table shipped with bms_pipeline",
-        )
+    info["ncit_concept_code"] = replace(
+        info["ncit_concept_code"],
+        value_descriptions=ncit_leukemia(),
+        values_note="descriptions from the NCIt table shipped with bms_pipeline",
+    )
     table = joined.with_columns(pl.lit(SOURCE_BATCH, dtype=pl.Int64).alias("source_batch"))
     return table.select(order), info

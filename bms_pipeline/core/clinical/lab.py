@@ -1,28 +1,44 @@
-"""lab_values.xlsx: censored, German-formatted lab cells read without losing anything.
+"""lab_values.xlsx: censored, German-formatted lab cells read without losing anything, and
+nothing published that the collection does not define.
 
-Every cell is read as a string (calamine through polars, ``infer_schema_length=0``), so no
-coercion happens before the rules below see it. Each lab column then becomes three:
+Every cell is read as a string (calamine through fastexcel), so no coercion happens before
+the rules below see it; rows and columns are those a spreadsheet user sees (`workbook`).
+The header row is the sheet's first row with a value. The table publishes only the
+columns sheet ``idc_dictionary`` defines (the shipped LOINC table when that sheet is
+missing), plus ``patient_id``: any other column (free text such as ``bemerkung`` or
+``station``, or a column without a header, e.g. under a merged header cell) is left out and
+named by its position only (Excel letter and number), because a header can itself be text
+nobody reviewed. Each lab column then becomes three:
 
 - ``<col>``: the source string, exactly as the workbook holds it (``>1800``, ``<0,2``,
-  ``<Nachweisgrenze``, `` 12,5 ``);
+  ``<Nachweisgrenze``, `` 12,5 ``), for every cell that holds a value or a known token;
 - ``<col>_value``: FLOAT, the number in the cell (German decimal comma parsed);
 - ``<col>_qualifier``: ``<`` or ``>`` for a censored cell, else null.
 
 What a cell may hold (surrounding whitespace ignored):
 
-======================  ==============================  =====================================
-cell                    ``_value``                      ``_qualifier``
-======================  ==============================  =====================================
-blank                   null                            null
-``12,5`` / ``12.5``     12.5 (a lone ``.`` is a decimal point: that is how calamine renders a
-                        numeric Excel cell; ``1.234,5`` with dot groups and a comma is 1234.5)
-``<0,2`` / ``> 1800``   0.2 / 1800.0                    ``<`` / ``>``
-``<Nachweisgrenze``     null                            ``<`` (below the detection limit; each
-                                                        such cell is reported as a note)
-anything else           null                            null, and the cell is reported with
-                                                        sheet, Excel row and column (or, with
-                                                        ``strict=True``, a ClinicalDataError)
-======================  ==============================  =====================================
+=======================  ============================  =======================================
+cell                     ``_value``                    ``_qualifier`` / report
+=======================  ============================  =======================================
+blank                    null                          null
+``12,5`` / numeric cell  12.5 (the comma is the decimal separator; a numeric Excel cell is
+                         a number whatever calamine renders; ``1.234,5`` with dot groups and
+                         a comma is 1234.5)
+``1.234`` as text        null                          null; a warning: a dot before exactly
+                                                       three digits is 1.234 or (German
+                                                       grouping) 1234, so it is not guessed
+``1e3`` as text          1000.0                        null; a warning (scientific notation)
+``<0,2`` / ``> 1800``    0.2 / 1800.0                  ``<`` / ``>``
+``<Nachweisgrenze``      null                          ``<`` (below the detection limit; a
+                                                       note per column with the Excel rows)
+``n.b.``, ``nicht        null                          null (not determined; a note per
+bestimmt``, ``n.d.``                                   column with the Excel rows)
+anything else            null                          null, and the string column is null
+                                                       too: the cell is reported by sheet,
+                                                       Excel row and column and its content
+                                                       never reaches a table, log or message
+                                                       (``strict=True``: a ClinicalDataError)
+=======================  ============================  =======================================
 
 Hemoglobin arrives in mixed units. Rule (applied to ``hemoglobin_value`` only; the source
 string is untouched): an *integer-looking* value (``102``, ``102,0``) above 25 is in g/L and
@@ -46,8 +62,14 @@ from typing import Literal
 import fastexcel
 import polars as pl
 
-from bms_pipeline.core.clinical.naming import ColumnNameError, bigquery_names
-from bms_pipeline.core.clinical.patients import ClinicalDataError
+from bms_pipeline.core.clinical.naming import ColumnNameError, bigquery_name
+from bms_pipeline.core.clinical.patients import PSEUDONYM_PATTERN, ClinicalDataError
+from bms_pipeline.core.clinical.workbook import (
+    MAX_UNPACKED_BYTES,
+    Workbook,
+    column_letter,
+    open_workbook,
+)
 from bms_pipeline.core.reference import reference_path
 
 LAB_SHEET = "lab_values"
@@ -62,35 +84,69 @@ HEMOGLOBIN_RULE = (
     "divided by 10 (hemoglobin above 25 g/dL does not occur); values at or below 25 are "
     "already g/dL; the source string column is unchanged"
 )
-FIRST_DATA_ROW = 2  # Excel row of the first data row: row 1 holds the headers
+FIRST_DATA_ROW = 2  # Excel row of the first data row when the headers are in row 1
 
-CellKind = Literal["blank", "number", "censored", "below_detection_limit", "invalid"]
+CellKind = Literal[
+    "blank",
+    "number",
+    "censored",
+    "below_detection_limit",
+    "not_determined",
+    "ambiguous",
+    "scientific",
+    "invalid",
+]
+WARNING_KINDS = frozenset({"invalid", "ambiguous", "scientific", "unit"})
+"""Issues that are warnings (``strict=True``: errors); the others are notes."""
 
 # A number as the German lab system writes it, or as calamine renders a numeric cell.
 _NUM_DOT = r"[+-]?(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+)?"
 _NUM_COMMA = r"[+-]?(?:\d+,\d+|,\d+)"
 _NUM_GROUPED = r"[+-]?\d{1,3}(?:\.\d{3})+(?:,\d+)?"
+_AMBIGUOUS_DOT = r"^[+-]?[1-9]\d{0,2}\.\d{3}$"  # 1.234: a decimal point or a German group
+_SCIENTIFIC = r"[eE]"
 _INTEGER_LOOKING = r"^[+-]?\d+(?:[.,]0+)?$"
 _BELOW_DETECTION = r"(?i)^(?:<\s*|unter\s+(?:der\s+)?)(?:nachweisgrenze|nwg)$"
+_NOT_DETERMINED = r"(?i)^(?:n\.\s?b\.?|nb|nicht\s+bestimmt|n\.\s?d\.?|nd|not\s+done)$"
 _LOINC_IN_LABEL = re.compile(r"LOINC:\s*([0-9]+-[0-9])")
 
 
 @dataclass(frozen=True)
 class CellIssue:
-    """One lab cell that needs a human's attention, located as a spreadsheet user would."""
+    """One lab cell that needs a human's attention, located as a spreadsheet user would.
+
+    It never holds the cell's content: a cell that is not a value may be free text naming
+    a person, and issues reach logs, the Dagster instance and the console."""
 
     file: str
     sheet: str
     row: int  # 1-based Excel row
-    column: str  # the source header
-    value: str
-    kind: CellKind  # "invalid" (a warning) or "below_detection_limit" (a note)
+    column: str  # the source header (a column the collection defines)
+    letter: str  # its Excel column letter
+    kind: str  # a CellKind, or "unit" (hemoglobin in neither unit)
     message: str
 
     def __str__(self) -> str:
         return (
-            f"{self.file}: sheet {self.sheet!r}, row {self.row}, column {self.column!r}: "
-            f"{self.message} (cell {self.value!r})"
+            f"{self.file}: sheet {self.sheet!r}, row {self.row}, column {self.column!r} "
+            f"({self.letter}): {self.message}"
+        )
+
+
+@dataclass(frozen=True)
+class LeftOutColumn:
+    """A sheet column the table does not publish, named by its place only."""
+
+    sheet: str
+    position: int  # 0-based
+    reason: str
+    cells: int  # non-empty data cells it held
+
+    def describe(self) -> str:
+        return (
+            f"sheet {self.sheet!r}, column {column_letter(self.position)} "
+            f"(column {self.position + 1}): {self.reason}; left out of the table "
+            f"({self.cells} non-empty cell(s), not shown)"
         )
 
 
@@ -118,7 +174,7 @@ class LabColumn:
     header: str  # exactly as in the sheet
     name: str  # BigQuery-safe
     position: int  # 0-based column number in the sheet, as IDC's column_numbers
-    label: str  # column_label: from idc_dictionary, else the shipped LOINC table, else header
+    label: str  # column_label: from idc_dictionary, else the shipped LOINC table
     label_source: str
     loinc: str | None
 
@@ -143,6 +199,7 @@ class LabSheet:
     issues: tuple[CellIssue, ...]
     normalisations: tuple[Normalisation, ...]
     warnings: tuple[str, ...] = field(default=())
+    left_out_columns: tuple[LeftOutColumn, ...] = field(default=())
 
 
 def format_rows(rows: Sequence[int]) -> str:
@@ -183,20 +240,24 @@ def parse_lab_columns(frame: pl.DataFrame, sources: Mapping[str, str]) -> pl.Dat
     """Add ``<name>_value``, ``<name>_qualifier``, ``__<name>_kind`` and ``__<name>_int``
     (integer-looking) for each ``name -> source column`` in ``sources``.
 
-    The one implementation of the cell rules in the module docstring. Intermediate results
-    are materialised stage by stage so each regex runs once per cell (100,000-row sheets).
+    The one implementation of the cell rules in the module docstring, for text cells: the
+    caller turns an ``ambiguous`` cell that is a numeric Excel cell into a ``number``
+    (`_settle_numeric_cells`). Intermediate results are materialised stage by stage so each
+    regex runs once per cell (100,000-row sheets).
     """
     stages: list[list[pl.Expr]] = [[], [], [], []]
     temporary: list[str] = []
     for name, source in sources.items():
         t = f"__{name}"
-        temporary += [f"{t}_s", f"{t}_body", f"{t}_sign", f"{t}_ndl", f"{t}_num"]
+        temporary += [f"{t}_s", f"{t}_body", f"{t}_sign", f"{t}_ndl", f"{t}_nd", f"{t}_num"]
+        temporary += [f"{t}_amb", f"{t}_sci"]
         stages[0].append(pl.col(source).str.strip_chars().alias(f"{t}_s"))
         s = pl.col(f"{t}_s")
         stages[1] += [
             s.str.extract(r"^([<>])", 1).alias(f"{t}_sign"),
             s.str.replace(r"^[<>]\s*", "").alias(f"{t}_body"),
             s.str.contains(_BELOW_DETECTION).fill_null(False).alias(f"{t}_ndl"),
+            s.str.contains(_NOT_DETERMINED).fill_null(False).alias(f"{t}_nd"),
         ]
         body = pl.col(f"{t}_body")
         stages[2] += [
@@ -210,14 +271,18 @@ def parse_lab_columns(frame: pl.DataFrame, sources: Mapping[str, str]) -> pl.Dat
             .cast(pl.Float64, strict=False)
             .alias(f"{t}_num"),
             body.str.contains(_INTEGER_LOOKING).fill_null(False).alias(f"{t}_int"),
+            body.str.contains(_AMBIGUOUS_DOT).fill_null(False).alias(f"{t}_amb"),
+            body.str.contains(_SCIENTIFIC).fill_null(False).alias(f"{t}_sci"),
         ]
         blank = s.is_null() | (s == "")
         below_limit, sign, number = pl.col(f"{t}_ndl"), pl.col(f"{t}_sign"), pl.col(f"{t}_num")
+        not_determined, ambiguous = pl.col(f"{t}_nd"), pl.col(f"{t}_amb")
+        parsed = number.is_not_null()
         stages[3] += [
             pl.when(below_limit).then(None).otherwise(number).alias(f"{name}_value"),
             pl.when(below_limit)
             .then(pl.lit("<"))
-            .when(number.is_not_null())
+            .when(parsed)
             .then(sign)
             .otherwise(None)
             .alias(f"{name}_qualifier"),
@@ -225,9 +290,15 @@ def parse_lab_columns(frame: pl.DataFrame, sources: Mapping[str, str]) -> pl.Dat
             .then(pl.lit("blank"))
             .when(below_limit)
             .then(pl.lit("below_detection_limit"))
-            .when(number.is_not_null() & sign.is_not_null())
+            .when(not_determined)
+            .then(pl.lit("not_determined"))
+            .when(parsed & ambiguous)
+            .then(pl.lit("ambiguous"))
+            .when(parsed & pl.col(f"{t}_sci"))
+            .then(pl.lit("scientific"))
+            .when(parsed & sign.is_not_null())
             .then(pl.lit("censored"))
-            .when(number.is_not_null())
+            .when(parsed)
             .then(pl.lit("number"))
             .otherwise(pl.lit("invalid"))
             .alias(f"{t}_kind"),
@@ -235,21 +306,38 @@ def parse_lab_columns(frame: pl.DataFrame, sources: Mapping[str, str]) -> pl.Dat
     lazy = frame.lazy()
     for stage in stages:
         lazy = lazy.with_columns(stage)
-    return lazy.drop(temporary).collect()
+    lazy = lazy.drop(temporary)
+    # A text cell's ambiguous number is not guessed; an invalid cell is not published.
+    for name, source in sources.items():
+        kind = pl.col(f"__{name}_kind")
+        lazy = lazy.with_columns(
+            pl.when(kind == "ambiguous")
+            .then(None)
+            .otherwise(pl.col(f"{name}_value"))
+            .alias(f"{name}_value"),
+            pl.when(kind == "ambiguous")
+            .then(None)
+            .otherwise(pl.col(f"{name}_qualifier"))
+            .alias(f"{name}_qualifier"),
+            pl.when(kind == "invalid").then(None).otherwise(pl.col(source)).alias(source),
+        )
+    return lazy.collect()
 
 
 def parse_lab_strings(values: pl.Series) -> pl.DataFrame:
-    """Parse lab cell strings into ``value`` (Float64), ``qualifier`` and ``kind``."""
+    """Parse lab cell strings (as text cells) into ``value`` (Float64), ``qualifier``,
+    ``kind`` and ``published`` (the string the table keeps: null for an invalid cell)."""
     parsed = parse_lab_columns(pl.DataFrame({"s": values.cast(pl.String)}), {"x": "s"})
     return parsed.select(
         pl.col("x_value").alias("value"),
         pl.col("x_qualifier").alias("qualifier"),
         pl.col("__x_kind").alias("kind"),
+        pl.col("s").alias("published"),
     )
 
 
 def parse_lab_value(text: str | None) -> tuple[float | None, str | None, CellKind]:
-    """One cell: ``"<0,2"`` -> ``(0.2, "<", "censored")``."""
+    """One text cell: ``"<0,2"`` -> ``(0.2, "<", "censored")``."""
     row = parse_lab_strings(pl.Series([text], dtype=pl.String)).row(0)
     return row[0], row[1], row[2]
 
@@ -257,98 +345,139 @@ def parse_lab_value(text: str | None) -> tuple[float | None, str | None, CellKin
 # --------------------------------------------------------------------------- sheet reading
 
 
-def read_sheets_strings(path: Path, sheets: Sequence[str]) -> dict[str, pl.DataFrame]:
-    """Sheets with every cell as a string, read in one pass over the workbook.
+@dataclass(frozen=True)
+class SheetGrid:
+    """A sheet as calamine reads it (every cell a string, no header), placed in Excel's grid:
+    frame row i is Excel row ``first_row + i``, frame column j column ``first_column + j``."""
 
-    Blank rows and columns are kept, so that row and column numbers stay those a
-    spreadsheet user sees.
-    """
-    try:
-        frames = pl.read_excel(
-            path,
-            sheet_name=list(sheets),
-            engine="calamine",
-            infer_schema_length=0,
-            drop_empty_rows=False,
-            drop_empty_cols=False,
+    name: str
+    frame: pl.DataFrame
+    first_row: int  # 1-based
+    first_column: int  # 0-based
+
+    @property
+    def headers(self) -> list[str | None]:
+        """The first row's cells, stripped; None where empty (a merged or blank header)."""
+        if self.frame.height == 0:
+            return []
+        return [v.strip() if v is not None and v.strip() else None for v in self.frame.row(0)]
+
+    def body(self) -> pl.DataFrame:
+        """The rows below the header, columns named c<position>, with ``excel_row``."""
+        names = [f"c{self.first_column + j}" for j in range(self.frame.width)]
+        return (
+            self.frame.rename(dict(zip(self.frame.columns, names, strict=True)))
+            .slice(1)
+            .with_row_index("excel_row", offset=self.first_row + 1)
+            .with_columns(pl.col("excel_row").cast(pl.Int64))
         )
-    except Exception as exc:  # fastexcel raises its own types for missing sheets/bad files
-        raise ClinicalDataError(f"{path}: cannot read sheets {list(sheets)} ({exc})") from exc
-    return {name: frame.select(pl.all().cast(pl.String)) for name, frame in frames.items()}
 
 
-def _sheet_names(path: Path) -> list[str]:
+def read_sheet_grids(workbook: Workbook, sheets: Sequence[str]) -> dict[str, SheetGrid]:
+    """Sheets with every cell as a string, blank rows and columns kept, each placed at its
+    Excel row and column (`SheetXml.origin`)."""
+    path = workbook.path
     try:
-        return list(fastexcel.read_excel(path).sheet_names)
-    except Exception as exc:
-        raise ClinicalDataError(f"{path}: not a readable XLSX workbook ({exc})") from exc
+        reader = fastexcel.read_excel(path)
+        frames = {
+            name: reader.load_sheet(name, header_row=None, dtypes="string").to_polars()
+            for name in sheets
+        }
+    except Exception as exc:  # fastexcel raises its own types for missing sheets/bad files
+        raise ClinicalDataError(f"{path}: cannot read sheets {list(sheets)} ({exc})") from None
+    grids: dict[str, SheetGrid] = {}
+    for name, frame in frames.items():
+        row, column = workbook.sheet_xml(name).origin()
+        frame = frame.select(pl.all().cast(pl.String))
+        grids[name] = SheetGrid(name, frame, row, column)
+    return grids
 
 
-def read_lab_dictionary(path: Path, frame: pl.DataFrame | None) -> tuple[dict[str, str], list[str]]:
-    """Sheet idc_dictionary (``frame``) as {BigQuery-safe column: label}, plus warnings.
+def _safe_name(header: str | None) -> str | None:
+    if header is None:
+        return None
+    try:
+        return bigquery_name(header)
+    except ColumnNameError:
+        return None
 
-    A missing sheet (None) is a warning, not an error: the shipped LOINC table still labels
-    the standard columns, and the caller says which labels came from where.
+
+def read_lab_dictionary(path: Path, grid: SheetGrid | None) -> tuple[dict[str, str], list[str]]:
+    """Sheet idc_dictionary as {BigQuery-safe column: label}, plus warnings.
+
+    A missing sheet (None) is a warning, not an error: the shipped LOINC table then defines
+    and labels the standard columns, and the caller says so.
     """
     warnings: list[str] = []
-    if frame is None:
+    if grid is None:
         warnings.append(
-            f"{path}: no sheet {DICTIONARY_SHEET!r}; labels come from the shipped table"
+            f"{path}: no sheet {DICTIONARY_SHEET!r}; the shipped LOINC table defines the lab "
+            "columns and their labels"
         )
         return {}, warnings
-    missing = [c for c in DICTIONARY_COLUMNS if c not in frame.columns]
+    headers = [_safe_name(h) for h in grid.headers]
+    missing = [c for c in DICTIONARY_COLUMNS if c not in headers]
     if missing:
         raise ClinicalDataError(
-            f"{path}: sheet {DICTIONARY_SHEET!r} lacks columns {missing} (header {frame.columns})"
+            f"{path}: sheet {DICTIONARY_SHEET!r}: no column(s) {missing} in its header row "
+            f"(row {grid.first_row})"
         )
+    body = grid.body()
+    column_at, label_at = (f"c{grid.first_column + headers.index(c)}" for c in DICTIONARY_COLUMNS)
     labels: dict[str, str] = {}
-    for row, (column, label) in enumerate(
-        frame.select(DICTIONARY_COLUMNS).iter_rows(), start=FIRST_DATA_ROW
-    ):
+    for row, column, label in body.select("excel_row", column_at, label_at).iter_rows():
+        where = f"{path}: sheet {DICTIONARY_SHEET!r}, row {row}"
         if column is None or not column.strip():
             if label is not None and label.strip():
-                warnings.append(
-                    f"{path}: sheet {DICTIONARY_SHEET!r}, row {row}: label {label!r} has no column"
-                )
+                warnings.append(f"{where}: a label without a column; ignored")
             continue
         try:
-            name = bigquery_names([column])[0]
+            name = bigquery_name(column)
         except ColumnNameError as exc:
-            raise ClinicalDataError(
-                f"{path}: sheet {DICTIONARY_SHEET!r}, row {row}: {exc}"
-            ) from exc
+            raise ClinicalDataError(f"{where}: {exc}") from None
         if label is None or not label.strip():
-            warnings.append(
-                f"{path}: sheet {DICTIONARY_SHEET!r}, row {row}: column {column!r} has no label"
-            )
-            continue
+            warnings.append(f"{where}: column {column!r} has no label; its label is its name")
+            label = column
         labels[name] = label.strip()
     return labels, warnings
 
 
 def _lab_columns(
-    path: Path, headers: list[str], names: list[str], dictionary: dict[str, str]
-) -> tuple[list[LabColumn], list[str]]:
+    path: Path, grid: SheetGrid, dictionary: dict[str, str], defined_by: str
+) -> tuple[int, list[LabColumn], list[LeftOutColumn], list[str]]:
+    """The patient column's position, the defined lab columns, the columns left out, and
+    warnings: every header is matched by its BigQuery name against the defined columns."""
     warnings: list[str] = []
     columns: list[LabColumn] = []
-    for position, (header, name) in enumerate(zip(headers, names, strict=True)):
-        if name == PATIENT_COLUMN:
+    left_out: list[LeftOutColumn] = []
+    patient: list[int] = []
+    seen: dict[str, int] = {}
+    body = grid.body()
+    for j, header in enumerate(grid.headers):
+        position = grid.first_column + j
+        name = _safe_name(header)
+        if header is None or name is None or (name not in dictionary and name != PATIENT_COLUMN):
+            reason = (
+                "no header (an empty or merged header cell)"
+                if header is None
+                else f"not a column sheet {DICTIONARY_SHEET!r} defines"
+                if defined_by == DICTIONARY_SHEET
+                else "not a column the shipped LOINC table defines"
+            )
+            cells = int(body[f"c{position}"].str.strip_chars().fill_null("").ne("").sum())
+            left_out.append(LeftOutColumn(LAB_SHEET, position, reason, cells))
             continue
-        shipped = reference_label(name)
-        if name in dictionary:
-            label, source = dictionary[name], f"sheet {DICTIONARY_SHEET}"
-        elif shipped is not None:
-            label, source = shipped, "shipped loinc_lab_columns.csv"
-            warnings.append(
-                f"{path}: column {header!r} is not in sheet {DICTIONARY_SHEET!r}; "
-                "labelled from the shipped LOINC table"
+        assert header is not None
+        if name in seen:
+            raise ClinicalDataError(
+                f"{path}: sheet {LAB_SHEET!r}: columns {column_letter(seen[name])} and "
+                f"{column_letter(position)} both hold {name!r}"
             )
-        else:
-            label, source = header, "source header"
-            warnings.append(
-                f"{path}: column {header!r} is in neither sheet {DICTIONARY_SHEET!r} nor the "
-                "shipped LOINC table; its label is its header"
-            )
+        seen[name] = position
+        if name == PATIENT_COLUMN:
+            patient.append(position)
+            continue
+        label = dictionary[name]
         found = _LOINC_IN_LABEL.search(label)
         loinc = found.group(1) if found else None
         expected = loinc_lab_columns().get(name, {}).get("loinc")
@@ -357,72 +486,82 @@ def _lab_columns(
                 f"{path}: column {header!r} is labelled LOINC {loinc}, the shipped table says "
                 f"{expected}"
             )
-        columns.append(LabColumn(header, name, position, label, source, loinc or expected))
-    return columns, warnings
+        columns.append(LabColumn(header, name, position, label, defined_by, loinc or expected))
+    if not patient:
+        raise ClinicalDataError(
+            f"{path}: sheet {LAB_SHEET!r} has no {PATIENT_COLUMN!r} column in its header row "
+            f"(row {grid.first_row})"
+        )
+    absent = sorted(set(dictionary) - seen.keys())
+    if absent and defined_by == DICTIONARY_SHEET:
+        warnings.append(
+            f"{path}: sheet {DICTIONARY_SHEET!r} defines column(s) {absent} that sheet "
+            f"{LAB_SHEET!r} does not have"
+        )
+    return patient[0], columns, left_out, warnings
 
 
-def read_lab_values(path: Path, *, strict: bool = False) -> LabSheet:
-    """Read and parse lab_values.xlsx (sheet lab_values, labels from idc_dictionary).
+def read_lab_values(
+    path: Path, *, strict: bool = False, max_unpacked: int = MAX_UNPACKED_BYTES
+) -> LabSheet:
+    """Read and parse lab_values.xlsx (sheet lab_values, defined and labelled by
+    idc_dictionary).
 
-    Cells that cannot be understood are reported as `CellIssue` warnings (value null, source
-    string kept); with ``strict=True`` they raise one ClinicalDataError listing them all.
-    A data row without a patient id is always an error: its values could not be attached to
-    anybody. Rows that are entirely blank are skipped.
+    Cells that are not values are reported as `CellIssue` warnings (nothing of them kept);
+    with ``strict=True`` they raise one ClinicalDataError listing them all. A data row
+    without a patient id, or with one that is not a pseudonym, is always an error: its
+    values could not be attached to anybody. Rows that are entirely blank are skipped.
     """
     if not path.is_file():
         raise ClinicalDataError(f"{path}: lab_values.xlsx does not exist")
-    sheets = _sheet_names(path)
+    workbook = open_workbook(path, max_unpacked)
+    sheets = workbook.sheet_names
     if LAB_SHEET not in sheets:
         raise ClinicalDataError(f"{path}: no sheet {LAB_SHEET!r} (sheets {sheets})")
-    frames = read_sheets_strings(path, [n for n in (LAB_SHEET, DICTIONARY_SHEET) if n in sheets])
-    raw = frames[LAB_SHEET]
-    headers = list(raw.columns)
-    try:
-        names = bigquery_names(headers)
-    except ColumnNameError as exc:
-        raise ClinicalDataError(f"{path}: sheet {LAB_SHEET!r}: {exc}") from exc
-    if PATIENT_COLUMN not in names:
-        raise ClinicalDataError(
-            f"{path}: sheet {LAB_SHEET!r} has no {PATIENT_COLUMN!r} column (header {headers})"
-        )
-    patient_position = names.index(PATIENT_COLUMN)
-    patient_header = headers[patient_position]
-    companions = {f"{n}_{k}" for n in names if n != PATIENT_COLUMN for k in ("value", "qualifier")}
-    clash = sorted(companions & {*names, "dicom_patient_id", "source_batch"})
-    if clash:
-        raise ClinicalDataError(
-            f"{path}: sheet {LAB_SHEET!r}: source columns {clash} clash with the typed "
-            "companions or key columns this table adds"
-        )
-    dictionary, warnings = read_lab_dictionary(path, frames.get(DICTIONARY_SHEET))
-    columns, column_warnings = _lab_columns(path, headers, names, dictionary)
+    grids = read_sheet_grids(workbook, [n for n in (LAB_SHEET, DICTIONARY_SHEET) if n in sheets])
+    grid = grids[LAB_SHEET]
+    dictionary, warnings = read_lab_dictionary(path, grids.get(DICTIONARY_SHEET))
+    defined_by = DICTIONARY_SHEET
+    if DICTIONARY_SHEET not in grids:
+        defined_by = "shipped loinc_lab_columns.csv"
+        dictionary = {c: reference_label(c) or c for c in loinc_lab_columns()}
+    patient_position, columns, left_out, column_warnings = _lab_columns(
+        path, grid, dictionary, defined_by
+    )
     warnings.extend(column_warnings)
+    warnings.extend(f"{path}: {c.describe()}" for c in left_out)
+    patient_header = grid.headers[patient_position - grid.first_column] or PATIENT_COLUMN
 
-    framed = raw.with_row_index("excel_row", offset=FIRST_DATA_ROW).with_columns(
-        pl.col("excel_row").cast(pl.Int64)
-    )
-    non_empty = pl.any_horizontal(
-        [pl.col(h).str.strip_chars().fill_null("") != "" for h in headers]
-    )
-    framed = framed.filter(non_empty)
-    patient = pl.col(patient_header).str.strip_chars()
+    framed = grid.body()
+    kept = [f"c{patient_position}", *(f"c{c.position}" for c in columns)]
+    non_empty = pl.any_horizontal([pl.col(k).str.strip_chars().fill_null("") != "" for k in kept])
+    framed = framed.select("excel_row", *kept).filter(non_empty)
+    patient = pl.col(f"c{patient_position}").str.strip_chars()
     blank_ids = framed.filter(patient.is_null() | (patient == ""))["excel_row"].to_list()
     if blank_ids:
         raise ClinicalDataError(
             f"{path}: sheet {LAB_SHEET!r}, column {patient_header!r}: blank patient id in "
             f"Excel row(s) {format_rows(blank_ids)}"
         )
+    malformed = framed.filter(~patient.str.contains(PSEUDONYM_PATTERN))["excel_row"].to_list()
+    if malformed:
+        raise ClinicalDataError(
+            f"{path}: sheet {LAB_SHEET!r}, column {patient_header!r}: patient id in Excel "
+            f"row(s) {format_rows(malformed)} is not a pseudonym (32 upper-case hex "
+            "characters); not shown"
+        )
 
-    parsed = parse_lab_columns(framed, {c.name: c.header for c in columns})
+    parsed = parse_lab_columns(framed, {c.name: f"c{c.position}" for c in columns})
+    parsed = _settle_numeric_cells(parsed, workbook, columns)
     parsed = parsed.select(
         patient.alias("dicom_patient_id"),
-        pl.col(patient_header).alias(PATIENT_COLUMN),  # the source string, IDC's case column
+        pl.col(f"c{patient_position}").alias(PATIENT_COLUMN),  # IDC's case column, as given
         pl.col("excel_row"),
         *[
             expr
             for c in columns
             for expr in (
-                pl.col(c.header).alias(c.name),
+                pl.col(f"c{c.position}").alias(c.name),
                 pl.col(f"{c.name}_value"),
                 pl.col(f"{c.name}_qualifier"),
                 pl.col(f"__{c.name}_kind"),
@@ -435,15 +574,12 @@ def read_lab_values(path: Path, *, strict: bool = False) -> LabSheet:
     normalisations: list[Normalisation] = []
     for c in columns:
         kind_col = f"__{c.name}_kind"
-        flagged = parsed.filter(pl.col(kind_col).is_in(["invalid", "below_detection_limit"]))
-        for row, value, kind in flagged.select("excel_row", c.name, kind_col).iter_rows():
-            message = (
-                "not a number, a censored number (<x, >x) or '<Nachweisgrenze'; "
-                "_value and _qualifier left null"
-                if kind == "invalid"
-                else "below the detection limit: qualifier '<', no value"
+        flagged = parsed.filter(pl.col(kind_col).is_in(list(_MESSAGES)))
+        letter = column_letter(c.position)
+        for row, kind in flagged.select("excel_row", kind_col).iter_rows():
+            issues.append(
+                CellIssue(str(path), LAB_SHEET, row, c.header, letter, kind, _MESSAGES[kind])
             )
-            issues.append(CellIssue(str(path), LAB_SHEET, row, c.header, value, kind, message))
         if c.is_hemoglobin:
             parsed, normalisation, odd = _normalise_hemoglobin(parsed, c)
             normalisations.append(normalisation)
@@ -453,31 +589,30 @@ def read_lab_values(path: Path, *, strict: bool = False) -> LabSheet:
                     LAB_SHEET,
                     row,
                     c.header,
-                    value,
-                    "invalid",
+                    letter,
+                    "unit",
                     "hemoglobin above 25 but not a whole number: neither clearly g/dL nor g/L; "
                     "left unconverted",
                 )
-                for row, value in odd
+                for row in odd
             )
 
-    invalid = [i for i in issues if i.kind == "invalid"]
-    if strict and invalid:
-        listed = "\n  ".join(str(i) for i in invalid[:50])
-        more = f"\n  ... and {len(invalid) - 50} more" if len(invalid) > 50 else ""
+    flagged_issues = [i for i in issues if i.kind in WARNING_KINDS]
+    if strict and flagged_issues:
+        listed = "\n  ".join(str(i) for i in flagged_issues[:50])
+        more = f"\n  ... and {len(flagged_issues) - 50} more" if len(flagged_issues) > 50 else ""
         raise ClinicalDataError(
-            f"{len(invalid)} lab cell(s) cannot be understood:\n  {listed}{more}"
+            f"{len(flagged_issues)} lab cell(s) cannot be taken as they are:\n  {listed}{more}"
         )
-    warnings.extend(str(i) for i in invalid)
-    below = [i for i in issues if i.kind == "below_detection_limit"]
-    for c in columns:
-        rows = [i.row for i in below if i.column == c.header]
-        if rows:
-            warnings.append(
-                f"{path}: sheet {LAB_SHEET!r}, column {c.header!r}: {len(rows)} cell(s) below "
-                f"the detection limit ('<Nachweisgrenze'), read as qualifier '<' with no value; "
-                f"Excel rows {format_rows(rows)}"
-            )
+    warnings.extend(str(i) for i in flagged_issues)
+    for kind, what in _NOTES.items():
+        for c in columns:
+            rows = [i.row for i in issues if i.column == c.header and i.kind == kind]
+            if rows:
+                warnings.append(
+                    f"{path}: sheet {LAB_SHEET!r}, column {c.header!r}: {len(rows)} cell(s) "
+                    f"{what}; Excel rows {format_rows(rows)}"
+                )
     table = parsed.select(pl.exclude(r"^__.*$"))
     return LabSheet(
         path=path,
@@ -488,20 +623,68 @@ def read_lab_values(path: Path, *, strict: bool = False) -> LabSheet:
         issues=tuple(issues),
         normalisations=tuple(normalisations),
         warnings=tuple(warnings),
+        left_out_columns=tuple(left_out),
     )
+
+
+_MESSAGES: dict[str, str] = {
+    "invalid": "not a number, a censored number (<x, >x) or a known token "
+    "('<Nachweisgrenze', 'n.b.'); not published (string, _value and _qualifier null)",
+    "ambiguous": "a text number with a dot before exactly three digits: a decimal point "
+    "(1.234) or a German thousands separator (1234); _value left null, not guessed",
+    "scientific": "a number in scientific notation, which the lab system does not write; "
+    "read as that number",
+    "below_detection_limit": "below the detection limit",
+    "not_determined": "not determined",
+}
+_NOTES = {
+    "below_detection_limit": "below the detection limit ('<Nachweisgrenze'), read as "
+    "qualifier '<' with no value",
+    "not_determined": "not determined ('n.b.', 'nicht bestimmt'), read as no value",
+}
+
+
+def _settle_numeric_cells(
+    parsed: pl.DataFrame, workbook: Workbook, columns: Sequence[LabColumn]
+) -> pl.DataFrame:
+    """An ``ambiguous`` cell that is a numeric Excel cell is a number: calamine rendered the
+    stored double, there is no separator to guess. Looks only those cells up in the XML."""
+    candidates: dict[tuple[int, int], LabColumn] = {}
+    for c in columns:
+        rows = parsed.filter(pl.col(f"__{c.name}_kind") == "ambiguous")["excel_row"].to_list()
+        candidates.update({(int(r), c.position): c for r in rows})
+    if not candidates:
+        return parsed
+    text = workbook.sheet_xml(LAB_SHEET).text_cells(candidates)
+    for c in {id(c): c for c in candidates.values()}.values():
+        numeric = [r for (r, p), col in candidates.items() if col is c and (r, p) not in text]
+        if not numeric:
+            continue
+        source = f"c{c.position}"
+        is_numeric = pl.col("excel_row").is_in(numeric)
+        value = pl.col(source).str.strip_chars().str.replace(r"^[<>]\s*", "").cast(pl.Float64)
+        parsed = parsed.with_columns(
+            pl.when(is_numeric)
+            .then(value)
+            .otherwise(pl.col(f"{c.name}_value"))
+            .alias(f"{c.name}_value"),
+            pl.when(is_numeric)
+            .then(pl.lit("number"))
+            .otherwise(pl.col(f"__{c.name}_kind"))
+            .alias(f"__{c.name}_kind"),
+        )
+    return parsed
 
 
 def _normalise_hemoglobin(
     parsed: pl.DataFrame, column: LabColumn
-) -> tuple[pl.DataFrame, Normalisation, list[tuple[int, str]]]:
+) -> tuple[pl.DataFrame, Normalisation, list[int]]:
     value = pl.col(f"{column.name}_value")
     integer_looking = pl.col(f"__{column.name}_int")
     converts = value.is_not_null() & integer_looking & (value > HEMOGLOBIN_G_PER_L_ABOVE)
     odd = value.is_not_null() & ~integer_looking & (value > HEMOGLOBIN_G_PER_L_ABOVE)
     rows = parsed.filter(converts)["excel_row"].to_list()
-    odd_cells = [
-        (int(r), str(v)) for r, v in parsed.filter(odd).select("excel_row", column.name).iter_rows()
-    ]
+    odd_rows = [int(r) for r in parsed.filter(odd)["excel_row"].to_list()]
     parsed = parsed.with_columns(
         pl.when(converts)
         .then((value / 10.0).round(1))
@@ -517,5 +700,5 @@ def _normalise_hemoglobin(
             sheet=LAB_SHEET,
             rows=tuple(int(r) for r in rows),
         ),
-        odd_cells,
+        odd_rows,
     )

@@ -74,7 +74,8 @@ _PHI_TOKENS = frozenset((
     "address", "adresse", "street", "strasse", "city", "ort", "zip", "postcode", "plz",
     "phone", "telephone", "telefon", "email", "mail", "mrn", "ssn", "insurance",
     "comment", "comments", "kommentar", "note", "notes", "remark", "remarks", "bemerkung",
-    "freetext", "text", "anamnese",
+    "freetext", "text", "anamnese", "info", "infos", "station", "anmerkung", "hinweis",
+    "freitext", "bemerkungen", "kommentare",
 ))
 # fmt: on
 _DATE_LIKE = r"\b\d{1,2}[./]\d{1,2}[./]\d{2,4}\b|\b\d{4}-\d{2}-\d{2}\b"
@@ -82,33 +83,54 @@ _FREE_TEXT_CHARS = 64
 _FREE_TEXT_WORDS = 8
 
 
-def free_text_phi_columns(df: pl.DataFrame, allowed: Iterable[str] = ()) -> list[str]:
-    """Columns that could identify a person: a name-like header or free-text content.
-
-    Heuristic, meant to fail loud: a header token such as name, dob, birth, address,
-    comment or text; or a string column holding a value longer than 64 characters, of 8 or
-    more words, or that looks like a calendar date. ``allowed`` exempts reviewed columns.
-    """
+def free_text_findings(df: pl.DataFrame, allowed: Iterable[str] = ()) -> list[str]:
+    """Columns that could identify a person, each with the reason and the number of rows,
+    never a value: a name-like header (a token such as name, dob, birth, address, comment
+    or text), or a string column holding a value longer than 64 characters, of 8 or more
+    words, or that looks like a calendar date. Heuristic, meant to fail loud; ``allowed``
+    exempts reviewed columns."""
     exempt = set(allowed)
-    flagged: list[str] = []
+    findings: list[str] = []
     for name, dtype in df.schema.items():
         if name in exempt:
             continue
         tokens = set(re.split(r"[_\W]+", name.lower()))
         if tokens & _PHI_TOKENS or "free_text" in name.lower():
-            flagged.append(name)
+            findings.append(f"column {name}: its name suggests personal data or free text")
             continue
         if dtype != pl.String:
             continue
-        text = df[name].drop_nulls()
-        if text.len() == 0:
-            continue
-        too_long = (text.str.len_chars() > _FREE_TEXT_CHARS).any()
-        wordy = (text.str.count_matches(r"\S+") >= _FREE_TEXT_WORDS).any()
-        dated = text.str.contains(_DATE_LIKE).any()
-        if too_long or wordy or dated:
-            flagged.append(name)
-    return flagged
+        text = df[name]
+        reasons = {
+            f"longer than {_FREE_TEXT_CHARS} characters": text.str.len_chars() > _FREE_TEXT_CHARS,
+            f"{_FREE_TEXT_WORDS} or more words": text.str.count_matches(r"\S+") >= _FREE_TEXT_WORDS,
+            "a date": text.str.contains(_DATE_LIKE),
+        }
+        found = [
+            f"{int(hit.fill_null(False).sum())} value(s) {reason}"
+            for reason, hit in reasons.items()
+            if hit.fill_null(False).any()
+        ]
+        if found:
+            findings.append(f"column {name}: " + ", ".join(found) + " (not shown)")
+    return findings
+
+
+def free_text_phi_columns(df: pl.DataFrame, allowed: Iterable[str] = ()) -> list[str]:
+    """The names of the columns `free_text_findings` reports."""
+    return [f.split(":", 1)[0].removeprefix("column ") for f in free_text_findings(df, allowed)]
+
+
+def left_out_summary(left_out: Mapping[str, list[str]], shown: int = 20) -> list[str]:
+    """One line per table naming the patients without a converted slide whose rows were
+    left out (pseudonymous ids, which may be shown), for logs and the run's summary."""
+    return [
+        f"{table}: {len(ids)} patient(s) without a converted slide left out: "
+        + ", ".join(ids[:shown])
+        + (f" ... and {len(ids) - shown} more" if len(ids) > shown else "")
+        for table, ids in left_out.items()
+        if ids
+    ]
 
 
 def column_metadata_matches_schema(tables: ClinicalTables) -> list[str]:

@@ -82,10 +82,17 @@ from bms_pipeline.core.clinical.lab import (
     read_lab_values,
 )
 from bms_pipeline.core.clinical.laboratory import laboratory_table
-from bms_pipeline.core.clinical.qa import duplicate_patients, restrict_to_patients
+from bms_pipeline.core.clinical.patients import ClinicalDataError, read_clinical_source
+from bms_pipeline.core.clinical.qa import (
+    duplicate_patients,
+    free_text_findings,
+    left_out_summary,
+    restrict_to_patients,
+)
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.store import (
+    FOREIGN_WRITER_TIMEOUT,
     atomic_write_parquet,
     atomic_write_text,
     duckdb_lock_path,
@@ -110,6 +117,8 @@ class ClinicalTables:
     lab: LabSheet | None = None
     left_out: dict[str, list[str]] = field(default_factory=dict)
     """Patient ids left out of each table because they have no converted slide."""
+    columns_left_out: list[str] = field(default_factory=list)
+    """Source columns the collection does not define, by file and position (never values)."""
 
     @property
     def clinical_name(self) -> str:
@@ -170,10 +179,11 @@ def build_clinical_tables(
     clinical_source = source_file_checked(layout, layout.clinical_csv, "clinical.csv")
     lab_source = source_file_checked(layout, layout.lab_values_xlsx, "lab_values.xlsx")
 
-    clinical, clinical_info = clinical_table(clinical_source)
+    source = read_clinical_source(layout.clinical_csv)
+    clinical, clinical_info = clinical_table(clinical_source, source)
     lab = read_lab_values(layout.lab_values_xlsx, strict=strict)
     laboratory, lab_info = laboratory_table(lab, lab_source)
-    warnings = list(lab.warnings)
+    warnings = [*source.warnings, *lab.warnings]
     unknown = sorted(set(laboratory["dicom_patient_id"]) - set(clinical["dicom_patient_id"]))
     if unknown:
         warnings.append(
@@ -193,6 +203,18 @@ def build_clinical_tables(
         clinical, left_out[f"{cid}_clinical"] = restrict_to_patients(clinical, converted_patients)
         laboratory, left_out[f"{cid}_laboratory"] = restrict_to_patients(
             laboratory, converted_patients
+        )
+    # First, so that the run's summary (which shows the first warnings) always names them.
+    warnings[:0] = left_out_summary(left_out)
+    free_text = [
+        f"{name}: {finding}"
+        for name, frame in ((f"{cid}_clinical", clinical), (f"{cid}_laboratory", laboratory))
+        for finding in free_text_findings(frame)
+    ]
+    if free_text:
+        raise ClinicalDataError(
+            "the clinical tables are not written: they would publish what may be free text "
+            "identifying a person:\n  " + "\n  ".join(free_text)
         )
 
     clinical_name, laboratory_name = f"{cid}_clinical", f"{cid}_laboratory"
@@ -239,6 +261,10 @@ def build_clinical_tables(
         warnings=warnings,
         lab=lab,
         left_out=left_out,
+        columns_left_out=[
+            *(f"{layout.clinical_csv.name}: {f.describe()}" for f in source.left_out),
+            *(f"{layout.lab_values_xlsx.name}: {c.describe()}" for c in lab.left_out_columns),
+        ],
     )
 
 
@@ -270,7 +296,11 @@ def _descriptions(tables: ClinicalTables, table: str) -> dict[str, str]:
 
 
 def write_outputs(
-    tables: ClinicalTables, layout: DataLayout, *, lock_timeout: float = 600.0
+    tables: ClinicalTables,
+    layout: DataLayout,
+    *,
+    lock_timeout: float = 600.0,
+    writer_timeout: float = FOREIGN_WRITER_TIMEOUT,
 ) -> WrittenTables:
     """Write parquet, DuckDB, BigQuery schemas and load.sh, as one locked, atomic update.
 
@@ -287,7 +317,9 @@ def write_outputs(
             schemas[name] = bq / f"{name}.schema.json"
             schema = bigquery_schema(frame.schema, _descriptions(tables, name))
             atomic_write_text(schemas[name], json.dumps(schema, indent=2) + "\n")
-        rebuild_duckdb(layout.duckdb_path, parquet, {CLINICAL_INDEX: CLINICAL_INDEX_SQL})
+        rebuild_duckdb(
+            layout.duckdb_path, parquet, {CLINICAL_INDEX: CLINICAL_INDEX_SQL}, writer_timeout
+        )
         load_script = write_load_script(layout, tables.target)
     return WrittenTables(
         parquet=parquet,

@@ -24,7 +24,9 @@ def clinical_tables(
     `column_metadata`, as parquet, DuckDB tables (plus the `clinical_index` view) and BigQuery
     schemas with a load script. Censored lab values keep their source string, with typed
     `_value` and `_qualifier` companions. Only patients with a published SM series are in
-    the tables (unless `keep_patients_without_dicom`); the others are listed as left out."""
+    the tables (unless `keep_patients_without_dicom`); the others are listed as left out.
+    Only the columns the collection defines are published (clinical.csv's contract, the
+    lab sheet's `idc_dictionary`); others are named by position in `columns_left_out`."""
     from bms_pipeline.core.bigquery import bigquery_dir
     from bms_pipeline.core.clinical.tables import build_clinical_tables, write_outputs
 
@@ -33,16 +35,8 @@ def clinical_tables(
     bms.fetch(layout.clinical_csv.parent, required=True)
     version = collection_asset_version(context, bms)
     tables = build_clinical_tables(layout, collection, converted_patients=bms.published_patients())
-    for warning in tables.warnings:
+    for warning in tables.warnings:  # the patients left out first; never a cell's content
         context.log.warning(warning)
-    for table, patients in tables.left_out.items():
-        if patients:
-            context.log.warning(
-                "%s: %d patient(s) without a converted slide left out: %s",
-                table,
-                len(patients),
-                ", ".join(patients[:20]) + (" ..." if len(patients) > 20 else ""),
-            )
     # The load script lists every table with a schema and parquet file, other writers' too.
     for shared in (layout.duckdb_path, layout.tables_dir, bigquery_dir(layout)):
         bms.fetch(shared)
@@ -65,6 +59,7 @@ def clinical_tables(
             "warnings": len(tables.warnings),
             "warning_examples": dg.MetadataValue.json(tables.warnings[:20]),
             "patients_left_out": dg.MetadataValue.json(tables.left_out),
+            "columns_left_out": dg.MetadataValue.json(tables.columns_left_out),
             "dagster/row_count": tables.clinical.height,
             "dagster/column_schema": column_schema(tables.clinical),
             "laboratory_schema": column_schema(tables.laboratory),
