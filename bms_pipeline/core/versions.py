@@ -132,14 +132,16 @@ def ann_collection_part(collection: CollectionConfig) -> str:
 
 
 def clinical_rows(path: Path) -> dict[str, str]:
-    """patient_id -> hash of the patient's rows of clinical.csv (semicolon-delimited), with
-    the header, so a renamed column changes every patient. Unreadable: {} (the conversion
-    reports the file's problem itself)."""
+    """patient_id -> hash of what the patient's clinical row puts into the DICOM (sex, age,
+    diagnosis), read as the conversion reads it. Unreadable: {} (the conversion reports the
+    file's problem itself, naming its line)."""
+    from bms_pipeline.core.clinical.patients import read_clinical_csv
+
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError):
+        patients = read_clinical_csv(path)
+    except (OSError, ValueError):
         return {}
-    return _rows_by_key(text, "patient_id", delimiter=";")
+    return {pid: digest(record) for pid, record in patients.items()}
 
 
 def annotation_rows(path: Path) -> dict[str, str]:

@@ -19,13 +19,20 @@ def _inputs(tmp_path: Path, cells: str, clinical: str, collection=None) -> Colle
 
     (tmp_path / "ann").mkdir(exist_ok=True)
     (tmp_path / "ann" / "cells.csv").write_text(HEADER + cells)
-    (tmp_path / "clinical.csv").write_text("patient_id;gender;age\n" + clinical)
+    header = "patient_id;gender;age;leukemia_type;leukemia_subtype;ncit_concept_code\n"
+    rows = "".join(
+        f"{line.split(';')[0] * 32};{line.split(';')[1]};{line.split(';')[2]};ALL;;C3167\n"
+        for line in clinical.splitlines()
+    )
+    (tmp_path / "clinical.csv").write_text(header + rows)
     config = collection or CollectionConfig.from_dict(yaml.safe_load(DEFAULT_COLLECTION_YAML))
     return CollectionInputs.read(config, tmp_path / "clinical.csv", tmp_path / "ann")
 
 
 def _versions(inputs: CollectionInputs, slide: str, patient: str, settings=None):
-    return slide_versions(inputs, slide, patient, "files", settings or ConversionSettings(), CODE)
+    """`patient` is a one-letter stand-in for its 32-character pseudonym."""
+    settings = settings or ConversionSettings()
+    return slide_versions(inputs, slide, patient * 32, "files", settings, CODE)
 
 
 def test_a_moved_box_changes_its_slides_annotation_version_only(tmp_path: Path) -> None:
