@@ -86,7 +86,7 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
 def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """The slide as a DICOM VL Whole Slide Microscopy series (all levels, a THUMBNAIL from the
     pyramid, overview, no label), converted by wsidicomizer into staging and moved into
-    out/dicom/<slide>/sm/ only if it passes the publication gate (no identifier or scan date
+    `out/dicom/<slide>/sm/` only if it passes the publication gate (no identifier or scan date
     in any byte, no LABEL, de-identification attributes, a THUMBNAIL that is the slide).
     A refused slide is withdrawn from out/dicom entirely, and fails again on every rerun
     until its inputs, override files or the code change."""
@@ -94,6 +94,7 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
     from bms_pipeline.core.dicom.overrides import load_overrides
     from bms_pipeline.core.dicom.publication import PublicationRefused
     from bms_pipeline.core.dicom.series import read_series, volume_levels
+    from bms_pipeline.core.qc.pictures import thumbnail_markdown
 
     slide_id = context.partition_key
     layout = bms.layout
@@ -136,5 +137,8 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
                 [o.summary() for o in load_overrides(layout.root, slide_id)]
             ),
             "study_instance_uid": instances[0].study_instance_uid,
+            "thumbnail": dg.MetadataValue.md(
+                thumbnail_markdown(sorted(result.sm_dir.glob("*.dcm")))
+            ),
         }
     )

@@ -82,6 +82,7 @@ def sm_series_thumbnail_matches_pyramid(
             "correlation": round(score, 4) if score is not None else None,
             "bound": MIN_THUMBNAIL_CORRELATION,
             "compared": compared,
+            "pictures": thumbnail_check_pictures(files),
         },
         description=(
             f"THUMBNAIL correlation {score:.3f} (bound {MIN_THUMBNAIL_CORRELATION})"
@@ -89,6 +90,13 @@ def sm_series_thumbnail_matches_pyramid(
             else compared
         ),
     )
+
+
+def thumbnail_check_pictures(files: list[Path]) -> dg.MetadataValue:
+    """The THUMBNAIL and the smallest level as published, to look at what was compared."""
+    from bms_pipeline.core.qc.pictures import thumbnail_check_markdown
+
+    return dg.MetadataValue.md(thumbnail_check_markdown(files))
 
 
 SM_SERIES_CHECKS = (

@@ -23,7 +23,7 @@ def dicom_validation(
     context: dg.AssetExecutionContext, bms: BmsPipelineResource
 ) -> dg.MaterializeResult:
     """`dciodvfy -new` on every DICOM file of the slide and `dcentvfy` on each series and on the
-    patient's study; every message is a row of out/validation/<slide_id>.parquet."""
+    patient's study; every message is a row of `out/validation/<slide_id>.parquet`."""
     from bms_pipeline.core.store import atomic_write_parquet
     from bms_pipeline.core.validation.report import summarize
     from bms_pipeline.core.validation.slide import slide_series_files, validate_slide
