@@ -114,7 +114,9 @@ def _read_tiles(
                 tile = Image.fromarray(np.ascontiguousarray(frame[..., :3]))
                 if reduction > 1:
                     tile = tile.reduce(reduction)
-                canvas[j * th : j * th + tile.height, i * tw : i * tw + tile.width] = np.asarray(tile)
+                canvas[j * th : j * th + tile.height, i * tw : i * tw + tile.width] = np.asarray(
+                    tile
+                )
     return canvas
 
 
