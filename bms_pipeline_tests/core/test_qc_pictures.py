@@ -185,7 +185,7 @@ def test_boxes_have_their_label_colours_and_rois_are_outlined(region: p.RegionPi
         # The colour is on the picture's box edge.
         x1, y1 = round(drawn.box[0]), round(drawn.box[1])
         x2 = round(drawn.box[2])
-        if 0 <= x1 and 0 <= y1 < region.image.shape[0] and x2 < region.image.shape[1]:
+        if x1 >= 0 and 0 <= y1 < region.image.shape[0] and x2 < region.image.shape[1]:
             edge = region.image[y1, (x1 + x2) // 2].astype(int)
             assert np.abs(edge - np.array(expected)).max() <= 40, (edge, expected)
 
