@@ -149,7 +149,9 @@ _STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; text-align: left; }
+td { white-space: nowrap; }
 td.n { text-align: right; }
+td.reason { white-space: normal; }
 td.bad { background: #fdd; }
 img { max-width: 256px; max-height: 160px; display: block; }
 code { font-size: 90%; }
@@ -202,7 +204,7 @@ def render_page(
     out.append('<h2>Slides not published</h2><table id="not-published">')
     out.append("<thead><tr><th>slide</th><th>reason</th></tr></thead><tbody>")
     for n in not_published:
-        out.append(f"<tr><td><code>{_esc(n.slide_id)}</code></td><td>{_esc(n.reason)}</td></tr>")
+        out.append(f"<tr><td><code>{_esc(n.slide_id)}</code></td><td class="reason">{_esc(n.reason)}</td></tr>")
     if not not_published:
         out.append('<tr><td colspan="2">none</td></tr>')
     out.append("</tbody></table>")
