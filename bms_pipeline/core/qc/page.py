@@ -204,7 +204,10 @@ def render_page(
     out.append('<h2>Slides not published</h2><table id="not-published">')
     out.append("<thead><tr><th>slide</th><th>reason</th></tr></thead><tbody>")
     for n in not_published:
-        out.append(f"<tr><td><code>{_esc(n.slide_id)}</code></td><td class="reason">{_esc(n.reason)}</td></tr>")
+        out.append(
+            f"<tr><td><code>{_esc(n.slide_id)}</code></td>"
+            f'<td class="reason">{_esc(n.reason)}</td></tr>'
+        )
     if not not_published:
         out.append('<tr><td colspan="2">none</td></tr>')
     out.append("</tbody></table>")
