@@ -124,6 +124,9 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(bms.outputs.url_of(f"dicom/{slide_id}/sm")),
+            "thumbnail": dg.MetadataValue.md(
+                thumbnail_markdown(sorted(result.sm_dir.glob("*.dcm")))
+            ),
             "instances": len(instances),
             "levels": len(levels),
             "level_sizes": dg.MetadataValue.json([[i.columns, i.rows] for i in levels]),
@@ -137,8 +140,5 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
                 [o.summary() for o in load_overrides(layout.root, slide_id)]
             ),
             "study_instance_uid": instances[0].study_instance_uid,
-            "thumbnail": dg.MetadataValue.md(
-                thumbnail_markdown(sorted(result.sm_dir.glob("*.dcm")))
-            ),
         }
     )
