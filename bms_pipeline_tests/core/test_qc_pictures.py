@@ -201,5 +201,7 @@ def test_bar_chart_counts_every_consensus_box_per_label(pipeline_output: Pipelin
     (region_image,) = _images(pictures.region)
     ((_, mime, chart_image),) = _images(pictures.chart)
     assert mime == "image/png" and chart_image.size == (chart.shape[1], chart.shape[0])
+    # The palette keeps every colour (fewer than 256): the bars are the labels' colours.
+    assert np.array_equal(np.asarray(chart_image.convert("RGB")), chart)
     assert max(region_image[2].size) == p.REGION_SIDE
     assert len(pictures.region) + len(pictures.chart) < 120_000
