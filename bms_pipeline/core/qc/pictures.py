@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
+from pydicom.errors import InvalidDicomError
 
 THUMBNAIL_SIDE = 256
 """Long side of the thumbnail pictures (UI and collection page), in pixels."""
@@ -407,7 +408,7 @@ def markdown_image(alt: str, data: bytes, mime: str = "image/jpeg") -> str:
 
 # -- what the UI shows -------------------------------------------------------------------------
 
-PICTURE_ERRORS = (ValueError, OSError, KeyError, AttributeError)
+PICTURE_ERRORS = (ValueError, OSError, KeyError, IndexError, AttributeError, InvalidDicomError)
 """What a picture that cannot be made raises (an unreadable file, a missing instance): the
 picture says so instead, and the asset, already published and checked, is not failed."""
 
@@ -465,7 +466,7 @@ def annotation_pictures(sm_files: Sequence[Path], ann_dir: Path) -> AnnotationPi
     except PICTURE_ERRORS as exc:
         return AnnotationPictures(f"no picture: {exc}", "")
     x, y, w, h = picture.window
-    series = cells_file.stem if cells_file else "no cell series"
+    series = cells_file.stem if cells_file else "cell"
     region = (
         markdown_image(f"{series} boxes on the slide", jpeg_bytes(picture.image))
         + f"\n\n{len(picture.boxes)} {series} box(es) and {len(picture.rois)} ROI(s) in the "
