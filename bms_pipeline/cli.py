@@ -362,7 +362,8 @@ def _run_slides(
             return (outcome.error.splitlines() or ["check failed"])[0][:60]
         if "instances" in md:
             return (
-                f"{md['instances']} inst, {md['levels']} levels, {md['megapixels_per_second']} MP/s"
+                f"{md['instances']} inst, {md['levels']} levels, converted in {md['seconds']} s "
+                f"at {md['megapixels_per_second']} MP/s"
             )
         return "nothing to do" if outcome.skipped else ""
 
@@ -447,7 +448,9 @@ def _print_summary(outcomes, elapsed: float) -> int:
     from bms_pipeline.orchestration.operations import COLLECTION
 
     print()
-    print(f"{'slide':<38} {'result':<7} {'inst':>4} {'levels':>6} {'sec':>7} {'MP/s':>7}  checks")
+    print(
+        f"{'slide':<38} {'result':<7} {'inst':>4} {'levels':>6} {'conv s':>7} {'MP/s':>7}  checks"
+    )
     for o in outcomes:
         md = o.metadata
         failed = sorted(name for name, ok in o.checks.items() if not ok)
@@ -464,6 +467,11 @@ def _print_summary(outcomes, elapsed: float) -> int:
             f"{o.slide_id:<38} {result:<7} {md.get('instances', '-'):>4} "
             f"{md.get('levels', '-'):>6} {md.get('seconds', '-'):>7} "
             f"{md.get('megapixels_per_second', '-'):>7}  {checks}"
+        )
+    if any("seconds" in o.metadata for o in outcomes):
+        print(
+            "(conv s: the wsidicomizer conversion alone; a progress line's time is the slide's "
+            "whole run: inventory, conversion, annotations, checks, validation)"
         )
     problems = [o for o in outcomes if o.error or o.check_details or o.warnings]
     if problems:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -66,3 +67,20 @@ def test_an_empty_slide_folder_says_so(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "holds no slides" in result.stderr and "<slide_id>.mrxs" in result.stderr
+
+
+def test_summary_names_consensus_disagreements_and_which_time_is_which(
+    cli_converted: ConvertedRoot,
+) -> None:
+    """The generator records one tie's consensus against the sessions' votes: the summary
+    says so with the cells.csv line; the two times on screen say what they measure."""
+    text = cli_converted.first.stdout
+    (slide,) = [p.stem for p in (cli_converted.root / "raw" / "slides").glob("*.mrxs")]
+    warnings = [line for line in text.splitlines() if "original_consensus_label" in line]
+    assert warnings, text
+    for line in warnings:
+        assert line.startswith(f"{slide}: warning: ann_series: cells.csv line ")
+        assert "the sessions' votes give" in line
+    (progress,) = [line for line in text.splitlines() if line.startswith(f"[1/1] {slide}")]
+    assert re.search(r" \d+\.\d s .* converted in \d+\.\d+ s at ", progress), progress
+    assert " conv s " in text and "(conv s: the wsidicomizer conversion alone" in text

@@ -43,6 +43,17 @@ def _about(console: str, slide_id: str) -> str:
     return "\n".join(line for line in console.splitlines() if line.startswith(slide_id))
 
 
+def _assert_page_lists(out: Path, published: set[str], refused: str) -> None:
+    """The collection page shows the published slides and the refused one with the gate's
+    reason (the property's name, never its value)."""
+    page = (out / "qc" / "index.html").read_text(encoding="utf-8")
+    shown = set(re.findall(r'<tr class="slide" data-slide="([^"]+)"', page))
+    assert shown == published
+    not_published = page.split('id="not-published"')[1].split("</table>")[0]
+    assert refused in not_published and "mirax.GENERAL.SLIDE_NAME" in not_published
+    assert LEAKED_NAME not in page
+
+
 def _run(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = cli.main(["run", "--data-root", str(root)])
     return code, capsys.readouterr().out
@@ -79,6 +90,7 @@ def test_a_leaking_slide_is_never_published_and_a_rerun_does_not_get_around_it(
                 r[0] for r in con.execute("select ContainerIdentifier from sm_index").fetchall()
             }
         assert containers == {clean, later}
+        _assert_page_lists(out, published={clean, later}, refused=leaky)
 
     # A slide published before and leaking now is withdrawn, from out/ and from the tables.
     _plant_leak(layout.mrxs(later).with_suffix("") / "Slidedat.ini")
@@ -93,6 +105,7 @@ def test_a_leaking_slide_is_never_published_and_a_rerun_does_not_get_around_it(
         patients = {r[0] for r in con.execute("select PatientID from index").fetchall()}
     assert containers == {clean}
     assert patients == {clean[:32]}
+    _assert_page_lists(out, published={clean}, refused=later)
     assert _bytes_holding(out, LEAKED_NAME.encode()) == []
     # Tables are the same wherever the roots lie: no absolute path in any table or script.
     tables = [*(out / "tables").glob("*.parquet"), *(out / "bigquery").iterdir()]

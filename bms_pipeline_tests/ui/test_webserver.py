@@ -173,3 +173,56 @@ def test_asset_graph_renders_in_headless_chromium(
     for name in ("mrxs_slide", "sm_series", "dicom_validation"):
         assert name in dom.stdout, f"{name} not rendered; stderr: {dom.stderr[-2000:]}"
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def _markdown_dialog(url: str, label: str, shot: str, tmp_path: Path) -> dict:
+    """The images the UI's markdown dialog of metadata entry `label` rendered at `url`."""
+    from bms_pipeline_tests.static_page import NODE_MODULES, browser_missing
+
+    missing = browser_missing()
+    if missing:
+        pytest.skip(missing)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [
+            "node",
+            str(Path(__file__).parent / "markdown_metadata.mjs"),
+            url,
+            label,
+            str(ARTIFACTS / shot),
+            str(CHROMIUM),
+            str(tmp_path / "profile"),
+            str(NODE_MODULES),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-2000:]
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def test_the_ui_shows_the_published_thumbnail_and_the_boxes(
+    webserver: tuple[str, str], tmp_path: Path
+) -> None:
+    """Dagster's markdown renderer keeps `data:` images (its sanitizer allows them for `src`):
+    the pictures are seen in the UI, not only stored."""
+    url, slide_id = webserver
+    shown = _markdown_dialog(
+        f"{url}/assets/sm_series?partition={slide_id}&view=events",
+        "thumbnail",
+        "sm-series-thumbnail.png",
+        tmp_path / "sm",
+    )
+    ((image,),) = [shown["images"]]
+    assert image["scheme"] == "data:image/jpeg;base64" and image["width"] == 256
+    shown = _markdown_dialog(
+        f"{url}/assets/ann_series?partition={slide_id}&view=events",
+        "boxes_on_the_slide",
+        "ann-series-boxes.png",
+        tmp_path / "ann",
+    )
+    ((image,),) = [shown["images"]]
+    assert image["width"] == 512 and "box(es)" in shown["text"]

@@ -55,3 +55,15 @@ def consensus_label(labels: Sequence[str]) -> str:
     if 2 * best < len(votes):
         return NO_CONSENSUS
     return next(label for label, count in counts.items() if count == best)
+
+
+def disagreement_warnings(disagreements, csv_name: str = "cells.csv", shown: int = 5) -> list[str]:
+    """The first `shown` rows of a disagreements frame (``SlideAnnotations.disagreements``)
+    as warnings for the console: a finding about the source, not an error (the published
+    consensus is the source's label). Each names the line and the cell, and both labels."""
+    return [
+        f"{csv_name} line {row['line']} (cell {row['cell_id']}): original_consensus_label "
+        f"{row['given_renamed']!r}, the sessions' votes give {row['computed']!r}; "
+        "the source's label is published"
+        for row in disagreements.head(shown).iter_rows(named=True)
+    ]

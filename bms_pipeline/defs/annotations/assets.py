@@ -18,18 +18,20 @@ from bms_pipeline.defs.slides.assets import sm_series
     code_version="2",
 )
 def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
-    """Microscopy Bulk Simple Annotations (rois, session_<k>, consensus, unlabeled, detections)
+    """Microscopy Bulk Simple Annotations (rois, `session_<k>`, consensus, unlabeled, detections)
     as IDC published BMDeep's, built with highdicom from rois.csv, cells.csv and detections.csv, shifted by the slide's bounds and
     referencing the base level of the SM series; written to staging and moved into
-    out/dicom/<slide>/ann/ only if it passes the publication gate (no identifier or scan date
+    `out/dicom/<slide>/ann/` only if it passes the publication gate (no identifier or scan date
     in any byte, de-identification attributes)."""
     import polars as pl
 
     from bms_pipeline.core.annotations.ann import base_level_dataset, build_ann_series
+    from bms_pipeline.core.annotations.consensus import disagreement_warnings
     from bms_pipeline.core.annotations.inputs import slide_bounds
     from bms_pipeline.core.dicom.idc import publication_gate
     from bms_pipeline.core.dicom.publication import PublicationRefused
     from bms_pipeline.core.dicom.series import read_series, volume_levels
+    from bms_pipeline.core.qc.pictures import annotation_pictures
 
     slide_id = context.partition_key
     layout = bms.layout
@@ -79,17 +81,23 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
         }
         for s in result.series
     ]
+    pictures = annotation_pictures(sorted(layout.sm_dir(slide_id).glob("*.dcm")), result.ann_dir)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version.digest),
         metadata={
             **version_metadata(version),
             "path": dg.MetadataValue.path(bms.outputs.url_of(f"dicom/{slide_id}/ann")),
+            "boxes_on_the_slide": dg.MetadataValue.md(pictures.region),
+            "boxes_per_label": dg.MetadataValue.md(pictures.chart),
             "series": markdown_table(pl.DataFrame(series)),
             "series_written": len(result.series),
             "series_skipped": dg.MetadataValue.json(list(result.skipped)),
             "input_rows": dg.MetadataValue.json(result.input_rows),
             "annotations": sum(s.rows for s in result.series),
             "consensus_disagreements": result.disagreements.height,
+            # The console summary lists `warning_examples` (and counts `warnings`).
+            "warnings": result.disagreements.height,
+            "warning_examples": dg.MetadataValue.json(disagreement_warnings(result.disagreements)),
             "disagreement_examples": markdown_table(result.disagreements.head(10)),
             "bytes": result.total_bytes,
             "seconds": round(result.seconds, 3),

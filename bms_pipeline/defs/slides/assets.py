@@ -90,7 +90,7 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
 def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.MaterializeResult:
     """The slide as a DICOM VL Whole Slide Microscopy series (all levels, a THUMBNAIL from the
     pyramid, overview, no label), converted by wsidicomizer into staging and moved into
-    out/dicom/<slide>/sm/ only if it passes the publication gate (no identifier or scan date
+    `out/dicom/<slide>/sm/` only if it passes the publication gate (no identifier or scan date
     in any byte, no LABEL, de-identification attributes, a THUMBNAIL that is the slide).
     A refused slide is withdrawn from out/dicom entirely, and fails again on every rerun
     until its inputs, override files or the code change."""
@@ -98,6 +98,7 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
     from bms_pipeline.core.dicom.overrides import load_overrides
     from bms_pipeline.core.dicom.publication import PublicationRefused
     from bms_pipeline.core.dicom.series import read_series, volume_levels
+    from bms_pipeline.core.qc.pictures import thumbnail_markdown
 
     slide_id = context.partition_key
     layout = bms.layout
@@ -138,6 +139,9 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
         metadata={
             **version_metadata(version),
             "path": dg.MetadataValue.path(bms.outputs.url_of(f"dicom/{slide_id}/sm")),
+            "thumbnail": dg.MetadataValue.md(
+                thumbnail_markdown(sorted(result.sm_dir.glob("*.dcm")))
+            ),
             "instances": len(instances),
             "levels": len(levels),
             "level_sizes": dg.MetadataValue.json([[i.columns, i.rows] for i in levels]),

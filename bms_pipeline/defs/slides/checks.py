@@ -96,9 +96,17 @@ def sm_series_thumbnail_matches_pyramid(
             "bound": MIN_THUMBNAIL_CORRELATION,
             "compared": compared,
             "thumbnail_wanted": wanted,
+            "pictures": thumbnail_check_pictures(files),
         },
         description=description,
     )
+
+
+def thumbnail_check_pictures(files: list[Path]) -> dg.MetadataValue:
+    """The THUMBNAIL and the level it is compared with, as published."""
+    from bms_pipeline.core.qc.pictures import thumbnail_check_markdown
+
+    return dg.MetadataValue.md(thumbnail_check_markdown(files))
 
 
 SM_SERIES_CHECKS = (
