@@ -22,7 +22,10 @@ drift apart: `strip_identifying_metadata` removes what wsidicomizer would carry 
 (it turns SLIDE_NAME into SeriesDescription and SLIDE_ID into ContainerIdentifier; the label
 text and barcode; by policy the scan dates of every image), `allowed_properties` is the only
 door from MIRAX properties to a header, `apply_date_policy` clears the dates a post-processor
-sees, and `shown_properties` is what the UI and the event log may show.
+sees, and `shown_properties` is what the UI, the event log, run tags and asset metadata may
+show: the same allow-list, nothing else, whatever a property is called (a scanner can write a
+patient's name into SLIDE_BARCODE, PROJECT_NAME, SLIDE_LABEL, SLIDE_COMMENT, ... as well as into
+SLIDE_NAME, so a list of what to hide is never complete).
 """
 
 from __future__ import annotations
@@ -66,9 +69,6 @@ MIRAX_DATETIME_FORMAT = "%d/%m/%Y %H:%M:%S"
 ALWAYS_SCANNED = (SLIDE_ID_PROPERTY, SLIDE_NAME_PROPERTY)
 """Scanned for whatever they look like (4 characters or more)."""
 
-REDACTED_PROPERTIES = frozenset({*ALWAYS_SCANNED, CREATION_DATETIME_PROPERTY})
-"""Never shown, not even in the event log or the UI."""
-
 _CHUNK = 4 << 20  # larger windows cost polars far more memory: +250 MiB peak at 16 MiB, measured
 
 
@@ -78,10 +78,9 @@ def allowed_properties(properties: Mapping[str, str]) -> dict[str, str]:
 
 
 def shown_properties(properties: Mapping[str, str]) -> dict[str, str]:
-    """The properties as the UI and the event log may show them: identifiers redacted."""
-    return {
-        k: ("<redacted>" if k in REDACTED_PROPERTIES else v) for k, v in sorted(properties.items())
-    }
+    """The properties the UI, the event log, run tags and asset metadata may show: exactly
+    those that may reach the DICOM (an allow-list; every other property stays unseen)."""
+    return allowed_properties(properties)
 
 
 def strip_identifying_metadata(
