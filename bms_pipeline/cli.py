@@ -205,11 +205,13 @@ def _report_inputs(layout: DataLayout) -> tuple[bool, bool]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bms_pipeline.audit_command import audit_after_run
     from bms_pipeline.orchestration.instance import sqlite_files_kept_open
 
     # From the instance's creation on (a new instance creates its schemas).
     with sqlite_files_kept_open():
-        return _run_command(args)
+        code = _run_command(args)
+    return audit_after_run(args, code)  # blocking: no identifying value in any byte written
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -536,6 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--output-root", help="as for run")
     status.add_argument("--postgres-url", help=POSTGRES_HELP)
     status.set_defaults(func=cmd_status)
+
+    from bms_pipeline.audit_command import add_audit_parser
+
+    add_audit_parser(sub, with_root, POSTGRES_HELP)
 
     worker = sub.add_parser(
         "worker",

@@ -69,6 +69,20 @@ MIRAX_DATETIME_FORMAT = "%d/%m/%Y %H:%M:%S"
 ALWAYS_SCANNED = (SLIDE_ID_PROPERTY, SLIDE_NAME_PROPERTY)
 """Scanned for whatever they look like (4 characters or more)."""
 
+LABEL_TEXT_PROPERTIES = ("openslide.barcode",)
+"""The label's text as a reader gives it (OpenSlide's barcode), where a format has one."""
+
+MIN_NEEDLE_LENGTH = 6
+"""Any other value is scanned for if it is this long and holds a letter: shorter or
+letter-free values ("1", "ok", "40", "01.02", a count) occur in correct outputs by chance."""
+
+
+def looks_identifying(value: str) -> bool:
+    """Whether a value outside the allow-list is worth scanning for (see MIN_NEEDLE_LENGTH)."""
+    value = value.strip()
+    return len(value) >= MIN_NEEDLE_LENGTH and any(c.isalpha() for c in value)
+
+
 _CHUNK = 4 << 20  # larger windows cost polars far more memory: +250 MiB peak at 16 MiB, measured
 
 
@@ -187,13 +201,12 @@ class PrivacyPolicy:
         for key, raw in sorted(properties.items()):
             value = (raw or "").strip()
             if (
-                key.startswith("mirax.GENERAL.")
+                (key.startswith("mirax.GENERAL.") or key in LABEL_TEXT_PROPERTIES)
                 and key not in ALLOWED_MIRAX_PROPERTIES
                 and key not in candidates
                 and key != CREATION_DATETIME_PROPERTY
                 and not (key == SLIDE_ID_PROPERTY and keep_slide_id)
-                and len(value) >= 6
-                and any(c.isalpha() for c in value)
+                and looks_identifying(value)
             ):
                 candidates[key] = value
         if not keep_dates:
