@@ -219,13 +219,17 @@ def with_retries[T](
             return call()
         except (requests.RequestException, OSError) as exc:
             pause = backoff * 2 ** (attempt - 1)
-            late = deadline is not None and time.monotonic() + pause >= deadline
+            late = (
+                attempt < attempts and deadline is not None and time.monotonic() + pause >= deadline
+            )
             if attempt == attempts or not _retriable(exc) or late:
                 tries = f" after {attempt} attempts" if attempt > 1 else ""
                 kind = ServerUnreachable if _unanswered(exc) else DicomwebError
                 verb = "did not answer" if _unanswered(exc) else "answered"
                 limit = " (the slide's time for publishing ran out)" if late else ""
-                raise kind(f"{what}: {server} {verb}{tries}{limit}: {_answer(exc)}") from exc
+                # The message holds the answer; no chain, so that a summary that shows the
+                # root cause shows this (the step, the server, the attempts), not urllib3's.
+                raise kind(f"{what}: {server} {verb}{tries}{limit}: {_answer(exc)}") from None
             logger.warning("%s: attempt %d failed (%s); retrying", what, attempt, _answer(exc))
             time.sleep(pause)
     raise AssertionError("unreachable")
@@ -255,7 +259,7 @@ def _fail_fast_if_given_up(client, url: str, limits: PublishLimits) -> None:
         raise ServerUnreachable(
             f"not published: {url} was given up earlier in this process ({reason}); "
             f"still no answer within {limits.probe_seconds:.0f} s ({_answer(exc)})"
-        ) from exc
+        ) from None
     finally:
         client._timeout = saved  # noqa: SLF001
     forget_unreachable(url)

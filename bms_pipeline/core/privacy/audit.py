@@ -347,7 +347,12 @@ def scan_rows(rows: Iterable[Row], finder: _Finder, where: str) -> tuple[list[Au
 
 
 def _sqlite_rows(path: Path) -> Iterator[Row]:
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # Without a journal to read, `immutable` leaves no -wal/-shm file behind (mode=ro makes
+    # them for a WAL database); with one, its rows count too.
+    wal = path.with_name(path.name + "-wal")
+    journal = wal.is_file() and wal.stat().st_size > 0
+    options = "mode=ro" if journal else "immutable=1"
+    connection = sqlite3.connect(f"file:{path}?{options}", uri=True)
     try:
         tables = [
             r[0]
@@ -472,6 +477,7 @@ def scan_places(
     if not policy.needles:
         report.seconds = time.perf_counter() - started
         return report
+    located_in: dict[Path, set[str]] = {}  # SQLite file -> needles its rows hold
     for root in roots:
         if not root.exists():
             continue
@@ -498,6 +504,12 @@ def scan_places(
                         f"{shown}: only its raw bytes scanned, not decoded ({type(exc).__name__})"
                     )
             located = {h.needle for h in decoded_hits}
+            if sqlite:
+                located_in[path] = located
+            # A database's journal (`x.db-wal`, read with it) holds the rows just named.
+            for suffix in ("-wal", "-journal"):
+                if path.name.endswith(suffix):
+                    located |= located_in.get(path.with_name(path.name[: -len(suffix)]), set())
             report.hits += decoded_hits
             for hit in raw:
                 if hit.name not in located:  # a database row names the place better
