@@ -39,7 +39,7 @@ def _postgres() -> tuple[str, str] | None:
     return target.dagster_url, f"PostgreSQL {target.redacted}"
 
 
-def audit(args: argparse.Namespace, root: Path) -> int:
+def audit(args: argparse.Namespace, root: Path, full: bool = True) -> int:
     """Audit the data root; print the summary and every hit by place (0 clean, EXIT_LEAK)."""
     from bms_pipeline.core.layout import DataLayout
     from bms_pipeline.core.privacy.audit import audit_layout
@@ -53,7 +53,9 @@ def audit(args: argparse.Namespace, root: Path) -> int:
         )
         output_root = None
     layout = DataLayout.at(root, output_root.removeprefix("file://") if output_root else None)
-    report = audit_layout(layout, instance_home(DataLayout.at(root)), _urls(args), _postgres())
+    report = audit_layout(
+        layout, instance_home(DataLayout.at(root)), _urls(args), _postgres(), full=full
+    )
     for warning in report.warnings:
         print(f"privacy audit: warning: {warning}", file=sys.stderr)
     for hit in report.hits:
@@ -65,7 +67,7 @@ def audit(args: argparse.Namespace, root: Path) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from bms_pipeline.cli import _data_root
 
-    return audit(args, _data_root(args))
+    return audit(args, _data_root(args), full=not args.incremental)
 
 
 def audit_after_run(args: argparse.Namespace, code: int) -> int:
@@ -77,7 +79,8 @@ def audit_after_run(args: argparse.Namespace, code: int) -> int:
     if code not in (0, 1) or DATA_ROOT_ENV not in os.environ:
         return code
 
-    verdict = audit(args, Path(os.environ[DATA_ROOT_ENV]))
+    # Files found clean before and unchanged since are not read again (see ScanCache).
+    verdict = audit(args, Path(os.environ[DATA_ROOT_ENV]), full=False)
     return code or verdict
 
 
@@ -95,5 +98,11 @@ def add_audit_parser(sub, with_root, postgres_help: str) -> None:
     parser.add_argument("--postgres-url", help=postgres_help)
     parser.add_argument(
         "--dicomweb-url", help="also search for this URL's user and password (as given to run)"
+    )
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="skip files found clean by an earlier audit against the same values and "
+        "unchanged since (as the audit that ends `run` does); default: read every byte",
     )
     parser.set_defaults(func=cmd_audit)

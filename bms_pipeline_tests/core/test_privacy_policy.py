@@ -188,3 +188,26 @@ def test_a_bare_needle_after_many_carried_copies_is_found_at_its_offset(
     assert [(h.name, h.offset) for h in hits] == [("mirax.GENERAL.SLIDE_NAME", len(carried) + 1000)]
     path.write_bytes(carried)
     assert policy.scan([path]) == []
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_many_needles_take_one_pass_and_find_what_one_pass_per_needle_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """A collection's needles (the audit's) go through Aho-Corasick: every needle present is
+    found at its first unexcused offset, high bytes and chunk boundaries included."""
+    monkeypatch.setattr(phi, "_CHUNK", chunk)
+    names = [f"Patient Name {i:03d}".encode() for i in range(phi.MANY_NEEDLES + 8)]
+    names[5] = b"\xff\xfeBinary\x00Needle\x80"
+    needles = tuple(phi.Needle(f"n{i}", v) for i, v in enumerate(names))
+    data = bytearray(b"\x00\x9c" * 500)
+    expected = []
+    for i in (0, 5, 17, len(names) - 1):
+        expected.append((f"n{i}", len(data)))
+        data += names[i] + b"\xd8" * (13 + i)
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(data))
+    many = PrivacyPolicy(needles).scan([path])
+    few = [h for n in needles for h in PrivacyPolicy((n,)).scan([path])]
+    assert sorted((h.name, h.offset) for h in many) == sorted(expected)
+    assert sorted((h.name, h.offset) for h in few) == sorted(expected)

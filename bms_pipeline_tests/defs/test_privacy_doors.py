@@ -241,3 +241,29 @@ def test_the_audit_searches_free_text_clinical_cells_and_the_cli_names_places_on
     captured = capsys.readouterr()
     assert "out/qc.txt, byte 12: holds clinical.csv column 'notes', line 2" in captured.err
     assert name not in captured.out + captured.err
+
+
+def test_the_incremental_audit_reads_only_what_changed_and_keeps_no_value(
+    two_runs: TwoRuns, tmp_path: Path
+) -> None:
+    layout = _copy(two_runs, tmp_path)
+    home = layout.root / ".dagster"
+    first = audit_layout(layout, home, env={}, full=True)
+    again = audit_layout(layout, home, env={}, full=False)
+    assert first.clean and again.clean
+    assert first.unchanged == 0 and first.bytes > 1_000_000
+    assert again.unchanged == again.files == first.files and again.bytes == 0
+    log = min((home / "storage").rglob("compute_logs/*.out"))
+    log.write_bytes(log.read_bytes() + PLANTED["COMMENT"].encode())
+    third = audit_layout(layout, home, env={}, full=False)
+    assert [h.place.split(",")[0] for h in third.hits] == [log.relative_to(layout.root).as_posix()]
+    assert third.unchanged == third.files - 1  # only the changed log was read
+    # the cache names files and holds a salted digest, never a value
+    for value in PLANTED.values():
+        assert value not in (home / "privacy-audit.json").read_text()
+    # other values to search for (a new free-text clinical cell) make every file new again
+    lines = layout.clinical_csv.read_text(encoding="utf-8-sig").splitlines()
+    lines = [lines[0] + ";notes", *(f"{line};Theodolinde Sauerampfer" for line in lines[1:])]
+    layout.clinical_csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    fourth = audit_layout(layout, home, env={}, full=False)
+    assert fourth.unchanged == 0 and len(fourth.hits) == 1

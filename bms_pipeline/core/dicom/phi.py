@@ -303,14 +303,30 @@ def _release_pages(data: mmap.mmap, released: int, offset: int) -> int:
     return released
 
 
+MANY_NEEDLES = 32
+"""From this many needles on, one Aho-Corasick pass replaces a memmem pass per needle:
+measured on 64 MB of random bytes, memmem runs at about 3,500 MB/s divided by the needles
+(10: 351 MB/s), Aho-Corasick at 108 MB/s whatever their number (2,001 needles)."""
+
+
 def _occur(window: bytes, needles: Sequence[Needle]) -> list[bool]:
     """Whether each needle occurs anywhere in `window`, by polars' memmem search (SIMD, on
     its own threads, without the GIL): about 4x the speed of `bytes.find` on JPEG data,
-    measured. `find` then runs only for the needles it reports, to place and judge them."""
+    measured. `find` then runs only for the needles it reports, to place and judge them.
+    Many needles (a whole collection's, for the audit) take one Aho-Corasick pass instead."""
     import polars as pl
 
     if not needles:
         return []
+    if len(needles) >= MANY_NEEDLES:
+        # Latin-1 maps each byte to one character, so a byte needle occurs in the bytes
+        # exactly where its Latin-1 text occurs in their Latin-1 text.
+        patterns = [n.value.decode("latin-1") for n in needles]
+        found = pl.Series([window.decode("latin-1")]).str.extract_many(patterns, overlapping=True)[
+            0
+        ]
+        present = set(found.to_list()) if found is not None else set()
+        return [p in present for p in patterns]
     frame = pl.DataFrame({"window": pl.Series([window], dtype=pl.Binary)})
     row = frame.select(
         pl.col("window").bin.contains(n.value).alias(str(i)) for i, n in enumerate(needles)

@@ -49,6 +49,7 @@ from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.privacy.credentials import split_credentials
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+CACHE_NAME = "privacy-audit.json"
 ZLIB_HEADERS = (b"x\x01", b"x^", b"x\x9c", b"x\xda")
 
 
@@ -69,6 +70,7 @@ class AuditReport:
     files: int = 0
     bytes: int = 0
     cells: int = 0  # decoded cells read (Parquet, DuckDB, database rows)
+    unchanged: int = 0  # files found clean before and unchanged since, not read again
     warnings: list[str] = field(default_factory=list)  # places only read raw, inputs unread
     seconds: float = 0.0
 
@@ -80,8 +82,9 @@ class AuditReport:
         verdict = "no identifying value found" if self.clean else f"{len(self.hits)} hit(s)"
         return (
             f"privacy audit: {verdict}; {self.needles} input value(s) searched for "
-            f"({self.excused} equal to carried values, not searched) in {self.files} file(s), "
-            f"{self.bytes / 1e6:.1f} MB, {self.cells} decoded cell(s), {self.seconds:.1f} s"
+            f"({self.excused} equal to carried values, not searched) in {self.files} file(s) "
+            f"({self.unchanged} unchanged since found clean), {self.bytes / 1e6:.1f} MB read, "
+            f"{self.cells} decoded cell(s), {self.seconds:.1f} s"
         )
 
 
@@ -459,15 +462,89 @@ def _shown(path: Path, base: Path | None) -> str:
     return str(path)
 
 
+class ScanCache:
+    """The files found clean against this very set of values, by (size, mtime): a rerun that
+    changed nothing reads none of them again (a real collection keeps about 100 GB of DICOM).
+    Any change of the values searched for (a slide, a clinical cell, a credential) empties it.
+    It holds paths and a salted digest of the values, never a value; a file changed in place
+    with its size and modification time kept is the case it cannot see (`audit --full`)."""
+
+    VERSION = 1
+
+    def __init__(self, path: Path, policy: PrivacyPolicy) -> None:
+        import hashlib
+        import json
+        import secrets
+
+        self.path = path
+        stored: dict = {}
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stored = {}
+        if not isinstance(stored, dict) or stored.get("version") != self.VERSION:
+            stored = {}
+        self.salt = str(stored.get("salt") or secrets.token_hex(16))
+        digest = hashlib.sha256(self.salt.encode())
+        for value in sorted(n.value for n in policy.needles):
+            digest.update(b"\0n" + value)
+        for value in sorted(policy.allowed):
+            digest.update(b"\0a" + value)
+        self.digest = digest.hexdigest()
+        files = stored.get("files") if stored.get("digest") == self.digest else None
+        self.files: dict[str, list[int]] = dict(files) if isinstance(files, dict) else {}
+        self.clean: dict[str, list[int]] = {}
+        self.skipped = 0
+
+    @staticmethod
+    def _identity(path: Path) -> list[int]:
+        stat = path.stat()
+        return [stat.st_size, stat.st_mtime_ns]
+
+    def fresh(self, path: Path) -> bool:
+        """Scanned clean before, unchanged since: recorded again and skipped."""
+        identity = self._identity(path)
+        if self.files.get(str(path)) == identity:
+            self.clean[str(path)] = identity
+            self.skipped += 1
+            return True
+        return False
+
+    def record_clean(self, path: Path, identity: list[int]) -> None:
+        self.clean[str(path)] = identity
+
+    def save(self) -> None:
+        import json
+
+        from bms_pipeline.core.store import atomic_write_text
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            self.path,
+            json.dumps(
+                {
+                    "version": self.VERSION,
+                    "salt": self.salt,
+                    "digest": self.digest,
+                    "files": self.clean,
+                },
+                indent=0,
+                sort_keys=True,
+            ),
+        )
+
+
 def scan_places(
     needles: AuditNeedles,
     roots: Sequence[Path],
     postgres: tuple[str, str] | None = None,
     base: Path | None = None,
+    cache: Path | None = None,
 ) -> AuditReport:
     """Every file under `roots` (raw bytes; Parquet, DuckDB and SQLite also decoded, row by
     row) and the tables of a PostgreSQL instance (`postgres`: its SQLAlchemy URL and the name
-    to show, without the password), for the policy's needles."""
+    to show, without the password), for the policy's needles. With `cache`, files found
+    clean before against the same values and unchanged since are not read again."""
     started = time.perf_counter()
     policy = needles.policy
     report = AuditReport(
@@ -478,14 +555,21 @@ def scan_places(
         report.seconds = time.perf_counter() - started
         return report
     located_in: dict[Path, set[str]] = {}  # SQLite file -> needles its rows hold
+    kept = ScanCache(cache, policy) if cache is not None else None
     for root in roots:
         if not root.exists():
             continue
         for path in _files(root):
+            if kept is not None and path == kept.path:
+                continue  # the cache itself: paths and a digest, rewritten below
             shown = _shown(path, base)
             report.files += 1
             try:
-                report.bytes += path.stat().st_size
+                if kept is not None and kept.fresh(path):
+                    report.unchanged += 1
+                    continue
+                identity = ScanCache._identity(path)  # noqa: SLF001 - before the read
+                report.bytes += identity[0]
                 raw: list[IdentifierHit] = policy.scan([path])
             except (OSError, ValueError) as exc:
                 report.warnings.append(f"{shown}: not read ({type(exc).__name__})")
@@ -495,11 +579,13 @@ def scan_places(
             if sqlite:
                 decoder = _sqlite_rows
             decoded_hits: list[AuditHit] = []
+            decoded = True
             if decoder is not None:
                 try:
                     decoded_hits, cells = scan_rows(decoder(path), finder, shown)
                     report.cells += cells
                 except Exception as exc:  # noqa: BLE001 - its raw bytes were still scanned
+                    decoded = False
                     report.warnings.append(
                         f"{shown}: only its raw bytes scanned, not decoded ({type(exc).__name__})"
                     )
@@ -511,10 +597,12 @@ def scan_places(
                 if path.name.endswith(suffix):
                     located |= located_in.get(path.with_name(path.name[: -len(suffix)]), set())
             report.hits += decoded_hits
-            for hit in raw:
-                if hit.name not in located:  # a database row names the place better
-                    where = " (outside any row: a free page or the journal)" if sqlite else ""
-                    report.hits.append(AuditHit(f"{shown}, byte {hit.offset}{where}", hit.name))
+            unplaced = [hit for hit in raw if hit.name not in located]
+            for hit in unplaced:  # a database row names the place better
+                where = " (outside any row: a free page or the journal)" if sqlite else ""
+                report.hits.append(AuditHit(f"{shown}, byte {hit.offset}{where}", hit.name))
+            if kept is not None and not raw and not decoded_hits and decoded:
+                kept.record_clean(path, identity)
     if postgres is not None:
         url, shown = postgres
         try:
@@ -525,6 +613,8 @@ def scan_places(
             report.hits.append(
                 AuditHit(shown, f"nothing: it could not be read ({type(exc).__name__})")
             )
+    if kept is not None:
+        kept.save()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -535,10 +625,13 @@ def audit_layout(
     urls: Mapping[str, str] | None = None,
     postgres: tuple[str, str] | None = None,
     env: Mapping[str, str] | None = None,
+    full: bool = True,
 ) -> AuditReport:
     """The audit of a data root: its inputs' identifying values (collection.yaml's settings
     and names, raw/slides, raw/clinical), searched for under the output root and the
-    Dagster instance (`instance_home`, and `postgres` when the instance lives there)."""
+    Dagster instance (`instance_home`, and `postgres` when the instance lives there).
+    Not `full`: files found clean before and unchanged since are skipped (`ScanCache`, kept
+    as `instance_home`/privacy-audit.json); `full` reads everything and renews the cache."""
     from bms_pipeline.core.collection import CollectionConfig
     from bms_pipeline.core.dicomweb.config import url_from_collection_yaml
 
@@ -578,4 +671,7 @@ def audit_layout(
         env,
     )
     needles = AuditNeedles(needles.policy, needles.excused, (*problems, *needles.problems))
-    return scan_places(needles, [layout.out, instance_home], postgres, base=layout.root)
+    cache = instance_home / CACHE_NAME
+    if full:
+        cache.unlink(missing_ok=True)
+    return scan_places(needles, [layout.out, instance_home], postgres, layout.root, cache)
