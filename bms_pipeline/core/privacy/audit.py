@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bms_pipeline.core.dicom.phi import (
+    MANY_NEEDLES,
     MIN_NEEDLE_LENGTH,
     IdentifierHit,
     Needle,
@@ -296,8 +297,22 @@ class _Finder:
             at = data.find(needle.value, at + 1)
         return None
 
-    def found(self, data: bytes) -> list[Needle]:
-        return [n for n in self.needles if n.value in data and self.first(data, n) is not None]
+    def found_in(self, cells: Sequence[bytes]) -> list[list[Needle]]:
+        """The needles with an unexcused occurrence, per cell. Few needles: a substring test
+        each; many (a collection's): one Aho-Corasick pass over all cells (see `phi._occur`)."""
+        if len(self.needles) < MANY_NEEDLES:
+            present = [[n for n in self.needles if n.value in c] for c in cells]
+        else:
+            import polars as pl
+
+            by_text = {n.value.decode("latin-1"): n for n in self.needles}
+            texts = pl.Series([c.decode("latin-1") for c in cells], dtype=pl.String)
+            matches = texts.str.extract_many(list(by_text), overlapping=True).to_list()
+            present = [[by_text[m] for m in dict.fromkeys(found or [])] for found in matches]
+        return [
+            [n for n in needles if self.first(cell, n) is not None]
+            for cell, needles in zip(cells, present, strict=True)
+        ]
 
 
 def _as_bytes(value: object) -> bytes | None:
@@ -322,12 +337,28 @@ Row = tuple[str, object, dict[str, object]]
 """(table, row key, {column: value}) of a decoded place."""
 
 
+CELL_BATCH = 4096
+"""Cells searched at once (one Aho-Corasick pass per batch when the needles are many)."""
+
+
 def scan_rows(rows: Iterable[Row], finder: _Finder, where: str) -> tuple[list[AuditHit], int]:
     """(hits, cells read) over (table, row key, {column: value}) rows: each cell raw and, if
     it is zlib-compressed, inflated. One hit per needle and table."""
     hits: list[AuditHit] = []
     seen: set[tuple[str, str]] = set()
     cells = 0
+    batch: list[tuple[str, str, bytes]] = []  # (table, place, content)
+
+    def flush() -> None:
+        for (table, place, _), needles in zip(
+            batch, finder.found_in([c for _, _, c in batch]), strict=True
+        ):
+            for needle in needles:
+                if (table, needle.name) not in seen:
+                    seen.add((table, needle.name))
+                    hits.append(AuditHit(place, needle.name))
+        batch.clear()
+
     for table, key, columns in rows:
         for column, value in columns.items():
             data = _as_bytes(value)
@@ -335,17 +366,12 @@ def scan_rows(rows: Iterable[Row], finder: _Finder, where: str) -> tuple[list[Au
                 continue
             cells += 1
             for form, content in (("", data), (" (inflated)", _decoded(data))):
-                if content is None:
-                    continue
-                for needle in finder.found(content):
-                    if (table, needle.name) in seen:
-                        continue
-                    seen.add((table, needle.name))
-                    hits.append(
-                        AuditHit(
-                            f"{where}, table {table}, row {key}, column {column}{form}", needle.name
-                        )
-                    )
+                if content is not None:
+                    place = f"{where}, table {table}, row {key}, column {column}{form}"
+                    batch.append((table, place, content))
+            if len(batch) >= CELL_BATCH:
+                flush()
+    flush()
     return hits, cells
 
 
