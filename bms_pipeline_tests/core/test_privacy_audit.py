@@ -100,3 +100,21 @@ def test_the_rule_leaves_out_short_and_letterless_values_and_values_the_output_c
     assert result.excused >= 3  # SLIDE_NAME, PROJECT_NAME and the scanner cell(s)
     assert "Kunigunde Holzapfel" in values
     assert result.problems == ()
+
+
+def test_a_digits_only_date_counts_as_a_token_of_its_own_not_inside_hashes_or_timestamps(
+    tmp_path: Path,
+) -> None:
+    """8 digits occur by chance in a large instance's hex hashes and timestamps; the audit
+    counts the scan date (DA) only where it stands alone, as a date field would hold it."""
+    date = phi.Needle("mirax.GENERAL.SLIDE_CREATIONDATETIME (DA)", b"20190929", whole_token=True)
+    policy = phi.PrivacyPolicy((date,))
+    chance = b'{"sha256": "ab20190929cd", "timestamp": 1765071014.201909291}'
+    path = tmp_path / "events.json"
+    path.write_bytes(chance)
+    assert policy.scan([path]) == []
+    assert scan_rows([("t", 1, {"c": chance})], _Finder(policy), "db") == ([], 1)
+    path.write_bytes(chance + b', "StudyDate": "20190929"')
+    (hit,) = policy.scan([path])
+    assert hit.offset == len(chance) + len(b', "StudyDate": "')
+    assert phi.inside_token(chance, 14, date)

@@ -150,6 +150,10 @@ class Needle:
 
     name: str
     value: bytes
+    whole_token: bool = False
+    """Only an occurrence between two bytes that are not ASCII letters or digits counts (for
+    digits-only values the audit searches a whole instance for: an 8-digit date occurs by
+    chance inside hex hashes and timestamps, not as a token of its own)."""
 
 
 @dataclass(frozen=True)
@@ -273,7 +277,9 @@ class PrivacyPolicy:
                     stop = end + len(needle.value) - 1
                     at = data.find(needle.value, start, stop)
                     while at >= 0:
-                        if not self._is_excused(data, at, excuses[needle.name]):
+                        if not self._is_excused(
+                            data, at, excuses[needle.name]
+                        ) and not inside_token(data, at, needle):
                             seen.add(needle.name)
                             hits.append(IdentifierHit(path, needle.name, at))
                             break
@@ -290,6 +296,20 @@ class PrivacyPolicy:
                 if start >= 0 and data[start : start + len(value)] == value:
                     return True
         return False
+
+
+_ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def inside_token(data: bytes | mmap.mmap, at: int, needle: Needle) -> bool:
+    """A `whole_token` needle's occurrence that touches a letter or digit (part of a longer
+    token, e.g. a hash), which does not count."""
+    if not needle.whole_token:
+        return False
+    end = at + len(needle.value)
+    before = data[at - 1] if at > 0 else None
+    after = data[end] if end < len(data) else None
+    return before in _ALNUM or after in _ALNUM
 
 
 def _release_pages(data: mmap.mmap, released: int, offset: int) -> int:

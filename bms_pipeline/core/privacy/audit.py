@@ -44,6 +44,7 @@ from bms_pipeline.core.dicom.phi import (
     Needle,
     PrivacyPolicy,
     allowed_properties,
+    inside_token,
     looks_identifying,
 )
 from bms_pipeline.core.layout import DataLayout
@@ -264,7 +265,9 @@ def input_needles(
         )
         excused += len(policy.excused)
         for n in policy.needles:
-            needles.setdefault(n.value, Needle(f"{n.name} of slide {slide_id}", n.value))
+            # Digits only (the scan date as DA or DT): counted as a token of its own only.
+            token = n.value.isdigit()
+            needles.setdefault(n.value, Needle(f"{n.name} of slide {slide_id}", n.value, token))
     for name, value in free:
         value = value.strip()
         if not looks_identifying(value):
@@ -292,7 +295,9 @@ class _Finder:
     def first(self, data: bytes, needle: Needle) -> int | None:
         at = data.find(needle.value)
         while at >= 0:
-            if not PrivacyPolicy._is_excused(data, at, self.excuses[needle.name]):  # noqa: SLF001
+            if not PrivacyPolicy._is_excused(  # noqa: SLF001
+                data, at, self.excuses[needle.name]
+            ) and not inside_token(data, at, needle):
                 return at
             at = data.find(needle.value, at + 1)
         return None
