@@ -239,7 +239,7 @@ def test_the_audit_searches_free_text_clinical_cells_and_the_cli_names_places_on
         os.environ.clear()
         os.environ.update(saved)
     captured = capsys.readouterr()
-    assert "out/qc.txt, byte 12: holds clinical.csv column 'notes', line 2" in captured.err
+    assert "out/qc.txt, byte 12: holds clinical.csv column 7, line 2" in captured.err
     assert name not in captured.out + captured.err
 
 

@@ -152,12 +152,16 @@ def _clinical_cells(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter=";")
         header = next(reader, [])
+        # Columns by number: an undefined column's header is free text too.
+        for position, column in enumerate(header, start=1):
+            if column.strip() not in CLINICAL_COLUMNS:
+                free.append((f"{path.name} header of column {position}", column))
         for line, row in enumerate(reader, start=2):
-            for column, value in zip(header, row, strict=False):
+            for position, (column, value) in enumerate(zip(header, row, strict=False), start=1):
                 if column.strip() in CLINICAL_COLUMNS:
                     carried.append(value)
                 else:
-                    free.append((f"{path.name} column {column.strip()!r}, line {line}", value))
+                    free.append((f"{path.name} column {position}, line {line}", value))
     return free, carried
 
 
