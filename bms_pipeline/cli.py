@@ -115,15 +115,15 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 def _dicomweb_target(args: argparse.Namespace, root: Path) -> bool:
     """Export --dicomweb-url (worker processes build the same definitions) and say where the
     slides are published, or that they are not; False on a malformed URL."""
-    from bms_pipeline.core.dicomweb.config import URL_ENV, resolve_target
+    from bms_pipeline.core.dicomweb.config import export_target, resolve_target
 
     try:
         target = resolve_target(args.dicomweb_url, DataLayout.at(root).collection_yaml)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return False
-    if target is not None and args.dicomweb_url:
-        os.environ[URL_ENV] = target.url
+    if target is not None and (args.dicomweb_url or target.credentials):
+        export_target(target)  # the URL without its user and password; those as $BMS_DICOMWEB_*
     print(
         f"DICOMweb: {f'publishing to {target.url} ({target.source})' if target else 'not configured, nothing is published'}"
     )
@@ -205,11 +205,13 @@ def _report_inputs(layout: DataLayout) -> tuple[bool, bool]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bms_pipeline.audit_command import audit_after_run
     from bms_pipeline.orchestration.instance import sqlite_files_kept_open
 
     # From the instance's creation on (a new instance creates its schemas).
     with sqlite_files_kept_open():
-        return _run_command(args)
+        code = _run_command(args)
+    return audit_after_run(args, code)  # blocking: no identifying value in any byte written
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -563,6 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--postgres-url", help=POSTGRES_HELP)
     status.set_defaults(func=cmd_status)
 
+    from bms_pipeline.audit_command import add_audit_parser
+
+    add_audit_parser(sub, with_root, POSTGRES_HELP)
+
     worker = sub.add_parser(
         "worker",
         help="serve steps of runs launched with BMS_EXECUTOR=celery (a Celery worker)",
@@ -587,19 +593,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(args.name, args.scratch, args.concurrency, args.loglevel)
 
 
-QUIET_LIBRARIES = ("alembic", "highdicom", "wsidicom", "wsidicomizer", "opentile", "numcodecs")
-
-
 def _quiet_libraries(verbose: bool) -> None:
-    """Our own INFO lines; libraries' INFO chatter (alembic migrations, highdicom's "copy
-    attributes") only with -v, which also gives Dagster's debug log."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for name in QUIET_LIBRARIES:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    os.environ[DAGSTER_LOG_LEVEL_ENV] = "DEBUG" if verbose else "CRITICAL"
+    """Our own INFO lines; every library's INFO chatter (alembic migrations, highdicom's "copy
+    attributes", dicomweb_client's requests) only with -v, which also gives Dagster's debug log;
+    credentials masked in every line (`log_setup`)."""
+    from bms_pipeline.log_setup import configure_logging
+
+    configure_logging(verbose, DAGSTER_LOG_LEVEL_ENV)
 
 
 def main(argv: list[str] | None = None) -> int:

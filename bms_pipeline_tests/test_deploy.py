@@ -26,8 +26,8 @@ BUDGET = MachineBudget(cores=4, memory_bytes=16 << 30)
 
 def test_postgres_url_is_checked_and_redacted() -> None:
     with pytest.raises(
-        DeploymentError, match=f"{POSTGRES_URL_ENV}=mysql://u@h/d: not a PostgreSQL"
-    ):
+        DeploymentError, match=rf"{POSTGRES_URL_ENV}=mysql://\*\*\*@h/d: not a PostgreSQL"
+    ):  # the user is half of the credentials: masked too
         PostgresTarget.parse("mysql://u@h/d")
     with pytest.raises(DeploymentError, match="names no database") as info:
         PostgresTarget.parse("postgresql://u:hunter2@h:5432/")

@@ -84,12 +84,10 @@ class PostgresTarget:
 
 
 def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without its user and password (`postgresql://***@host:port/db`), for messages."""
+    from bms_pipeline.core.privacy.credentials import redact
+
+    return redact(url)
 
 
 def postgres_url_from_env() -> str | None:

@@ -37,3 +37,49 @@ def test_run_publishes_every_instance_once_and_a_second_run_stores_nothing(
     assert "1/1 slides ok" in second and "fresh" in second
     assert empty_orthanc.instance_count() == len(files)
     assert empty_orthanc.rest("/statistics")["TotalDiskSize"] == stored
+
+
+def test_credentials_in_the_url_publish_yet_appear_in_no_byte_and_no_console_line(
+    empty_orthanc: OrthancServer, tmp_path: Path
+) -> None:
+    """A user who puts user:password into --dicomweb-url: the slides are published (the
+    credentials reach the HTTP session), and the password shows nowhere: not on the console
+    of either run, not under out/, not in the instance (SQLite cells inflated too)."""
+    import os
+    import subprocess
+    import sys
+
+    from bms_pipeline_tests.privacy import places_holding
+
+    root = tmp_path / "data"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DAGSTER_HOME", URL_ENV, USER_ENV, PASSWORD_ENV, "BMS_DICOMWEB_TOKEN")
+    }
+    cli = [sys.executable, "-m", "bms_pipeline.cli"]
+    subprocess.run(
+        [*cli, "demo-data", "--data-root", str(root), "--slides", "1", "--seed", "5"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    url = empty_orthanc.dicomweb_url.replace("http://", f"http://{USER}:{PASSWORD}@")
+    consoles = []
+    for _ in range(2):
+        done = subprocess.run(
+            [*cli, "run", "--data-root", str(root), "--dicomweb-url", url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        consoles.append(done.stdout + done.stderr)
+    files = sorted((root / "out" / "dicom").rglob("*.dcm"))
+    assert files and empty_orthanc.instance_count() == len(files)
+    assert f"publishing to {empty_orthanc.dicomweb_url} (--dicomweb-url)" in consoles[0]
+    assert "privacy audit: no identifying value found" in consoles[1]
+    for value in (PASSWORD, f"{USER}:{PASSWORD}"):
+        assert all(value not in console for console in consoles)
+        assert places_holding([root / "out", root / ".dagster"], value) == []

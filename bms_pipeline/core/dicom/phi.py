@@ -22,7 +22,10 @@ drift apart: `strip_identifying_metadata` removes what wsidicomizer would carry 
 (it turns SLIDE_NAME into SeriesDescription and SLIDE_ID into ContainerIdentifier; the label
 text and barcode; by policy the scan dates of every image), `allowed_properties` is the only
 door from MIRAX properties to a header, `apply_date_policy` clears the dates a post-processor
-sees, and `shown_properties` is what the UI and the event log may show.
+sees, and `shown_properties` is what the UI, the event log, run tags and asset metadata may
+show: the same allow-list, nothing else, whatever a property is called (a scanner can write a
+patient's name into SLIDE_BARCODE, PROJECT_NAME, SLIDE_LABEL, SLIDE_COMMENT, ... as well as into
+SLIDE_NAME, so a list of what to hide is never complete).
 """
 
 from __future__ import annotations
@@ -66,8 +69,19 @@ MIRAX_DATETIME_FORMAT = "%d/%m/%Y %H:%M:%S"
 ALWAYS_SCANNED = (SLIDE_ID_PROPERTY, SLIDE_NAME_PROPERTY)
 """Scanned for whatever they look like (4 characters or more)."""
 
-REDACTED_PROPERTIES = frozenset({*ALWAYS_SCANNED, CREATION_DATETIME_PROPERTY})
-"""Never shown, not even in the event log or the UI."""
+LABEL_TEXT_PROPERTIES = ("openslide.barcode",)
+"""The label's text as a reader gives it (OpenSlide's barcode), where a format has one."""
+
+MIN_NEEDLE_LENGTH = 6
+"""Any other value is scanned for if it is this long and holds a letter: shorter or
+letter-free values ("1", "ok", "40", "01.02", a count) occur in correct outputs by chance."""
+
+
+def looks_identifying(value: str) -> bool:
+    """Whether a value outside the allow-list is worth scanning for (see MIN_NEEDLE_LENGTH)."""
+    value = value.strip()
+    return len(value) >= MIN_NEEDLE_LENGTH and any(c.isalpha() for c in value)
+
 
 _CHUNK = 4 << 20  # larger windows cost polars far more memory: +250 MiB peak at 16 MiB, measured
 
@@ -78,10 +92,9 @@ def allowed_properties(properties: Mapping[str, str]) -> dict[str, str]:
 
 
 def shown_properties(properties: Mapping[str, str]) -> dict[str, str]:
-    """The properties as the UI and the event log may show them: identifiers redacted."""
-    return {
-        k: ("<redacted>" if k in REDACTED_PROPERTIES else v) for k, v in sorted(properties.items())
-    }
+    """The properties the UI, the event log, run tags and asset metadata may show: exactly
+    those that may reach the DICOM (an allow-list; every other property stays unseen)."""
+    return allowed_properties(properties)
 
 
 def strip_identifying_metadata(
@@ -137,6 +150,10 @@ class Needle:
 
     name: str
     value: bytes
+    whole_token: bool = False
+    """Only an occurrence between two bytes that are not ASCII letters or digits counts (for
+    digits-only values the audit searches a whole instance for: an 8-digit date occurs by
+    chance inside hex hashes and timestamps, not as a token of its own)."""
 
 
 @dataclass(frozen=True)
@@ -188,13 +205,12 @@ class PrivacyPolicy:
         for key, raw in sorted(properties.items()):
             value = (raw or "").strip()
             if (
-                key.startswith("mirax.GENERAL.")
+                (key.startswith("mirax.GENERAL.") or key in LABEL_TEXT_PROPERTIES)
                 and key not in ALLOWED_MIRAX_PROPERTIES
                 and key not in candidates
                 and key != CREATION_DATETIME_PROPERTY
                 and not (key == SLIDE_ID_PROPERTY and keep_slide_id)
-                and len(value) >= 6
-                and any(c.isalpha() for c in value)
+                and looks_identifying(value)
             ):
                 candidates[key] = value
         if not keep_dates:
@@ -261,7 +277,9 @@ class PrivacyPolicy:
                     stop = end + len(needle.value) - 1
                     at = data.find(needle.value, start, stop)
                     while at >= 0:
-                        if not self._is_excused(data, at, excuses[needle.name]):
+                        if not self._is_excused(
+                            data, at, excuses[needle.name]
+                        ) and not inside_token(data, at, needle):
                             seen.add(needle.name)
                             hits.append(IdentifierHit(path, needle.name, at))
                             break
@@ -280,6 +298,20 @@ class PrivacyPolicy:
         return False
 
 
+_ALNUM = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def inside_token(data: bytes | mmap.mmap, at: int, needle: Needle) -> bool:
+    """A `whole_token` needle's occurrence that touches a letter or digit (part of a longer
+    token, e.g. a hash), which does not count."""
+    if not needle.whole_token:
+        return False
+    end = at + len(needle.value)
+    before = data[at - 1] if at > 0 else None
+    after = data[end] if end < len(data) else None
+    return before in _ALNUM or after in _ALNUM
+
+
 def _release_pages(data: mmap.mmap, released: int, offset: int) -> int:
     """Hand the pages of `data` read before `offset` back to the page cache: a mapped file's
     pages count in the process's resident memory once touched (a whole 111 MB level, seen as
@@ -291,14 +323,30 @@ def _release_pages(data: mmap.mmap, released: int, offset: int) -> int:
     return released
 
 
+MANY_NEEDLES = 32
+"""From this many needles on, one Aho-Corasick pass replaces a memmem pass per needle:
+measured on 64 MB of random bytes, memmem runs at about 3,500 MB/s divided by the needles
+(10: 351 MB/s), Aho-Corasick at 108 MB/s whatever their number (2,001 needles)."""
+
+
 def _occur(window: bytes, needles: Sequence[Needle]) -> list[bool]:
     """Whether each needle occurs anywhere in `window`, by polars' memmem search (SIMD, on
     its own threads, without the GIL): about 4x the speed of `bytes.find` on JPEG data,
-    measured. `find` then runs only for the needles it reports, to place and judge them."""
+    measured. `find` then runs only for the needles it reports, to place and judge them.
+    Many needles (a whole collection's, for the audit) take one Aho-Corasick pass instead."""
     import polars as pl
 
     if not needles:
         return []
+    if len(needles) >= MANY_NEEDLES:
+        # Latin-1 maps each byte to one character, so a byte needle occurs in the bytes
+        # exactly where its Latin-1 text occurs in their Latin-1 text.
+        patterns = [n.value.decode("latin-1") for n in needles]
+        found = pl.Series([window.decode("latin-1")]).str.extract_many(patterns, overlapping=True)[
+            0
+        ]
+        present = set(found.to_list()) if found is not None else set()
+        return [p in present for p in patterns]
     frame = pl.DataFrame({"window": pl.Series([window], dtype=pl.Binary)})
     row = frame.select(
         pl.col("window").bin.contains(n.value).alias(str(i)) for i, n in enumerate(needles)

@@ -1,25 +1,33 @@
 """Where to publish: `--dicomweb-url`, else `$BMS_DICOMWEB_URL`, else `dicomweb.url` in
-collection.yaml; credentials only ever from the environment (never in config or run storage)."""
+collection.yaml; credentials from the environment (`$BMS_DICOMWEB_USER`/`_PASSWORD` or
+`_TOKEN`), never in config or run storage. A URL given with `user:password@` is split at once
+(`core.privacy.credentials`): the target's `url`, which is printed, logged and part of the
+asset's description and code version, never holds them."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from bms_pipeline.core.privacy.credentials import Credentials, remember_secret, split_credentials
 
 URL_ENV = "BMS_DICOMWEB_URL"
 USER_ENV = "BMS_DICOMWEB_USER"
 PASSWORD_ENV = "BMS_DICOMWEB_PASSWORD"
 TOKEN_ENV = "BMS_DICOMWEB_TOKEN"
+TIMEOUT_ENV = "BMS_DICOMWEB_TIMEOUT"
 
 
 @dataclass(frozen=True)
 class DicomwebTarget:
-    url: str  # the DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web
+    url: str  # the DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web (no user, no password)
     source: str  # which setting named it, for the asset's metadata
+    credentials: Credentials | None = field(default=None, repr=False, compare=False)
+    """The URL's own `user:password@`, if it had one (kept in the process only)."""
 
     @property
     def fingerprint(self) -> str:
@@ -28,11 +36,18 @@ class DicomwebTarget:
         return hashlib.sha256(self.url.encode()).hexdigest()[:10]
 
 
-def normalise_url(url: str) -> str:
+def normalise_url(url: str, source: str = "the DICOMweb URL") -> tuple[str, Credentials | None]:
+    """(the URL without credentials or a trailing slash, its credentials). The error names
+    the setting, not the value (which may hold a password)."""
     url = url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise ValueError(f"DICOMweb URL {url!r}: must start with http:// or https://")
-    return url
+        raise ValueError(f"DICOMweb URL of {source}: must start with http:// or https://")
+    return split_credentials(url)
+
+
+def _target(url: str, source: str) -> DicomwebTarget:
+    clean, credentials = normalise_url(url, source)
+    return DicomwebTarget(clean, source, credentials)
 
 
 def url_from_collection_yaml(path: Path) -> str | None:
@@ -52,25 +67,45 @@ def resolve_target(
 ) -> DicomwebTarget | None:
     """The configured server, or None when nothing names one (the asset is then left out)."""
     if explicit:
-        return DicomwebTarget(normalise_url(explicit), "--dicomweb-url")
+        return _target(explicit, "--dicomweb-url")
     env = os.environ.get(URL_ENV, "").strip()
     if env:
-        return DicomwebTarget(normalise_url(env), f"${URL_ENV}")
+        return _target(env, f"${URL_ENV}")
     if collection_yaml is not None:
         url = url_from_collection_yaml(collection_yaml)
         if url:
-            return DicomwebTarget(normalise_url(url), f"{collection_yaml.name}: dicomweb.url")
+            return _target(url, f"{collection_yaml.name}: dicomweb.url")
     return None
 
 
-def auth_from_env() -> tuple[str, object | None, dict[str, str]]:
-    """(description, requests auth, extra headers): bearer token, basic user/password, or none."""
+def export_target(target: DicomwebTarget) -> None:
+    """Hand the target to worker processes and definitions built later in this process by
+    the environment: the URL without credentials in `$BMS_DICOMWEB_URL`, a URL's own user
+    and password in `$BMS_DICOMWEB_USER`/`_PASSWORD` (which then win over a token)."""
+    os.environ[URL_ENV] = target.url
+    if target.credentials is not None:
+        os.environ[USER_ENV] = target.credentials.user
+        os.environ[PASSWORD_ENV] = target.credentials.password
+        os.environ.pop(TOKEN_ENV, None)
+
+
+def auth_from_env(
+    credentials: Credentials | None = None,
+) -> tuple[str, object | None, dict[str, str]]:
+    """(description, requests auth, extra headers): the URL's own credentials, else a bearer
+    token, basic user/password from the environment, or none. The description names the
+    kind only (no user name: it is half of the credentials)."""
+    from requests.auth import HTTPBasicAuth
+
+    if credentials is not None:
+        return "basic (from the URL)", HTTPBasicAuth(credentials.user, credentials.password), {}
     token = os.environ.get(TOKEN_ENV)
     if token:
+        remember_secret(token)
         return "bearer token", None, {"Authorization": f"Bearer {token}"}
     user = os.environ.get(USER_ENV)
     if user:
-        from requests.auth import HTTPBasicAuth
-
-        return f"basic ({user})", HTTPBasicAuth(user, os.environ.get(PASSWORD_ENV, "")), {}
+        password = os.environ.get(PASSWORD_ENV, "")
+        remember_secret(password)
+        return "basic", HTTPBasicAuth(user, password), {}
     return "none", None, {}

@@ -13,6 +13,13 @@ without `OverwriteInstances`) fails this check with a message saying so.
 
 Transient failures (connection errors, 408/429/5xx) are retried a bounded number of times with
 backoff; anything else fails at once with the instance and the server's answer.
+
+Time is bounded (`PublishLimits`): each request waits at most `timeout` seconds for an answer,
+and a slide's whole publication at most `slide_seconds(bytes)`, after which it fails, naming
+the step it was in. A server that could not be reached (refused, silent or gone past the
+retries) is remembered for the process: each later slide first asks it once, briefly
+(`probe_seconds`), and fails at once with the first slide's reason if it still does not answer,
+instead of waiting the same minutes again.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ import requests
 from pydicom import Dataset, dcmread
 from pydicom.encaps import get_frame
 
-from bms_pipeline.core.dicomweb.config import auth_from_env
+from bms_pipeline.core.dicomweb.config import TIMEOUT_ENV, auth_from_env
+from bms_pipeline.core.privacy.credentials import Credentials, redact
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,6 +47,60 @@ ANY_FRAME = (("application/octet-stream", "*"),)
 
 class DicomwebError(RuntimeError):
     """A publication failure: the instance (file), the server and what the server answered."""
+
+
+class ServerUnreachable(DicomwebError):
+    """The server did not answer (refused, silent past the timeouts, or the slide's time
+    ran out): later slides of the process fail fast with this reason."""
+
+
+@dataclass(frozen=True)
+class PublishLimits:
+    """How long a publication may wait. A silent server costs one slide at most about
+    `attempts` x `timeout` (the slide's budget at least); every later slide `probe_seconds`."""
+
+    timeout: float = 60.0  # per request, for the server's answer (and to connect, at most 10 s)
+    attempts: int = 3
+    backoff: float = 1.0
+    base_seconds: float = 180.0
+    min_bytes_per_second: float = 1 << 20  # a slide's upload may take bytes / 1 MiB/s on top
+    probe_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> PublishLimits:
+        """`$BMS_DICOMWEB_TIMEOUT` seconds per request (default 60); the slide's base budget
+        is three of them."""
+        import os
+
+        raw = os.environ.get(TIMEOUT_ENV, "").strip()
+        if not raw:
+            return cls()
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise DicomwebError(f"${TIMEOUT_ENV}: not a number of seconds") from None
+        if timeout <= 0:
+            raise DicomwebError(f"${TIMEOUT_ENV}: must be more than 0 seconds")
+        return cls(timeout=timeout, base_seconds=3 * timeout, probe_seconds=min(5.0, timeout))
+
+    @property
+    def request_timeout(self) -> tuple[float, float]:
+        """(connect, read) for requests."""
+        return (min(10.0, self.timeout), self.timeout)
+
+    def slide_seconds(self, total_bytes: int) -> float:
+        return self.base_seconds + total_bytes / self.min_bytes_per_second
+
+
+_UNREACHABLE: dict[str, str] = {}  # server URL -> why it was given up, for this process
+
+
+def forget_unreachable(url: str | None = None) -> None:
+    """Forget the servers given up (all, or one): the next slide waits the full limits."""
+    if url is None:
+        _UNREACHABLE.clear()
+    else:
+        _UNREACHABLE.pop(url, None)
 
 
 @dataclass(frozen=True)
@@ -101,13 +163,18 @@ def slide_instances(sm_dir: Path, ann_dir: Path) -> list[LocalInstance]:
     return found
 
 
-def make_client(url: str, timeout: float = 120.0):
-    """A dicomweb-client for `url`, authenticated from the environment; its own retries are off
-    (this module retries, boundedly, so that each attempt is logged against its instance)."""
+def make_client(
+    url: str,
+    timeout: float | tuple[float, float] = PublishLimits().request_timeout,
+    credentials: Credentials | None = None,
+):
+    """A dicomweb-client for `url` (without credentials), authenticated by the URL's own
+    credentials or the environment; its own retries are off (this module retries, boundedly,
+    so that each attempt is logged against its instance)."""
     from dicomweb_client.api import DICOMwebClient
     from dicomweb_client.session_utils import create_session, create_session_from_auth
 
-    description, auth, headers = auth_from_env()
+    description, auth, headers = auth_from_env(credentials)
     session = create_session_from_auth(auth) if auth is not None else create_session()
     client = DICOMwebClient(url, session=session, headers=headers or None, timeout=timeout)
     client.set_http_retry_params(retry=False)
@@ -115,12 +182,18 @@ def make_client(url: str, timeout: float = 120.0):
 
 
 def _answer(exc: BaseException) -> str:
-    """What the server said, short: status and the start of its body, or the connection error."""
+    """What the server said, short: status and the start of its body, or the connection error
+    (credentials masked, should a library quote a URL that held them)."""
     response = getattr(exc, "response", None)
     if response is not None:
         body = (response.text or "").strip().replace("\n", " ")
-        return f"HTTP {response.status_code} {response.reason}: {body[:300]}".rstrip(": ")
-    return f"{type(exc).__name__}: {exc}"
+        return redact(f"HTTP {response.status_code} {response.reason}: {body[:300]}".rstrip(": "))
+    return redact(f"{type(exc).__name__}: {exc}")
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """No answer at all: refused, unresolvable, reset or silent past the timeout."""
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout))
 
 
 def _retriable(exc: BaseException) -> bool:
@@ -131,23 +204,74 @@ def _retriable(exc: BaseException) -> bool:
 
 
 def with_retries[T](
-    what: str, server: str, call: Callable[[], T], attempts: int = 3, backoff: float = 1.0
+    what: str,
+    server: str,
+    call: Callable[[], T],
+    attempts: int = 3,
+    backoff: float = 1.0,
+    deadline: float | None = None,
 ) -> T:
-    """`call()`, retried on transient failures at most `attempts` times in all."""
+    """`call()`, retried on transient failures at most `attempts` times in all, and never
+    begun again after `deadline` (a `time.monotonic()` value). A server that never answered
+    raises `ServerUnreachable`."""
     for attempt in range(1, attempts + 1):
         try:
             return call()
         except (requests.RequestException, OSError) as exc:
-            if attempt == attempts or not _retriable(exc):
+            pause = backoff * 2 ** (attempt - 1)
+            late = (
+                attempt < attempts and deadline is not None and time.monotonic() + pause >= deadline
+            )
+            if attempt == attempts or not _retriable(exc) or late:
                 tries = f" after {attempt} attempts" if attempt > 1 else ""
-                raise DicomwebError(f"{what}: {server} answered{tries}: {_answer(exc)}") from exc
+                kind = ServerUnreachable if _unanswered(exc) else DicomwebError
+                verb = "did not answer" if _unanswered(exc) else "answered"
+                limit = " (the slide's time for publishing ran out)" if late else ""
+                # The message holds the answer; no chain, so that a summary that shows the
+                # root cause shows this (the step, the server, the attempts), not urllib3's.
+                raise kind(f"{what}: {server} {verb}{tries}{limit}: {_answer(exc)}") from None
             logger.warning("%s: attempt %d failed (%s); retrying", what, attempt, _answer(exc))
-            time.sleep(backoff * 2 ** (attempt - 1))
+            time.sleep(pause)
     raise AssertionError("unreachable")
 
 
+def _check_time(what: str, server: str, deadline: float | None, budget: float) -> None:
+    """Refuse to begin `what` once the slide's time is spent."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise ServerUnreachable(
+            f"{what}: not begun, the slide's {budget:.0f} s for publishing to {server} ran out"
+        )
+
+
+def _fail_fast_if_given_up(client, url: str, limits: PublishLimits) -> None:
+    """A server given up earlier in this process: one brief request; if it still does not
+    answer, fail now with the first reason (no minutes of retries per slide)."""
+    reason = _UNREACHABLE.get(url)
+    if reason is None:
+        return
+    saved = client._timeout  # noqa: SLF001 - dicomweb-client has no setter for it
+    client._timeout = (min(limits.probe_seconds, 10.0), limits.probe_seconds)  # noqa: SLF001
+    try:
+        client.search_for_studies(limit=1)
+    except requests.HTTPError:
+        pass  # it answers, whatever it says: publish as usual
+    except (requests.RequestException, OSError) as exc:
+        raise ServerUnreachable(
+            f"not published: {url} was given up earlier in this process ({reason}); "
+            f"still no answer within {limits.probe_seconds:.0f} s ({_answer(exc)})"
+        ) from None
+    finally:
+        client._timeout = saved  # noqa: SLF001
+    forget_unreachable(url)
+
+
 def _uids_on_server(
-    client, server: str, study_uid: str, series_uid: str, attempts: int = 3
+    client,
+    server: str,
+    study_uid: str,
+    series_uid: str,
+    attempts: int = 3,
+    deadline: float | None = None,
 ) -> set[str]:
     def search() -> list[dict]:
         try:
@@ -162,11 +286,15 @@ def _uids_on_server(
                 return []  # some servers answer 404 for a series they do not hold
             raise
 
-    found = with_retries(f"QIDO-RS series {series_uid}", server, search, attempts)
+    found = with_retries(
+        f"QIDO-RS series {series_uid}", server, search, attempts, deadline=deadline
+    )
     return {item["00080018"]["Value"][0] for item in found if "00080018" in item}
 
 
-def _retrieve(client, server: str, inst: LocalInstance, attempts: int = 3) -> Dataset:
+def _retrieve(
+    client, server: str, inst: LocalInstance, attempts: int = 3, deadline: float | None = None
+) -> Dataset:
     return with_retries(
         f"WADO-RS {inst.label}",
         server,
@@ -174,6 +302,7 @@ def _retrieve(client, server: str, inst: LocalInstance, attempts: int = 3) -> Da
             inst.study_uid, inst.series_uid, inst.sop_uid, media_types=STORED_TRANSFER_SYNTAX
         ),
         attempts,
+        deadline=deadline,
     )
 
 
@@ -205,33 +334,62 @@ def publish_slide(
     instances: Iterable[LocalInstance],
     url: str,
     client=None,
-    attempts: int = 3,
+    attempts: int | None = None,
     delete_strays: bool = False,
+    credentials: Credentials | None = None,
+    limits: PublishLimits | None = None,
 ) -> PublishReport:
     """Store what the server lacks or holds differently, then verify everything (see module doc).
 
     `delete_strays` asks the server (DICOMweb DELETE, not supported by every server) to remove
-    instances of our series that we no longer have; otherwise they are only reported."""
+    instances of our series that we no longer have; otherwise they are only reported.
+    `credentials` are the URL's own (see `config.DicomwebTarget`); `limits` bound the time
+    (default `PublishLimits.from_env()`)."""
     started = time.perf_counter()
     instances = list(instances)
+    limits = limits or PublishLimits.from_env()
+    attempts = attempts or limits.attempts
     auth = "given client"
     if client is None:
-        client, auth = make_client(url)
+        client, auth = make_client(url, limits.request_timeout, credentials)
+    budget = limits.slide_seconds(sum(i.size for i in instances))
+    deadline = time.monotonic() + budget
+    _fail_fast_if_given_up(client, url, limits)
     report = PublishReport(server=url, auth=auth, instances=len(instances))
+    try:
+        _publish(client, url, instances, report, attempts, delete_strays, deadline, budget)
+    except ServerUnreachable as exc:
+        _UNREACHABLE[url] = str(exc)
+        raise
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _publish(
+    client,
+    url: str,
+    instances: list[LocalInstance],
+    report: PublishReport,
+    attempts: int,
+    delete_strays: bool,
+    deadline: float,
+    budget: float,
+) -> None:
     by_series: dict[tuple[str, str], list[LocalInstance]] = {}
     for inst in instances:
         by_series.setdefault((inst.study_uid, inst.series_uid), []).append(inst)
 
     to_store: list[tuple[LocalInstance, Dataset, bool]] = []  # (instance, dataset, replacing)
     for (study_uid, series_uid), members in by_series.items():
-        present = _uids_on_server(client, url, study_uid, series_uid, attempts)
+        _check_time(f"QIDO-RS series {series_uid}", url, deadline, budget)
+        present = _uids_on_server(client, url, study_uid, series_uid, attempts, deadline)
         ours = {m.sop_uid for m in members}
         report.left_on_server.extend(sorted(present - ours))
         for inst in members:
             local = dcmread(inst.path)
             if inst.sop_uid not in present:
                 to_store.append((inst, local, False))
-            elif _same_content(local, _retrieve(client, url, inst, attempts)):
+            elif _same_content(local, _retrieve(client, url, inst, attempts, deadline)):
                 report.unchanged.append(inst.sop_uid)
             else:
                 to_store.append((inst, local, True))
@@ -242,15 +400,18 @@ def publish_slide(
                     url,
                     lambda s=stray, st=study_uid, se=series_uid: client.delete_instance(st, se, s),
                     attempts,
+                    deadline=deadline,
                 )
                 report.left_on_server.remove(stray)
 
     for inst, ds, replacing in to_store:
+        _check_time(f"STOW-RS {inst.label}", url, deadline, budget)
         answer = with_retries(
             f"STOW-RS {inst.label}",
             url,
             lambda ds=ds, inst=inst: client.store_instances([ds], inst.study_uid),
             attempts,
+            deadline=deadline,
         )
         failed = answer.get("FailedSOPSequence") or []
         if failed:
@@ -262,9 +423,15 @@ def publish_slide(
             "stored %s%s", inst.label, " (replacing the server's copy)" if replacing else ""
         )
 
-    _verify(client, url, by_series, {i.sop_uid for i, _, r in to_store if r}, report, attempts)
-    report.seconds = round(time.perf_counter() - started, 3)
-    return report
+    _verify(
+        client,
+        url,
+        by_series,
+        {i.sop_uid for i, _, r in to_store if r},
+        report,
+        attempts,
+        deadline,
+    )
 
 
 def _verify(
@@ -274,10 +441,11 @@ def _verify(
     replaced: set[str],
     report: PublishReport,
     attempts: int,
+    deadline: float | None = None,
 ) -> None:
     missing = []
     for (study_uid, series_uid), members in by_series.items():
-        present = _uids_on_server(client, url, study_uid, series_uid, attempts)
+        present = _uids_on_server(client, url, study_uid, series_uid, attempts, deadline)
         missing.extend(m.label for m in members if m.sop_uid not in present)
         report.series[series_uid] = len(present)
     if missing:
@@ -297,6 +465,7 @@ def _verify(
                         inst.study_uid, inst.series_uid, inst.sop_uid, [1], media_types=ANY_FRAME
                     ),
                     attempts,
+                    deadline=deadline,
                 )[0]
                 if not _frames_equal(ours, theirs):
                     raise DicomwebError(
@@ -311,7 +480,7 @@ def _verify(
                     )
                 report.verified_frames += 1
                 if inst.sop_uid in replaced and not _same_content(
-                    local, _retrieve(client, url, inst, attempts)
+                    local, _retrieve(client, url, inst, attempts, deadline)
                 ):
                     raise DicomwebError(
                         f"WADO-RS {inst.label} from {url}: still the old copy after storing the changed "
@@ -319,7 +488,9 @@ def _verify(
                         "OverwriteInstances)"
                     )
             else:
-                if not _same_content(dcmread(inst.path), _retrieve(client, url, inst, attempts)):
+                if not _same_content(
+                    dcmread(inst.path), _retrieve(client, url, inst, attempts, deadline)
+                ):
                     raise DicomwebError(
                         f"WADO-RS {inst.label} from {url}: differs from the file"
                         + (

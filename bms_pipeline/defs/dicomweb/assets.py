@@ -58,7 +58,7 @@ def build_dicomweb_asset(target: DicomwebTarget) -> dg.AssetsDefinition:
         context.log.info(
             "publishing %d instances of %s to %s", len(instances), slide_id, target.url
         )
-        report = publish_slide(instances, target.url)
+        report = publish_slide(instances, target.url, credentials=target.credentials)
         if report.replaced:
             context.log.warning(
                 "%s: %d instance(s) on %s had other content under the same UIDs and were replaced",
