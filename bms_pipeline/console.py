@@ -135,8 +135,8 @@ class ProgressBoard:
         with self._lock:
             active = [line for line in self.lines.values() if line.started and not line.finished]
         for line in active:
-            # Only the newest run's id (a slide may take two runs: inventory, then the rest,
-            # of `slides_job` or, for the last slide, `slide_and_collection_job`): whole run
+            # Only the newest run's id (a slide may take two runs of `slides_job`: inventory,
+            # then what its new facts need): whole run
             # records would deserialize the run's snapshot ids and tags each poll.
             run_ids = self._instance.get_run_ids(
                 filters=dg.RunsFilter(tags={PARTITION_TAG: line.slide_id}), limit=1

@@ -63,8 +63,7 @@ def postgres_instance(home: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def slide_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
-    """Runs of one slide (of `slides_job`, or `slide_and_collection_job` for the last slide
-    of a serial run): the runs that carry a slide partition."""
+    """Runs of one slide: the runs that carry a slide partition."""
     return [r for r in instance.get_runs() if "dagster/partition" in r.tags]
 
 
@@ -138,10 +137,10 @@ def test_two_runs_write_to_one_postgres_instance_at_once(
             limit=10,
         ).records
         assert len(records) == 1, slide
-    # Both machines' collection tables landed (each of its own output root), each in the run
-    # of the machine's last slide.
+    # Both machines' collection tables landed (each of its own output root), each in a
+    # collection run of its own.
     tables = instance.fetch_materializations(dg.AssetKey("clinical_tables"), limit=10).records
     assert len(tables) == 2
     assert {instance.get_run_by_id(r.run_id).job_name for r in tables} == {  # type: ignore[union-attr]
-        "slide_and_collection_job"
+        "collection_job"
     }
