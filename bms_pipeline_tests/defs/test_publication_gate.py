@@ -138,3 +138,50 @@ def test_the_same_inputs_in_two_folders_give_byte_identical_dicom_trees(tmp_path
     assert any(name.split("/")[1] == "ann" for name in trees[0])
     different = [name for name in trees[0] if trees[0][name] != trees[1][name]]
     assert different == []
+
+
+def test_the_sensor_leaves_a_refused_slide_resting_until_its_files_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under the daemon a refused slide used to be reconverted on every tick."""
+
+    import dagster as dg
+
+    from bms_pipeline.definitions import build_definitions
+    from bms_pipeline.defs.resources import BmsPipelineResource
+    from bms_pipeline.defs.slides.sensors import new_slides_sensor
+
+    for variable in ("DAGSTER_HOME", "BMS_DATA_ROOT", "BMS_OUTPUT_ROOT"):
+        monkeypatch.delenv(variable, raising=False)
+    dataset = write_demo_dataset(tmp_path / "data", slides=2, seed=6)
+    layout = dataset.layout
+    leaky = sorted(dataset.slides)[0]
+    slidedat = layout.mrxs(leaky).with_suffix("") / "Slidedat.ini"
+    clean_text = slidedat.read_bytes()
+    _plant_leak(slidedat)
+    code, console = _run(layout.root, capsys)
+    assert code == 1 and "not published" in _about(console, leaky), console
+
+    defs = build_definitions(str(layout.root))
+    with dg.DagsterInstance.from_config(str(layout.root / ".dagster")) as instance:
+        cursor: list[str | None] = [None]
+
+        def tick():
+            """One evaluation, its cursor kept (a slide seen unchanged twice has settled)."""
+            context = dg.build_sensor_context(
+                instance=instance,
+                cursor=cursor[0],
+                definitions=defs,
+                resources={"bms": BmsPipelineResource(data_root=str(layout.root))},
+            )
+            result = new_slides_sensor(context)
+            cursor[0] = result.cursor
+            return result
+
+        for _ in range(3):  # never requested again on the same inputs
+            assert [r.partition_key for r in tick().run_requests] == []
+        slidedat.write_bytes(clean_text)  # the scanner's export fixed
+        assert tick().run_requests == []  # still settling
+        (request,) = tick().run_requests
+        assert request.partition_key == leaky
+        assert request.tags["bms/reason"] == "slide files changed on disk"
