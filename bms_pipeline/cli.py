@@ -24,10 +24,13 @@ logger = logging.getLogger("bms_pipeline")
 
 def _data_root(args: argparse.Namespace) -> Path:
     """The data root; also exported (with --output-root) so worker processes see the same."""
+    from bms_pipeline.core.privacy.credentials import without_credentials
+
     given = args.data_root or os.environ.get(DATA_ROOT_ENV, "data")
     if "://" in given and not given.startswith("file://"):
         raise SystemExit(
-            f"error: {given}: the command line works on a local data root (it keeps the Dagster "
+            f"error: {without_credentials(given)}: the command line works on a local data root "
+            "(it keeps the Dagster "
             "instance there); run the assets through Dagster for a data root in object storage"
         )
     root = Path(given.removeprefix("file://")).resolve()
