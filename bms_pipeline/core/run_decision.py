@@ -51,6 +51,8 @@ class SlideFacts:
     published: Mapping[str, Mapping[str, str] | None] = field(default_factory=dict)
     """Asset -> the version parts of its last materialization (None: never materialized)."""
     last_failure: Attempt | None = None
+    signature: str = ""
+    """The slide files' change detector now (what an inventory attempt is tagged with)."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,16 @@ def decide_slide(facts: SlideFacts, slide_assets: Sequence[str]) -> Decision:
         return Decision(sid, "skipped", f"skipped in collection.yaml: {facts.skip_reason}")
     if not facts.ready:
         return Decision(sid, "not-ready", facts.not_ready_reason)
+    failure = facts.last_failure
+    if (not facts.inventoried or facts.files_changed) and (
+        failure is not None
+        and not failure.retriable
+        and failure.versions.get(INVENTORY_ASSET) == facts.signature
+    ):
+        # Its inventory failed on these very files: it would fail again.
+        return Decision(
+            sid, "failed", f"{failure.reason} (rests until its inputs or the code change)"
+        )
     if not facts.inventoried:
         return Decision(sid, "new", "new slide", tuple(slide_assets))
     if facts.files_changed:

@@ -157,8 +157,9 @@ def gather_slide_facts(
             continue
         signature = recorded_signature(instance, sid)
         data_version = slide_data_version(instance, sid)
+        failure = last_failure(instance, dg.RunsFilter(tags={PARTITION_TAG: sid}))
         if signature is None or data_version is None:
-            facts.append(SlideFacts(**base))
+            facts.append(SlideFacts(**base, last_failure=failure, signature=status.signature))
             continue
         current = slide_versions(
             inputs, sid, patient_id_of(sid), data_version, settings, versions_of
@@ -170,7 +171,8 @@ def gather_slide_facts(
                 files_changed=signature != status.signature,
                 current=current,
                 published={a: published_parts(instance, a, sid) for a in current},
-                last_failure=last_failure(instance, dg.RunsFilter(tags={PARTITION_TAG: sid})),
+                last_failure=failure,
+                signature=status.signature,
             )
         )
     return facts
@@ -195,6 +197,12 @@ def start_attempt(context: dg.AssetExecutionContext, version: InputVersion) -> N
     the inputs it failed on (`last_failure`)."""
     name = context.asset_key.to_user_string()
     context.instance.add_run_tags(context.run_id, {f"{VERSION_TAG}{name}": version.digest})
+
+
+def start_inventory(context: dg.AssetExecutionContext, signature: str) -> None:
+    """Record on the run the files an inventory starts on (their change detector): a slide
+    whose inventory fails rests until they change."""
+    context.instance.add_run_tags(context.run_id, {f"{VERSION_TAG}{INVENTORY_ASSET}": signature})
 
 
 def mark_refused(context: dg.AssetExecutionContext) -> None:

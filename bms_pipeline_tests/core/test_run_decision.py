@@ -106,3 +106,12 @@ def test_withdrawn_are_the_published_slides_removed_renamed_or_skipped() -> None
     withdrawn = slides_to_withdraw({"A", "B", "C"}, {"A", "C", "D"}, {"C": "duplicate scan"})
     assert set(withdrawn) == {"B", "C"}
     assert "skipped" in withdrawn["C"] and "raw/slides" in withdrawn["B"]
+
+
+def test_a_slide_whose_inventory_failed_rests_until_its_files_change() -> None:
+    failed = Attempt({"mrxs_slide": "sig-1"}, "mrxs_slide: OpenSlide cannot open it")
+    same = SlideFacts("S", True, last_failure=failed, signature="sig-1")
+    assert decide_slide(same, ORDER).state == "failed"
+    assert not decide_slide(same, ORDER).needs_run
+    other = SlideFacts("S", True, last_failure=failed, signature="sig-2")
+    assert decide_slide(other, ORDER).state == "new"

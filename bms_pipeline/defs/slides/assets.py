@@ -13,6 +13,7 @@ from bms_pipeline.defs.facts import (
     SLIDE_VERSION_METADATA,
     mark_refused,
     slide_asset_version,
+    start_inventory,
     version_metadata,
 )
 from bms_pipeline.defs.partitions import slides_partitions
@@ -34,6 +35,8 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     from bms_pipeline.core.dicom.overrides import override_paths
 
     slide_id = context.partition_key
+    signature = bms.slide_signature(slide_id)
+    start_inventory(context, signature)
     path = bms.stage_slide(slide_id)
     context.log.info("hashing %s", path)
     inv = inventory(path)
@@ -47,7 +50,7 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
         metadata={
             "path": dg.MetadataValue.path(url),
             "content_hash": inv.content_hash,
-            "file_signature": bms.slide_signature(slide_id),
+            "file_signature": signature,
             "override_files": dg.MetadataValue.json([str(p) for p in overrides]),
             "files": len(inv.files),
             "bytes": inv.total_bytes,
