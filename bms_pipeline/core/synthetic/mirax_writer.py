@@ -238,6 +238,12 @@ class _DataFiles:
         if self._handle is None or new_file or self._size + len(blob) > self._max_bytes:
             self._open_next()
         assert self._handle is not None
+        if self._size + len(blob) > self._max_bytes:
+            # Not even a fresh file holds it: its offsets would pass the limit.
+            raise ValueError(
+                f"a {len(blob)}-byte image does not fit in a data file of at most "
+                f"{self._max_bytes} bytes"
+            )
         offset = self._size
         self._handle.write(blob)
         self._size += len(blob)
