@@ -143,10 +143,7 @@ def test_a_slide_split_over_many_data_files_reads_as_one_in_a_single_file(
     one = write_test_slide(tmp_path / "one", image_format="JPEG")
     many = write_test_slide(tmp_path / "many", image_format="JPEG", max_datafile_bytes=60_000)
     assert len(list(many.mrxs_path.with_suffix("").glob("Data*.dat"))) > 3
-    assert all(
-        f.stat().st_size <= 60_000
-        for f in many.mrxs_path.with_suffix("").glob("Data*.dat")
-    )
+    assert all(f.stat().st_size <= 60_000 for f in many.mrxs_path.with_suffix("").glob("Data*.dat"))
     x, y, w, h = one.bounds
     with (
         openslide.OpenSlide(str(one.mrxs_path)) as a,
