@@ -153,9 +153,7 @@ def readers(path: Path) -> dict[str, Any]:
         out["last_offset_gb"] = round(float(offsets[last]) / 1e9, 2)
         # Frame items start after the PixelData header and the Basic Offset Table item.
         with open(path, "rb") as handle:
-            handle.seek(ds["PixelData"].file_tell)  # type: ignore[attr-defined]
-            # Skip (7FE0,0010) tag + OB + reserved + undefined length = 12 bytes, then the BOT.
-            handle.seek(12, 1)
+            handle.seek(int(ds["PixelData"].file_tell))  # the value: the BOT item first
             bot_tag, bot_len = handle.read(4), int.from_bytes(handle.read(4), "little")
             assert bot_tag == b"\xfe\xff\x00\xe0"
             first = handle.tell() + bot_len
