@@ -153,7 +153,9 @@ def readers(path: Path) -> dict[str, Any]:
         out["last_offset_gb"] = round(float(offsets[last]) / 1e9, 2)
         # Frame items start after the PixelData header and the Basic Offset Table item.
         with open(path, "rb") as handle:
-            handle.seek(int(ds["PixelData"].file_tell))  # the value: the BOT item first
+            tell = ds["PixelData"].file_tell  # the value: the BOT item first
+            assert tell is not None
+            handle.seek(tell)
             bot_tag, bot_len = handle.read(4), int.from_bytes(handle.read(4), "little")
             assert bot_tag == b"\xfe\xff\x00\xe0"
             first = handle.tell() + bot_len

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import JPEGBaseline8Bit, generate_uid
+from pydicom.uid import UID, JPEGBaseline8Bit, generate_uid
 
 from bms_pipeline.core.dicom.determinism import normalize_series
 from bms_pipeline.core.dicom.phi import PrivacyPolicy
@@ -50,7 +50,7 @@ def big_dicom(tmp_path: Path) -> tuple[Path, bytes, int]:
     ds = pydicom.Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"
+    ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.77.1.6")
     ds.file_meta.MediaStorageSOPInstanceUID = uid = generate_uid()
     ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, uid
     ds.ImageType = ["DERIVED", "PRIMARY", "VOLUME", "NONE"]
