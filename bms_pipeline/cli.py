@@ -85,6 +85,7 @@ def _postgres_target():
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
+    from bms_pipeline.core.synthetic.banked import NotEnoughDiskError
     from bms_pipeline.core.synthetic.demo import write_demo_dataset
 
     root = _data_root(args)
@@ -102,7 +103,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
             force=args.force,
             dimensions=dimensions,
         )
-    except (FileExistsError, ValueError) as exc:
+    except (FileExistsError, ValueError, NotEnoughDiskError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(
@@ -525,9 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument(
         "--size",
-        choices=["small", "large", "wide"],
+        choices=["small", "large", "wide", "full"],
         default="small",
-        help="small (2,500 px), large (30,000 px square) or wide (190,528 x 14,376 px, the real width)",
+        help="small (2,500 px), large (30,000 px square), wide (190,528 x 14,376 px, the real "
+        "width) or full (190,528 x 448,768 px, the largest real slides, from a bank of camera "
+        "images; with --width/--height any size so written; use --slides 1)",
     )
     demo.add_argument(
         "--width", type=int, help="large-style slides at least this wide (px; with --height)"

@@ -17,6 +17,13 @@ import numpy as np
 
 from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML
 from bms_pipeline.core.layout import DataLayout
+from bms_pipeline.core.synthetic.banked import (
+    Bank,
+    BankedSlide,
+    NotEnoughDiskError,
+    estimated_bytes,
+    write_banked_mirax,
+)
 from bms_pipeline.core.synthetic.mirax_writer import (
     MiraxGeometry,
     MiraxGroundTruth,
@@ -36,11 +43,16 @@ from bms_pipeline.core.synthetic.tables import (
 
 logger = logging.getLogger(__name__)
 
-Size = Literal["small", "large", "wide"]
+Size = Literal["small", "large", "wide", "full"]
 
 WIDE_SIZE = (190_528, 14_376)
 """`wide`: as wide as the real BMDeep slides (up to about 190,000 x 450,000 px) and a strip
 of theirs high, so that memory and speed at the real width can be measured in minutes."""
+
+FULL_SIZE = (190_528, 448_768)
+"""`full`: the largest BMDeep slides (about 189,184 x 448,768 px, 13.8 GB of DICOM), written
+from a bank of camera images (`banked`) so that it takes minutes; with `--width/--height`,
+any size so written."""
 
 _LARGE_FIELD = (512, 384, 2, 16, 12)  # image w, h, divisions, overlap x, y of large slides
 
@@ -49,7 +61,21 @@ _LARGE_FIELD = (512, 384, 2, 16, 12)  # image w, h, divisions, overlap x, y of l
 class DemoDataset:
     layout: DataLayout
     patients: tuple[SyntheticPatient, ...]
-    slides: dict[str, MiraxGroundTruth]
+    slides: dict[str, MiraxGroundTruth | BankedGroundTruth]
+
+
+@dataclass(frozen=True)
+class BankedGroundTruth:
+    """A `full` slide: its spec and the bank every stored image comes from (`BankedSlide`
+    gives the pixels of any level-0 image or region)."""
+
+    spec: MiraxSlideSpec
+    slide: BankedSlide
+    mrxs_path: Path
+
+    @property
+    def bounds(self) -> tuple[int, int, int, int]:
+        return self.spec.geometry.bounds
 
 
 def _missing_fields(
@@ -82,6 +108,8 @@ def slide_geometry(
 ) -> MiraxGeometry:
     """The camera grid of demo slide `index`; `dimensions` (bounds width, height in px)
     gives a large-style slide of that size, whatever `size` says."""
+    if size == "full" and dimensions is None:
+        dimensions = FULL_SIZE
     if dimensions is not None or size in ("large", "wide"):
         # large: >= 30,000 px each way after the unscanned first row and column are cropped.
         fields_x, fields_y = (
@@ -176,14 +204,17 @@ def write_demo_dataset(
     patients = make_patients(np.random.default_rng([seed, 1]), n_patients)
     slide_ids = slide_ids_for(patients, slides)
 
-    truths: dict[str, MiraxGroundTruth] = {}
+    truths: dict[str, MiraxGroundTruth | BankedGroundTruth] = {}
     sources: list[SlideAnnotationSource] = []
     slides_dir = tmp / "slides"
     slides_dir.mkdir(parents=True)
+    plans = []
     for index, slide_id in enumerate(slide_ids):
         rng = np.random.default_rng([seed, 100 + index])
         geometry = slide_geometry(rng, size, index, dimensions)
-        cells = scatter_cells(rng, *geometry.canvas_size)
+        # Drawn first, as always, so that the other sizes keep their bytes; a full slide's
+        # cells come from its bank.
+        cells = scatter_cells(rng, *geometry.canvas_size) if size != "full" else None
         created = datetime(2019, 1, 7, 8, 0, 0) + timedelta(
             days=int(rng.integers(0, 900)), seconds=int(rng.integers(0, 36000))
         )
@@ -198,18 +229,50 @@ def write_demo_dataset(
             preview=PREVIEW_VARIANTS[(index + 1) % len(PREVIEW_VARIANTS)],
             scanner_hardware_id=f"{int(master.integers(0, 2**31)):08X}",
         )
+        plans.append((index, slide_id, cells, spec))
+    banks: dict[str, BankedSlide] = {}
+    encoded: dict[str, Bank] = {}
+    if size == "full":
+        # Scanner-like JPEGs (q80 4:2:2 of noisy camera images) give real BMDeep's bytes per
+        # pixel; the whole dataset must fit before anything is written.
+        plans = [
+            (i, sid, cells, replace(spec, jpeg_quality=80, jpeg_subsampling=1))
+            for i, sid, cells, spec in plans
+        ]
+        banks = {
+            sid: BankedSlide.make(spec.geometry, seed=seed * 1000 + i) for i, sid, _, spec in plans
+        }
+        encoded = {sid: Bank(banks[sid], spec) for _, sid, _, spec in plans}
+        need = sum(estimated_bytes(banks[sid], encoded[sid]) for _, sid, _, _ in plans)
+        free = shutil.disk_usage(layout.root).free
+        if need * 1.05 + (1 << 30) > free:
+            raise NotEnoughDiskError(
+                f"{slides} full slide(s) need about {need / 1e9:.1f} GB plus 1 GB of headroom; "
+                f"{free / 1e9:.1f} GB are free on {layout.root}"
+            )
+    for index, slide_id, cells, spec in plans:
+        geometry = spec.geometry
         logger.info("writing slide %d/%d %s (%s)", index + 1, slides, slide_id, size)
-        truth = write_mirax(slides_dir / f"{slide_id}.mrxs", spec, cells)
         final_path = layout.mrxs(slide_id)
-        truths[slide_id] = replace(truth, mrxs_path=final_path)
-        cell_boxes, lineage = truth.cell_boxes()
+        if size == "full":
+            bank = banks[slide_id]
+            write_banked_mirax(slides_dir / f"{slide_id}.mrxs", spec, bank, encoded[slide_id])
+            truths[slide_id] = BankedGroundTruth(spec=spec, slide=bank, mrxs_path=final_path)
+            field_rects, cell_boxes, lineage, nucleus_boxes = bank.annotated_cells()
+        else:
+            assert cells is not None
+            truth = write_mirax(slides_dir / f"{slide_id}.mrxs", spec, cells)
+            truths[slide_id] = replace(truth, mrxs_path=final_path)
+            cell_boxes, lineage = truth.cell_boxes()
+            nucleus_boxes = truth.nucleus_boxes()
+            field_rects = geometry.field_rects()
         sources.append(
             SlideAnnotationSource(
                 slide_id=slide_id,
-                field_rects=geometry.field_rects(),
+                field_rects=field_rects,
                 cell_boxes=cell_boxes,
                 cell_lineage=lineage,
-                nucleus_boxes=truth.nucleus_boxes(),
+                nucleus_boxes=nucleus_boxes,
                 expert_labels=index % 4 != 2,  # one slide in four has only unlabeled cells
             )
         )

