@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import multiprocessing
 import os
@@ -17,7 +16,7 @@ from typing import Any
 from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, DataLayout
 from bms_pipeline.orchestration.deploy import POSTGRES_URL_ENV
 from bms_pipeline.orchestration.instance import DAGSTER_LOG_LEVEL_ENV, MachineBudget, instance_home
-from bms_pipeline.orchestration.preload import preload_slide_steps
+from bms_pipeline.orchestration.preload import slide_steps_loaded_and_frozen
 
 logger = logging.getLogger("bms_pipeline")
 
@@ -164,17 +163,15 @@ def _instance_and_defs(root: Path, workers: int | None = None):
 
 def _run_in_worker(root: str, workers: int, plan, force: bool):
     """One slide in a worker process, against the same persistent instance."""
-    from bms_pipeline.orchestration.instance import sqlite_files_kept_open
     from bms_pipeline.orchestration.operations import run_slide
     from bms_pipeline.orchestration.shutdown import GracefulStop
 
     _quiet_libraries(verbose=os.environ.get(DAGSTER_LOG_LEVEL_ENV) == "DEBUG")
     _, instance, defs = _instance_and_defs(Path(root), workers)
-    preload_slide_steps()  # a worker process lives for its runs only
     stop = GracefulStop(lambda: instance, _bms(defs).layout.staging_dir).install()
     stop.current_slides.add(plan.slide_id)
     try:
-        with sqlite_files_kept_open():
+        with slide_steps_loaded_and_frozen():
             return run_slide(instance, defs, plan, force=force)
     except KeyboardInterrupt:
         stop.hard_stop("interrupted")
@@ -205,14 +202,6 @@ def _report_inputs(layout: DataLayout) -> tuple[bool, bool]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bms_pipeline.orchestration.instance import sqlite_files_kept_open
-
-    # From the instance's creation on (a new instance creates its schemas).
-    with sqlite_files_kept_open():
-        return _run_command(args)
-
-
-def _run_command(args: argparse.Namespace) -> int:
     from bms_pipeline.console import ProgressBoard
     from bms_pipeline.orchestration.instance import (
         reap_dead_runs,
@@ -238,11 +227,6 @@ def _run_command(args: argparse.Namespace) -> int:
     out_layout = _bms(defs).layout
     stop = GracefulStop(lambda: instance, out_layout.staging_dir).install()
     started = time.perf_counter()
-    # The modules and definitions just loaded live as long as the process: out of the
-    # collector's sight, its full passes during the runs walk only what the runs allocate
-    # (a pass in the wide slide's annotations held the GIL 0.34 s, then 0.17 s; measured).
-    # Undone on return, for callers of `main` in a longer-lived process.
-    gc.freeze()
     try:
         with root_run_lock(instance_home(layout), on_wait=lambda msg: print(msg, flush=True)):
             for run_id in reap_dead_runs(instance):
@@ -282,8 +266,6 @@ def _run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         stop.hard_stop("interrupted")
         return EXIT_INTERRUPTED  # hard_stop exits; this says so to the reader
-    finally:
-        gc.unfreeze()
     if stop.requested.is_set():
         return EXIT_INTERRUPTED
     return _print_summary(outcomes, time.perf_counter() - started)
@@ -375,17 +357,16 @@ def _run_slides(
             defs = build_definitions(
                 str(root), workers=workers, output_root=os.environ.get(OUTPUT_ROOT_ENV)
             )
-            if todo:
-                preload_slide_steps()  # undone with the freeze of `cmd_run`
-            for plan in todo:
-                if stop.requested.is_set():
-                    interrupted = True
-                    break
-                stop.current_slides = {plan.slide_id}
-                board.start(plan.slide_id)
-                outcome = run_slide(instance, defs, plan, force=args.force)
-                board.finish(plan.slide_id, outcome.ok, outcome.skipped, detail(outcome))
-                outcomes.append(outcome)
+            with slide_steps_loaded_and_frozen() if todo else nullcontext():
+                for plan in todo:
+                    if stop.requested.is_set():
+                        interrupted = True
+                        break
+                    stop.current_slides = {plan.slide_id}
+                    board.start(plan.slide_id)
+                    outcome = run_slide(instance, defs, plan, force=args.force)
+                    board.finish(plan.slide_id, outcome.ok, outcome.skipped, detail(outcome))
+                    outcomes.append(outcome)
             interrupted = interrupted or stop.requested.is_set()
         else:
             context = multiprocessing.get_context("spawn")
@@ -601,13 +582,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The console script: `main`, then an exit without the interpreter's teardown once
-    every exit handler has run (`process_exit`); an exception exits as usual."""
-    from bms_pipeline.process_exit import skip_teardown
+    """The console script: `main`, then an exit without the interpreter's teardown
+    (`process_exit`)."""
+    from bms_pipeline.process_exit import run_then_exit
 
-    code = main()
-    skip_teardown(code)
-    sys.exit(code)
+    run_then_exit(main)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import gc
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 SLIDE_STEP_MODULES = (
     "bms_pipeline.core.dicom.idc",  # wsidicomizer, wsidicom, OpenSlide, pydicom
@@ -56,11 +58,16 @@ def load_first_use_tables() -> None:
     )
 
 
-def preload_slide_steps() -> None:
+@contextmanager
+def slide_steps_loaded_and_frozen() -> Iterator[None]:
     """Import `SLIDE_STEP_MODULES` and load their first-use tables, then freeze every object
-    tracked so far (see the module). The caller undoes it with `gc.unfreeze()` if the
-    process lives on after its runs."""
+    tracked so far for the duration of the block (see the module); unfrozen on exit, so the
+    process, and any caller of `bms_pipeline.cli.main` in it, is left as it was."""
     for name in SLIDE_STEP_MODULES:
         importlib.import_module(name)
     load_first_use_tables()
     gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
