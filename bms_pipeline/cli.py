@@ -16,7 +16,7 @@ from typing import Any
 from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, DataLayout
 from bms_pipeline.orchestration.deploy import POSTGRES_URL_ENV
 from bms_pipeline.orchestration.instance import DAGSTER_LOG_LEVEL_ENV, MachineBudget, instance_home
-from bms_pipeline.orchestration.preload import slide_steps_loaded_and_frozen
+from bms_pipeline.orchestration.preload import frozen_while_running
 
 logger = logging.getLogger("bms_pipeline")
 
@@ -171,7 +171,8 @@ def _run_in_worker(root: str, workers: int, plan, force: bool):
     stop = GracefulStop(lambda: instance, _bms(defs).layout.staging_dir).install()
     stop.current_slides.add(plan.slide_id)
     try:
-        with slide_steps_loaded_and_frozen():
+        with frozen_while_running() as load_slide_steps:
+            load_slide_steps()  # a worker process lives for its runs only
             return run_slide(instance, defs, plan, force=force)
     except KeyboardInterrupt:
         stop.hard_stop("interrupted")
@@ -228,7 +229,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = GracefulStop(lambda: instance, out_layout.staging_dir).install()
     started = time.perf_counter()
     try:
-        with root_run_lock(instance_home(layout), on_wait=lambda msg: print(msg, flush=True)):
+        with (
+            root_run_lock(instance_home(layout), on_wait=lambda msg: print(msg, flush=True)),
+            frozen_while_running() as load_slide_steps,
+        ):
             for run_id in reap_dead_runs(instance):
                 print(f"run {run_id}: its process is gone; marked failed, pool slots freed")
             removed = remove_stale_outputs(out_layout.out, instance)
@@ -246,6 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 register_slides,
                 run_slide,
                 ProgressBoard,
+                load_slide_steps,
             )
             if outcomes is None:
                 return 2
@@ -291,6 +296,7 @@ def _run_slides(
     register_slides,
     run_slide,
     ProgressBoard,
+    load_slide_steps,
 ):
     """Plan, withdraw the slides that are no longer inputs, then convert what needs it
     (serially or in worker processes) with live progress. Returns (outcomes, interrupted,
@@ -357,16 +363,17 @@ def _run_slides(
             defs = build_definitions(
                 str(root), workers=workers, output_root=os.environ.get(OUTPUT_ROOT_ENV)
             )
-            with slide_steps_loaded_and_frozen() if todo else nullcontext():
-                for plan in todo:
-                    if stop.requested.is_set():
-                        interrupted = True
-                        break
-                    stop.current_slides = {plan.slide_id}
-                    board.start(plan.slide_id)
-                    outcome = run_slide(instance, defs, plan, force=args.force)
-                    board.finish(plan.slide_id, outcome.ok, outcome.skipped, detail(outcome))
-                    outcomes.append(outcome)
+            if todo:
+                load_slide_steps()  # frozen until `cmd_run` returns
+            for plan in todo:
+                if stop.requested.is_set():
+                    interrupted = True
+                    break
+                stop.current_slides = {plan.slide_id}
+                board.start(plan.slide_id)
+                outcome = run_slide(instance, defs, plan, force=args.force)
+                board.finish(plan.slide_id, outcome.ok, outcome.skipped, detail(outcome))
+                outcomes.append(outcome)
             interrupted = interrupted or stop.requested.is_set()
         else:
             context = multiprocessing.get_context("spawn")

@@ -1,6 +1,6 @@
-"""`slide_steps_loaded_and_frozen` (orchestration/preload.py), in a fresh interpreter of its
-own: inside the block the step libraries are loaded and out of the collector's sight; after
-it the process is as it was."""
+"""`frozen_while_running` (orchestration/preload.py), in a fresh interpreter of its own: inside
+the block the step libraries are loaded on request and out of the collector's sight; after it
+the process is as it was."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import sys
 
 PROBE = """
 import gc, json, sys
-from bms_pipeline.orchestration.preload import SLIDE_STEP_MODULES, slide_steps_loaded_and_frozen
+from bms_pipeline.orchestration.preload import SLIDE_STEP_MODULES, frozen_while_running
 from bms_pipeline.core.annotations.labels import cell_labels
 before = gc.get_freeze_count()
-with slide_steps_loaded_and_frozen():
+with frozen_while_running() as load_slide_steps:
+    load_slide_steps()
     inside = gc.get_freeze_count() - before
     missing = [m for m in SLIDE_STEP_MODULES if m not in sys.modules]
     labels = cell_labels.cache_info().currsize
