@@ -168,7 +168,7 @@ def _expected_counts(demo: Demo, slide: ConvertedSlide) -> dict[str, dict[str, i
         )
     labelled = [c for c in cells.values() if c.consensus is not None]
     if labelled:
-        out["consensus"] = dict(Counter(c.consensus for c in labelled))
+        out["consensus"] = dict(Counter(c.consensus for c in labelled))  # pyright: ignore[reportArgumentType]
     if len(labelled) < len(cells):
         out["unlabeled"] = {UNLABELED_LABEL: len(cells) - len(labelled)}
     detections = _csv_rows(demo.layout.annotations_dir / "detections.csv", slide.slide_id)
