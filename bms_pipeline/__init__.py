@@ -1,4 +1,5 @@
-"""bms-pipeline: BMDeep bone-marrow smears to IDC-ready DICOM, as Dagster assets."""
+"""bms-pipeline: BMDeep bone-marrow smears to IDC-ready DICOM, as Dagster assets.
 
-# First of the exit handlers, so it runs last (see the module); inert unless armed.
-from bms_pipeline import process_exit as _process_exit  # noqa: F401
+Importing any module of the package changes no interpreter, collector or library state: no
+exit handler, no event listener, no `gc.freeze` (bms_pipeline_tests/test_import_purity.py).
+"""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import multiprocessing
 import os
@@ -17,7 +16,7 @@ from typing import Any
 from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, DataLayout
 from bms_pipeline.orchestration.deploy import POSTGRES_URL_ENV
 from bms_pipeline.orchestration.instance import DAGSTER_LOG_LEVEL_ENV, MachineBudget, instance_home
-from bms_pipeline.orchestration.preload import preload_slide_steps
+from bms_pipeline.orchestration.preload import frozen_while_running
 
 logger = logging.getLogger("bms_pipeline")
 
@@ -168,17 +167,16 @@ def _instance_and_defs(root: Path, workers: int | None = None):
 
 def _run_in_worker(root: str, workers: int, plan, force: bool):
     """One slide in a worker process, against the same persistent instance."""
-    from bms_pipeline.orchestration.instance import sqlite_files_kept_open
     from bms_pipeline.orchestration.operations import run_slide
     from bms_pipeline.orchestration.shutdown import GracefulStop
 
     _quiet_libraries(verbose=os.environ.get(DAGSTER_LOG_LEVEL_ENV) == "DEBUG")
     _, instance, defs = _instance_and_defs(Path(root), workers)
-    preload_slide_steps()  # a worker process lives for its runs only
     stop = GracefulStop(lambda: instance, _bms(defs).layout.staging_dir).install()
     stop.current_slides.add(plan.slide_id)
     try:
-        with sqlite_files_kept_open():
+        with frozen_while_running() as load_slide_steps:
+            load_slide_steps()  # a worker process lives for its runs only
             return run_slide(instance, defs, plan, force=force)
     except KeyboardInterrupt:
         stop.hard_stop("interrupted")
@@ -210,11 +208,8 @@ def _report_inputs(layout: DataLayout) -> tuple[bool, bool]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bms_pipeline.audit_command import audit_after_run
-    from bms_pipeline.orchestration.instance import sqlite_files_kept_open
 
-    # From the instance's creation on (a new instance creates its schemas).
-    with sqlite_files_kept_open():
-        code = _run_command(args)
+    code = _run_command(args)
     return audit_after_run(args, code)  # blocking: no identifying value in any byte written
 
 
@@ -244,13 +239,11 @@ def _run_command(args: argparse.Namespace) -> int:
     out_layout = _bms(defs).layout
     stop = GracefulStop(lambda: instance, out_layout.staging_dir).install()
     started = time.perf_counter()
-    # The modules and definitions just loaded live as long as the process: out of the
-    # collector's sight, its full passes during the runs walk only what the runs allocate
-    # (a pass in the wide slide's annotations held the GIL 0.34 s, then 0.17 s; measured).
-    # Undone on return, for callers of `main` in a longer-lived process.
-    gc.freeze()
     try:
-        with root_run_lock(instance_home(layout), on_wait=lambda msg: print(msg, flush=True)):
+        with (
+            root_run_lock(instance_home(layout), on_wait=lambda msg: print(msg, flush=True)),
+            frozen_while_running() as load_slide_steps,
+        ):
             for run_id in reap_dead_runs(instance):
                 print(f"run {run_id}: its process is gone; marked failed, pool slots freed")
             removed = remove_stale_outputs(out_layout.out, instance)
@@ -268,6 +261,7 @@ def _run_command(args: argparse.Namespace) -> int:
                 register_slides,
                 run_slide,
                 ProgressBoard,
+                load_slide_steps,
             )
             if outcomes is None:
                 return 2
@@ -288,8 +282,6 @@ def _run_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         stop.hard_stop("interrupted")
         return EXIT_INTERRUPTED  # hard_stop exits; this says so to the reader
-    finally:
-        gc.unfreeze()
     if stop.requested.is_set():
         return EXIT_INTERRUPTED
     return _print_summary(outcomes, time.perf_counter() - started)
@@ -315,6 +307,7 @@ def _run_slides(
     register_slides,
     run_slide,
     ProgressBoard,
+    load_slide_steps,
 ):
     """Plan, withdraw the slides that are no longer inputs, then convert what needs it
     (serially or in worker processes) with live progress. Returns (outcomes, interrupted,
@@ -383,7 +376,7 @@ def _run_slides(
                 str(root), workers=workers, output_root=os.environ.get(OUTPUT_ROOT_ENV)
             )
             if todo:
-                preload_slide_steps()  # undone with the freeze of `cmd_run`
+                load_slide_steps()  # frozen until `cmd_run` returns
             for plan in todo:
                 if stop.requested.is_set():
                     interrupted = True
@@ -615,13 +608,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The console script: `main`, then an exit without the interpreter's teardown once
-    every exit handler has run (`process_exit`); an exception exits as usual."""
-    from bms_pipeline.process_exit import skip_teardown
+    """The console script: `main`, then an exit without the interpreter's teardown
+    (`process_exit`)."""
+    from bms_pipeline.process_exit import run_then_exit
 
-    code = main()
-    skip_teardown(code)
-    sys.exit(code)
+    run_then_exit(main)
 
 
 if __name__ == "__main__":

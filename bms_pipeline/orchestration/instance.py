@@ -10,8 +10,6 @@ import os
 import re
 import shutil
 import socket
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -93,85 +91,6 @@ storage:
     postgres_url:
       env: {POSTGRES_URL_ENV}
 """
-
-
-# -- SQLite files kept open while a command runs -------------------------------------------
-
-_KEPT_OPEN: dict[str, sqlite3.Connection] = {}  # database path -> idle connection
-_KEPT_LOCK = threading.Lock()  # the progress thread's queries check connections in too
-_KEEPING = False
-_LISTENING = False
-
-
-@contextmanager
-def sqlite_files_kept_open() -> Iterator[None]:
-    """Keep one idle connection open to every SQLite file Dagster's storage uses meanwhile.
-
-    Dagster's SQLite storages open a connection per operation (SQLAlchemy's NullPool) in WAL
-    mode, so every event of a run opens and closes the run's file and the index. Each close
-    of the last connection to a file checkpoints the WAL, and each open after that starts
-    without a shared WAL index. An idle connection per file, opened after its first use and
-    held by this process, keeps that shared state alive between operations. Measured on
-    `run --force` of 4 small slides in one process: SQL 0.92 s with SQLite as it is, 0.7 s
-    with the files kept open. (Skipping the checkpoint at close instead, as bms-pipeline did
-    before, cost 1.7-2.1 s: the WAL outlived every connection, and each open re-read it.)
-
-    The idle connections hold no transaction and no lock, so other processes (`dagster dev`,
-    workers) read and write as before; commits are fsynced as always (synchronous FULL);
-    SQLite still checkpoints when the WAL reaches 1,000 pages. On exit they are closed,
-    which checkpoints each file once. Not reentrant."""
-    global _KEEPING
-    _listen_for_sqlite_files()
-    _KEEPING = True
-    try:
-        yield
-    finally:
-        with _KEPT_LOCK:
-            _KEEPING = False
-            kept = list(_KEPT_OPEN.values())
-            _KEPT_OPEN.clear()
-        for connection in kept:
-            connection.close()
-
-
-def kept_open_sqlite_files() -> list[str]:
-    """The SQLite files `sqlite_files_kept_open` holds open now (for tests and diagnostics)."""
-    return sorted(_KEPT_OPEN)
-
-
-def _listen_for_sqlite_files() -> None:
-    """SQLAlchemy events (public API), registered once: a SQLite connection records its file
-    when it is made, and when it is given back to the pool (closed next, with NullPool) its
-    file gets its idle connection if it has none yet, while `sqlite_files_kept_open` is on."""
-    global _LISTENING
-    if _LISTENING:
-        return
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-    from sqlalchemy.pool import Pool
-
-    def on_do_connect(dialect, record, cargs, _cparams) -> None:  # type: ignore[no-untyped-def]
-        path = cargs[0] if dialect.name == "sqlite" and cargs else None
-        if isinstance(path, str) and path and not path.startswith((":", "file:")):
-            record.info["bms_sqlite_file"] = path
-
-    def on_checkin(_dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
-        path = record.info.get("bms_sqlite_file") if record is not None else None
-        if path is None:
-            return
-        with _KEPT_LOCK:
-            if not _KEEPING or path in _KEPT_OPEN:
-                return
-            try:
-                connection = sqlite3.connect(path, check_same_thread=False)
-                connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # WAL index
-            except sqlite3.Error:
-                return  # only an optimisation: the storage's own operation goes on
-            _KEPT_OPEN[path] = connection
-
-    event.listen(Engine, "do_connect", on_do_connect)
-    event.listen(Pool, "checkin", on_checkin)
-    _LISTENING = True
 
 
 # -- the run worker's identity, so a run whose process died can be told from a live one ------

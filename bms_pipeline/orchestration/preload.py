@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import gc
 import importlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 SLIDE_STEP_MODULES = (
     "bms_pipeline.core.dicom.idc",  # wsidicomizer, wsidicom, OpenSlide, pydicom
@@ -56,11 +58,27 @@ def load_first_use_tables() -> None:
     )
 
 
-def preload_slide_steps() -> None:
-    """Import `SLIDE_STEP_MODULES` and load their first-use tables, then freeze every object
-    tracked so far (see the module). The caller undoes it with `gc.unfreeze()` if the
-    process lives on after its runs."""
+def _load_slide_steps() -> None:
     for name in SLIDE_STEP_MODULES:
         importlib.import_module(name)
     load_first_use_tables()
+
+
+@contextmanager
+def frozen_while_running() -> Iterator[Callable[[], None]]:
+    """Freeze every object tracked so far (the modules and definitions a command has loaded)
+    for the duration of the block, and give a function that loads the slide steps'
+    libraries and tables and freezes them too, for when slides are about to run (see the
+    module). Everything is unfrozen on exit, so the process, and any caller of
+    `bms_pipeline.cli.main` in it, is left as it was. The one place `run` touches the
+    collector."""
     gc.freeze()
+
+    def load_slide_steps() -> None:
+        _load_slide_steps()
+        gc.freeze()
+
+    try:
+        yield load_slide_steps
+    finally:
+        gc.unfreeze()

@@ -39,7 +39,7 @@ def select_executor() -> dg.ExecutorDefinition:
 def default_worker_scratch(name: str) -> Path:
     """Each worker's own scratch (mirrors of object-store roots, staged slides): two
     workers on one machine never share a staging folder."""
-    base = Path(os.environ.get("TMPDIR", "/tmp")) / "bms-pipeline"
+    base = Path(os.environ.get("TMPDIR", "/tmp")) / "bms-pipeline"  # noqa: S108 (its own folder)
     return base / f"worker-{name}"
 
 
@@ -96,5 +96,5 @@ def run_worker(name: str | None, scratch: str | None, concurrency: int, loglevel
     env = worker_environment(folder)
     argv = worker_argv(name, concurrency, loglevel)
     print(f"worker {name}: scratch {folder}, broker {CelerySettings.from_env().broker}", flush=True)
-    os.execve(sys.executable, argv, env)
+    os.execve(sys.executable, argv, env)  # noqa: S606 (this Python, fixed arguments)
     return 0  # not reached

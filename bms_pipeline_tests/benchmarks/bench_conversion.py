@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_child"]:
         CHILDREN[argv[1]](json.loads(argv[2]))
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])  # pyright: ignore[reportOptionalMemberAccess]
     parser.add_argument("--runs", type=int, default=3, help="runs per variant (median)")
     parser.add_argument("--size", choices=("large", "small"), default="large")
     parser.add_argument("--seed", type=int, default=0)

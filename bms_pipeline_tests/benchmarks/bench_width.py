@@ -234,7 +234,7 @@ class SlideBench:
                 "settings": "512" if variant == "ours-512" else "idc",
             }
             if variant.startswith("ours-cap"):
-                spec["cap_mib"] = int(variant.removeprefix("ours-cap"))
+                spec["cap_mib"] = int(variant.removeprefix("ours-cap"))  # pyright: ignore[reportArgumentType]
             cwd = None
             if variant == "before-idc":
                 # The other checkout's bms_pipeline (`python -m` puts the working folder

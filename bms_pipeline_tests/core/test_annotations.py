@@ -168,7 +168,7 @@ def _expected_counts(demo: Demo, slide: ConvertedSlide) -> dict[str, dict[str, i
         )
     labelled = [c for c in cells.values() if c.consensus is not None]
     if labelled:
-        out["consensus"] = dict(Counter(c.consensus for c in labelled))
+        out["consensus"] = dict(Counter(c.consensus for c in labelled))  # pyright: ignore[reportArgumentType]
     if len(labelled) < len(cells):
         out["unlabeled"] = {UNLABELED_LABEL: len(cells) - len(labelled)}
     detections = _csv_rows(demo.layout.annotations_dir / "detections.csv", slide.slide_id)
@@ -539,17 +539,13 @@ def test_a_failed_build_keeps_the_previous_series(demo: Demo, tmp_path: Path) ->
     assert {p.name: p.read_bytes() for p in good.ann_dir.iterdir()} == before
 
 
-def test_rows_read_again_are_kept_until_a_file_changes(demo: Demo, tmp_path: Path) -> None:
-    """The ANN build and its count check read the same rows: the second read returns the
-    kept result, frozen so that no caller can change it for the next, and an edit of any
-    file (even one that keeps its size) is read anew."""
+def test_rows_are_read_anew_after_a_file_changes(demo: Demo, tmp_path: Path) -> None:
+    """The ANN build and its count check each read the rows: an edit of any file (even one
+    that keeps its size) is what the next read returns."""
     slide = next(iter(demo.slides.values()))
     layout = _copy_inputs(demo, tmp_path)
     args = (slide.slide_id, layout.annotations_dir, slide.bounds, slide.size)
     first = read_slide_annotations(*args)
-    assert read_slide_annotations(*args) is first
-    with pytest.raises(ValueError, match="read-only"):
-        first.detections.boxes[0, 0] = -1.0
     path = layout.annotations_dir / "detections.csv"
     row = _slide_row(path, slide.slide_id, 0)
     score = row.fields["score"]

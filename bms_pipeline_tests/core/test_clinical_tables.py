@@ -313,15 +313,15 @@ def test_hemoglobin_normalisation_is_recorded_in_column_metadata(
     nasty_tables: ClinicalTables,
 ) -> None:
     row = meta_row(nasty_tables, LABORATORY, "hemoglobin_value")
-    assert "g/dL" in row["column_label"]
+    assert "g/dL" in row["column_label"]  # pyright: ignore[reportOperatorIssue]
     source = row["values_source"]
-    assert "integer-looking source value above 25 is g/L and is divided by 10" in source
-    assert "1 value(s) changed (sheet 'lab_values' Excel rows 3)" in source
+    assert "integer-looking source value above 25 is g/L and is divided by 10" in source  # pyright: ignore[reportOperatorIssue]
+    assert "1 value(s) changed (sheet 'lab_values' Excel rows 3)" in source  # pyright: ignore[reportOperatorIssue]
     assert nasty_tables.lab is not None
     (normalisation,) = nasty_tables.lab.normalisations
     assert normalisation.rows == (3,)
     # the string column is untouched and says nothing about a conversion
-    assert "divided" not in (
+    assert "divided" not in (  # pyright: ignore[reportOperatorIssue]
         meta_row(nasty_tables, LABORATORY, "hemoglobin")["values_source"] or ""
     )
 
@@ -383,7 +383,7 @@ def test_missing_dictionary_sheet_falls_back_to_shipped_labels_with_warning(
     write_nasty_clinical_csv(layout.clinical_csv)
     write_nasty_lab_xlsx(layout.lab_values_xlsx, dictionary=False)
     tables = build_clinical_tables(layout, COLLECTION, target=TARGET)
-    assert meta_row(tables, LABORATORY, "hemoglobin")["column_label"].startswith("LOINC:718-7")
+    assert meta_row(tables, LABORATORY, "hemoglobin")["column_label"].startswith("LOINC:718-7")  # pyright: ignore[reportAttributeAccessIssue]
     assert any("no sheet 'idc_dictionary'" in w for w in tables.warnings)
 
 
@@ -495,7 +495,7 @@ def test_provenance_columns_and_case_col_as_idc_s_clinical_etl_writes_them(
     assert row["column_numbers"] == [0]
     assert row["files"] == ["raw/clinical/lab_values.xlsx"]
     assert row["sheet_names"] == ["lab_values"]
-    assert (
+    assert (  # pyright: ignore[reportOperatorIssue]
         "surrounding whitespace removed"
         in meta_row(nasty_tables, CLINICAL, "dicom_patient_id")["values_source"]
     )
@@ -629,7 +629,7 @@ def test_values_listed_only_for_twenty_or_fewer_distinct(synthetic: DataLayout) 
         assert bool(row["values"]) == (0 < distinct <= 20), (row["column"], distinct)
     assert meta_row(tables, CLINICAL, "dicom_patient_id")["values"] == []  # 30 patients
     codes = meta_row(tables, CLINICAL, "ncit_concept_code")["values"]
-    assert {"option_code": "C3171", "option_description": "Acute Myeloid Leukemia"} in codes
+    assert {"option_code": "C3171", "option_description": "Acute Myeloid Leukemia"} in codes  # pyright: ignore[reportOperatorIssue]
 
 
 def test_table_metadata_records_sources(nasty_tables: ClinicalTables, nasty: DataLayout) -> None:
@@ -719,7 +719,7 @@ def test_write_outputs_parquet_duckdb_schemas_and_load_script(
         cursor = con.execute(
             f"SELECT * FROM {CLINICAL_INDEX} WHERE \"column\" = 'dicom_patient_sex'"
         )
-        index = dict(zip([d[0] for d in cursor.description], cursor.fetchone(), strict=True))
+        index = dict(zip([d[0] for d in cursor.description], cursor.fetchone(), strict=True))  # pyright: ignore[reportArgumentType, reportCallIssue]
         assert list(index) == [
             "collection_id",
             "table_name",
@@ -728,9 +728,9 @@ def test_write_outputs_parquet_duckdb_schemas_and_load_script(
             "column_label",
             "values",
         ]
-        assert index["short_table_name"] == CLINICAL
-        assert index["table_name"] == f"test-project.test_dataset.{CLINICAL}"
-        assert {"option_code": "F", "option_description": "female"} in index["values"]
+        assert index["short_table_name"] == CLINICAL  # pyright: ignore[reportArgumentType]
+        assert index["table_name"] == f"test-project.test_dataset.{CLINICAL}"  # pyright: ignore[reportArgumentType]
+        assert {"option_code": "F", "option_description": "female"} in index["values"]  # pyright: ignore[reportArgumentType, reportOperatorIssue]
     finally:
         con.close()
 
@@ -814,7 +814,7 @@ def test_an_unreadable_database_is_named_and_later_writes_still_work(
     con = duckdb.connect(str(nasty.duckdb_path), read_only=True)
     try:
         assert con.execute(f"SELECT count(*) FROM {CLINICAL}").fetchone() == (4,)
-        assert con.execute("SELECT count(*) FROM clinical_index").fetchone()[0] > 0
+        assert con.execute("SELECT count(*) FROM clinical_index").fetchone()[0] > 0  # pyright: ignore[reportOptionalSubscript]
     finally:
         con.close()
 
@@ -839,7 +839,7 @@ def test_concurrent_writes_from_threads_leave_a_readable_database(
     con = duckdb.connect(str(nasty.duckdb_path), read_only=True)
     try:
         assert con.execute(f"SELECT count(*) FROM {LABORATORY}").fetchone() == (4,)
-        assert con.execute(f"SELECT count(*) FROM {CLINICAL_INDEX}").fetchone()[0] > 0
+        assert con.execute(f"SELECT count(*) FROM {CLINICAL_INDEX}").fetchone()[0] > 0  # pyright: ignore[reportOptionalSubscript]
     finally:
         con.close()
 

@@ -147,7 +147,7 @@ def ann_groups(written: Written) -> list[dict[str, object]]:
 
 def _wheel_schema(stem: str) -> list[tuple[str, str, str]]:
     columns = json.loads((WHEEL / f"{stem}_schema.json").read_text())["columns"]
-    return [
+    return [  # pyright: ignore[reportReturnType]
         (c["name"], _BQ_ALIASES.get(c["type"], c["type"]), c.get("mode") or "NULLABLE")
         for c in columns
     ]
@@ -312,7 +312,7 @@ def test_index_values_are_derived_from_the_headers_as_idc_index_data_does(
 
 
 def test_index_values_have_the_formats_of_idc_s_published_bmdeep_rows(written: Written) -> None:
-    real = pl.read_parquet(idc_index_data.IDC_INDEX_PARQUET_FILEPATH).filter(
+    real = pl.read_parquet(idc_index_data.IDC_INDEX_PARQUET_FILEPATH).filter(  # pyright: ignore[reportArgumentType]
         pl.col("collection_id") == BMDEEP
     )
     assert real.height > 1000 and set(real["Modality"]) == {"SM", "ANN"}
@@ -440,13 +440,13 @@ def test_ann_tables_hold_every_group_highdicom_reads(
         assert row["AlgorithmName"] == group["algorithm"]
         assert (
             row["AnnotationPropertyCategory_code"]
-            == f"{category.scheme_designator}:{category.value}"
+            == f"{category.scheme_designator}:{category.value}"  # pyright: ignore[reportAttributeAccessIssue]
         )
-        assert row["AnnotationPropertyCategory_CodeMeaning"] == category.meaning
+        assert row["AnnotationPropertyCategory_CodeMeaning"] == category.meaning  # pyright: ignore[reportAttributeAccessIssue]
         assert (
-            row["AnnotationPropertyType_code"] == f"{prop_type.scheme_designator}:{prop_type.value}"
+            row["AnnotationPropertyType_code"] == f"{prop_type.scheme_designator}:{prop_type.value}"  # pyright: ignore[reportAttributeAccessIssue]
         )
-        assert row["AnnotationPropertyType_CodeMeaning"] == prop_type.meaning
+        assert row["AnnotationPropertyType_CodeMeaning"] == prop_type.meaning  # pyright: ignore[reportAttributeAccessIssue]
     ann = {r["SeriesInstanceUID"]: r for r in _table(written, "ann_index").iter_rows(named=True)}
     expected = {str(ds.SeriesInstanceUID): ds for ds in headers if ds.Modality == "ANN"}
     assert set(ann) == set(expected)
@@ -609,7 +609,7 @@ def test_query_annotation_group_statistics(
     )
     totals, counts = Counter(), Counter()
     for group in ann_groups:
-        totals[group["graphic"]] += group["count"]
+        totals[group["graphic"]] += group["count"]  # pyright: ignore[reportOperatorIssue]
         counts[group["graphic"]] += 1
     assert rows == [(g, totals[g], counts[g]) for g, _ in totals.most_common()]
     assert rows[0][0] == "RECTANGLE"
@@ -640,7 +640,7 @@ def test_query_annotations_with_source_slide_context(
         (
             written.collection.collection_id,
             g["graphic"],
-            g["type"].meaning,
+            g["type"].meaning,  # pyright: ignore[reportAttributeAccessIssue]
             g["algorithm"],
             g["count"],
         )
@@ -718,7 +718,7 @@ def test_query_slides_and_their_annotations(
     expected = sorted(
         (
             written.collection.collection_id,
-            int(float(bases[g["referenced"]].OpticalPathSequence[0].ObjectiveLensPower)),
+            int(float(bases[g["referenced"]].OpticalPathSequence[0].ObjectiveLensPower)),  # pyright: ignore[reportArgumentType]
             g["label"],
             g["count"],
             g["graphic"],

@@ -163,7 +163,7 @@ def test_transparent_fill_encodes_as_wsidicomizers_compositing(
     bgra[:, :70] = 0  # an unscanned field edge
     bgra[200:230, 100:140] = 0  # a hole
     reference = bgra.copy()
-    convert_argb_to_rgba(reference.view(ctypes.c_uint32))
+    convert_argb_to_rgba(reference.view(ctypes.c_uint32))  # pyright: ignore[reportArgumentType]
     encoder = Encoder.create_for_settings(JpegSettings(quality=80))
     expected = encoder.encode(composite_over_background(reference, blank_color))
 
@@ -186,6 +186,7 @@ def test_transparent_fill_encodes_as_wsidicomizers_compositing(
     partial[5, 20, 3] = 128
     before = partial.copy()
     assert not FastOpenSlideLevelImageData._fill_transparent(  # type: ignore[arg-type]
-        holder, partial.view(np.uint32)[..., 0]
+        holder,  # pyright: ignore[reportArgumentType]
+        partial.view(np.uint32)[..., 0],
     )
     np.testing.assert_array_equal(partial, before)

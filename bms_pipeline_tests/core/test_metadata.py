@@ -134,7 +134,7 @@ def test_dates_removed_by_default_and_kept_when_allowed(volume: Dataset, tmp_pat
     truth = write_test_slide(tmp_path / "raw", slide_id=SLIDE_ID)
     result = convert_test_slide(truth, tmp_path / "out", collection=keep)
     ds = pydicom.dcmread(result.files[0], stop_before_pixels=True)
-    assert ds.StudyDate == truth.spec.creation_datetime.strftime("%Y%m%d")
+    assert ds.StudyDate == truth.spec.creation_datetime.strftime("%Y%m%d")  # pyright: ignore[reportOptionalMemberAccess]
     assert ds.SeriesDate == ds.StudyDate
     assert ("113106", "DCM") in _codes(ds.DeidentificationMethodCodeSequence)
 

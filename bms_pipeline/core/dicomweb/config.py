@@ -17,8 +17,8 @@ from bms_pipeline.core.privacy.credentials import Credentials, remember_secret, 
 
 URL_ENV = "BMS_DICOMWEB_URL"
 USER_ENV = "BMS_DICOMWEB_USER"
-PASSWORD_ENV = "BMS_DICOMWEB_PASSWORD"
-TOKEN_ENV = "BMS_DICOMWEB_TOKEN"
+PASSWORD_ENV = "BMS_DICOMWEB_PASSWORD"  # noqa: S105 (the variable's name, not a secret)
+TOKEN_ENV = "BMS_DICOMWEB_TOKEN"  # noqa: S105
 TIMEOUT_ENV = "BMS_DICOMWEB_TIMEOUT"
 
 

@@ -10,7 +10,6 @@ which a truncated data file cannot hold.
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,37 +197,15 @@ def newest_mtime(mrxs_path: Path) -> float:
     return max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)
 
 
-_PROPERTIES_KEPT = 4
-_properties: dict[tuple[str, str], dict[str, str]] = {}
-_properties_lock = threading.Lock()
-
-
 def openslide_properties(mrxs_path: Path) -> dict[str, str]:
     """All OpenSlide properties of the slide (raises SlideError if OpenSlide refuses it).
 
-    Every step of a slide asks for them (the conversion, the annotations, three checks):
-    opening the slide takes OpenSlide 14-22 ms on the real-width demo slide, so the
-    properties of the last few slides are kept while none of their files has changed
-    (`file_signature`: names, sizes and modification times), and each caller gets its own
-    copy.
-    A slide OpenSlide refuses is opened again every time, so its error is raised each time.
-    """
+    Read from the files at every call, so a step sees the slide as it is now (opening a demo
+    slide takes OpenSlide about 2 ms, a real-width one 14-22 ms)."""
     import openslide
 
-    # The slide's change detector (`file_signature`): a file missing, added or rewritten
-    # gives another key.
-    identity = (str(Path(mrxs_path).resolve()), file_signature(mrxs_path))
-    with _properties_lock:
-        kept = _properties.get(identity)
-    if kept is not None:
-        return dict(kept)
     try:
         with openslide.OpenSlide(str(mrxs_path)) as slide:
-            properties = dict(slide.properties)
+            return dict(slide.properties)
     except openslide.OpenSlideError as exc:
         raise SlideError(Path(mrxs_path), f"OpenSlide cannot open the slide ({exc})") from exc
-    with _properties_lock:
-        while len(_properties) >= _PROPERTIES_KEPT:
-            del _properties[next(iter(_properties))]  # the oldest
-        _properties[identity] = dict(properties)
-    return properties

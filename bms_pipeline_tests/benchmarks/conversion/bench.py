@@ -307,7 +307,7 @@ class Bench:
             jobs: step_seconds(procs[-1].log) for jobs, procs in results.items() if procs
         }
         for jobs, procs in results.items():
-            out[jobs] = {
+            out[jobs] = {  # pyright: ignore[reportArgumentType]
                 "wall": med(p.wall for p in procs),
                 "cpu": med(p.user + p.sys for p in procs),
                 "use": med((p.user + p.sys) / p.wall / cores() for p in procs),

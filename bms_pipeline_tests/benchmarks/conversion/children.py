@@ -93,14 +93,14 @@ def child_dagster(spec: dict[str, Any]) -> None:
         job_started = time.perf_counter()
         result = job.execute_in_process(partition_key=spec["slide_id"], instance=instance)
         job_seconds = time.perf_counter() - job_started
-        steps = sorted(e.step_key for e in result.all_events if e.is_step_success)
+        steps = sorted(e.step_key for e in result.all_events if e.is_step_success)  # pyright: ignore[reportArgumentType]
     (mat,) = result.asset_materializations_for_node("sm_series")
     meta = {k: v.value for k, v in mat.metadata.items()}
     _write_result(
         spec["result"],
         {
             "job_seconds": job_seconds,
-            "inner_seconds": float(meta["seconds"]),
+            "inner_seconds": float(meta["seconds"]),  # pyright: ignore[reportArgumentType]
             "setup_seconds": job_started - started,
             "steps": steps,
         },
@@ -275,7 +275,7 @@ def child_stages(spec: dict[str, Any]) -> None:
     stub = Stub()
     slide = OpenSlide(spec["mrxs"])
     reader = (
-        MiraxDirectReader.open(Path(spec["mrxs"]), decoded_image_cache_bytes(slide.dimensions[0]))
+        MiraxDirectReader.open(Path(spec["mrxs"]), decoded_image_cache_bytes(slide.dimensions[0]))  # pyright: ignore[reportPossiblyUnboundVariable]
         if MiraxDirectReader is not None
         else None
     )
@@ -330,8 +330,9 @@ def child_stages(spec: dict[str, Any]) -> None:
                     fast["read"] += t[1] - t[0]
                 if reader is not None:
                     t0 = time.perf_counter()
-                    verdict = FastOpenSlideLevelImageData._is_blank(
-                        stub, bgra.view(np.uint32)[..., 0]
+                    verdict = FastOpenSlideLevelImageData._is_blank(  # pyright: ignore[reportPossiblyUnboundVariable]
+                        stub,  # pyright: ignore[reportArgumentType]
+                        bgra.view(np.uint32)[..., 0],
                     )  # type: ignore[arg-type]
                     fast["blank"] += time.perf_counter() - t0
                     if verdict != blank:
@@ -361,7 +362,7 @@ def child_stages(spec: dict[str, Any]) -> None:
                     )
                     fast["encode_bgra"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-                convert_argb_to_rgba(bgra.view(ctypes.c_uint32))
+                convert_argb_to_rgba(bgra.view(ctypes.c_uint32))  # pyright: ignore[reportArgumentType]
                 t1 = time.perf_counter()
                 rgb = OpenSlideLevelImageData._composite_over_background(stub, bgra)  # type: ignore[arg-type]
                 t2 = time.perf_counter()

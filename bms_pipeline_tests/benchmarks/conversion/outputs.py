@@ -105,9 +105,9 @@ class TruthRegions:
 
             bx, by = self.truth.bounds[:2]
             with openslide.OpenSlide(str(self.truth.mrxs_path)) as slide:
-                self._source = self._psnr(
+                self._source = self._psnr(  # pyright: ignore[reportAttributeAccessIssue]
                     lambda x, y: np.asarray(
                         slide.read_region((x + bx, y + by), 0, (self.size, self.size))
                     )[..., :3]
                 )
-        return self._source
+        return self._source  # pyright: ignore[reportReturnType]

@@ -18,26 +18,33 @@ def _python(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_an_armed_exit_keeps_the_code_runs_every_handler_and_flushes(tmp_path: Path) -> None:
+def test_the_exit_keeps_the_code_runs_every_handler_and_flushes(tmp_path: Path) -> None:
     proc = _python(
         """
-        import atexit, sys, tempfile, threading, time
-        import bms_pipeline
-        from bms_pipeline.process_exit import skip_teardown
+        import atexit, logging, multiprocessing, os, sys, tempfile, threading, time
+        from bms_pipeline.process_exit import run_then_exit
 
         class Teardown:
             def __del__(self):
                 print("teardown ran")
 
-        marker = Teardown()  # deleted only by the interpreter's teardown
-        kept = tempfile.TemporaryDirectory(dir=".")  # removed by its exit-time finalizer
-        open("folder", "w").write(kept.name)
-        atexit.register(lambda: print("handler ran", flush=False))
-        worker = threading.Thread(target=lambda: (time.sleep(0.3), print("thread done")))
-        worker.start()
-        print("unflushed", end="")
-        skip_teardown(3)
-        sys.exit(3)
+        def main():
+            global marker, kept
+            marker = Teardown()  # deleted only by the interpreter's teardown
+            kept = tempfile.TemporaryDirectory(dir=".")  # removed by its exit-time finalizer
+            open("folder", "w").write(kept.name)
+            # multiprocessing's own temporary folder, removed by its exit handler
+            open("mp-folder", "w").write(multiprocessing.util.get_temp_dir())
+            atexit.register(lambda: print("handler ran", flush=False))
+            logging.basicConfig(filename="log.txt")
+            logging.getLogger("x").warning("logged")
+            worker = threading.Thread(target=lambda: (time.sleep(0.3), print("thread done")))
+            worker.start()
+            print("unflushed", end="")
+            return 3
+
+        import multiprocessing.util
+        run_then_exit(main)
         """,
         tmp_path,
     )
@@ -45,14 +52,20 @@ def test_an_armed_exit_keeps_the_code_runs_every_handler_and_flushes(tmp_path: P
     assert proc.stdout.startswith("unflushed")
     assert "thread done" in proc.stdout and "handler ran" in proc.stdout
     assert not Path(tmp_path, (tmp_path / "folder").read_text()).exists()
+    assert not Path((tmp_path / "mp-folder").read_text()).exists()
+    assert "logged" in (tmp_path / "log.txt").read_text()
     assert "teardown ran" not in proc.stdout  # what is skipped, and all that is
 
 
 def test_an_exception_still_exits_as_usual(tmp_path: Path) -> None:
     proc = _python(
         """
-        import bms_pipeline
-        raise RuntimeError("boom")
+        from bms_pipeline.process_exit import run_then_exit
+
+        def main():
+            raise RuntimeError("boom")
+
+        run_then_exit(main)
         """,
         tmp_path,
     )
