@@ -42,7 +42,10 @@ def test_slide_job_materializes_a_generated_slide_with_passing_checks(tmp_path: 
         (raw,) = result.asset_materializations_for_node("mrxs_slide")
         # The data version is the content hash shown in the metadata.
         assert raw.tags["dagster/data_version"] == raw.metadata["content_hash"].value  # pyright: ignore[reportOptionalSubscript]
-        assert "<redacted>" in json.dumps(raw.metadata["openslide_properties"].value)
+        # Only the allow-listed properties are shown: never the scanner's SLIDE_ID or name.
+        shown = json.dumps(raw.metadata["openslide_properties"].value)
+        assert "mirax.GENERAL.SLIDE_ID" not in shown and "SLIDE_NAME" not in shown
+        assert "openslide.mpp-x" in shown
     assert any(dataset.layout.sm_dir(slide_id).glob("*.dcm"))
 
 
