@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -209,11 +209,12 @@ def _report_inputs(layout: DataLayout) -> tuple[bool, bool]:
 def cmd_run(args: argparse.Namespace) -> int:
     from bms_pipeline.audit_command import audit_after_run
 
-    code = _run_command(args)
+    with ExitStack() as stack:
+        code = _run_command(args, stack)
     return audit_after_run(args, code)  # blocking: no identifying value in any byte written
 
 
-def _run_command(args: argparse.Namespace) -> int:
+def _run_command(args: argparse.Namespace, stack: ExitStack) -> int:
     from bms_pipeline.console import ProgressBoard
     from bms_pipeline.orchestration.instance import (
         reap_dead_runs,
@@ -236,6 +237,9 @@ def _run_command(args: argparse.Namespace) -> int:
     if fatal or not _dicomweb_target(args, root):
         return 2
     layout, instance, defs = _instance_and_defs(root)
+    # As Dagster's own commands do: the instance is the current one while the command runs
+    # (definitions resolved now read its state storage), and is disposed at its end.
+    stack.enter_context(instance)
     out_layout = _bms(defs).layout
     stop = GracefulStop(lambda: instance, out_layout.staging_dir).install()
     started = time.perf_counter()
@@ -414,16 +418,21 @@ def _run_slides(
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    root = _data_root(args)
+    if not _has_slides(root):
+        return 2
+    layout, instance, defs = _instance_and_defs(root)
+    with instance:
+        return _print_status(instance, defs, layout)
+
+
+def _print_status(instance: Any, defs: Any, layout: DataLayout) -> int:
     from bms_pipeline.orchestration.operations import (
         collection_states,
         pending_withdrawals,
         plan_slides,
     )
 
-    root = _data_root(args)
-    if not _has_slides(root):
-        return 2
-    layout, instance, defs = _instance_and_defs(root)
     plans = plan_slides(instance, defs, layout)
     for plan in plans:
         print(f"{plan.slide_id:<42} {plan.state:<11} {plan.detail}")

@@ -73,3 +73,19 @@ def pipeline_output(tmp_path_factory: pytest.TempPathFactory):
     finally:
         if saved is not None:
             os.environ["BMS_DICOMWEB_URL"] = saved
+
+
+@pytest.fixture(autouse=True)
+def _no_dagster_defs_state_from_another_test():
+    """Each test starts without a definitions-state storage left by another test.
+
+    Dagster 1.13 keeps the storage of the last instance entered (`with instance:`) in a
+    process-wide context variable, holding that instance by weak reference; resolving
+    definitions outside an instance then reads it, and a leftover whose instance was
+    garbage-collected fails with "Attempted to resolve undefined DagsterInstance weakref"
+    (seen once in a full run, in whichever tests came later, never alone). Private API on
+    purpose: it is Dagster's own state, reset here only between tests."""
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield
