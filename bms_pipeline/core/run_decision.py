@@ -92,9 +92,10 @@ def rests(last_failure: Attempt | None, current: Mapping[str, InputVersion]) -> 
     """The last attempt failed on exactly the inputs of now: trying again would fail again."""
     if last_failure is None or last_failure.retriable or not last_failure.versions:
         return False
-    return all(
-        asset in current and current[asset].digest == digest
-        for asset, digest in last_failure.versions.items()
+    # The inventory's attempt is judged apart (`decide_slide`: its files' signature).
+    attempted = {a: d for a, d in last_failure.versions.items() if a != INVENTORY_ASSET}
+    return bool(attempted) and all(
+        asset in current and current[asset].digest == digest for asset, digest in attempted.items()
     )
 
 

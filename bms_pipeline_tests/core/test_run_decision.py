@@ -59,7 +59,9 @@ def test_a_clinical_row_edit_reconverts_the_slide() -> None:
 def test_a_refused_slide_rests_until_an_input_it_saw_changes() -> None:
     v = _versions()
     never = {a: None for a in v}
-    refusal = Attempt({"sm_series": v["sm_series"].digest}, "not published", refused=True)
+    # The run also tagged the inventory it started with (as every slide run does).
+    attempted = {"mrxs_slide": "sig", "sm_series": v["sm_series"].digest}
+    refusal = Attempt(attempted, "not published", refused=True)
     resting = decide_slide(_facts(v, never, refusal), ORDER)
     assert resting.state == "refused" and not resting.needs_run
     # An input of the annotations only: the image would be refused again.
