@@ -127,11 +127,6 @@ def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
     return "the run failed"
 
 
-def code_versions(defs: dg.Definitions, keys: Iterable[dg.AssetKey]) -> dict[str, str]:
-    graph = defs.resolve_asset_graph()
-    return {key.to_user_string(): str(graph.get(key).code_version or "") for key in keys}
-
-
 def gather_slide_facts(
     instance: dg.DagsterInstance,
     statuses: Iterable[Any],
@@ -260,6 +255,19 @@ def _without_collection(status: Any, problem: str, known: bool) -> SlideFacts:
     if not status.ready or known:
         return SlideFacts(status.slide_id, False, status.reason or problem)
     return SlideFacts(status.slide_id, True)
+
+
+def pending_withdrawals(bms: Any, present: set[str]) -> dict[str, str]:
+    """The published slides that are no longer inputs, with why (`slides_to_withdraw`), and
+    validation results left without a slide: what `run` and the sensor both withdraw."""
+    from bms_pipeline.core.run_decision import slides_to_withdraw
+
+    pending = slides_to_withdraw(bms.published_slides(), present, bms.collection().skipped_slides)
+    names = bms.outputs.listing("validation")
+    validated = {n.split("/")[-1].removesuffix(".parquet") for n in names if n.endswith(".parquet")}
+    for sid in sorted(validated - present):
+        pending.setdefault(sid, "no longer under raw/slides (removed or renamed)")
+    return pending
 
 
 def plan_collection(instance: dg.DagsterInstance, bms: Any, versions_of: Mapping[str, str]):

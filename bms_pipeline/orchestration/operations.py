@@ -15,7 +15,8 @@ import dagster as dg
 
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.mirax.discovery import SlideStatus
-from bms_pipeline.core.run_decision import INVENTORY_ASSET, Decision, SlideState, slides_to_withdraw
+from bms_pipeline.core.run_decision import INVENTORY_ASSET, Decision, SlideState
+from bms_pipeline.defs.facts import pending_withdrawals as _pending
 from bms_pipeline.defs.facts import plan_collection
 from bms_pipeline.defs.facts import plan_slides as _plan
 from bms_pipeline.defs.partitions import SLIDES_PARTITIONS, slides_partitions
@@ -101,12 +102,7 @@ def plan_slides(
 
 def pending_withdrawals(defs: dg.Definitions, plans: list[SlidePlan]) -> dict[str, str]:
     """The published slides that are no longer inputs (what `withdraw_removed` takes out)."""
-    bms = _bms(defs)
-    present = {p.slide_id for p in plans}
-    pending = slides_to_withdraw(bms.published_slides(), present, bms.collection().skipped_slides)
-    for sid in sorted(_validated_slides(bms) - present):
-        pending.setdefault(sid, "no longer under raw/slides (removed or renamed)")
-    return pending
+    return _pending(_bms(defs), {p.slide_id for p in plans})
 
 
 def withdraw_removed(defs: dg.Definitions, plans: list[SlidePlan]) -> dict[str, str]:
@@ -119,11 +115,6 @@ def withdraw_removed(defs: dg.Definitions, plans: list[SlidePlan]) -> dict[str, 
     for sid in withdrawn:
         bms.withdraw_slide(sid)
     return withdrawn
-
-
-def _validated_slides(bms: BmsPipelineResource) -> set[str]:
-    names = bms.outputs.listing("validation")
-    return {n.split("/")[-1].removesuffix(".parquet") for n in names if n.endswith(".parquet")}
 
 
 def register_slides(instance: dg.DagsterInstance, slide_ids: list[str]) -> None:

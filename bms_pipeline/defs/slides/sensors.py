@@ -4,8 +4,8 @@ import json
 
 import dagster as dg
 
-from bms_pipeline.core.run_decision import INVENTORY_ASSET, slides_to_withdraw
-from bms_pipeline.defs.facts import plan_collection, plan_slides
+from bms_pipeline.core.run_decision import INVENTORY_ASSET
+from bms_pipeline.defs.facts import pending_withdrawals, plan_collection, plan_slides
 from bms_pipeline.defs.partitions import SLIDES_PARTITIONS, slides_partitions
 from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.slides.jobs import collection_job, slides_job
@@ -92,13 +92,10 @@ def new_slides_sensor(
         )
     if not busy and not run_requests:
         try:
-            skipped = bms.collection().skipped_slides
+            withdrawn = pending_withdrawals(bms, {s.slide_id for s in statuses})
         except (ValueError, OSError) as exc:
             context.log.warning("collection tables wait: %s", exc)
             return _result(run_requests, new_keys, statuses)
-        withdrawn = slides_to_withdraw(
-            bms.published_slides(), {s.slide_id for s in statuses}, skipped
-        )
         for sid, why in withdrawn.items():
             bms.withdraw_slide(sid)
             context.log.warning("%s withdrawn: %s", sid, why)
