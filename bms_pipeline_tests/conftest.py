@@ -17,6 +17,7 @@ from bms_pipeline.core.dicom.metadata import (
 )
 from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline.core.synthetic.mirax_writer import MiraxGroundTruth
+from bms_pipeline_tests.cli_runs import Finished, demo_root, finish, start_run
 from bms_pipeline_tests.helpers import PATIENT, write_test_slide
 
 COLLECTION = CollectionConfig.from_dict(yaml.safe_load(DEFAULT_COLLECTION_YAML))
@@ -89,3 +90,22 @@ def _no_dagster_defs_state_from_another_test():
 
     with set_defs_state_storage(None):
         yield
+
+
+@dataclass(frozen=True)
+class ConvertedRoot:
+    root: Path
+    first: Finished  # the run that converted
+    second: Finished  # the one that waited for it, then found nothing to do
+
+
+@pytest.fixture(scope="session")
+def cli_converted(tmp_path_factory: pytest.TempPathFactory) -> ConvertedRoot:
+    """Two runs started at once on a new root (the instance is created by both at once):
+    shared by the concurrency, console, crash and sensor tests, which only read it."""
+    root = demo_root(tmp_path_factory.mktemp("cli") / "data")
+    procs = [start_run(root), start_run(root)]
+    a, b = (finish(p) for p in procs)
+    waited = [r for r in (a, b) if "waiting for the other" in r.stdout]
+    first, second = (b, a) if waited == [a] else (a, b)
+    return ConvertedRoot(root, first, second)

@@ -22,7 +22,7 @@ from bms_pipeline.core.synthetic.tables import (
     write_clinical_csv,
     write_lab_values_xlsx,
 )
-from bms_pipeline_tests.benchmarks.bench_thumbnail import copy_corpus_slide, corpus_slide_ids
+from bms_pipeline_tests.thumbnail_scores import copy_corpus_slide, corpus_slide_ids
 
 
 def bounds_of(mrxs: Path) -> tuple[int, int, int, int]:

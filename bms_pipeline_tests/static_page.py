@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = Path(__file__).parent / "core" / "static_page.mjs"
+SCRIPT = Path(__file__).parent / "static_page.mjs"
 NODE_MODULES = Path(__file__).parent / "dicomweb" / "viewer" / "node_modules"
 ARTIFACTS = REPO / "artifacts" / "qc"
 

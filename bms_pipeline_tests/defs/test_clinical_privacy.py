@@ -13,7 +13,7 @@ from bms_pipeline.cli import _print_summary
 from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML
 from bms_pipeline.definitions import build_definitions
 from bms_pipeline.orchestration.operations import run_collection
-from bms_pipeline_tests.core.test_clinical_inputs import PLANTED, _planted
+from bms_pipeline_tests.core.clinical.test_clinical_inputs import PLANTED, _planted
 
 
 def _root(tmp_path: Path, keep: bool) -> Path:
@@ -66,7 +66,7 @@ def test_the_run_summary_names_the_patients_left_out(
     summary = capsys.readouterr().out
     lines = [line for line in summary.splitlines() if "without a converted slide left out" in line]
     assert len(lines) == 2, summary  # the clinical and the laboratory table
-    from bms_pipeline_tests.core.test_clinical_tables import P1, P2, P3, P4
+    from bms_pipeline_tests.core.clinical.test_clinical_tables import P1, P2, P3, P4
 
     for patient in (P1, P2, P3, P4):
         assert all(patient in line for line in lines)

@@ -25,16 +25,16 @@ from wsidicom.codec import Encoder, JpegSettings
 from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML
 from bms_pipeline.core.dicom.thumbnail import MIN_THUMBNAIL_CORRELATION
 from bms_pipeline.core.mirax.direct import MiraxDirectReader, MiraxDirectUnsupported
-from bms_pipeline_tests.benchmarks.bench_thumbnail import (
+from bms_pipeline_tests.cli_runs import Finished, finish, start_run
+from bms_pipeline_tests.foreign_corpus import bounds_of, write_foreign_root
+from bms_pipeline_tests.helpers import psnr
+from bms_pipeline_tests.thumbnail_scores import (
     Scores,
     convert_mrxs,
     corpus_slide_ids,
     generator_variants,
     score_series,
 )
-from bms_pipeline_tests.defs.cli_runs import Finished, finish, start_run
-from bms_pipeline_tests.foreign_corpus import bounds_of, write_foreign_root
-from bms_pipeline_tests.helpers import psnr
 
 SLIDES = corpus_slide_ids()
 

@@ -16,7 +16,7 @@ from PIL import Image
 from bms_pipeline.core.dicom.thumbnail import correlation
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.qc.pictures import thumbnail_picture
-from bms_pipeline_tests.defs.conftest import ConvertedRoot
+from bms_pipeline_tests.conftest import ConvertedRoot
 from bms_pipeline_tests.static_page import open_page
 
 DATA_URI = re.compile(r"\(data:(image/(?:jpeg|png));base64,([A-Za-z0-9+/=]+)\)")

@@ -23,7 +23,7 @@ import pytest
 
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.privacy.audit import AuditReport, audit_layout
-from bms_pipeline_tests.defs.cli_runs import Finished, cli, demo_root
+from bms_pipeline_tests.cli_runs import Finished, cli, demo_root
 from bms_pipeline_tests.privacy import PLANTED, places_holding, plant_properties
 
 PASSWORD = "S3cretPassw0rd-for-tests"

@@ -11,7 +11,7 @@ import dagster as dg
 from bms_pipeline.definitions import build_definitions
 from bms_pipeline.defs.resources import BmsPipelineResource
 from bms_pipeline.defs.slides.sensors import new_slides_sensor
-from bms_pipeline_tests.defs.conftest import ConvertedRoot
+from bms_pipeline_tests.conftest import ConvertedRoot
 from bms_pipeline_tests.helpers import write_test_slide
 
 NEW_SLIDE = "FEDCBA9876543210FEDCBA9876543210_1_bm"

@@ -32,7 +32,7 @@ THUMBNAIL_MAX_SIDE = 1024
 
 MIN_THUMBNAIL_CORRELATION = 0.9
 """Pearson correlation of the luminance of the THUMBNAIL and of the compared VOLUME level
-reduced to the same size. Measured (`bms_pipeline_tests/benchmarks/bench_thumbnail.py`, the
+reduced to the same size. Measured (`benchmarks/bench_thumbnail.py`, the
 README's table) over the 12 foreign MIRAX slides and the generator's variants: right
 THUMBNAILs 0.995 or more; wrong pictures (another region, shifted by 1/128 of the side or
 more, flipped, the macro, a preview of another area, wsidicomizer's preview crop) 0.835 at

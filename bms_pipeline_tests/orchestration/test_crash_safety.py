@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from bms_pipeline.core.budget import CONVERSION_POOL
-from bms_pipeline_tests.defs.cli_runs import (
+from bms_pipeline_tests.cli_runs import (
     demo_root,
     dicom_digest,
     finish,
@@ -21,7 +21,7 @@ from bms_pipeline_tests.defs.cli_runs import (
     start_run,
     wait_for_conversion,
 )
-from bms_pipeline_tests.defs.conftest import ConvertedRoot
+from bms_pipeline_tests.conftest import ConvertedRoot
 
 
 def _runs(root: Path) -> list[dg.DagsterRun]:

@@ -1,7 +1,7 @@
 """IDC's SM conventions (1024 px tiles, levels 0, 2, 4, ...) against the old defaults
 (512 px tiles, every level) on the large demo slide, alternating, in one run.
 
-    python3.12 -m uv run python -m bms_pipeline_tests.benchmarks.bench_conventions --runs 2
+    python3.12 -m uv run python -m benchmarks.bench_conventions --runs 2
 
 Each conversion runs in a fresh process (the full IDC metadata and the publication gate,
 as `sm_series` converts), so peak RSS is the conversion's own.
@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bms_pipeline_tests.benchmarks.bench_conversion import ensure_dataset, single_slide
+from benchmarks.bench_conversion import ensure_dataset, single_slide
 
-MODULE = "bms_pipeline_tests.benchmarks.bench_conventions"
+MODULE = "benchmarks.bench_conventions"
 VARIANTS = {
     "idc": {"tile_size": 1024, "include_levels": [0, 2, 4, 6, 8, 10]},
     "old": {"tile_size": 512, "include_levels": None},

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bms_pipeline_tests.benchmarks.conversion.common import MODULE, PROJECT_ROOT
+from benchmarks.conversion.common import MODULE, PROJECT_ROOT
 
 
 @dataclass

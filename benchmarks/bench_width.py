@@ -1,6 +1,6 @@
 """The square `large` slide and a slide as wide as the real BMDeep ones, side by side (issue 17).
 
-    python3.12 -m uv run python -m bms_pipeline_tests.benchmarks.bench_width --runs 2
+    python3.12 -m uv run python -m benchmarks.bench_width --runs 2
 
 On each slide, alternating variant by variant in one run (the machine is shared, so every
 comparison is a ratio of runs made in the same minutes):
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bms_pipeline_tests.benchmarks.bench_conversion import (
+from benchmarks.bench_conversion import (
     TruthRegions,
     base_size,
     cores,
@@ -53,7 +53,7 @@ from bms_pipeline_tests.benchmarks.bench_conversion import (
     tool,
 )
 
-MODULE = "bms_pipeline_tests.benchmarks.bench_width"
+MODULE = "benchmarks.bench_width"
 QUALITY = 80
 VARIANTS = ("ours-idc", "ours-512", "orthanc-1024", "orthanc-512", "cli", "codec", "job")
 OPTIONAL = ("before-idc", "before-job")  # with --before: ours-idc / job on another checkout

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bms_pipeline_tests.benchmarks.conversion.common import TILE
+from benchmarks.conversion.common import TILE
 
 
 def ensure_dataset(cache: Path, size: str, seed: int, slides: int) -> Path:

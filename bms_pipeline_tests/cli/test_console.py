@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
-from bms_pipeline_tests.defs.cli_runs import cli, finish, start_run
-from bms_pipeline_tests.defs.conftest import ConvertedRoot
+from bms_pipeline_tests.cli_runs import cli, finish, start_run
+from bms_pipeline_tests.conftest import ConvertedRoot
 
 NOISE = ("alembic", "highdicom", " DEBUG ", "STEP_START", "Traceback")
 

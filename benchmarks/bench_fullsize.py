@@ -1,7 +1,7 @@
 """One slide of real BMDeep size through every step, against OrthancWSIDicomizer (issue 29).
 
     python3.12 -m uv run bms-pipeline demo-data --data-root .bench/full/data --size full --slides 1
-    nice -n 19 python3.12 -m uv run python -m bms_pipeline_tests.benchmarks.bench_fullsize \\
+    nice -n 19 python3.12 -m uv run python -m benchmarks.bench_fullsize \\
         .bench/full/data
 
 (`--size full --width 190528 --height 112192` for the quarter-height slide.) In one run, on
@@ -37,16 +37,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bms_pipeline_tests.benchmarks.bench_width import conversion_seconds, job_phases
-from bms_pipeline_tests.benchmarks.conversion.common import cores
-from bms_pipeline_tests.benchmarks.conversion.datasets import run_root, single_slide
-from bms_pipeline_tests.benchmarks.conversion.measuring import (
+from benchmarks.bench_width import conversion_seconds, job_phases
+from benchmarks.conversion.common import cores
+from benchmarks.conversion.datasets import run_root, single_slide
+from benchmarks.conversion.measuring import (
     Proc,
     ensure_orthanc,
     openslide_library,
     run_measured,
 )
-from bms_pipeline_tests.benchmarks.conversion.outputs import base_size, dicom_files
+from benchmarks.conversion.outputs import base_size, dicom_files
 
 QUALITY = 80
 
@@ -91,7 +91,7 @@ class Sampler:
     """Peak tree RSS and peak bytes under `folder` while a measured child runs."""
 
     def __init__(self, folder: Path) -> None:
-        from bms_pipeline_tests.benchmarks.conversion import measuring
+        from benchmarks.conversion import measuring
 
         self.folder = folder
         self.runner = measuring._runner.pid if measuring._runner else os.getpid()  # noqa: SLF001
@@ -116,7 +116,7 @@ class Sampler:
 
 
 def measured(cmd: list[str], log: Path, folder: Path, cwd: Path | None = None) -> dict[str, Any]:
-    from bms_pipeline_tests.benchmarks.conversion.measuring import start_runner
+    from benchmarks.conversion.measuring import start_runner
 
     start_runner()
     folder.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Run from the project root with::
 
-    uv run --with py-spy python -m bms_pipeline_tests.benchmarks.bench_conversion --runs 3 --profile
+    uv run --with py-spy python -m benchmarks.bench_conversion --runs 3 --profile
 
 (``--with py-spy`` puts py-spy in a throwaway overlay environment; it is only needed for
 ``--profile``.) It writes ``docs/benchmarks.md`` and prints the same markdown.
@@ -51,14 +51,14 @@ import shutil
 import sys
 from datetime import UTC, datetime
 
-from bms_pipeline_tests.benchmarks.conversion.bench import (  # noqa: F401
+from benchmarks.conversion.bench import (  # noqa: F401
     Bench,
     Sample,
     VariantStats,
     base_size_of_small,
     step_seconds,
 )
-from bms_pipeline_tests.benchmarks.conversion.children import (  # noqa: F401
+from benchmarks.conversion.children import (  # noqa: F401
     CHILDREN,
     STAGES,
     child_codec,
@@ -69,7 +69,7 @@ from bms_pipeline_tests.benchmarks.conversion.children import (  # noqa: F401
     child_wsidicomizer_api,
     patch_converter,
 )
-from bms_pipeline_tests.benchmarks.conversion.common import (  # noqa: F401
+from benchmarks.conversion.common import (  # noqa: F401
     DESCRIPTIONS,
     GIGA,
     MIB,
@@ -80,7 +80,7 @@ from bms_pipeline_tests.benchmarks.conversion.common import (  # noqa: F401
     VARIANTS,
     cores,
 )
-from bms_pipeline_tests.benchmarks.conversion.datasets import (  # noqa: F401
+from benchmarks.conversion.datasets import (  # noqa: F401
     ensure_dataset,
     ground_truth,
     level_records,
@@ -88,7 +88,7 @@ from bms_pipeline_tests.benchmarks.conversion.datasets import (  # noqa: F401
     run_root,
     single_slide,
 )
-from bms_pipeline_tests.benchmarks.conversion.measuring import (  # noqa: F401
+from benchmarks.conversion.measuring import (  # noqa: F401
     RUNNER,
     Proc,
     ensure_orthanc,
@@ -98,19 +98,19 @@ from bms_pipeline_tests.benchmarks.conversion.measuring import (  # noqa: F401
     start_runner,
     tool,
 )
-from bms_pipeline_tests.benchmarks.conversion.outputs import (  # noqa: F401
+from benchmarks.conversion.outputs import (  # noqa: F401
     TruthRegions,
     base_size,
     dciodvfy_errors,
     dicom_files,
 )
-from bms_pipeline_tests.benchmarks.conversion.profiling import (  # noqa: F401
+from benchmarks.conversion.profiling import (  # noqa: F401
     BUCKETS,
     WAITING,
     profile_buckets,
     summarise_profile,
 )
-from bms_pipeline_tests.benchmarks.conversion.report import fmt, machine_info, render, source_state  # noqa: F401
+from benchmarks.conversion.report import fmt, machine_info, render, source_state  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

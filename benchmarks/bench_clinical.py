@@ -1,6 +1,6 @@
 """Benchmark: a 100,000-row lab sheet through build_clinical_tables and write_outputs.
 
-Run with ``uv run python -m bms_pipeline_tests.benchmarks.bench_clinical [--rows N]``.
+Run with ``uv run python -m benchmarks.bench_clinical [--rows N]``.
 The synthetic clinical.csv and lab_values.xlsx are written by the project's own generator
 in a child process first, so the peak RSS reported here (``resource.getrusage``, this
 process only) is the table builder's and writer's, not xlsxwriter's.

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bms_pipeline_tests.benchmarks.conversion.common import cores
+from benchmarks.conversion.common import cores
 
 
 def dicom_files(folder: Path) -> list[Path]:

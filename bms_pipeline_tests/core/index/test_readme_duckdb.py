@@ -17,7 +17,7 @@ from bms_pipeline.core.layout import DataLayout
 from bms_pipeline_tests.conftest import COLLECTION
 from bms_pipeline_tests.pipeline_output import PipelineOutput
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[3] / "README.md"
 
 
 def _snippet() -> str:

@@ -3,7 +3,7 @@
 
 Run from the project root with::
 
-    python3.12 -m uv run --locked python -m bms_pipeline_tests.benchmarks.bench_backfill
+    python3.12 -m uv run --locked python -m benchmarks.bench_backfill
 
 It needs the live services of ``bms_pipeline_tests/live`` (PostgreSQL and RabbitMQ on
 127.0.0.1; moto's S3 server is started here) and prints a markdown section for

@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bms_pipeline_tests.benchmarks.conversion.common import MIB, PROJECT_ROOT, QUALITY, TILE, cores
-from bms_pipeline_tests.benchmarks.conversion.datasets import (
+from benchmarks.conversion.common import MIB, PROJECT_ROOT, QUALITY, TILE, cores
+from benchmarks.conversion.datasets import (
     ensure_dataset,
     ground_truth,
     output_tiles,
     run_root,
     single_slide,
 )
-from bms_pipeline_tests.benchmarks.conversion.measuring import (
+from benchmarks.conversion.measuring import (
     Proc,
     ensure_orthanc,
     openslide_library,
@@ -27,14 +27,14 @@ from bms_pipeline_tests.benchmarks.conversion.measuring import (
     run_measured,
     tool,
 )
-from bms_pipeline_tests.benchmarks.conversion.outputs import (
+from benchmarks.conversion.outputs import (
     TruthRegions,
     base_size,
     dciodvfy_errors,
     dicom_files,
 )
-from bms_pipeline_tests.benchmarks.conversion.profiling import summarise_profile
-from bms_pipeline_tests.benchmarks.conversion.report import source_state
+from benchmarks.conversion.profiling import summarise_profile
+from benchmarks.conversion.report import source_state
 
 
 @dataclass

@@ -25,7 +25,7 @@ from bms_pipeline.core.clinical.qa import free_text_phi_columns
 from bms_pipeline.core.clinical.tables import build_clinical_tables, write_outputs
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.store import OutputWriteError
-from bms_pipeline_tests.core.test_clinical_tables import (
+from bms_pipeline_tests.core.clinical.test_clinical_tables import (
     COLLECTION,
     LAB_COLUMNS,
     NASTY_ROWS,

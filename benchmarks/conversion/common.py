@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-MODULE = "bms_pipeline_tests.benchmarks.bench_conversion"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MODULE = "benchmarks.bench_conversion"
 VARIANTS = "ABCDEFGHI"
 TILE = 512
 QUALITY = 80

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bms_pipeline_tests.benchmarks.conversion.common import QUALITY, TILE
-from bms_pipeline_tests.benchmarks.conversion.datasets import level_records
+from benchmarks.conversion.common import QUALITY, TILE
+from benchmarks.conversion.datasets import level_records
 
 
 def _write_result(path: str, payload: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """Benchmark: 1,000,000 detection boxes into one ANN file (issue 5: aim for < 10 s).
 
-Run with ``uv run python -m bms_pipeline_tests.benchmarks.bench_ann [--boxes N]``. A small
+Run with ``uv run python -m benchmarks.bench_ann [--boxes N]``. A small
 synthetic slide is converted in a child process first, so that the peak RSS reported here
 (``resource.getrusage``, this process only) is the encoder's, not wsidicomizer's.
 """
