@@ -44,13 +44,13 @@ from wsidicomizer.sources.openslide_like.openslide_like_image_data import (
     OpenSlideLikeSingleImageData,
 )
 
+from bms_pipeline.core.dicom.region_reader import ReadRefused, RegionReader, open_mirax_reader
 from bms_pipeline.core.dicom.thumbnail import render_thumbnail
 from bms_pipeline.core.dicom.wsidicomizer_seam import (
     OpenSlideLevel,
     OpenSlideSourceSeam,
     unpremultiply_to_rgba,
 )
-from bms_pipeline.core.mirax.direct import MiraxDirectReader, MiraxDirectUnsupported
 
 logger = logging.getLogger(__name__)
 
@@ -209,14 +209,14 @@ class FastOpenSlideLevelImageData(OpenSlideLevel):
     transparency take wsidicomizer's path (with the cheaper compositing below).
     """
 
-    _direct: MiraxDirectReader | None = None
+    _direct: RegionReader | None = None
     _reads: _LevelCounter | None = None
     _slide_path: Path = Path()
     _blank_tile: tuple[Size, bytes] | None = None
 
     def attach_direct_reader(
         self,
-        reader: MiraxDirectReader | None,
+        reader: RegionReader | None,
         log: ReaderLog | None = None,
         why_not: str | None = None,
         slide_path: Path | None = None,
@@ -315,7 +315,7 @@ class FastOpenSlideLevelImageData(OpenSlideLevel):
                 pixels = self._direct.read_bgra(
                     self.level_index, x, y, region.size.width, region.size.height
                 )
-            except MiraxDirectUnsupported as exc:
+            except ReadRefused as exc:
                 # A read the direct reader cannot reproduce exactly: OpenSlide's own.
                 if self._reads is not None:
                     self._reads.count(False, _short(exc, self._slide_path))
@@ -395,10 +395,10 @@ class PyramidThumbnailImageData(OpenSlideLikeSingleImageData):
 
 class FastOpenSlideSource(OpenSlideSourceSeam):
     """wsidicomizer's OpenSlide source, with `FastOpenSlideLevelImageData` for the levels and,
-    for MIRAX, a `MiraxDirectReader` beside the OpenSlide handle."""
+    for MIRAX, the direct MIRAX reader (a `RegionReader`) beside the OpenSlide handle."""
 
     direct_mirax: ClassVar[bool] = True
-    _direct: MiraxDirectReader | None = None
+    _direct: RegionReader | None = None
     _why_not_direct: str | None = None
     _slide_path: Path = Path()
 
@@ -413,11 +413,10 @@ class FastOpenSlideSource(OpenSlideSourceSeam):
             self._why_not_direct = "not a MIRAX slide"
         else:
             try:
-                self._direct = MiraxDirectReader.open(
-                    path,
-                    cache_bytes=decoded_image_cache_bytes(self.slide.dimensions[0], tile_size),
+                self._direct = open_mirax_reader(
+                    path, decoded_image_cache_bytes(self.slide.dimensions[0], tile_size)
                 )
-            except MiraxDirectUnsupported as exc:
+            except ReadRefused as exc:
                 logger.info("reading %s through OpenSlide: %s", path, exc)
                 self._why_not_direct = (
                     f"the direct reader does not open the slide: {_short(exc, path)}"
