@@ -234,11 +234,11 @@ def library_problems(
         read_region, argb2rgba = _openslide_private()
     except ImportError as exc:
         return [f"openslide-python lacks a private function this module uses: {exc}"]
-    params = list(inspect.signature(read_region).parameters)
-    if len(params) != 7:
+    argtypes = getattr(read_region, "argtypes", None)  # a ctypes function of libopenslide
+    if argtypes is None or len(argtypes) != 7:
         problems.append(
             "openslide.lowlevel._read_region no longer takes (osr, buf, x, y, level, w, h): "
-            f"its parameters are {params}"
+            f"its ctypes argtypes are {argtypes}"
         )
     if not callable(argb2rgba):
         problems.append("openslide._convert.argb2rgba is no longer a function")
