@@ -205,3 +205,61 @@ def test_wsidicomizer_calls_the_hooks_and_writes_its_own_pixels_through_them(
     assert seam.keys() == stock.keys() and len(seam) >= 3
     for key, pixels in stock.items():
         assert seam[key] == pixels, f"{key}: the seam's frames differ from wsidicomizer's"
+
+
+PRIVATE_NAMES = frozenset(
+    {
+        "_osr",
+        "_read_region",
+        "argb2rgba",
+        "_get_region",
+        "_composite_over_background",
+        "_create_level_image_data",
+        "_create_overview_image_data",
+        "_create_thumbnail_image_data",
+        "_create_label_image_data",
+        "_base_level_offset",
+        "_base_level_size",
+        "_get_associated_image",
+        "_get_blank_encoded_frame",
+        "_detect_blank_tile",
+        "_blank_color",
+        "_level_index",
+        "_downsample",
+        "_offset",
+    }
+)
+"""The private names of wsidicomizer and openslide-python the seam wraps."""
+PRIVATE_MODULES = ("openslide.lowlevel", "openslide._convert", "wsidicomizer.extras.openslide")
+
+
+def test_only_the_seam_uses_the_libraries_private_names() -> None:
+    """Every use (attribute, definition or import, not prose) of a wrapped private name or
+    module in the package is in core/dicom/wsidicomizer_seam.py."""
+    import ast
+
+    import bms_pipeline
+
+    package = Path(bms_pipeline.__file__).parent
+    seam = package / "core" / "dicom" / "wsidicomizer_seam.py"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path == seam:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Attribute):
+                names = [node.attr]
+            elif isinstance(node, ast.FunctionDef):
+                names = [node.name]
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                names = [a.name for a in node.names]
+                if module.startswith(PRIVATE_MODULES):
+                    names.append(module)
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith(PRIVATE_MODULES)]
+            for name in names:
+                if name in PRIVATE_NAMES or name.startswith(PRIVATE_MODULES):
+                    found.append(f"{path.relative_to(package)}:{node.lineno}: {name}")
+    assert not found, "private library names outside the seam: " + ", ".join(found)
