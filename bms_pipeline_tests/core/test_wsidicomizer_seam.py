@@ -183,7 +183,9 @@ def _pixels_by_kind(files: list[Path]) -> dict[tuple[str, int], bytes]:
     out = {}
     for path in files:
         ds = pydicom.dcmread(path)
-        out[(str(ds.ImageType[2]), int(ds.get("TotalPixelMatrixColumns", ds.Columns)))] = ds.PixelData
+        out[(str(ds.ImageType[2]), int(ds.get("TotalPixelMatrixColumns", ds.Columns)))] = (
+            ds.PixelData
+        )
     return out
 
 
