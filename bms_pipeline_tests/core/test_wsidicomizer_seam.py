@@ -263,5 +263,7 @@ def test_only_the_seam_uses_the_libraries_private_names() -> None:
                 names = [a.name for a in node.names if a.name.startswith(PRIVATE_MODULES)]
             for name in names:
                 if name in PRIVATE_NAMES or name.startswith(PRIVATE_MODULES):
-                    found.append(f"{path.relative_to(package)}:{node.lineno}: {name}")
+                    found.append(
+                        f"{path.relative_to(package)}:{getattr(node, 'lineno', 0)}: {name}"
+                    )
     assert not found, "private library names outside the seam: " + ", ".join(found)
