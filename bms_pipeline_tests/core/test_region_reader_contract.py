@@ -121,3 +121,29 @@ def test_the_reader_serves_most_of_the_corpus(corpus_copy: Path) -> None:
         opened += reader.supports_level(0)
         reader.close()
     assert opened >= len(ids) * 2 // 3, f"the direct reader serves {opened} of {len(ids)}"
+
+
+def test_the_package_reaches_the_direct_reader_only_through_the_interface() -> None:
+    """Outside core/mirax/direct/ itself, only core/dicom/region_reader.py imports it."""
+    import ast
+
+    import bms_pipeline
+
+    package = Path(bms_pipeline.__file__).parent
+    allowed = {package / "core" / "dicom" / "region_reader.py"}
+    direct = package / "core" / "mirax" / "direct"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path in allowed or direct in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            modules = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            if any(m.startswith("bms_pipeline.core.mirax.direct") for m in modules):
+                found.append(f"{path.relative_to(package)}:{getattr(node, 'lineno', 0)}")
+    assert not found, "the direct MIRAX reader imported outside its interface: " + ", ".join(found)
