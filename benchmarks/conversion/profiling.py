@@ -49,7 +49,7 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
-def _call_lines(cls: type, method: str, needles: Sequence[str]) -> list[str]:
+def _call_lines(cls: object, method: str, needles: Sequence[str]) -> list[str]:
     """`Class.method (dir/file.py:LINE` keys of the lines in `method` that call a needle:
     ctypes and C-extension calls show up in py-spy as their Python caller's line."""
     import inspect
@@ -81,6 +81,13 @@ def profile_buckets() -> list[tuple[str, tuple[str, ...]]]:
                 read += _call_lines(Fast, method, ["_read_region("])
                 argb += _call_lines(Fast, method, ["convert_argb_to_rgba("])
                 encode += _call_lines(Fast, method, ["jpeg8_encode("])
+    except ImportError:
+        pass
+    try:  # since the seam, the C calls are made in its two wrappers
+        from bms_pipeline.core.dicom import wsidicomizer_seam as seam
+
+        read += _call_lines(seam, "read_premultiplied_bgra", ["_READ_REGION("])
+        argb += _call_lines(seam, "unpremultiply_to_rgba", ["_ARGB2RGBA("])
     except ImportError:
         pass
     return [

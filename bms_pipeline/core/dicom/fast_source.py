@@ -13,11 +13,14 @@ conversion's CPU after the compositing fix) re-assembles every tile through its 
 cache and premultiplied-ARGB painting. Other levels and reads go through OpenSlide.
 Which reader served each level, and why one fell back, is recorded in a `ReaderLog`
 (`recording_reads`), which the conversion result and `sm_series` metadata show.
+
+wsidicomizer and OpenSlide offer no public hook for any of this: every private name it needs
+is wrapped in `core.dicom.wsidicomizer_seam`, and this module uses only that module's public
+surface and the libraries' public interfaces.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import sys
 import threading
@@ -34,18 +37,20 @@ from openslide import OpenSlideCache
 from wsidicom.codec import Encoder, JpegSettings
 from wsidicom.codec.settings import Channels
 from wsidicom.errors import WsiDicomNotFoundError
-from wsidicom.geometry import Point, Region, SizeMm
+from wsidicom.geometry import Point, Region, Size, SizeMm
 from wsidicom.metadata import ImageCoordinateSystem
-from wsidicomizer.extras.openslide.openslide import _read_region, convert_argb_to_rgba
-from wsidicomizer.extras.openslide.openslide_image_data import OpenSlideLevelImageData
-from wsidicomizer.extras.openslide.openslide_source import OpenSlideSource
 from wsidicomizer.image_data import BaseDicomizerImageData
 from wsidicomizer.sources.openslide_like.openslide_like_image_data import (
     OpenSlideLikeSingleImageData,
 )
 
+from bms_pipeline.core.dicom.region_reader import ReadRefused, RegionReader, open_mirax_reader
 from bms_pipeline.core.dicom.thumbnail import render_thumbnail
-from bms_pipeline.core.mirax.direct import MiraxDirectReader, MiraxDirectUnsupported
+from bms_pipeline.core.dicom.wsidicomizer_seam import (
+    OpenSlideLevel,
+    OpenSlideSourceSeam,
+    unpremultiply_to_rgba,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +200,7 @@ def _short(reason: object, path: Path) -> str:
 _JPEG_COLORSPACES = {Channels.YBR: JPEG8.CS.YCbCr, Channels.RGB: JPEG8.CS.RGB}
 
 
-class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
+class FastOpenSlideLevelImageData(OpenSlideLevel):
     """Encodes tiles itself, opaque ones straight from OpenSlide's buffer.
 
     OpenSlide fills a uint32 ARGB buffer, which on a little-endian machine is BGRA bytes;
@@ -204,13 +209,14 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
     transparency take wsidicomizer's path (with the cheaper compositing below).
     """
 
-    _direct: MiraxDirectReader | None = None
+    _direct: RegionReader | None = None
     _reads: _LevelCounter | None = None
     _slide_path: Path = Path()
+    _blank_tile: tuple[Size, bytes] | None = None
 
     def attach_direct_reader(
         self,
-        reader: MiraxDirectReader | None,
+        reader: RegionReader | None,
         log: ReaderLog | None = None,
         why_not: str | None = None,
         slide_path: Path | None = None,
@@ -218,24 +224,36 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
         """Read this level's pixels with `reader` where it supports the level; count the
         reads in `log` (`why_not`: why there is no reader for the slide)."""
         self._direct = (
-            reader if reader is not None and reader.supports_level(self._level_index) else None
+            reader if reader is not None and reader.supports_level(self.level_index) else None
         )
         self._slide_path = slide_path or Path()
         if log is not None:
             reason = (
-                _short(reader.unsupported_reason(self._level_index), self._slide_path)
+                _short(reader.unsupported_reason(self.level_index), self._slide_path)
                 if reader is not None and self._direct is None
                 else why_not
             )
             width, height = self._osr_level_size()
-            self._reads = log.level(self._level_index, width, height, reason)
+            self._reads = log.level(self.level_index, width, height, reason)
 
     def _osr_level_size(self) -> tuple[int, int]:
         size = self.image_size
         return int(size.width), int(size.height)
 
-    def _composite_over_background(self, rgba: np.ndarray) -> np.ndarray:
+    def composite(self, rgba: np.ndarray) -> np.ndarray:
+        """wsidicomizer's compositing, bit for bit, cheaper (`composite_over_background`);
+        wsidicomizer's own reads of this level use it too."""
         return composite_over_background(rgba, self.blank_color)
+
+    def _blank_encoded_tile(self) -> bytes:
+        """A tile of the background colour, encoded once per level (as wsidicomizer's
+        blank frame: the colour filled in RGB and given to the level's encoder)."""
+        size = self.tile_size
+        cached = self._blank_tile
+        if cached is None or cached[0] != size:
+            frame = np.full((size.height, size.width, 3), self.blank_color, dtype=np.uint8)
+            cached = self._blank_tile = (size, self.encoder.encode(frame))
+        return cached[1]
 
     @property
     def transcoder(self) -> Encoder | None:
@@ -291,13 +309,13 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
 
     def _read_bgra(self, region: Region) -> np.ndarray:
         """OpenSlide's premultiplied pixels of `region` as an (h, w, 4) BGRA array."""
-        location = region.start * self._downsample + self._offset
         if self._direct is not None:
+            x, y = self.base_location(region)
             try:
                 pixels = self._direct.read_bgra(
-                    self._level_index, location.x, location.y, region.size.width, region.size.height
+                    self.level_index, x, y, region.size.width, region.size.height
                 )
-            except MiraxDirectUnsupported as exc:
+            except ReadRefused as exc:
                 # A read the direct reader cannot reproduce exactly: OpenSlide's own.
                 if self._reads is not None:
                     self._reads.count(False, _short(exc, self._slide_path))
@@ -307,17 +325,7 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
                 return pixels
         elif self._reads is not None:
             self._reads.count(False)
-        buffer = np.empty((region.size.height, region.size.width, 4), dtype=np.uint8)
-        _read_region(
-            self._osr,
-            buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
-            location.x,
-            location.y,
-            self._level_index,
-            region.size.width,
-            region.size.height,
-        )
-        return buffer
+        return self.read_openslide_bgra(region)
 
     def get_encoded_tile(self, tile: Point, z: float, path: str) -> bytes:
         direct = self._direct_jpeg()
@@ -330,11 +338,10 @@ class FastOpenSlideLevelImageData(OpenSlideLevelImageData):
         bgra = self._read_bgra(Region(tile * self.tile_size, self.tile_size))
         pixels = bgra.view(np.uint32)[..., 0]
         if self._is_blank(pixels):
-            return self._get_blank_encoded_frame(self.tile_size)
+            return self._blank_encoded_tile()
         # Opaque means every uint32 pixel (A in the top byte) is at least 0xFF000000.
         if pixels.min() < 0xFF000000 and not self._fill_transparent(pixels):
-            convert_argb_to_rgba(bgra.view(ctypes.c_uint32))  # type: ignore[arg-type]
-            return self.encoder.encode(self._composite_over_background(bgra))
+            return self.encoder.encode(self.composite(unpremultiply_to_rgba(bgra)))
         quality, subsampling, colorspace = direct
         return bytes(
             jpeg8_encode(
@@ -386,19 +393,19 @@ class PyramidThumbnailImageData(OpenSlideLikeSingleImageData):
         return self._imaged_size
 
 
-class FastOpenSlideSource(OpenSlideSource):
+class FastOpenSlideSource(OpenSlideSourceSeam):
     """wsidicomizer's OpenSlide source, with `FastOpenSlideLevelImageData` for the levels and,
-    for MIRAX, a `MiraxDirectReader` beside the OpenSlide handle."""
+    for MIRAX, the direct MIRAX reader (a `RegionReader`) beside the OpenSlide handle."""
 
     direct_mirax: ClassVar[bool] = True
-    _direct: MiraxDirectReader | None = None
+    _direct: RegionReader | None = None
     _why_not_direct: str | None = None
     _slide_path: Path = Path()
 
     def __init__(self, filepath: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(filepath, *args, **kwargs)
         self._reader_log = _READER_LOG.get()
-        tile_size = self._tile_size or 512
+        tile_size = self.requested_tile_size or 512
         path = self._slide_path = Path(str(filepath))
         if not self.direct_mirax:
             self._why_not_direct = "the direct MIRAX reader is turned off"
@@ -406,16 +413,15 @@ class FastOpenSlideSource(OpenSlideSource):
             self._why_not_direct = "not a MIRAX slide"
         else:
             try:
-                self._direct = MiraxDirectReader.open(
-                    path,
-                    cache_bytes=decoded_image_cache_bytes(self._slide.dimensions[0], tile_size),
+                self._direct = open_mirax_reader(
+                    path, decoded_image_cache_bytes(self.slide.dimensions[0], tile_size)
                 )
-            except MiraxDirectUnsupported as exc:
+            except ReadRefused as exc:
                 logger.info("reading %s through OpenSlide: %s", path, exc)
                 self._why_not_direct = (
                     f"the direct reader does not open the slide: {_short(exc, path)}"
                 )
-        self._slide.set_cache(OpenSlideCache(self.openslide_cache_bytes(tile_size)))
+        self.slide.set_cache(OpenSlideCache(self.openslide_cache_bytes(tile_size)))
 
     def openslide_cache_bytes(self, tile_size: int) -> int:
         """OpenSlide's cache, sized for the widest level it serves (those the direct reader
@@ -424,7 +430,7 @@ class FastOpenSlideSource(OpenSlideSource):
         direct = self._direct
         widths = [
             width
-            for level, (width, _) in enumerate(self._slide.level_dimensions)
+            for level, (width, _) in enumerate(self.slide.level_dimensions)
             if direct is None or not direct.supports_level(level)
         ]
         if not widths:
@@ -436,62 +442,40 @@ class FastOpenSlideSource(OpenSlideSource):
             self._direct.close()
         super().close()
 
-    def _create_overview_image_data(self) -> BaseDicomizerImageData | None:
+    def overview_image_data(self) -> BaseDicomizerImageData | None:
         """The slide preview, with the nominal pixel spacing of core/dicom/viewer_compat.py."""
-        from wsidicomizer.sources.openslide_like.openslide_like_source import (
-            OpenSlideLikeAssociatedImageType,
-        )
-
         from bms_pipeline.core.dicom.viewer_compat import NominalSpacingOverviewImageData
 
-        image = self._get_associated_image(OpenSlideLikeAssociatedImageType.MACRO)
+        image = self.macro_image()
         if image is None:
             return None
         overview = self.metadata.overview
         system = overview.image.image_coordinate_system if overview and overview.image else None
         return NominalSpacingOverviewImageData(
-            image, self._blank_color, self._encoder, image_coordinate_system=system
+            image, self.background, self.encoder, image_coordinate_system=system
         )
 
-    def _create_thumbnail_image_data(self) -> BaseDicomizerImageData | None:
+    def thumbnail_image_data(self) -> BaseDicomizerImageData | None:
         """The converted region of the pyramid, never the MIRAX preview (which may cover
         another region, or be absent)."""
         image = self.metadata.pyramid.image
         if image.pixel_spacing is None:
             raise ValueError("no pixel spacing: give one in the metadata to make a THUMBNAIL")
-        x, y = (
-            (self._base_level_offset.x, self._base_level_offset.y)
-            if self._base_level_offset
-            else (0, 0)
-        )
-        width, height = (
-            (self._base_level_size.width, self._base_level_size.height)
-            if self._base_level_size
-            else self._slide.dimensions
-        )
-        color = self._blank_color if self._blank_color is not None else 255
+        x, y, width, height = self.converted_region
+        color = self.background if self.background is not None else 255
         background = (color, color, color) if isinstance(color, int) else color
-        pixels = render_thumbnail(self._slide, (x, y, width, height), background)
+        pixels = render_thumbnail(self.slide, (x, y, width, height), background)
         return PyramidThumbnailImageData(
             pixels,
             color,
-            self._encoder,
+            self.encoder,
             image.pixel_spacing,
             (width, height),
             image.image_coordinate_system,
         )
 
-    def _create_level_image_data(self, level_index: int) -> BaseDicomizerImageData:
-        image_data = FastOpenSlideLevelImageData(
-            self._slide,
-            self._blank_color,
-            self._base_level_offset,
-            self._base_level_size,
-            self.metadata.pyramid.image,
-            level_index,
-            self._tile_size,
-            self._encoder,
-        )
+    def level_image_data(self, level_index: int) -> BaseDicomizerImageData:
+        image_data = FastOpenSlideLevelImageData(self, level_index)
         image_data.attach_direct_reader(
             self._direct, self._reader_log, self._why_not_direct, self._slide_path
         )
