@@ -21,7 +21,7 @@ from bms_pipeline.core.dicom.region_reader import (
     RegionReader,
     open_mirax_reader,
 )
-from bms_pipeline_tests.benchmarks.bench_thumbnail import copy_corpus_slide, corpus_slide_ids
+from bms_pipeline_tests.thumbnail_scores import copy_corpus_slide, corpus_slide_ids
 
 TILE = 512
 CACHE_BYTES = 32 << 20  # small: evictions happen within a slide
