@@ -88,6 +88,7 @@ def test_a_command_leaves_the_environment_as_it_was(
             str(tmp_path / "o"),
         ]
     )
-    assert code == 0, capsys.readouterr()
-    assert "missing" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert " new " in printed
     assert dict(os.environ) == before

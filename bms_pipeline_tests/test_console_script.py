@@ -97,10 +97,11 @@ def test_the_console_script_exits_with_mains_code(tmp_path: Path) -> None:
 
 SPEEDUPS_PROBE = """
 import atexit, gc, json, sys
+from bms_pipeline.cli import speed as speed_module
 from bms_pipeline.cli.speed import SLIDE_STEP_MODULES, run_speedups
 from bms_pipeline.core.annotations.labels import cell_labels
 
-handlers, before = atexit._ncallbacks(), gc.get_freeze_count()
+before = gc.get_freeze_count()
 with run_speedups() as speed:
     frozen_at_start = gc.get_freeze_count() - before
     speed.load_slide_steps()
@@ -108,6 +109,9 @@ with run_speedups() as speed:
     missing = [m for m in SLIDE_STEP_MODULES if m not in sys.modules]
     labels = cell_labels.cache_info().currsize
     tracked = len(gc.get_objects())
+handlers = atexit._ncallbacks()
+atexit.unregister(speed_module._exit_without_teardown)  # removes it only if it was there
+armed = atexit._ncallbacks() != handlers
 print(json.dumps({
     "frozen_at_start": frozen_at_start,
     "frozen_with_steps": frozen_with_steps,
@@ -116,7 +120,7 @@ print(json.dumps({
     "labels": labels,
     "frozen_after": gc.get_freeze_count(),
     "tracked_after": len(gc.get_objects()),
-    "handlers_added": atexit._ncallbacks() - handlers,
+    "exit_armed": armed,
 }))
 """
 
@@ -140,4 +144,4 @@ def test_the_step_libraries_are_loaded_and_out_of_the_collectors_sight_for_the_b
     # ...and undone when the block ends.
     assert state["frozen_after"] == 0
     assert state["tracked_after"] > state["frozen_with_steps"]
-    assert state["handlers_added"] == 0
+    assert state["exit_armed"] is False
