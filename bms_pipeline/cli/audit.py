@@ -58,7 +58,6 @@ def _postgres(config: RunConfig) -> tuple[str, str] | None:
 
 def audit(config: RunConfig, full: bool = True, env: Mapping[str, str] = os.environ) -> int:
     """Audit the data root; print the summary and every hit by place (0 clean, EXIT_LEAK)."""
-    from bms_pipeline.core.layout import DataLayout
     from bms_pipeline.core.privacy.audit import audit_layout
     from bms_pipeline.orchestration.instance import instance_home
 
@@ -68,11 +67,9 @@ def audit(config: RunConfig, full: bool = True, env: Mapping[str, str] = os.envi
             "privacy audit: the output root is not a local folder; only the instance is audited",
             file=sys.stderr,
         )
-        output_root = None
-    root = config.data_root
-    layout = DataLayout.at(root, output_root.removeprefix("file://") if output_root else None)
+    layout = config.layout
     report = audit_layout(
-        layout, instance_home(DataLayout.at(root)), _urls(config, env), _postgres(config), full=full
+        layout, instance_home(layout), _urls(config, env), _postgres(config), full=full
     )
     for warning in report.warnings:
         print(f"privacy audit: warning: {warning}", file=sys.stderr)

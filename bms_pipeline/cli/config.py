@@ -54,9 +54,12 @@ class RunConfig:
 
     @property
     def layout(self) -> DataLayout:
-        """The data root's layout, outputs where `output_root` says when it is local."""
+        """The data root's layout: its inputs, and its outputs when they are local (an output
+        root in object storage is mirrored by the `bms` resource; the CLI reads only its
+        inputs here). Built from this configuration alone, never from the environment."""
         out = self.output_root.removeprefix("file://") if self.output_root else None
-        return DataLayout.at(self.data_root, out if out and "://" not in out else None)
+        local = out if out and "://" not in out else None
+        return DataLayout.at(self.data_root, local or self.data_root / "out")
 
     @property
     def dagster_log_level(self) -> str:
@@ -139,7 +142,7 @@ def open_instance(config: RunConfig) -> dg.DagsterInstance:
         instance_lock,
     )
 
-    home = instance_home(DataLayout.at(config.data_root))
+    home = instance_home(config.layout)
     postgres = postgres_target(config)
     with instance_lock(home), postgres_schema_lock(postgres) if postgres else nullcontext():
         # Created under a lock, every storage touched once: SQLite schemas are made lazily,
@@ -185,7 +188,7 @@ def build_definitions_for(config: RunConfig) -> dg.Definitions:
 
 def has_slides(config: RunConfig) -> bool:
     """raw/slides exists and holds at least one slide; otherwise say what was expected."""
-    slides = DataLayout.at(config.data_root).slides_dir
+    slides = config.layout.slides_dir
     if not slides.is_dir():
         print(f"error: {slides} does not exist (run `bms-pipeline demo-data`?)", file=sys.stderr)
         return False

@@ -134,7 +134,7 @@ def _run_command(config: RunConfig, stack: ExitStack, speed: RunSpeedups) -> tup
     stack.enter_context(instance)
     stop = GracefulStop(lambda: instance, bms_of(defs).layout.staging_dir).install()
     started = time.perf_counter()
-    home = instance_home(DataLayout.at(config.data_root))
+    home = instance_home(config.layout)
     try:
         with root_run_lock(home, on_wait=lambda msg: print(msg, flush=True)):
             _clean_up_after_dead_runs(instance, bms_of(defs).layout.out)
