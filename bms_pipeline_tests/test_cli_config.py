@@ -92,3 +92,35 @@ def test_a_command_leaves_the_environment_as_it_was(
     assert code == 0, printed
     assert " new " in printed
     assert dict(os.environ) == before
+
+
+def test_run_leaves_the_process_as_it_found_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`main(["run", ...])` in-process (here stopped by an unknown --slide after the instance,
+    the stop-signal watcher and the speed-ups are set up): the signal handlers, the wakeup fd,
+    the collector and the environment are as they were."""
+    import gc
+    import signal
+    import threading
+
+    from bms_pipeline.core.synthetic.demo import write_demo_dataset
+
+    for name in SETTINGS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    write_demo_dataset(tmp_path / "root", slides=1, seed=4)
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    environment = dict(os.environ)
+    code = main(["run", "--data-root", str(tmp_path / "root"), "--slide", "no-such-slide"])
+    assert code == 2
+    assert "no such slide" in capsys.readouterr().err
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
+    wakeup = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup)
+    assert wakeup == -1
+    assert gc.get_freeze_count() == 0
+    assert dict(os.environ) == environment
+    watchers = [t for t in threading.enumerate() if t.name == "bms-stop"]
+    for watcher in watchers:
+        watcher.join(timeout=10)  # it ends on reading the closed pipe's end
+    assert not any(w.is_alive() for w in watchers)

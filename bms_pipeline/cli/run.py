@@ -133,6 +133,7 @@ def _run_command(config: RunConfig, stack: ExitStack, speed: RunSpeedups) -> tup
     # (definitions resolved now read its state storage), and is disposed at its end.
     stack.enter_context(instance)
     stop = GracefulStop(lambda: instance, bms_of(defs).layout.staging_dir).install()
+    stack.callback(stop.uninstall)
     started = time.perf_counter()
     home = instance_home(config.layout)
     try:
