@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 CONVERSION_POOL = "wsi_conversion"
 """The Dagster pool every conversion holds a slot of while it runs."""
@@ -19,6 +20,15 @@ MEMORY_PER_CONVERSION = 3 * GIB
 PARALLEL_MIN_BYTES = 256 << 20
 """Below this much input, one worker process: starting more (each imports Dagster and
 wsidicomizer, several seconds) costs more than it saves."""
+
+
+class RunShape(NamedTuple):
+    """How a run over several slides uses the machine."""
+
+    slides_at_once: int
+    """Worker processes, each converting one slide at a time (1: in the command's process)."""
+    threads_per_conversion: int
+    """wsidicomizer threads of each conversion."""
 
 
 @dataclass(frozen=True)
@@ -57,3 +67,11 @@ class MachineBudget:
     def worker_processes(self, input_bytes: int) -> int:
         """Slides at once for a run over `input_bytes` of slides."""
         return self.concurrent_conversions if input_bytes >= PARALLEL_MIN_BYTES else 1
+
+    def run_shape(self, input_bytes: int, slides: int, requested: int | None = None) -> RunShape:
+        """Slides at once and threads each for a run of `slides` slides over `input_bytes`:
+        `requested` (`run --jobs`) or what fits in memory, one when the work is too small to
+        repay starting worker processes, never more than the slides; the cores shared among
+        them."""
+        at_once = max(1, min(requested or self.worker_processes(input_bytes), slides or 1))
+        return RunShape(at_once, self.threads_beside(at_once))

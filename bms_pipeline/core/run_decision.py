@@ -186,3 +186,10 @@ def slides_to_withdraw(
         elif sid not in present:
             withdraw[sid] = "no longer under raw/slides (removed or renamed)"
     return withdraw
+
+
+def collection_build_due(any_slide_ready: bool, any_withdrawn: bool) -> bool:
+    """Whether a run over the slides goes on to the collection-wide tables and reports: when
+    a slide was ready (converted, fresh, refused or failed: the published files and patients
+    are the tables' inputs) or withdrawn. Which of them then run is `decide_collection`'s."""
+    return any_slide_ready or any_withdrawn

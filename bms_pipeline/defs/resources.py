@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,7 +9,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from bms_pipeline.core.collection import CollectionConfig
-from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV, DataLayout
+from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.mirax.discovery import SlideStatus
 
 if TYPE_CHECKING:
@@ -75,7 +74,7 @@ class BmsPipelineResource(dg.ConfigurableResource):
     def outputs(self):  # -> StorageRoot
         from bms_pipeline.core.storage import StorageRoot
 
-        url = self.output_root or os.environ.get(OUTPUT_ROOT_ENV)
+        url = self.output_root
         if url is None:
             url = f"{self.data_root.rstrip('/')}/out"
         return StorageRoot.of(url, self.scratch_dir)
@@ -228,7 +227,3 @@ def conversion_threads(instance: dg.DagsterInstance | None, budget: MachineBudge
         except Exception:  # noqa: BLE001 - an instance without pools: count this one alone
             running = 1
     return budget.threads_beside(running)
-
-
-def default_data_root() -> str:
-    return os.environ.get(DATA_ROOT_ENV, "data")

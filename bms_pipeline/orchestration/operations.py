@@ -7,7 +7,6 @@ the slides that are no longer inputs.
 """
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 
@@ -124,24 +123,23 @@ def register_slides(instance: dg.DagsterInstance, slide_ids: list[str]) -> None:
         instance.add_dynamic_partitions(SLIDES_PARTITIONS, new)
 
 
+DEFAULT_LOG_LEVEL = "CRITICAL"
+"""Dagster's console log in the runs executed here unless the caller asks for more (the
+command line's -v: DEBUG); the events stay in the instance for the UI either way."""
+
+
 def _execute(
-    job: dg.JobDefinition, instance: dg.DagsterInstance, **kwargs
+    job: dg.JobDefinition, instance: dg.DagsterInstance, log_level: str, **kwargs
 ) -> dg.ExecuteInProcessResult:
     """`execute_in_process` as every run here needs it: tagged with this process (so a crash
-    is detected by `reap_dead_runs`) and with Dagster's console log at a level people read
-    (WARNING by default: events stay in the instance for the UI)."""
-    from bms_pipeline.orchestration.instance import (
-        DAGSTER_LOG_LEVEL_ENV,
-        WORKER_TAG,
-        worker_identity,
-    )
+    is detected by `reap_dead_runs`) and with Dagster's console log at `log_level`."""
+    from bms_pipeline.orchestration.instance import WORKER_TAG, worker_identity
 
-    level = os.environ.get(DAGSTER_LOG_LEVEL_ENV, "CRITICAL")
     return job.execute_in_process(
         instance=instance,
         raise_on_error=False,
         tags={WORKER_TAG: worker_identity()},
-        run_config={"loggers": {"console": {"config": {"log_level": level}}}},
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         **kwargs,
     )
 
@@ -221,6 +219,7 @@ def _slide_selection(
     plan: SlidePlan,
     force: bool,
     outcome: SlideOutcome,
+    log_level: str,
 ) -> list[dg.AssetKey] | None:
     """The slide's assets to materialize: all of them with `force`; for a slide whose files
     changed, the inventory first, then what the decision names on its new facts (whose
@@ -236,6 +235,7 @@ def _slide_selection(
         result = _execute(
             job,
             instance,
+            log_level,
             partition_key=plan.slide_id,
             asset_selection=[dg.AssetKey(INVENTORY_ASSET)],
         )
@@ -255,18 +255,24 @@ def _slide_selection(
 
 
 def run_slide(
-    instance: dg.DagsterInstance, defs: dg.Definitions, plan: SlidePlan, force: bool = False
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    plan: SlidePlan,
+    force: bool = False,
+    log_level: str = DEFAULT_LOG_LEVEL,
 ) -> SlideOutcome:
     """Materialize what the slide's decision names (everything with `force`)."""
     outcome = SlideOutcome(plan.slide_id, True)
-    selection = _slide_selection(instance, defs, plan, force, outcome)
+    selection = _slide_selection(instance, defs, plan, force, outcome, log_level)
     if selection is None:
         return outcome
     job = defs.resolve_job_def(SLIDE_JOB)
     if force:
-        result = _execute(job, instance, partition_key=plan.slide_id)
+        result = _execute(job, instance, log_level, partition_key=plan.slide_id)
     else:
-        result = _execute(job, instance, partition_key=plan.slide_id, asset_selection=selection)
+        result = _execute(
+            job, instance, log_level, partition_key=plan.slide_id, asset_selection=selection
+        )
     return _outcome(plan.slide_id, result, outcome)
 
 
@@ -286,7 +292,10 @@ def collection_plan(instance: dg.DagsterInstance, defs: dg.Definitions) -> Decis
 
 
 def run_collection(
-    instance: dg.DagsterInstance, defs: dg.Definitions, force: bool = False
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    force: bool = False,
+    log_level: str = DEFAULT_LOG_LEVEL,
 ) -> SlideOutcome:
     """Materialize the collection tables and reports whose inputs changed (all with `force`)."""
     keys = collection_asset_keys(defs)
@@ -295,7 +304,9 @@ def run_collection(
         keys = [k for k in keys if k.to_user_string() in wanted]
     if not keys:
         return SlideOutcome(COLLECTION, True, skipped=True)
-    result = _execute(defs.resolve_job_def(COLLECTION_JOB), instance, asset_selection=keys)
+    result = _execute(
+        defs.resolve_job_def(COLLECTION_JOB), instance, log_level, asset_selection=keys
+    )
     return _outcome(COLLECTION, result)
 
 

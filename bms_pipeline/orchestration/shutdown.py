@@ -7,7 +7,9 @@ the process without cleanup). So a watcher thread learns of every signal through
 CANCELING (Dagster then ends an interrupted step's run as CANCELED), forwards the signal to
 worker processes, and if the process is still running after a grace period, marks its runs
 canceled, frees their pool slots, removes its staging folders and exits. Outputs are written
-to staging and renamed into place, so nothing half-written is left in out/.
+to staging and renamed into place, so nothing half-written is left in out/. The command that
+installs it uninstalls it when it returns (`uninstall`): the wakeup fd and the SIGTERM
+handler are as they were, and the watcher thread ends.
 """
 
 from __future__ import annotations
@@ -53,15 +55,34 @@ class GracefulStop:
         self._stderr = os.dup(2)
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
-        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        self._write_fd = write_fd
+        self._previous_wakeup_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        self._previous_sigterm = signal.getsignal(signal.SIGTERM)
         # SIGTERM behaves as SIGINT outside Dagster's execution too (KeyboardInterrupt).
         signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))
         threading.Thread(target=self._watch, args=(read_fd,), daemon=True, name="bms-stop").start()
         return self
 
+    def uninstall(self) -> None:
+        """Put the wakeup fd and the SIGTERM handler back as `install` found them and end the
+        watcher (main thread; for the command that installed it, when it returns)."""
+        global _INSTALLED
+        if _INSTALLED is not self:
+            return
+        _INSTALLED = None
+        signal.set_wakeup_fd(self._previous_wakeup_fd)
+        if self._previous_sigterm is not None:  # None: a handler not set from Python
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+        os.close(self._write_fd)  # the watcher reads the end of the pipe and returns
+        os.close(self._stderr)
+        self._stderr = 2
+
     def _watch(self, read_fd: int) -> None:
         while True:
             data = os.read(read_fd, 16)
+            if not data:  # uninstalled
+                os.close(read_fd)
+                return
             signals = {s for s in data if s in (signal.SIGINT, signal.SIGTERM)}
             if not signals:
                 continue

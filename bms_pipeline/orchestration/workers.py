@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 
+from bms_pipeline.core.layout import DATA_ROOT_ENV, OUTPUT_ROOT_ENV
 from bms_pipeline.orchestration.deploy import (
     POSTGRES_URL_ENV,
     CelerySettings,
@@ -68,33 +71,53 @@ def worker_argv(name: str, concurrency: int, loglevel: str = "INFO") -> list[str
     ]
 
 
-def worker_environment(scratch: Path) -> dict[str, str]:
-    """The environment a worker runs with: its scratch, and the Postgres URL in the form
-    dagster-postgres needs (the instance reference each step carries reads it from here)."""
-    env = dict(os.environ)
-    env["BMS_SCRATCH"] = str(scratch)
-    url = env.get(POSTGRES_URL_ENV)
-    if url:
-        env[POSTGRES_URL_ENV] = PostgresTarget.parse(url).dagster_url
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a Celery worker serves steps with: the same roots and instance as the daemon
+    whose runs it serves (given to `bms-pipeline worker` or read from their variables)."""
+
+    data_root: str
+    """A path or URL (workers may serve object-store roots)."""
+    output_root: str | None
+    postgres_url: str | None
+    scratch: Path
+    """This worker's own scratch (mirrors of object-store roots, staged slides)."""
+
+
+def worker_environment(settings: WorkerSettings, inherited: Mapping[str, str]) -> dict[str, str]:
+    """The environment of the Celery worker process: `inherited` (PATH, the broker...) with
+    the settings written into it explicitly, because the worker is a process of its own in
+    which Dagster loads the code location (`definitions.defs`, which reads the roots from
+    these variables) and dagster-postgres reads the instance's URL from
+    `$BMS_DAGSTER_POSTGRES_URL` (dagster.yaml names the variable, so no password is written
+    to disk), in the psycopg2 form it needs. Nothing is written to this process's own
+    environment."""
+    from bms_pipeline.core.storage import SCRATCH_ENV
+
+    env = dict(inherited)
+    env[DATA_ROOT_ENV] = settings.data_root
+    env[SCRATCH_ENV] = str(settings.scratch)
+    if settings.output_root:
+        env[OUTPUT_ROOT_ENV] = settings.output_root
+    if settings.postgres_url:
+        env[POSTGRES_URL_ENV] = PostgresTarget.parse(settings.postgres_url).dagster_url
     return env
 
 
-def run_worker(name: str | None, scratch: str | None, concurrency: int, loglevel: str) -> int:
+def run_worker(
+    settings: WorkerSettings,
+    name: str,
+    concurrency: int,
+    loglevel: str,
+    inherited: Mapping[str, str],
+) -> int:
     """Replace this process by a Celery worker serving the pipeline's steps."""
-    from bms_pipeline.core.layout import DATA_ROOT_ENV
-
-    name = name or f"bms-{os.getpid()}"
-    if not os.environ.get(DATA_ROOT_ENV):
-        print(
-            f"error: ${DATA_ROOT_ENV} is not set: a worker builds the same definitions as the "
-            "runs it serves, so it needs the same data root (and $BMS_OUTPUT_ROOT)",
-            file=sys.stderr,
-        )
-        return 2
-    folder = Path(scratch) if scratch else default_worker_scratch(name)
-    folder.mkdir(parents=True, exist_ok=True)
-    env = worker_environment(folder)
+    settings.scratch.mkdir(parents=True, exist_ok=True)
+    env = worker_environment(settings, inherited)
     argv = worker_argv(name, concurrency, loglevel)
-    print(f"worker {name}: scratch {folder}, broker {CelerySettings.from_env().broker}", flush=True)
+    print(
+        f"worker {name}: scratch {settings.scratch}, broker {CelerySettings.from_env().broker}",
+        flush=True,
+    )
     os.execve(sys.executable, argv, env)  # noqa: S606 (this Python, fixed arguments)
     return 0  # not reached

@@ -1,7 +1,10 @@
-"""The console script ends without the interpreter's teardown, and loses nothing by it."""
+"""What `run` does for speed (`cli.speed.run_speedups`): the console script ends without the
+interpreter's teardown and loses nothing by it; the collector's freeze holds the slide steps'
+libraries while the slides run and is undone when the command returns."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -22,13 +25,13 @@ def test_the_exit_keeps_the_code_runs_every_handler_and_flushes(tmp_path: Path) 
     proc = _python(
         """
         import atexit, logging, multiprocessing, os, sys, tempfile, threading, time
-        from bms_pipeline.process_exit import run_then_exit
+        from bms_pipeline.cli.speed import run_speedups
 
         class Teardown:
             def __del__(self):
                 print("teardown ran")
 
-        def main():
+        def command():
             global marker, kept
             marker = Teardown()  # deleted only by the interpreter's teardown
             kept = tempfile.TemporaryDirectory(dir=".")  # removed by its exit-time finalizer
@@ -43,8 +46,12 @@ def test_the_exit_keeps_the_code_runs_every_handler_and_flushes(tmp_path: Path) 
             print("unflushed", end="")
             return 3
 
+        def main():
+            with run_speedups(console_script=True) as speed:
+                return speed.exit_with(command())
+
         import multiprocessing.util
-        run_then_exit(main)
+        sys.exit(main())
         """,
         tmp_path,
     )
@@ -60,12 +67,14 @@ def test_the_exit_keeps_the_code_runs_every_handler_and_flushes(tmp_path: Path) 
 def test_an_exception_still_exits_as_usual(tmp_path: Path) -> None:
     proc = _python(
         """
-        from bms_pipeline.process_exit import run_then_exit
+        import sys
+        from bms_pipeline.cli.speed import run_speedups
 
         def main():
-            raise RuntimeError("boom")
+            with run_speedups(console_script=True):
+                raise RuntimeError("boom")
 
-        run_then_exit(main)
+        sys.exit(main())
         """,
         tmp_path,
     )
@@ -84,3 +93,55 @@ def test_the_console_script_exits_with_mains_code(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "leaked" not in proc.stderr
+
+
+SPEEDUPS_PROBE = """
+import atexit, gc, json, sys
+from bms_pipeline.cli import speed as speed_module
+from bms_pipeline.cli.speed import SLIDE_STEP_MODULES, run_speedups
+from bms_pipeline.core.annotations.labels import cell_labels
+
+before = gc.get_freeze_count()
+with run_speedups() as speed:
+    frozen_at_start = gc.get_freeze_count() - before
+    speed.load_slide_steps()
+    frozen_with_steps = gc.get_freeze_count() - before
+    missing = [m for m in SLIDE_STEP_MODULES if m not in sys.modules]
+    labels = cell_labels.cache_info().currsize
+    tracked = len(gc.get_objects())
+handlers = atexit._ncallbacks()
+atexit.unregister(speed_module._exit_without_teardown)  # removes it only if it was there
+armed = atexit._ncallbacks() != handlers
+print(json.dumps({
+    "frozen_at_start": frozen_at_start,
+    "frozen_with_steps": frozen_with_steps,
+    "tracked_while_frozen": tracked,
+    "modules": missing,
+    "labels": labels,
+    "frozen_after": gc.get_freeze_count(),
+    "tracked_after": len(gc.get_objects()),
+    "exit_armed": armed,
+}))
+"""
+
+
+def test_the_step_libraries_are_loaded_and_out_of_the_collectors_sight_for_the_block_only(
+    tmp_path: Path,
+) -> None:
+    """Behaviour, not the libraries' tables: inside the block the steps' libraries are loaded
+    and the objects loaded so far are not walked by the collector (`gc.get_objects` lists
+    what a collection would walk); after it the process is as it was, and `main()` in a
+    process of its own (not the console script) never arms the exit."""
+    done = _python(SPEEDUPS_PROBE, tmp_path)
+    assert done.returncode == 0, done.stderr
+    state = json.loads(done.stdout.strip().splitlines()[-1])
+    assert state["modules"] == []
+    assert state["labels"] == 1  # the label vocabulary is loaded before the freeze
+    assert state["frozen_at_start"] > 0
+    # What the steps loaded is frozen too, and the collector walks only what came after.
+    assert state["frozen_with_steps"] > state["frozen_at_start"]
+    assert state["tracked_while_frozen"] < state["frozen_with_steps"]
+    # ...and undone when the block ends.
+    assert state["frozen_after"] == 0
+    assert state["tracked_after"] > state["frozen_with_steps"]
+    assert state["exit_armed"] is False

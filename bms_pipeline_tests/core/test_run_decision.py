@@ -117,3 +117,13 @@ def test_a_slide_whose_inventory_failed_rests_until_its_files_change() -> None:
     assert not decide_slide(same, ORDER).needs_run
     other = SlideFacts("S", True, last_failure=failed, signature="sig-2")
     assert decide_slide(other, ORDER).state == "new"
+
+
+def test_the_collection_follows_a_run_when_a_slide_was_ready_or_withdrawn() -> None:
+    from bms_pipeline.core.run_decision import collection_build_due
+
+    assert collection_build_due(any_slide_ready=True, any_withdrawn=False)
+    assert collection_build_due(any_slide_ready=False, any_withdrawn=True)
+    # Only slides not ready (or skipped) and nothing withdrawn: the tables' inputs are as
+    # they were, nothing to build.
+    assert not collection_build_due(any_slide_ready=False, any_withdrawn=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bms_pipeline.cli import _print_summary
+from bms_pipeline.cli.summary import print_summary
 from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML
 from bms_pipeline.definitions import build_definitions
 from bms_pipeline.orchestration.operations import run_collection
@@ -44,7 +44,7 @@ def test_planted_names_reach_neither_outputs_nor_instance_nor_console(
         assert materialization is not None
         left_out = materialization.metadata["columns_left_out"].value
         assert isinstance(left_out, list) and len(left_out) == 4
-        _print_summary([outcome], 1.0)
+        print_summary([outcome], 1.0)
     console = "\n".join(capfd.readouterr())
     stored = _bytes_under(home) + _bytes_under(root / "out")
     assert b"clinical_tables" in _bytes_under(home)  # the scan reads the event log indeed
@@ -62,7 +62,7 @@ def test_the_run_summary_names_the_patients_left_out(
     with dg.instance_for_test() as instance:
         outcome = run_collection(instance, defs, force=True)
     capsys.readouterr()
-    _print_summary([outcome], 1.0)
+    print_summary([outcome], 1.0)
     summary = capsys.readouterr().out
     lines = [line for line in summary.splitlines() if "without a converted slide left out" in line]
     assert len(lines) == 2, summary  # the clinical and the laboratory table

@@ -222,8 +222,8 @@ def test_the_audit_finds_a_name_and_a_password_planted_in_a_log(
 def test_the_audit_searches_free_text_clinical_cells_and_the_cli_names_places_only(
     two_runs: TwoRuns, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from bms_pipeline.audit_command import EXIT_LEAK
     from bms_pipeline.cli import main
+    from bms_pipeline.cli.audit import EXIT_LEAK
 
     layout = _copy(two_runs, tmp_path)
     name = "Kunigunde Holzapfel"

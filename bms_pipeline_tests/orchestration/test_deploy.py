@@ -18,7 +18,11 @@ from bms_pipeline.orchestration.deploy import (
     executor_name,
 )
 from bms_pipeline.orchestration.instance import MachineBudget, ensure_instance_home
-from bms_pipeline.orchestration.workers import select_executor, worker_environment
+from bms_pipeline.orchestration.workers import (
+    WorkerSettings,
+    select_executor,
+    worker_environment,
+)
 from bms_pipeline_tests.live.services import free_port
 
 BUDGET = MachineBudget(cores=4, memory_bytes=16 << 30)
@@ -77,10 +81,16 @@ def test_executor_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert CelerySettings.from_env().executor_config()["broker"] == "pyamqp://guest:guest@mq:5672//"
 
 
-def test_worker_environment_has_its_own_scratch_and_the_psycopg2_url(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(POSTGRES_URL_ENV, "postgresql://root@127.0.0.1:5432/bms")
-    env = worker_environment(tmp_path / "w1")
+def test_worker_environment_has_its_own_scratch_and_the_psycopg2_url(tmp_path: Path) -> None:
+    settings = WorkerSettings(
+        data_root="s3://bucket/data",
+        output_root=None,
+        postgres_url="postgresql://root@127.0.0.1:5432/bms",
+        scratch=tmp_path / "w1",
+    )
+    env = worker_environment(settings, inherited={"PATH": "/usr/bin"})
     assert env["BMS_SCRATCH"] == str(tmp_path / "w1")
     assert env[POSTGRES_URL_ENV] == "postgresql+psycopg2://root@127.0.0.1:5432/bms"
+    # The settings travel in the child's environment, the inherited one with them.
+    assert env["BMS_DATA_ROOT"] == "s3://bucket/data" and env["PATH"] == "/usr/bin"
+    assert "BMS_OUTPUT_ROOT" not in env

@@ -16,13 +16,16 @@ def whole() -> dg.MaterializeResult:
 def test_the_instance_under_the_data_root_keeps_its_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bms_pipeline.cli import dagster_instance
+    import os
+
+    from bms_pipeline.cli.config import RunConfig, open_instance
     from bms_pipeline.core.layout import DataLayout
     from bms_pipeline.orchestration.instance import instance_home
 
     layout = DataLayout.at(tmp_path / "root")
-    monkeypatch.setenv("DAGSTER_HOME", str(instance_home(layout)))  # restored afterwards
-    instance = dagster_instance(layout)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    instance = open_instance(RunConfig(data_root=layout.root))
+    assert "DAGSTER_HOME" not in os.environ  # opened from its folder, not from the environment
     result = dg.materialize([whole], instance=instance)
     assert result.success
     reopened = dg.DagsterInstance.from_config(str(instance_home(layout)))

@@ -44,3 +44,10 @@ def test_the_pool_limit_the_asset_pool_and_the_worker_count_read_one_budget() ->
     assert sm_series.op.pool == CONVERSION_POOL
     assert budget.worker_processes(PARALLEL_MIN_BYTES) == 2
     assert budget.worker_processes(PARALLEL_MIN_BYTES - 1) == 1
+    # A run's shape (`bms-pipeline run`): what fits, never more than its slides, `--jobs`
+    # wins; the cores shared among the slides at once.
+    assert budget.run_shape(PARALLEL_MIN_BYTES, slides=5) == (2, 4)
+    assert budget.run_shape(PARALLEL_MIN_BYTES, slides=1) == (1, 8)
+    assert budget.run_shape(PARALLEL_MIN_BYTES - 1, slides=5) == (1, 8)
+    assert budget.run_shape(0, slides=5, requested=3) == (3, 2)
+    assert budget.run_shape(0, slides=0) == (1, 8)

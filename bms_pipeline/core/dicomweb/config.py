@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,30 +64,23 @@ def url_from_collection_yaml(path: Path) -> str | None:
 
 
 def resolve_target(
-    explicit: str | None = None, collection_yaml: Path | None = None
+    explicit: str | None = None,
+    collection_yaml: Path | None = None,
+    env: Mapping[str, str] = os.environ,
 ) -> DicomwebTarget | None:
-    """The configured server, or None when nothing names one (the asset is then left out)."""
+    """The configured server, or None when nothing names one (the asset is then left out).
+    Resolved once where the settings come in (the command line's `RunConfig`, the code
+    location's definitions) and handed on as the target itself."""
     if explicit:
         return _target(explicit, "--dicomweb-url")
-    env = os.environ.get(URL_ENV, "").strip()
-    if env:
-        return _target(env, f"${URL_ENV}")
+    from_env = env.get(URL_ENV, "").strip()
+    if from_env:
+        return _target(from_env, f"${URL_ENV}")
     if collection_yaml is not None:
         url = url_from_collection_yaml(collection_yaml)
         if url:
             return _target(url, f"{collection_yaml.name}: dicomweb.url")
     return None
-
-
-def export_target(target: DicomwebTarget) -> None:
-    """Hand the target to worker processes and definitions built later in this process by
-    the environment: the URL without credentials in `$BMS_DICOMWEB_URL`, a URL's own user
-    and password in `$BMS_DICOMWEB_USER`/`_PASSWORD` (which then win over a token)."""
-    os.environ[URL_ENV] = target.url
-    if target.credentials is not None:
-        os.environ[USER_ENV] = target.credentials.user
-        os.environ[PASSWORD_ENV] = target.credentials.password
-        os.environ.pop(TOKEN_ENV, None)
 
 
 def auth_from_env(

@@ -78,21 +78,3 @@ def test_environment_credentials_are_described_without_the_user_name(
     monkeypatch.setenv(config.PASSWORD_ENV, "frank-password")
     description, auth, _ = config.auth_from_env()
     assert description == "basic" and auth is not None
-
-
-def test_exporting_a_target_hands_workers_the_clean_url_and_the_credentials_apart(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    for name in (config.URL_ENV, config.USER_ENV, config.PASSWORD_ENV, config.TOKEN_ENV):
-        monkeypatch.setenv(name, "")
-        monkeypatch.delenv(name)
-    target = config.resolve_target(URL)
-    assert target is not None
-    config.export_target(target)
-    import os
-
-    assert os.environ[config.URL_ENV] == target.url
-    assert os.environ[config.USER_ENV] == "alice"
-    assert os.environ[config.PASSWORD_ENV] == "S3cret/Passw0rd"
-    again = config.resolve_target(None)
-    assert again is not None and again.url == target.url and again.credentials is None

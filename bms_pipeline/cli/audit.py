@@ -6,55 +6,70 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from bms_pipeline.cli.config import POSTGRES_HELP, RunConfig, config_or_exit, with_root
+
+if TYPE_CHECKING:
+    from bms_pipeline.core.privacy.credentials import Credentials
 
 EXIT_LEAK = 3
 """`audit` found an identifying value somewhere (distinct from 1, a failed slide)."""
 
 
-def _urls(args: argparse.Namespace) -> dict[str, str]:
+def _urls(config: RunConfig, env: Mapping[str, str]) -> dict[str, str]:
     """Every URL that may carry credentials, by the setting that gave it."""
     from bms_pipeline.core.dicomweb.config import URL_ENV
     from bms_pipeline.orchestration.deploy import POSTGRES_URL_ENV
 
     urls: dict[str, str] = {}
-    if getattr(args, "dicomweb_url", None):
-        urls["--dicomweb-url"] = args.dicomweb_url
-    if getattr(args, "postgres_url", None):
-        urls["--postgres-url"] = args.postgres_url
+    if config.dicomweb_url:
+        urls["--dicomweb-url"] = config.dicomweb_url
+    if config.postgres_url and config.postgres_url != env.get(POSTGRES_URL_ENV):
+        urls["--postgres-url"] = config.postgres_url
     for name in (URL_ENV, POSTGRES_URL_ENV):
-        if os.environ.get(name):
-            urls.setdefault(f"${name}", os.environ[name])
+        if env.get(name):
+            urls.setdefault(f"${name}", env[name])
+    target = config.dicomweb  # `run`'s resolved target: credentials of collection.yaml's URL
+    if target is not None and target.credentials is not None:
+        urls.setdefault(target.source, _with_credentials(target.url, target.credentials))
     return urls
 
 
-def _postgres() -> tuple[str, str] | None:
-    """The PostgreSQL instance (SQLAlchemy URL, name without password), if one is set."""
-    from bms_pipeline.orchestration.deploy import POSTGRES_URL_ENV, PostgresTarget
+def _with_credentials(url: str, credentials: Credentials) -> str:
+    """`url` with `user:password@` again, for the audit to search for them."""
+    from urllib.parse import quote, urlsplit, urlunsplit
 
-    url = os.environ.get(POSTGRES_URL_ENV)
-    if not url:
+    parts = urlsplit(url)
+    userinfo = f"{quote(credentials.user, safe='')}:{quote(credentials.password, safe='')}"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))
+
+
+def _postgres(config: RunConfig) -> tuple[str, str] | None:
+    """The PostgreSQL instance (SQLAlchemy URL, name without password), if one is set."""
+    from bms_pipeline.orchestration.deploy import PostgresTarget
+
+    if not config.postgres_url:
         return None
-    target = PostgresTarget.parse(url)
+    target = PostgresTarget.parse(config.postgres_url)
     return target.dagster_url, f"PostgreSQL {target.redacted}"
 
 
-def audit(args: argparse.Namespace, root: Path, full: bool = True) -> int:
+def audit(config: RunConfig, full: bool = True, env: Mapping[str, str] = os.environ) -> int:
     """Audit the data root; print the summary and every hit by place (0 clean, EXIT_LEAK)."""
-    from bms_pipeline.core.layout import DataLayout
     from bms_pipeline.core.privacy.audit import audit_layout
     from bms_pipeline.orchestration.instance import instance_home
 
-    output_root = getattr(args, "output_root", None) or os.environ.get("BMS_OUTPUT_ROOT")
+    output_root = config.output_root
     if output_root and "://" in output_root and not output_root.startswith("file://"):
         print(
             "privacy audit: the output root is not a local folder; only the instance is audited",
             file=sys.stderr,
         )
-        output_root = None
-    layout = DataLayout.at(root, output_root.removeprefix("file://") if output_root else None)
+    layout = config.layout
     report = audit_layout(
-        layout, instance_home(DataLayout.at(root)), _urls(args), _postgres(), full=full
+        layout, instance_home(layout), _urls(config, env), _postgres(config), full=full
     )
     for warning in report.warnings:
         print(f"privacy audit: warning: {warning}", file=sys.stderr)
@@ -65,26 +80,21 @@ def audit(args: argparse.Namespace, root: Path, full: bool = True) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from bms_pipeline.cli import _data_root
-
-    return audit(args, _data_root(args), full=not args.incremental)
+    return audit(config_or_exit(args), full=not args.incremental)
 
 
-def audit_after_run(args: argparse.Namespace, code: int) -> int:
+def audit_after_run(config: RunConfig, code: int) -> int:
     """The blocking step that ends `run`: a run whose slides all passed still fails (exit
     EXIT_LEAK) if any identifying value of the inputs is found anywhere it wrote. Skipped
     when the run did not start (2) or was interrupted."""
-    from bms_pipeline.core.layout import DATA_ROOT_ENV
-
-    if code not in (0, 1) or DATA_ROOT_ENV not in os.environ:
+    if code not in (0, 1):
         return code
-
     # Files found clean before and unchanged since are not read again (see ScanCache).
-    verdict = audit(args, Path(os.environ[DATA_ROOT_ENV]), full=False)
+    verdict = audit(config, full=False)
     return code or verdict
 
 
-def add_audit_parser(sub, with_root, postgres_help: str) -> None:
+def add_parser(sub: Any) -> None:
     """The `audit` subcommand."""
     parser = with_root(
         sub.add_parser(
@@ -95,7 +105,7 @@ def add_audit_parser(sub, with_root, postgres_help: str) -> None:
         )
     )
     parser.add_argument("--output-root", help="as for run")
-    parser.add_argument("--postgres-url", help=postgres_help)
+    parser.add_argument("--postgres-url", help=POSTGRES_HELP)
     parser.add_argument(
         "--dicomweb-url", help="also search for this URL's user and password (as given to run)"
     )

@@ -9,15 +9,14 @@ console unless it is a warning. Every handler of the root logger masks credentia
 from __future__ import annotations
 
 import logging
-import os
 
 OWN_LOGGER = "bms_pipeline"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure_logging(verbose: bool, dagster_level_env: str) -> None:
-    """Root (every library) at WARNING, `bms_pipeline` at INFO; -v: everything at DEBUG,
-    Dagster's own debug log included (through `dagster_level_env`)."""
+def configure_logging(verbose: bool) -> None:
+    """Root (every library) at WARNING, `bms_pipeline` at INFO; -v: everything at DEBUG
+    (Dagster's own debug log in the runs follows `RunConfig.dagster_log_level`)."""
     from bms_pipeline.core.privacy.credentials import RedactingFilter
 
     level = logging.DEBUG if verbose else logging.WARNING
@@ -28,4 +27,3 @@ def configure_logging(verbose: bool, dagster_level_env: str) -> None:
     for handler in root.handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
-    os.environ[dagster_level_env] = "DEBUG" if verbose else "CRITICAL"
