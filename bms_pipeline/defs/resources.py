@@ -54,15 +54,13 @@ class BmsPipelineResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Remember the instance (for the pool's occupancy) and tag the run with this process,
         whatever started it (CLI, UI, sensor, backfill, `dagster asset materialize`), so a run
-        whose process died can be found and its pool slot freed (`instance.reap_dead_runs`)."""
-        from bms_pipeline.orchestration.instance import WORKER_TAG, worker_identity
+        whose process died can be found and its pool slot freed (`defs.runs.reap_dead_runs`)."""
+        from bms_pipeline.defs.runs import tag_run_with_worker
 
         self._instance = context.instance
         run = context.run
         if context.instance is not None and run is not None:
-            me = worker_identity()
-            if run.tags.get(WORKER_TAG) != me:
-                context.instance.add_run_tags(run.run_id, {WORKER_TAG: me})
+            tag_run_with_worker(context.instance, run)
 
     # -- roots -----------------------------------------------------------------------------
     @property

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import polars as pl
 
+from bms_pipeline.core.layout import QC_DIR
 from bms_pipeline.core.qc.pictures import PICTURE_ERRORS, jpeg_bytes, thumbnail_picture
 from bms_pipeline.core.store import replace_dir_atomically
 
-PAGE_DIR = "qc"
+PAGE_DIR = QC_DIR  # `DataLayout.qc_dir`
 THUMBNAILS = "thumbnails"
 
 
