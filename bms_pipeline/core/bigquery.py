@@ -103,6 +103,11 @@ def bigquery_dir(layout: DataLayout) -> Path:
     return layout.out / "bigquery"
 
 
+def bigquery_schema_path(layout: DataLayout, table: str) -> Path:
+    """The BigQuery schema of a table, beside the load script that lists them all."""
+    return bigquery_dir(layout) / f"{table}.schema.json"
+
+
 def load_script_text(tables: Sequence[str], target: BigQueryTarget | None = None) -> str:
     """A bash script with one ``bq load`` per table into ``$BMS_BQ_PROJECT:$BMS_BQ_DATASET``.
 

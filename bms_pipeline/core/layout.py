@@ -66,12 +66,16 @@ class DataLayout:
         return self.slides_dir / f"{slide_id}.mrxs"
 
     @property
+    def clinical_dir(self) -> Path:
+        return self.raw / "clinical"
+
+    @property
     def clinical_csv(self) -> Path:
-        return self.raw / "clinical" / "clinical.csv"
+        return self.clinical_dir / "clinical.csv"
 
     @property
     def lab_values_xlsx(self) -> Path:
-        return self.raw / "clinical" / "lab_values.xlsx"
+        return self.clinical_dir / "lab_values.xlsx"
 
     @property
     def annotations_dir(self) -> Path:
