@@ -20,7 +20,8 @@ class SlideBounds:
 
     @classmethod
     def of(cls, properties: Mapping[str, str]) -> SlideBounds:
-        """The bounds in `properties`; without them, the whole of level 0 from (0, 0)."""
+        """The bounds in `properties`; without them, the whole of level 0 from (0, 0)
+        (and a size of 0 where even level 0's is unknown)."""
 
         def number(name: str, default: str) -> int:
             return int(properties.get(f"openslide.bounds-{name}") or default)
@@ -28,8 +29,8 @@ class SlideBounds:
         return cls(
             number("x", "0"),
             number("y", "0"),
-            number("width", properties["openslide.level[0].width"]),
-            number("height", properties["openslide.level[0].height"]),
+            number("width", properties.get("openslide.level[0].width", "0")),
+            number("height", properties.get("openslide.level[0].height", "0")),
         )
 
     @property
