@@ -100,7 +100,7 @@ def bigquery_schema(
 
 
 def bigquery_dir(layout: DataLayout) -> Path:
-    return layout.out / "bigquery"
+    return layout.bigquery_dir
 
 
 def bigquery_schema_path(layout: DataLayout, table: str) -> Path:

@@ -12,7 +12,6 @@ from pathlib import Path, PurePosixPath
 
 DATA_ROOT_ENV = "BMS_DATA_ROOT"
 OUTPUT_ROOT_ENV = "BMS_OUTPUT_ROOT"
-QC_DIR = "qc"
 
 
 def default_data_root() -> Path:
@@ -125,6 +124,11 @@ class DataLayout:
         return self.tables_dir / f"{name}.parquet"
 
     @property
+    def bigquery_dir(self) -> Path:
+        """BigQuery schemas of the tables and their load script (`core.bigquery`)."""
+        return self.out / "bigquery"
+
+    @property
     def releases_ledger(self) -> Path:
         """The numbered releases (`core.releases.Ledger`)."""
         return self.out / "releases" / "ledger.json"
@@ -132,7 +136,7 @@ class DataLayout:
     @property
     def qc_dir(self) -> Path:
         """The collection page, `qc/index.html`, and its thumbnails (`core.qc.page`)."""
-        return self.out / QC_DIR
+        return self.out / "qc"
 
     @property
     def atomic_write_dirs(self) -> tuple[Path, ...]:
