@@ -267,7 +267,7 @@ def pending_withdrawals(bms: Any, present: set[str]) -> dict[str, str]:
     from bms_pipeline.core.run_decision import slides_to_withdraw
 
     pending = slides_to_withdraw(bms.published_slides(), present, bms.collection().skipped_slides)
-    names = bms.outputs.listing("validation")
+    names = bms.listing(bms.layout.validation_dir)
     validated = {n.split("/")[-1].removesuffix(".parquet") for n in names if n.endswith(".parquet")}
     for sid in sorted(validated - present):
         pending.setdefault(sid, "no longer under raw/slides (removed or renamed)")

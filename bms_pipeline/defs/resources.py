@@ -136,6 +136,17 @@ class BmsPipelineResource(dg.ConfigurableResource):
         for path in local.written:
             self._publish(path)
 
+    def listing(self, path: Path) -> dict[str, dict]:
+        """Every file at or below a path of `layout` in its root, keyed by path relative to
+        the root (no download)."""
+        root, rel = self._root_of(path)
+        return root.listing(rel)
+
+    def signature(self, path: Path) -> str:
+        """What changes when anything at or below a path of `layout` changes in its root."""
+        root, rel = self._root_of(path)
+        return root.signature([rel])
+
     def url_of(self, path: Path) -> str:
         """For people: the URL of a local path of `layout` in its root."""
         root, rel = self._root_of(path)
@@ -156,7 +167,7 @@ class BmsPipelineResource(dg.ConfigurableResource):
         from bms_pipeline.core.layout import published_slide_ids
         from bms_pipeline.core.slide_id import patient_id_of
 
-        slides = published_slide_ids(self.outputs.listing("dicom"))
+        slides = published_slide_ids(self.listing(self.layout.dicom_dir))
         return {patient_id_of(s) for s in slides}
 
     def _withdraw(self, path: Path) -> bool:
@@ -238,15 +249,15 @@ class BmsPipelineResource(dg.ConfigurableResource):
             "clinical_csv": layout.clinical_csv,
             "lab_workbook": layout.lab_values_xlsx,
             "published_patients": self.published_patients(),
-            "dicom_signature": self.outputs.signature(["dicom"]),
-            "validation_signature": self.outputs.signature(["validation"]),
+            "dicom_signature": self.signature(layout.dicom_dir),
+            "validation_signature": self.signature(layout.validation_dir),
         }
 
     def published_slides(self) -> set[str]:
         """Slides with a published SM series (a listing, no download)."""
         from bms_pipeline.core.layout import published_slide_ids
 
-        return published_slide_ids(self.outputs.listing("dicom"))
+        return published_slide_ids(self.listing(self.layout.dicom_dir))
 
     def conversion_settings(self, collection: CollectionConfig | None = None) -> ConversionSettings:
         """The collection's SM conventions, this resource's overrides and the threads the
