@@ -156,7 +156,8 @@ def _run_command(config: RunConfig, stack: ExitStack, speed: RunSpeedups) -> tup
 
 
 def _clean_up_after_dead_runs(instance: dg.DagsterInstance, out: Any) -> None:
-    from bms_pipeline.orchestration.instance import reap_dead_runs, remove_stale_outputs
+    from bms_pipeline.defs.runs import reap_dead_runs
+    from bms_pipeline.orchestration.instance import remove_stale_outputs
 
     for run_id in reap_dead_runs(instance):
         print(f"run {run_id}: its process is gone; marked failed, pool slots freed")

@@ -100,7 +100,12 @@ def bigquery_schema(
 
 
 def bigquery_dir(layout: DataLayout) -> Path:
-    return layout.out / "bigquery"
+    return layout.bigquery_dir
+
+
+def bigquery_schema_path(layout: DataLayout, table: str) -> Path:
+    """The BigQuery schema of a table, beside the load script that lists them all."""
+    return bigquery_dir(layout) / f"{table}.schema.json"
 
 
 def load_script_text(tables: Sequence[str], target: BigQueryTarget | None = None) -> str:

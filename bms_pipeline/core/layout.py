@@ -38,6 +38,16 @@ class DataLayout:
             Path(out_root).resolve() if out_root is not None else None,
         )
 
+    @classmethod
+    def of_outputs(cls, out_root: Path) -> DataLayout:
+        """A layout for an output root alone (its input paths are not to be used)."""
+        return cls(out_root, out_root)
+
+    @property
+    def dagster_home(self) -> Path:
+        """The persistent Dagster instance of `bms-pipeline run` (DAGSTER_HOME)."""
+        return self.root / ".dagster"
+
     # inputs
     @property
     def collection_yaml(self) -> Path:
@@ -55,12 +65,16 @@ class DataLayout:
         return self.slides_dir / f"{slide_id}.mrxs"
 
     @property
+    def clinical_dir(self) -> Path:
+        return self.raw / "clinical"
+
+    @property
     def clinical_csv(self) -> Path:
-        return self.raw / "clinical" / "clinical.csv"
+        return self.clinical_dir / "clinical.csv"
 
     @property
     def lab_values_xlsx(self) -> Path:
-        return self.raw / "clinical" / "lab_values.xlsx"
+        return self.clinical_dir / "lab_values.xlsx"
 
     @property
     def annotations_dir(self) -> Path:
@@ -75,8 +89,13 @@ class DataLayout:
     def out(self) -> Path:
         return self.out_root if self.out_root is not None else self.root / "out"
 
+    @property
+    def dicom_dir(self) -> Path:
+        """Every slide's published series, `dicom/<slide_id>/{sm,ann}/`."""
+        return self.out / "dicom"
+
     def slide_dicom_dir(self, slide_id: str) -> Path:
-        return self.out / "dicom" / slide_id
+        return self.dicom_dir / slide_id
 
     def sm_dir(self, slide_id: str) -> Path:
         return self.slide_dicom_dir(slide_id) / "sm"
@@ -89,12 +108,41 @@ class DataLayout:
         """Scratch space on the output filesystem, so the final move is a rename."""
         return self.out / ".staging"
 
+    @property
+    def validation_dir(self) -> Path:
+        return self.out / "validation"
+
     def validation_parquet(self, slide_id: str) -> Path:
-        return self.out / "validation" / f"{slide_id}.parquet"
+        return self.validation_dir / f"{slide_id}.parquet"
 
     @property
     def tables_dir(self) -> Path:
         return self.out / "tables"
+
+    def table_parquet(self, name: str) -> Path:
+        """A collection table (`index`, `<collection>_clinical`, `validation_messages`...)."""
+        return self.tables_dir / f"{name}.parquet"
+
+    @property
+    def bigquery_dir(self) -> Path:
+        """BigQuery schemas of the tables and their load script (`core.bigquery`)."""
+        return self.out / "bigquery"
+
+    @property
+    def releases_ledger(self) -> Path:
+        """The numbered releases (`core.releases.Ledger`)."""
+        return self.out / "releases" / "ledger.json"
+
+    @property
+    def qc_dir(self) -> Path:
+        """The collection page, `qc/index.html`, and its thumbnails (`core.qc.page`)."""
+        return self.out / "qc"
+
+    @property
+    def atomic_write_dirs(self) -> tuple[Path, ...]:
+        """The folders whose files are written atomically beside a temporary file
+        (`core.store`), where a killed writer may have left one."""
+        return (self.out, self.tables_dir, self.validation_dir, self.out / "index")
 
     @property
     def duckdb_path(self) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import os
+import re
 import shutil
 import struct
 import threading
@@ -17,10 +18,15 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import polars as pl
+
+if TYPE_CHECKING:
+    from bms_pipeline.core.layout import DataLayout
 
 
 class OutputWriteError(RuntimeError):
@@ -36,7 +42,45 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _temp_beside(path: Path) -> Path:
+    """`.<name>.<writer pid>.<random>.tmp` (a DuckDB rebuild adds its `.wal`): hidden, and
+    naming its writer, so what a killed writer left can be told apart (`temp_file_writer`)."""
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+
+
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{32}\.tmp(\.wal)?$")
+_RETIRED_PREFIX = ".retired-"
+
+
+def temp_file_writer(name: str) -> int | None:
+    """The pid of the process that wrote the temporary file `name` (see `_temp_beside`), or
+    None when `name` is not one of ours."""
+    match = _TEMP_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What a killed writer may have left under the output root."""
+
+    unowned: tuple[Path, ...]
+    """Staging folders and retired series: their names do not say whose they are."""
+    temp_files: tuple[Path, ...]
+    """Atomic-write temporary files, each naming its writer (`temp_file_writer`)."""
+
+
+def leftovers(layout: DataLayout) -> Leftovers:
+    """The staging entries, retired series and temporary files now under `layout.out`."""
+    staging = layout.staging_dir
+    unowned = [*staging.iterdir()] if staging.is_dir() else []
+    unowned += layout.dicom_dir.glob(f"*/{_RETIRED_PREFIX}*")
+    temp_files = [
+        entry
+        for folder in layout.atomic_write_dirs
+        if folder.is_dir()
+        for entry in folder.iterdir()
+        if temp_file_writer(entry.name) is not None
+    ]
+    return Leftovers(tuple(unowned), tuple(temp_files))
 
 
 def _commit(tmp: Path, path: Path) -> None:
@@ -314,7 +358,7 @@ def replace_dir_atomically(staged: Path, final: Path) -> None:
     """
     keep_unchanged(staged, final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    retired = final.parent / f".retired-{final.name}-{uuid.uuid4().hex[:8]}"
+    retired = final.parent / f"{_RETIRED_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
     if final.exists():
         final.rename(retired)
     try:

@@ -191,18 +191,22 @@ def start_attempt(context: dg.AssetExecutionContext, version: InputVersion) -> N
     """Record on the run the version this asset starts on, so a failure is remembered with
     the inputs it failed on (`last_failure`)."""
     name = context.asset_key.to_user_string()
-    context.instance.add_run_tags(context.run_id, {f"{VERSION_TAG}{name}": version.digest})
+    context.instance.add_run_tags(context.run.run_id, {f"{VERSION_TAG}{name}": version.digest})
 
 
 def start_inventory(context: dg.AssetExecutionContext, signature: str) -> None:
     """Record on the run the files an inventory starts on (their change detector): a slide
     whose inventory fails rests until they change."""
-    context.instance.add_run_tags(context.run_id, {f"{VERSION_TAG}{INVENTORY_ASSET}": signature})
+    context.instance.add_run_tags(
+        context.run.run_id, {f"{VERSION_TAG}{INVENTORY_ASSET}": signature}
+    )
 
 
 def mark_refused(context: dg.AssetExecutionContext) -> None:
     """The publication gate refused this asset's output: the slide rests as `refused`."""
-    context.instance.add_run_tags(context.run_id, {REFUSED_TAG: context.asset_key.to_user_string()})
+    context.instance.add_run_tags(
+        context.run.run_id, {REFUSED_TAG: context.asset_key.to_user_string()}
+    )
 
 
 def version_metadata(version: InputVersion) -> dict[str, Any]:
@@ -263,7 +267,7 @@ def pending_withdrawals(bms: Any, present: set[str]) -> dict[str, str]:
     from bms_pipeline.core.run_decision import slides_to_withdraw
 
     pending = slides_to_withdraw(bms.published_slides(), present, bms.collection().skipped_slides)
-    names = bms.outputs.listing("validation")
+    names = bms.listing(bms.layout.validation_dir)
     validated = {n.split("/")[-1].removesuffix(".parquet") for n in names if n.endswith(".parquet")}
     for sid in sorted(validated - present):
         pending.setdefault(sid, "no longer under raw/slides (removed or renamed)")

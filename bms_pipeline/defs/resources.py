@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,12 +22,31 @@ if TYPE_CHECKING:
     from bms_pipeline.core.dicom.convert import ConversionSettings
 
 
+@dataclass
+class LocalFiles:
+    """What `BmsPipelineResource.files` brought to this worker, and what goes back."""
+
+    layout: DataLayout
+    """The local paths: the roots themselves, or their mirrors in scratch."""
+    staged: dict[str, Path]
+    """Slide id -> its local .mrxs."""
+    written: list[Path]
+    """Paths of `layout` to publish when the block ends."""
+
+    def mrxs(self, slide_id: str) -> Path:
+        return self.staged[slide_id]
+
+    def wrote(self, *paths: Path) -> None:
+        """Publish these paths too, once the block ends without an exception."""
+        self.written.extend(paths)
+
+
 class BmsPipelineResource(dg.ConfigurableResource):
     """The data root (inputs under raw/, outputs under out/) and conversion settings.
 
     Both roots are paths or fsspec URLs. Assets work on `layout`, which is local: the roots
-    themselves when they are local folders, otherwise their mirrors in `scratch_dir`, which
-    assets `fetch` before reading and `publish` after writing (no-ops for local roots).
+    themselves when they are local folders, otherwise their mirrors in `scratch_dir`. Files
+    move between the roots and the mirrors only through `files` (no-ops for local roots).
     """
 
     data_root: str = Field(description="Folder or URL holding collection.yaml, raw/ and out/")
@@ -53,15 +75,13 @@ class BmsPipelineResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Remember the instance (for the pool's occupancy) and tag the run with this process,
         whatever started it (CLI, UI, sensor, backfill, `dagster asset materialize`), so a run
-        whose process died can be found and its pool slot freed (`instance.reap_dead_runs`)."""
-        from bms_pipeline.orchestration.instance import WORKER_TAG, worker_identity
+        whose process died can be found and its pool slot freed (`defs.runs.reap_dead_runs`)."""
+        from bms_pipeline.defs.runs import tag_run_with_worker
 
         self._instance = context.instance
         run = context.run
         if context.instance is not None and run is not None:
-            me = worker_identity()
-            if run.tags.get(WORKER_TAG) != me:
-                context.instance.add_run_tags(run.run_id, {WORKER_TAG: me})
+            tag_run_with_worker(context.instance, run)
 
     # -- roots -----------------------------------------------------------------------------
     @property
@@ -91,12 +111,52 @@ class BmsPipelineResource(dg.ConfigurableResource):
                 continue
         raise ValueError(f"{path} is under neither the data root nor the output root")
 
-    def fetch(self, path: Path, required: bool = False) -> Path:
+    @contextlib.contextmanager
+    def files(
+        self,
+        *,
+        read: Iterable[Path] = (),
+        require: Iterable[Path] = (),
+        slides: Iterable[str] = (),
+        write: Iterable[Path] = (),
+    ) -> Iterator[LocalFiles]:
+        """The one way files move between the roots and this worker. Before the block:
+        `require` (which must exist) and `read` (which may not) are brought up to date from
+        their roots into the local `layout`, and the MIRAX files of `slides` are staged for
+        OpenSlide. When the block ends without an exception: `write`, and whatever it adds
+        with `LocalFiles.wrote`, are published to their roots (atomically per path). For
+        local roots every step is a no-op."""
+        for path in require:
+            self._fetch(path, required=True)
+        for path in read:
+            self._fetch(path)
+        local = LocalFiles(self.layout, {s: self._stage_slide(s) for s in slides}, [*write])
+        yield local
+        for path in local.written:
+            self._publish(path)
+
+    def listing(self, path: Path) -> dict[str, dict]:
+        """Every file at or below a path of `layout` in its root, keyed by path relative to
+        the root (no download)."""
+        root, rel = self._root_of(path)
+        return root.listing(rel)
+
+    def signature(self, path: Path) -> str:
+        """What changes when anything at or below a path of `layout` changes in its root."""
+        root, rel = self._root_of(path)
+        return root.signature([rel])
+
+    def url_of(self, path: Path) -> str:
+        """For people: the URL of a local path of `layout` in its root."""
+        root, rel = self._root_of(path)
+        return root.url_of(rel)
+
+    def _fetch(self, path: Path, required: bool = False) -> Path:
         """Bring a local path of `layout` up to date from its root before reading it."""
         root, rel = self._root_of(path)
         return root.fetch(rel, required=required)
 
-    def publish(self, path: Path) -> None:
+    def _publish(self, path: Path) -> None:
         """Upload a path of `layout` just written to its root (atomically per path)."""
         root, rel = self._root_of(path)
         root.publish(rel)
@@ -106,10 +166,10 @@ class BmsPipelineResource(dg.ConfigurableResource):
         from bms_pipeline.core.layout import published_slide_ids
         from bms_pipeline.core.slide_id import patient_id_of
 
-        slides = published_slide_ids(self.outputs.listing("dicom"))
+        slides = published_slide_ids(self.listing(self.layout.dicom_dir))
         return {patient_id_of(s) for s in slides}
 
-    def withdraw(self, path: Path) -> bool:
+    def _withdraw(self, path: Path) -> bool:
         """Remove a path of `layout` from its root and mirror (see `StorageRoot.withdraw`)."""
         root, rel = self._root_of(path)
         return root.withdraw(rel)
@@ -118,18 +178,18 @@ class BmsPipelineResource(dg.ConfigurableResource):
         """Everything published of a slide refused by the publication gate: its series and
         its validation results (the index and clinical tables follow on their next build)."""
         layout = self.layout
-        removed = self.withdraw(layout.slide_dicom_dir(slide_id))
-        return self.withdraw(layout.validation_parquet(slide_id)) or removed
+        removed = self._withdraw(layout.slide_dicom_dir(slide_id))
+        return self._withdraw(layout.validation_parquet(slide_id)) or removed
 
-    def stage_slide(self, slide_id: str) -> Path:
+    def _stage_slide(self, slide_id: str) -> Path:
         """The slide's local .mrxs, for OpenSlide: in place for a local root, otherwise its
         files (and metadata override files) copied into scratch, unchanged files skipped."""
         layout = self.layout
         if not self.inputs.is_local:
-            mrxs = self.fetch(layout.mrxs(slide_id), required=True)
-            self.fetch(mrxs.with_suffix(""))
+            mrxs = self._fetch(layout.mrxs(slide_id), required=True)
+            self._fetch(mrxs.with_suffix(""))
             for path in layout.override_candidates(slide_id):
-                self.fetch(path)
+                self._fetch(path)
             return mrxs
         return layout.mrxs(slide_id)
 
@@ -165,7 +225,7 @@ class BmsPipelineResource(dg.ConfigurableResource):
 
     # -- configuration ---------------------------------------------------------------------
     def collection(self) -> CollectionConfig:
-        return CollectionConfig.load(self.fetch(self.layout.collection_yaml, required=True))
+        return CollectionConfig.load(self._fetch(self.layout.collection_yaml, required=True))
 
     def collection_inputs(self):  # -> core.versions.CollectionInputs
         """collection.yaml, the clinical rows and the annotation rows, read once, for the
@@ -173,30 +233,30 @@ class BmsPipelineResource(dg.ConfigurableResource):
         from bms_pipeline.core.versions import CollectionInputs
 
         layout = self.layout
-        self.fetch(layout.clinical_csv)
-        self.fetch(layout.annotations_dir)
+        self._fetch(layout.clinical_csv)
+        self._fetch(layout.annotations_dir)
         return CollectionInputs.read(self.collection(), layout.clinical_csv, layout.annotations_dir)
 
     def collection_sources(self) -> dict:
         """What the collection-wide outputs' versions are made of
         (`core.versions.collection_versions`): a listing of the outputs, no download."""
         layout = self.layout
-        self.fetch(layout.clinical_csv)
-        self.fetch(layout.lab_values_xlsx)
+        self._fetch(layout.clinical_csv)
+        self._fetch(layout.lab_values_xlsx)
         return {
             "collection": self.collection(),
             "clinical_csv": layout.clinical_csv,
             "lab_workbook": layout.lab_values_xlsx,
             "published_patients": self.published_patients(),
-            "dicom_signature": self.outputs.signature(["dicom"]),
-            "validation_signature": self.outputs.signature(["validation"]),
+            "dicom_signature": self.signature(layout.dicom_dir),
+            "validation_signature": self.signature(layout.validation_dir),
         }
 
     def published_slides(self) -> set[str]:
         """Slides with a published SM series (a listing, no download)."""
         from bms_pipeline.core.layout import published_slide_ids
 
-        return published_slide_ids(self.outputs.listing("dicom"))
+        return published_slide_ids(self.listing(self.layout.dicom_dir))
 
     def conversion_settings(self, collection: CollectionConfig | None = None) -> ConversionSettings:
         """The collection's SM conventions, this resource's overrides and the threads the

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shutil
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,16 +15,12 @@ from pathlib import Path
 
 from bms_pipeline.core.budget import CONVERSION_POOL, GIB, MachineBudget
 from bms_pipeline.core.layout import DataLayout
-
-__all__ = ["CONVERSION_POOL", "MachineBudget", "ensure_instance_home", "render_dagster_yaml"]
-
-DAGSTER_LOG_LEVEL_ENV = "BMS_DAGSTER_LOG_LEVEL"
-"""Level of Dagster's console log in runs the CLI executes (DEBUG with `-v`)."""
+from bms_pipeline.core.worker_identity import local_pid_alive, worker_identity
 
 
 def instance_home(layout: DataLayout) -> Path:
     """The persistent Dagster instance of `bms-pipeline run`, under the data root."""
-    return layout.root / ".dagster"
+    return layout.dagster_home
 
 
 def render_dagster_yaml(budget: MachineBudget, postgres: bool = False) -> str:
@@ -93,44 +87,6 @@ storage:
 """
 
 
-# -- the run worker's identity, so a run whose process died can be told from a live one ------
-
-WORKER_TAG = "bms/worker"
-"""Run tag `host:pid:start-time` of the process executing the run (pid alone can be reused)."""
-
-
-def _process_start(pid: int) -> str:
-    """The process's start time in clock ticks since boot (Linux), or "" where unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    # Field 22; the command name (field 2) may contain spaces, so split after its ")".
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def worker_identity(pid: int | None = None) -> str:
-    pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
-
-
-def worker_alive(identity: str) -> bool:
-    """False only when the worker is known to be gone: same host, and no such process (or a
-    different process now holding its pid). A worker on another host counts as alive."""
-    host, _, rest = identity.partition(":")
-    pid_text, _, started = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return True
-    pid = int(pid_text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, another user's
-    return not started or _process_start(pid) in ("", started)
-
-
 # -- locks in the Dagster home ----------------------------------------------------------------
 
 
@@ -173,70 +129,19 @@ def root_run_lock(home: Path, on_wait: Callable[[str], None]) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-# -- recovery from runs whose process died ----------------------------------------------------
-
-
-def reap_dead_runs(instance) -> list[str]:  # instance: dg.DagsterInstance
-    """Mark in-progress runs whose worker process is gone as failed and free every pool slot
-    held by a run that is gone or finished, without the daemon (whose run monitoring does this
-    only when it runs). Returns the ids of the runs marked failed."""
-    import dagster as dg
-
-    reaped = []
-    active = [
-        dg.DagsterRunStatus.STARTING,
-        dg.DagsterRunStatus.STARTED,
-        dg.DagsterRunStatus.CANCELING,
-    ]
-    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=active)):
-        run = record.dagster_run
-        identity = run.tags.get(WORKER_TAG)
-        if identity is None or worker_alive(identity):
-            continue
-        host, pid = identity.split(":")[:2]
-        from bms_pipeline.defs.facts import PROCESS_DIED_TAG
-
-        # Not a verdict on the slide's inputs: the next run tries it again.
-        instance.add_run_tags(run.run_id, {PROCESS_DIED_TAG: "1"})
-        instance.report_run_failed(
-            run, message=f"the process running this run (pid {pid} on {host}) is gone"
-        )
-        reaped.append(run.run_id)
-    storage = instance.event_log_storage
-    if storage.supports_global_concurrency_limits:
-        for run_id in storage.get_concurrency_run_ids():
-            run = instance.get_run_by_id(run_id)
-            if run is None or run.is_finished or run.run_id in reaped:
-                storage.free_concurrency_slots_for_run(run_id)
-    return reaped
-
-
-def live_workers(instance) -> set[str]:  # instance: dg.DagsterInstance
-    """Identities of the processes of in-progress runs that are still alive."""
-    import dagster as dg
-
-    active = [
-        dg.DagsterRunStatus.STARTING,
-        dg.DagsterRunStatus.STARTED,
-        dg.DagsterRunStatus.CANCELING,
-    ]
-    return {
-        identity
-        for record in instance.get_run_records(filters=dg.RunsFilter(statuses=active))
-        if (identity := record.dagster_run.tags.get(WORKER_TAG)) and worker_alive(identity)
-    }
-
-
-_TEMP_FILE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{32}\.tmp(\.wal)?$")  # core.store._temp_beside
-
-
 def remove_stale_outputs(out: Path, instance, me: str | None = None) -> list[Path]:
-    """Remove what killed runs left half-written: staging folders and retired series (only
-    when no other run is alive, since their names do not say whose they are) and atomic-write
-    temp files whose writer process is gone. Anything modified after the check for live runs
-    is kept, so a run that starts meanwhile keeps its staging folder."""
+    """Remove what killed runs left half-written (`core.store.leftovers`): staging folders
+    and retired series (only when no other run is alive, since their names do not say whose
+    they are) and atomic-write temp files whose writer process is gone. Anything modified
+    after the check for live runs is kept, so a run that starts meanwhile keeps its staging
+    folder."""
+    from bms_pipeline.core.store import leftovers, temp_file_writer
+
     now = time.time()
+    from bms_pipeline.defs.runs import live_workers  # Dagster, only when outputs are swept
+
     others = live_workers(instance) - {me or worker_identity()}
+    left = leftovers(DataLayout.of_outputs(out))
     removed: list[Path] = []
 
     def drop(path: Path) -> None:
@@ -252,17 +157,10 @@ def remove_stale_outputs(out: Path, instance, me: str | None = None) -> list[Pat
         removed.append(path)
 
     if not others:
-        staging = out / ".staging"
-        if staging.is_dir():
-            for entry in staging.iterdir():
-                drop(entry)
-        for retired in out.glob("dicom/*/.retired-*"):
-            drop(retired)
-    for folder in (out, out / "tables", out / "validation", out / "index"):
-        if not folder.is_dir():
-            continue
-        for entry in folder.iterdir():
-            match = _TEMP_FILE.match(entry.name)
-            if match and not worker_alive(f"{socket.gethostname()}:{match.group(1)}:"):
-                drop(entry)
+        for entry in left.unowned:
+            drop(entry)
+    for entry in left.temp_files:
+        pid = temp_file_writer(entry.name)
+        if pid is not None and not local_pid_alive(pid):
+            drop(entry)
     return removed

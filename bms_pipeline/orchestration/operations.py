@@ -133,7 +133,7 @@ def _execute(
 ) -> dg.ExecuteInProcessResult:
     """`execute_in_process` as every run here needs it: tagged with this process (so a crash
     is detected by `reap_dead_runs`) and with Dagster's console log at `log_level`."""
-    from bms_pipeline.orchestration.instance import WORKER_TAG, worker_identity
+    from bms_pipeline.core.worker_identity import WORKER_TAG, worker_identity
 
     return job.execute_in_process(
         instance=instance,

@@ -107,7 +107,7 @@ class GracefulStop:
     def _my_runs(self, instance) -> list:
         import dagster as dg
 
-        from bms_pipeline.orchestration.instance import WORKER_TAG, worker_identity
+        from bms_pipeline.core.worker_identity import WORKER_TAG, worker_identity
 
         me = worker_identity()
         active = [
@@ -155,7 +155,8 @@ class GracefulStop:
         """The staging folders of this process's slides, unless another run is alive: staging
         names do not say whose they are, and another process may be converting the same
         slide (then the next `run` removes ours, see `instance.remove_stale_outputs`)."""
-        from bms_pipeline.orchestration.instance import live_workers, worker_identity
+        from bms_pipeline.core.worker_identity import worker_identity
+        from bms_pipeline.defs.runs import live_workers
 
         if self._staging is None or not self._staging.is_dir():
             return

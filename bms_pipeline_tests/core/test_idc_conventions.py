@@ -16,11 +16,11 @@ import pydicom
 import pytest
 
 from bms_pipeline.core.annotations.ann import base_level_dataset, build_ann_series
-from bms_pipeline.core.annotations.inputs import slide_bounds
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.dicom.idc import convert_layout_slide
 from bms_pipeline.core.dicom.phi import ALLOWED_MIRAX_PROPERTIES
 from bms_pipeline.core.mirax.inventory import openslide_properties
+from bms_pipeline.core.slide_bounds import SlideBounds
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
 
 idc_index_data = pytest.importorskip(
@@ -52,7 +52,7 @@ def ours(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[pydicom.Dat
             layout,
             collection.collection_id,
             base,
-            slide_bounds(properties),
+            SlideBounds.of(properties).offset,
             (int(base.TotalPixelMatrixColumns), int(base.TotalPixelMatrixRows)),
             conventions=collection.conventions.ann,
             numbering=collection.conventions.series_numbers,

@@ -13,8 +13,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from bms_pipeline.core.budget import CONVERSION_POOL
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
-from bms_pipeline.orchestration.instance import CONVERSION_POOL
 from bms_pipeline_tests.live.instance_ops import (
     materialization_counts,
     open_instance,

@@ -9,8 +9,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from bms_pipeline.core.budget import CONVERSION_POOL
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
-from bms_pipeline.orchestration.instance import CONVERSION_POOL, reap_dead_runs
+from bms_pipeline.defs.runs import reap_dead_runs
 from bms_pipeline_tests.live.instance_ops import (
     materialization_counts,
     open_instance,

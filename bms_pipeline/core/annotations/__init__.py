@@ -27,7 +27,6 @@ if TYPE_CHECKING:  # what the lazy exports below resolve to
         AnnotationInputError,
         SlideAnnotations,
         read_slide_annotations,
-        slide_bounds,
     )
     from bms_pipeline.core.annotations.labels import LabelTable, cell_labels
 
@@ -46,7 +45,6 @@ _EXPORTS = {
     "AnnotationInputError": "inputs",
     "SlideAnnotations": "inputs",
     "read_slide_annotations": "inputs",
-    "slide_bounds": "inputs",
     "LabelTable": "labels",
     "cell_labels": "labels",
 }
@@ -66,7 +64,6 @@ __all__ = [
     "read_back",
     "read_series_content",
     "read_slide_annotations",
-    "slide_bounds",
 ]
 
 

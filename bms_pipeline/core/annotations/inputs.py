@@ -23,7 +23,7 @@ per-box Python object.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +52,6 @@ __all__ = [
     "read_detections",
     "read_rois",
     "read_slide_annotations",
-    "slide_bounds",
 ]
 
 ROI_COLUMNS = ("roi_id", "slide_id", "x1", "y1", "x2", "y2")
@@ -296,14 +295,6 @@ class SlideAnnotations:
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def slide_bounds(properties: Mapping[str, str]) -> tuple[int, int]:
-    """(bounds-x, bounds-y) from OpenSlide properties; absent bounds mean 0 (full canvas)."""
-    return (
-        int(properties.get("openslide.bounds-x", 0) or 0),
-        int(properties.get("openslide.bounds-y", 0) or 0),
-    )
 
 
 def _read_slide_rows(path: Path, columns: Sequence[str], slide_id: str) -> pl.DataFrame:

@@ -58,8 +58,8 @@ import polars as pl
 
 from bms_pipeline.core.bigquery import (
     BigQueryTarget,
-    bigquery_dir,
     bigquery_schema,
+    bigquery_schema_path,
     write_load_script,
 )
 from bms_pipeline.core.clinical.clinical import clinical_table
@@ -307,14 +307,13 @@ def write_outputs(
     Holding the DuckDB lock for the whole update makes concurrent runs finish one after
     the other, so the parquet files, schemas and database always come from the same run.
     """
-    bq = bigquery_dir(layout)
     parquet: dict[str, Path] = {}
     schemas: dict[str, Path] = {}
     with exclusive_lock(duckdb_lock_path(layout.duckdb_path), lock_timeout):
         for name, frame in tables.tables.items():
-            parquet[name] = layout.tables_dir / f"{name}.parquet"
+            parquet[name] = layout.table_parquet(name)
             atomic_write_parquet(frame, parquet[name])
-            schemas[name] = bq / f"{name}.schema.json"
+            schemas[name] = bigquery_schema_path(layout, name)
             schema = bigquery_schema(frame.schema, _descriptions(tables, name))
             atomic_write_text(schemas[name], json.dumps(schema, indent=2) + "\n")
         rebuild_duckdb(

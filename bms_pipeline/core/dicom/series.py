@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,15 +50,6 @@ def read_series(sm_dir: Path) -> list[SmInstance]:
 def volume_levels(instances: list[SmInstance]) -> list[SmInstance]:
     """VOLUME instances, largest (base) first."""
     return sorted((i for i in instances if i.flavor == "VOLUME"), key=lambda i: -i.columns * i.rows)
-
-
-def scanned_size(properties: Mapping[str, str]) -> tuple[int, int]:
-    """The scanned area's size, OpenSlide's bounds (or the whole level 0 without them): what
-    the SM series' base level must be."""
-    return (
-        int(properties.get("openslide.bounds-width", properties["openslide.level[0].width"])),
-        int(properties.get("openslide.bounds-height", properties["openslide.level[0].height"])),
-    )
 
 
 def sm_series_problems(

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import requests
 from pydicom import Dataset, dcmread
@@ -37,6 +37,9 @@ from pydicom.encaps import get_frame
 
 from bms_pipeline.core.dicomweb.config import TIMEOUT_ENV, auth_from_env
 from bms_pipeline.core.privacy.credentials import Credentials, redact
+
+if TYPE_CHECKING:
+    from bms_pipeline.core.layout import DataLayout
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -131,6 +134,20 @@ class PublishReport:
     verified_frames: int = 0
     verified_objects: int = 0
     series: dict[str, int] = field(default_factory=dict)  # series UID -> instances on the server
+
+
+def ensure_publishable(layout: DataLayout, slide_id: str) -> None:
+    """Publish only without validation errors: raises unless the slide's validation verdict
+    (`out/validation/<slide_id>.parquet`) has no Error. The blocking checks gate publication
+    within a run; the verdict on disk is re-read here in case publication runs on its own."""
+    import polars as pl
+
+    from bms_pipeline.core.validation.report import errors_of
+
+    verdict = layout.validation_parquet(slide_id)
+    errors = errors_of(pl.read_parquet(verdict)).height
+    if errors:
+        raise DicomwebError(f"{slide_id}: not published, {errors} validation error(s) in {verdict}")
 
 
 def slide_instances(sm_dir: Path, ann_dir: Path) -> list[LocalInstance]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bms_pipeline.core.bigquery import bigquery_dir, bigquery_schema, write_load_script
+from bms_pipeline.core.bigquery import bigquery_schema, bigquery_schema_path, write_load_script
 from bms_pipeline.core.index.dicom_index import DicomIndex
 from bms_pipeline.core.index.schemas import DESCRIPTIONS
 from bms_pipeline.core.layout import DataLayout
@@ -28,7 +28,7 @@ def write_dicom_index(index: DicomIndex, layout: DataLayout) -> dict[str, Path]:
             atomic_write_parquet(frame, parquet[name])
             schema = bigquery_schema(frame.schema, DESCRIPTIONS.get(name))
             atomic_write_text(
-                bigquery_dir(layout) / f"{name}.schema.json", json.dumps(schema, indent=2) + "\n"
+                bigquery_schema_path(layout, name), json.dumps(schema, indent=2) + "\n"
             )
         rebuild_duckdb(layout.duckdb_path, parquet, {})
         write_load_script(layout)

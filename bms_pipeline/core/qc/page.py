@@ -20,10 +20,10 @@ from pathlib import Path
 
 import polars as pl
 
+from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.qc.pictures import PICTURE_ERRORS, jpeg_bytes, thumbnail_picture
 from bms_pipeline.core.store import replace_dir_atomically
 
-PAGE_DIR = "qc"
 THUMBNAILS = "thumbnails"
 
 
@@ -68,7 +68,7 @@ def _read(tables: Path, name: str) -> pl.DataFrame | None:
 def slide_rows(out_dir: Path) -> list[SlideRow]:
     """One row per slide with a published SM series, from the index and validation tables
     under `out_dir/tables` (none before `dicom_index` has run)."""
-    tables = out_dir / "tables"
+    tables = DataLayout.of_outputs(out_dir).tables_dir
     paths = _read(tables, "bms_instance_paths")
     instances = _read(tables, "sm_instance_index")
     if paths is None or instances is None or paths.is_empty():
@@ -231,8 +231,9 @@ def build_collection_page(
 ) -> PageResult:
     """Write `out_dir/qc/index.html` and its thumbnails: staged, then swapped in whole."""
     rows = slide_rows(out_dir)
-    final = out_dir / PAGE_DIR
-    staged = out_dir / ".staging" / f"qc-{uuid.uuid4().hex}"
+    layout = DataLayout.of_outputs(out_dir)
+    final = layout.qc_dir
+    staged = layout.staging_dir / f"qc-{uuid.uuid4().hex}"
     (staged / THUMBNAILS).mkdir(parents=True)
     made = reused = size = 0
     shown: dict[str, str] = {}

@@ -25,11 +25,17 @@ class ValidationSummary:
     """The 20 most frequent (level, message) pairs, errors first."""
 
 
+def errors_of(frame: pl.DataFrame) -> pl.DataFrame:
+    """The Error rows of validation messages: what withholds a slide from publication
+    (`core.dicomweb.publish.ensure_publishable`) and fails its blocking check."""
+    return frame.filter(pl.col("level") == "Error")
+
+
 def summarize(frame: pl.DataFrame) -> ValidationSummary:
     """Counts of one slide's (or all slides') messages by level and by message."""
     warnings = frame.filter(pl.col("level") == "Warning")
     return ValidationSummary(
-        errors=frame.filter(pl.col("level") == "Error").height,
+        errors=errors_of(frame).height,
         warnings=warnings.height,
         unexplained_warnings=warnings.filter(pl.col("known_noise").is_null()).height,
         by_message=(

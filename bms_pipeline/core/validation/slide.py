@@ -25,7 +25,7 @@ def slide_series_files(layout: DataLayout, slide_id: str) -> dict[str, list[Path
 
 def study_files(layout: DataLayout, patient_id: str) -> list[Path]:
     """Every file of the patient's study: all of that patient's slides."""
-    root = layout.out / "dicom"
+    root = layout.dicom_dir
     return sorted(
         path
         for folder in sorted(root.glob(f"{patient_id}_*_bm"))

@@ -27,44 +27,48 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
 
     from bms_pipeline.core.annotations.ann import base_level_dataset, build_ann_series
     from bms_pipeline.core.annotations.consensus import disagreement_warnings
-    from bms_pipeline.core.annotations.inputs import slide_bounds
     from bms_pipeline.core.dicom.idc import publication_gate
     from bms_pipeline.core.dicom.publication import PublicationRefused
     from bms_pipeline.core.dicom.series import read_series, volume_levels
     from bms_pipeline.core.qc.pictures import annotation_pictures
+    from bms_pipeline.core.slide_bounds import SlideBounds
 
     slide_id = context.partition_key
     layout = bms.layout
     collection = bms.collection()
     version = slide_asset_version(context, bms)
-    base = volume_levels(read_series(bms.fetch(layout.sm_dir(slide_id), required=True)))[0]
-    properties = openslide_properties(bms.stage_slide(slide_id))
-    bms.fetch(layout.annotations_dir)
-    try:
-        result = build_ann_series(
-            slide_id,
-            layout,
-            collection.collection_id,
-            base_level_dataset(layout.sm_dir(slide_id)),
-            bounds=slide_bounds(properties),
-            image_size=(base.columns, base.rows),
-            algorithm_name=collection.detection_algorithm.name,
-            algorithm_version=collection.detection_algorithm.version,
-            gate=publication_gate(collection, slide_id, properties).ann_problems,
-            conventions=collection.conventions.ann,
-            numbering=collection.conventions.series_numbers,
-        )
-    except PublicationRefused as exc:
-        # The image was published but its annotations may not be: withdraw the whole slide,
-        # so that nothing of it is shared half-checked.
-        mark_refused(context)
-        bms.withdraw_slide(slide_id)
-        raise dg.Failure(
-            description=f"{exc}; the slide's published series were withdrawn",
-            metadata={"problems": dg.MetadataValue.json([str(p) for p in exc.problems])},
-            allow_retries=False,
-        ) from None  # the description is the whole story; the summary shows it
-    bms.publish(result.ann_dir)
+    with bms.files(
+        slides=[slide_id],
+        require=[layout.sm_dir(slide_id)],
+        read=[layout.annotations_dir],
+        write=[layout.ann_dir(slide_id)],
+    ) as local:
+        base = volume_levels(read_series(layout.sm_dir(slide_id)))[0]
+        properties = openslide_properties(local.mrxs(slide_id))
+        try:
+            result = build_ann_series(
+                slide_id,
+                layout,
+                collection.collection_id,
+                base_level_dataset(layout.sm_dir(slide_id)),
+                bounds=SlideBounds.of(properties).offset,
+                image_size=(base.columns, base.rows),
+                algorithm_name=collection.detection_algorithm.name,
+                algorithm_version=collection.detection_algorithm.version,
+                gate=publication_gate(collection, slide_id, properties).ann_problems,
+                conventions=collection.conventions.ann,
+                numbering=collection.conventions.series_numbers,
+            )
+        except PublicationRefused as exc:
+            # The image was published but its annotations may not be: withdraw the whole
+            # slide, so that nothing of it is shared half-checked.
+            mark_refused(context)
+            bms.withdraw_slide(slide_id)
+            raise dg.Failure(
+                description=f"{exc}; the slide's published series were withdrawn",
+                metadata={"problems": dg.MetadataValue.json([str(p) for p in exc.problems])},
+                allow_retries=False,
+            ) from None  # the description is the whole story; the summary shows it
     if result.disagreements.height:
         context.log.warning(
             "%s: %d cell(s) whose original_consensus_label differs from the recomputed consensus",
@@ -86,7 +90,7 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
         data_version=dg.DataVersion(version.digest),
         metadata={
             **version_metadata(version),
-            "path": dg.MetadataValue.path(bms.outputs.url_of(f"dicom/{slide_id}/ann")),
+            "path": dg.MetadataValue.path(bms.url_of(layout.ann_dir(slide_id))),
             "boxes_on_the_slide": dg.MetadataValue.md(pictures.region),
             "boxes_per_label": dg.MetadataValue.md(pictures.chart),
             "series": markdown_table(pl.DataFrame(series)),

@@ -15,21 +15,26 @@ def ann_counts_match_input(
 ) -> dg.AssetCheckResult:
     """Per series and label, the annotations read back with pydicom (not highdicom, which wrote them) equal the input rows."""
     from bms_pipeline.core.annotations.ann import count_problems, expected_counts, read_back
-    from bms_pipeline.core.annotations.inputs import read_slide_annotations, slide_bounds
+    from bms_pipeline.core.annotations.inputs import read_slide_annotations
     from bms_pipeline.core.dicom.series import read_series, volume_levels
+    from bms_pipeline.core.slide_bounds import SlideBounds
 
     slide_id = context.partition_key
     layout = bms.layout
-    base = volume_levels(read_series(bms.fetch(layout.sm_dir(slide_id), required=True)))[0]
-    bms.fetch(layout.annotations_dir)
-    annotations = read_slide_annotations(
-        slide_id,
-        layout.annotations_dir,
-        slide_bounds(openslide_properties(bms.stage_slide(slide_id))),
-        (base.columns, base.rows),
-    )
+    with bms.files(
+        slides=[slide_id],
+        require=[layout.sm_dir(slide_id)],
+        read=[layout.annotations_dir, layout.ann_dir(slide_id)],
+    ) as local:
+        base = volume_levels(read_series(layout.sm_dir(slide_id)))[0]
+        annotations = read_slide_annotations(
+            slide_id,
+            layout.annotations_dir,
+            SlideBounds.of(openslide_properties(local.mrxs(slide_id))).offset,
+            (base.columns, base.rows),
+        )
+        actual = read_back(layout.ann_dir(slide_id))
     expected = expected_counts(annotations, bms.collection().conventions.ann)
-    actual = read_back(bms.fetch(layout.ann_dir(slide_id)))
     problems = count_problems(expected, actual)
     return dg.AssetCheckResult(
         passed=not problems,

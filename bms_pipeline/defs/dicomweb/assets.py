@@ -37,24 +37,19 @@ def build_dicomweb_asset(target: DicomwebTarget) -> dg.AssetsDefinition:
     def dicomweb_series(
         context: dg.AssetExecutionContext, bms: BmsPipelineResource
     ) -> dg.MaterializeResult:
-        import polars as pl
-
-        from bms_pipeline.core.dicomweb.publish import DicomwebError, publish_slide, slide_instances
+        from bms_pipeline.core.dicomweb.publish import (
+            ensure_publishable,
+            publish_slide,
+            slide_instances,
+        )
 
         slide_id = context.partition_key
         layout = bms.layout
         version = slide_asset_version(context, bms)
-        # Never publish what failed: the blocking checks gate this step in a run, and the
-        # validation verdict on disk is re-read in case this step runs on its own.
-        verdict = bms.fetch(layout.validation_parquet(slide_id), required=True)
-        errors = pl.read_parquet(verdict).filter(pl.col("level") == "Error").height
-        if errors:
-            raise DicomwebError(
-                f"{slide_id}: not published, {errors} validation error(s) in {verdict}"
-            )
-        sm_dir = bms.fetch(layout.sm_dir(slide_id), required=True)
-        ann_dir = bms.fetch(layout.ann_dir(slide_id))
-        instances = slide_instances(sm_dir, ann_dir)
+        with bms.files(require=[layout.validation_parquet(slide_id)]):
+            ensure_publishable(layout, slide_id)  # never what failed validation
+        with bms.files(require=[layout.sm_dir(slide_id)], read=[layout.ann_dir(slide_id)]):
+            instances = slide_instances(layout.sm_dir(slide_id), layout.ann_dir(slide_id))
         context.log.info(
             "publishing %d instances of %s to %s", len(instances), slide_id, target.url
         )
@@ -133,11 +128,12 @@ def dicomweb_assets(data_root: str) -> list[dg.AssetsDefinition]:
     from pathlib import Path
 
     from bms_pipeline.core.dicomweb.config import resolve_target
+    from bms_pipeline.core.layout import DataLayout
 
     local_yaml = (
         None
         if "://" in data_root and not data_root.startswith("file://")
-        else (Path(data_root.removeprefix("file://")) / "collection.yaml")
+        else DataLayout(Path(data_root.removeprefix("file://"))).collection_yaml
     )
     target = resolve_target(None, local_yaml)
     return [build_dicomweb_asset(target)] if target else []

@@ -1,5 +1,7 @@
 """Per-slide assets: the MIRAX inventory and its DICOM SM series."""
 
+from dataclasses import asdict
+
 import dagster as dg
 
 from bms_pipeline.core.budget import CONVERSION_POOL
@@ -9,6 +11,7 @@ from bms_pipeline.core.mirax.inventory import (
     openslide_properties,
     slide_version,
 )
+from bms_pipeline.core.slide_bounds import SlideBounds
 from bms_pipeline.defs.facts import (
     SLIDE_VERSION_METADATA,
     mark_refused,
@@ -37,12 +40,13 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
     slide_id = context.partition_key
     signature = bms.slide_signature(slide_id)
     start_inventory(context, signature)
-    path = bms.stage_slide(slide_id)
-    context.log.info("hashing %s", path)
-    inv = inventory(path)
-    props = openslide_properties(path)
+    with bms.files(slides=[slide_id]) as local:
+        path = local.mrxs(slide_id)
+        context.log.info("hashing %s", path)
+        inv = inventory(path)
+        props = openslide_properties(path)
     overrides = override_paths(bms.layout.root, slide_id)
-    url = bms.inputs.url_of(f"raw/slides/{slide_id}.mrxs")
+    url = bms.url_of(bms.layout.mrxs(slide_id))
     version = slide_version(inv.content_hash, overrides)
     shown = shown_properties(props)
     return dg.MaterializeResult(
@@ -56,12 +60,7 @@ def mrxs_slide(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
             "bytes": inv.total_bytes,
             "width": int(props["openslide.level[0].width"]),
             "height": int(props["openslide.level[0].height"]),
-            "bounds": dg.MetadataValue.json(
-                {
-                    k.split("-")[-1]: int(props.get(f"openslide.bounds-{k.split('-')[-1]}", 0))
-                    for k in ("bounds-x", "bounds-y", "bounds-width", "bounds-height")
-                }
-            ),
+            "bounds": dg.MetadataValue.json(asdict(SlideBounds.of(props))),
             "levels": int(props["openslide.level-count"]),
             "inventory": dg.MetadataValue.table(
                 records=[
@@ -105,30 +104,30 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
 
     slide_id = context.partition_key
     layout = bms.layout
-    bms.stage_slide(slide_id)
-    bms.fetch(layout.clinical_csv, required=True)
-    version = slide_asset_version(context, bms)
-    context.log.info("converting %s with wsidicomizer", slide_id)
-    try:
-        result = convert_layout_slide(
-            layout,
-            bms.collection(),
-            slide_id,
-            bms.conversion_settings(),
-            content_key=version.digest,
-            frame_key=version.parts["slide files"],
-        )
-    except PublicationRefused as exc:
-        mark_refused(context)
-        withdrawn = bms.withdraw_slide(slide_id)
-        raise dg.Failure(
-            description=str(exc)
-            + ("; the earlier published series were withdrawn" if withdrawn else ""),
-            metadata={"problems": dg.MetadataValue.json([str(p) for p in exc.problems])},
-            allow_retries=False,
-        ) from None  # the description is the whole story; the summary shows it
-    instances = read_series(result.sm_dir)
-    bms.publish(result.sm_dir)
+    with bms.files(
+        slides=[slide_id], require=[layout.clinical_csv], write=[layout.sm_dir(slide_id)]
+    ):
+        version = slide_asset_version(context, bms)
+        context.log.info("converting %s with wsidicomizer", slide_id)
+        try:
+            result = convert_layout_slide(
+                layout,
+                bms.collection(),
+                slide_id,
+                bms.conversion_settings(),
+                content_key=version.digest,
+                frame_key=version.parts["slide files"],
+            )
+        except PublicationRefused as exc:
+            mark_refused(context)
+            withdrawn = bms.withdraw_slide(slide_id)
+            raise dg.Failure(
+                description=str(exc)
+                + ("; the earlier published series were withdrawn" if withdrawn else ""),
+                metadata={"problems": dg.MetadataValue.json([str(p) for p in exc.problems])},
+                allow_retries=False,
+            ) from None  # the description is the whole story; the summary shows it
+        instances = read_series(result.sm_dir)
     levels = volume_levels(instances)
     context.log.info(
         "%s: %d instances, %d levels, %.1f MP/s",
@@ -141,7 +140,7 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
         data_version=dg.DataVersion(version.digest),
         metadata={
             **version_metadata(version),
-            "path": dg.MetadataValue.path(bms.outputs.url_of(f"dicom/{slide_id}/sm")),
+            "path": dg.MetadataValue.path(bms.url_of(layout.sm_dir(slide_id))),
             "thumbnail": dg.MetadataValue.md(
                 thumbnail_markdown(sorted(result.sm_dir.glob("*.dcm")))
             ),

@@ -15,11 +15,14 @@ def sm_series_matches_source(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
     """Base level equals the OpenSlide bounds, no LABEL, PatientID and ContainerIdentifier set."""
-    from bms_pipeline.core.dicom.series import read_series, scanned_size, sm_series_problems
+    from bms_pipeline.core.dicom.series import read_series, sm_series_problems
+    from bms_pipeline.core.slide_bounds import SlideBounds
 
     slide_id = context.partition_key
-    expected = scanned_size(openslide_properties(bms.stage_slide(slide_id)))
-    instances = read_series(bms.fetch(bms.layout.sm_dir(slide_id), required=True))
+    sm_dir = bms.layout.sm_dir(slide_id)
+    with bms.files(slides=[slide_id], require=[sm_dir]) as local:
+        expected = SlideBounds.of(openslide_properties(local.mrxs(slide_id))).size
+        instances = read_series(sm_dir)
     problems = sm_series_problems(instances, slide_id, expected)
     return dg.AssetCheckResult(
         passed=not problems,
@@ -34,10 +37,11 @@ def privacy_scan_result(
     """The publication gate's byte scan, rerun on what is published under `folder`."""
     from bms_pipeline.core.dicom.idc import privacy_policy
 
-    policy = privacy_policy(
-        bms.collection(), slide_id, openslide_properties(bms.stage_slide(slide_id))
-    )
-    files = sorted(bms.fetch(folder).rglob("*.dcm"))
+    with bms.files(slides=[slide_id], read=[folder]) as local:
+        policy = privacy_policy(
+            bms.collection(), slide_id, openslide_properties(local.mrxs(slide_id))
+        )
+        files = sorted(folder.rglob("*.dcm"))
     hits = policy.scan(files)
     return dg.AssetCheckResult(
         passed=not hits,
@@ -76,7 +80,9 @@ def sm_series_thumbnail_matches_pyramid(
     from bms_pipeline.core.dicom.thumbnail import MIN_THUMBNAIL_CORRELATION, thumbnail_similarity
 
     slide_id = context.partition_key
-    files = sorted(bms.fetch(bms.layout.sm_dir(slide_id), required=True).glob("*.dcm"))
+    sm_dir = bms.layout.sm_dir(slide_id)
+    with bms.files(require=[sm_dir]):
+        files = sorted(sm_dir.glob("*.dcm"))
     score, compared = thumbnail_similarity(files)
     wanted = bms.collection().conventions.sm.thumbnail
     if score is None:

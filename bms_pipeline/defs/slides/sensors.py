@@ -57,7 +57,7 @@ def new_slides_sensor(
     that are no longer inputs; then rebuilds the collection tables once no slide is busy.
     Each request carries the versions it is for, so the same inputs are never requested
     twice. Each tick also fails runs whose process died and frees their pool slots."""
-    from bms_pipeline.orchestration.instance import reap_dead_runs
+    from bms_pipeline.defs.runs import reap_dead_runs
 
     instance = context.instance
     for run_id in reap_dead_runs(instance):

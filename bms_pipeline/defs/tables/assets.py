@@ -32,22 +32,24 @@ def clinical_tables(
 
     layout = bms.layout
     collection = bms.collection()
-    bms.fetch(layout.clinical_csv.parent, required=True)
-    version = collection_asset_version(context, bms)
-    tables = build_clinical_tables(layout, collection, converted_patients=bms.published_patients())
-    for warning in tables.warnings:  # the patients left out first; never a cell's content
-        context.log.warning(warning)
     # The load script lists every table with a schema and parquet file, other writers' too.
-    for shared in (layout.duckdb_path, layout.tables_dir, bigquery_dir(layout)):
-        bms.fetch(shared)
-    written = write_outputs(tables, layout)
-    for path in [
-        *written.parquet.values(),
-        *written.schemas.values(),
-        written.load_script,
-        written.duckdb,
-    ]:
-        bms.publish(path)
+    with bms.files(
+        require=[layout.clinical_dir],
+        read=[layout.duckdb_path, layout.tables_dir, bigquery_dir(layout)],
+    ) as local:
+        version = collection_asset_version(context, bms)
+        tables = build_clinical_tables(
+            layout, collection, converted_patients=bms.published_patients()
+        )
+        for warning in tables.warnings:  # the patients left out first; never a cell's content
+            context.log.warning(warning)
+        written = write_outputs(tables, layout)
+        local.wrote(
+            *written.parquet.values(),
+            *written.schemas.values(),
+            written.load_script,
+            written.duckdb,
+        )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version.digest),
         metadata={
@@ -84,25 +86,26 @@ def dicom_index(
     to the output root; `bms_sm_tiles`; `bms_ann_references`)."""
     import polars as pl
 
-    from bms_pipeline.core.bigquery import bigquery_dir, load_script_path
+    from bms_pipeline.core.bigquery import bigquery_dir, bigquery_schema_path, load_script_path
     from bms_pipeline.core.index import build_dicom_index
     from bms_pipeline.core.index.write import write_dicom_index
 
     layout = bms.layout
     collection = bms.collection()
     version = collection_asset_version(context, bms)
-    index = build_dicom_index(
-        bms.fetch(layout.out / "dicom"),
-        collection.collection_id,
-        collection.doi,
-        collection.license,
-    )
-    for shared in (layout.duckdb_path, layout.tables_dir, bigquery_dir(layout)):
-        bms.fetch(shared)
-    paths = write_dicom_index(index, layout)
-    schemas = [bigquery_dir(layout) / f"{name}.schema.json" for name in paths]
-    for path in [*paths.values(), *schemas, load_script_path(layout), layout.duckdb_path]:
-        bms.publish(path)
+    with bms.files(
+        read=[layout.dicom_dir, layout.duckdb_path, layout.tables_dir, bigquery_dir(layout)]
+    ) as local:
+        index = build_dicom_index(
+            layout.dicom_dir, collection.collection_id, collection.doi, collection.license
+        )
+        paths = write_dicom_index(index, layout)
+        local.wrote(
+            *paths.values(),
+            *(bigquery_schema_path(layout, name) for name in paths),
+            load_script_path(layout),
+            layout.duckdb_path,
+        )
     counts = {name: frame.height for name, frame in index.tables().items()}
     context.log.info("dicom index: %s", counts)
     by_label = (
@@ -159,47 +162,45 @@ def releases(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.
     layout = bms.layout
     collection = bms.collection()
     version = collection_asset_version(context, bms)
-    tables_dir = bms.fetch(layout.tables_dir)
-    ledger_path = bms.fetch(layout.out / "releases") / "ledger.json"
-    ledger = Ledger.load(ledger_path)
-    index, paths = tables_dir / "index.parquet", tables_dir / "bms_instance_paths.parquet"
-    series = (
-        published_series(pl.read_parquet(index), pl.read_parquet(paths))
-        if index.is_file() and paths.is_file()
-        else []
-    )
-    clinical = {
-        name: file_digest(tables_dir / f"{collection.collection_id}_{name}.parquet")
-        for name in ("clinical", "laboratory")
-    }
-    updated = record_release(
-        ledger,
-        series,
-        {f"{collection.collection_id}_{n}": d for n, d in clinical.items()},
-        code_version=converter_commit(),
-        date=dt.datetime.now(dt.UTC).date().isoformat(),
-    )
-    if updated is not ledger:
-        atomic_write_text(ledger_path, updated.to_json() + "\n")
-        bms.publish(ledger_path)
-        latest = updated.releases[-1]
-        context.log.info(
-            "release %d: %d added, %d revised, %d removed, tables changed: %s",
-            latest.number,
-            latest.added,
-            latest.revised,
-            latest.removed,
-            ", ".join(latest.tables_changed) or "none",
+    ledger_path = layout.releases_ledger
+    with bms.files(read=[layout.tables_dir, ledger_path.parent, layout.duckdb_path]) as local:
+        ledger = Ledger.load(ledger_path)
+        index, paths = layout.table_parquet("index"), layout.table_parquet("bms_instance_paths")
+        series = (
+            published_series(pl.read_parquet(index), pl.read_parquet(paths))
+            if index.is_file() and paths.is_file()
+            else []
         )
-    frames = release_tables(updated, collection.collection_id)
-    written = {}
-    for name, frame in frames.items():
-        written[name] = tables_dir / f"{name}.parquet"
-        atomic_write_parquet(frame, written[name])
-        bms.publish(written[name])
-    bms.fetch(layout.duckdb_path)
-    write_duckdb_tables(layout.duckdb_path, written)
-    bms.publish(layout.duckdb_path)
+        clinical = {
+            name: file_digest(layout.table_parquet(f"{collection.collection_id}_{name}"))
+            for name in ("clinical", "laboratory")
+        }
+        updated = record_release(
+            ledger,
+            series,
+            {f"{collection.collection_id}_{n}": d for n, d in clinical.items()},
+            code_version=converter_commit(),
+            date=dt.datetime.now(dt.UTC).date().isoformat(),
+        )
+        if updated is not ledger:
+            atomic_write_text(ledger_path, updated.to_json() + "\n")
+            local.wrote(ledger_path)
+            latest = updated.releases[-1]
+            context.log.info(
+                "release %d: %d added, %d revised, %d removed, tables changed: %s",
+                latest.number,
+                latest.added,
+                latest.revised,
+                latest.removed,
+                ", ".join(latest.tables_changed) or "none",
+            )
+        frames = release_tables(updated, collection.collection_id)
+        written = {}
+        for name, frame in frames.items():
+            written[name] = layout.table_parquet(name)
+            atomic_write_parquet(frame, written[name])
+        write_duckdb_tables(layout.duckdb_path, written)
+        local.wrote(*written.values(), layout.duckdb_path)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version.digest),
         metadata={

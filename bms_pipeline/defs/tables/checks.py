@@ -11,14 +11,14 @@ from bms_pipeline.defs.tables.assets import clinical_tables, dicom_index
 def _published(bms: BmsPipelineResource, table: str):  # -> pl.DataFrame
     import polars as pl
 
-    return pl.read_parquet(bms.fetch(bms.layout.tables_dir / f"{table}.parquet", required=True))
+    path = bms.layout.table_parquet(table)
+    with bms.files(require=[path]):
+        return pl.read_parquet(path)
 
 
 def _dicom_patients(bms: BmsPipelineResource) -> set[str]:
-    import polars as pl
 
-    index = pl.read_parquet(bms.fetch(bms.layout.tables_dir / "index.parquet", required=True))
-    return set(index["PatientID"].to_list())
+    return set(_published(bms, "index")["PatientID"].to_list())
 
 
 def _left_out(context: dg.AssetCheckExecutionContext) -> dict[str, list[str]]:
@@ -73,14 +73,14 @@ def clinical_tables_have_no_duplicates_or_free_text(
 
     layout = bms.layout
     collection_id = bms.collection().collection_id
-    bms.fetch(layout.tables_dir)
     problems: list[str] = []
-    for table in (f"{collection_id}_clinical", f"{collection_id}_laboratory"):
-        frame = pl.read_parquet(layout.tables_dir / f"{table}.parquet")
-        problems += [f"{table}: duplicate patient {p}" for p in duplicate_patients(frame)]
-        problems += [
-            f"{table}: possible free-text PHI column {c}" for c in free_text_phi_columns(frame)
-        ]
+    with bms.files(read=[layout.tables_dir]):
+        for table in (f"{collection_id}_clinical", f"{collection_id}_laboratory"):
+            frame = pl.read_parquet(layout.table_parquet(table))
+            problems += [f"{table}: duplicate patient {p}" for p in duplicate_patients(frame)]
+            problems += [
+                f"{table}: possible free-text PHI column {c}" for c in free_text_phi_columns(frame)
+            ]
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={"problems": dg.MetadataValue.json(problems)},
@@ -96,8 +96,8 @@ def column_metadata_matches_tables(
     from bms_pipeline.core.clinical.qa import column_metadata_matches_schema
     from bms_pipeline.core.clinical.tables import read_written_tables
 
-    bms.fetch(bms.layout.tables_dir)
-    written = read_written_tables(bms.layout, bms.collection().collection_id)
+    with bms.files(read=[bms.layout.tables_dir]):
+        written = read_written_tables(bms.layout, bms.collection().collection_id)
     problems = column_metadata_matches_schema(written)
     return dg.AssetCheckResult(
         passed=not problems,

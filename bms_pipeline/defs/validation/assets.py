@@ -39,24 +39,24 @@ def dicom_validation(
     slide_id = context.partition_key
     layout = bms.layout
     version = slide_asset_version(context, bms)
-    bms.fetch(layout.out / "dicom")  # dcentvfy checks the patient's whole study
-    series = slide_series_files(layout, slide_id)
-    context.log.info(
-        "validating %d files in %d series of %s",
-        sum(map(len, series.values())),
-        len(series),
-        slide_id,
-    )
-    frame = validate_slide(layout, slide_id)
     path = layout.validation_parquet(slide_id)
-    atomic_write_parquet(frame, path)
-    bms.publish(path)
+    # dcentvfy checks the patient's whole study: every slide's series are read.
+    with bms.files(read=[layout.dicom_dir], write=[path]):
+        series = slide_series_files(layout, slide_id)
+        context.log.info(
+            "validating %d files in %d series of %s",
+            sum(map(len, series.values())),
+            len(series),
+            slide_id,
+        )
+        frame = validate_slide(layout, slide_id)
+        atomic_write_parquet(frame, path)
     summary = summarize(frame)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version.digest),
         metadata={
             **version_metadata(version),
-            "path": dg.MetadataValue.path(bms.outputs.url_of(f"validation/{slide_id}.parquet")),
+            "path": dg.MetadataValue.path(bms.url_of(path)),
             "files": sum(map(len, series.values())),
             "series": len(series),
             "errors": summary.errors,
@@ -90,17 +90,17 @@ def validation_report(
 
     layout = bms.layout
     version = collection_asset_version(context, bms)
-    files = sorted(bms.fetch(layout.out / "validation").glob("*.parquet"))
-    if not files:
-        # No slide validated yet (none converted): an empty report, not a second failure.
-        context.log.info("no slide has validation results yet: writing an empty report")
-    frame = combine_slide_results(files)
-    path = layout.tables_dir / "validation_messages.parquet"
-    atomic_write_parquet(frame, path)
-    bms.fetch(layout.duckdb_path)
-    write_duckdb_tables(layout.duckdb_path, {"validation_messages": path})
-    bms.publish(path)
-    bms.publish(layout.duckdb_path)
+    path = layout.table_parquet("validation_messages")
+    with bms.files(
+        read=[layout.validation_dir, layout.duckdb_path], write=[path, layout.duckdb_path]
+    ):
+        files = sorted(layout.validation_dir.glob("*.parquet"))
+        if not files:
+            # No slide validated yet (none converted): an empty report, not a second failure.
+            context.log.info("no slide has validation results yet: writing an empty report")
+        frame = combine_slide_results(files)
+        atomic_write_parquet(frame, path)
+        write_duckdb_tables(layout.duckdb_path, {"validation_messages": path})
     counts = summarize(frame)
     context.log.info("%d slides, %d errors, %d messages", len(files), counts.errors, frame.height)
     return dg.MaterializeResult(
@@ -132,20 +132,20 @@ def collection_page(
     slide with its THUMBNAIL (image files beside the page), instances, levels, annotations
     per ANN series and validation counts; the patients left out of the clinical tables; the
     slides not published, with the reason their last run gave."""
-    from bms_pipeline.core.qc.page import PAGE_DIR, build_collection_page
+    from bms_pipeline.core.qc.page import build_collection_page
 
     layout = bms.layout
     version = collection_asset_version(context, bms)
-    for folder in (layout.tables_dir, layout.out / "dicom", layout.out / PAGE_DIR):
-        bms.fetch(folder)
     left_out = latest_metadata(context.instance, clinical_tables.key, "patients_left_out")
-    page = build_collection_page(
-        layout.out,
-        bms.collection().collection_name,
-        left_out if isinstance(left_out, dict) else {},
-        not_published_slides(context.instance, layout),
-    )
-    bms.publish(layout.out / PAGE_DIR)
+    with bms.files(
+        read=[layout.tables_dir, layout.dicom_dir, layout.qc_dir], write=[layout.qc_dir]
+    ):
+        page = build_collection_page(
+            layout.out,
+            bms.collection().collection_name,
+            left_out if isinstance(left_out, dict) else {},
+            not_published_slides(context.instance, layout),
+        )
     for problem in page.missing_thumbnails:
         context.log.warning("collection page: no thumbnail for %s", problem)
     context.log.info(
@@ -158,11 +158,9 @@ def collection_page(
         data_version=dg.DataVersion(version.digest),
         metadata={
             **version_metadata(version),
-            "path": dg.MetadataValue.path(bms.outputs.url_of(f"{PAGE_DIR}/index.html")),
+            "path": dg.MetadataValue.path(bms.url_of(page.path)),
             "url": dg.MetadataValue.url(
-                page.path.resolve().as_uri()
-                if bms.outputs.is_local
-                else bms.outputs.url_of(f"{PAGE_DIR}/index.html")
+                page.path.resolve().as_uri() if bms.outputs.is_local else bms.url_of(page.path)
             ),
             "slides": page.slides,
             "thumbnails_made": page.thumbnails_made,
@@ -191,7 +189,7 @@ def not_published_slides(
     the first line of its failure (the publication gate's reason, an input error...)."""
     from bms_pipeline.core.qc.page import NotPublished
 
-    published = {p.name for p in (layout.out / "dicom").glob("*") if (p / "sm").is_dir()}
+    published = {p.name for p in layout.dicom_dir.glob("*") if layout.sm_dir(p.name).is_dir()}
     out = []
     for slide_id in sorted(instance.get_dynamic_partitions(SLIDES_PARTITIONS)):
         if slide_id in published or not layout.mrxs(slide_id).exists():

@@ -14,10 +14,11 @@ def no_dicom_validation_errors(
     """Fails on any Error from dciodvfy or dcentvfy for the slide's files, series or study."""
     import polars as pl
 
-    frame = pl.read_parquet(
-        bms.fetch(bms.layout.validation_parquet(context.partition_key), required=True)
-    )
-    errors = frame.filter(pl.col("level") == "Error")
+    from bms_pipeline.core.validation.report import errors_of
+
+    verdict = bms.layout.validation_parquet(context.partition_key)
+    with bms.files(require=[verdict]):
+        errors = errors_of(pl.read_parquet(verdict))
     return dg.AssetCheckResult(
         passed=errors.height == 0,
         metadata={

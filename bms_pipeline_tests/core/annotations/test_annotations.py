@@ -29,7 +29,6 @@ from bms_pipeline.core.annotations import (
     read_back,
     read_series_content,
     read_slide_annotations,
-    slide_bounds,
 )
 from bms_pipeline.core.annotations.ann import (
     ALGORITHM_FAMILY,
@@ -53,6 +52,7 @@ from bms_pipeline.core.conventions import AnnConventions
 from bms_pipeline.core.dicom.idc import convert_layout_slide
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.mirax.inventory import openslide_properties
+from bms_pipeline.core.slide_bounds import SlideBounds
 from bms_pipeline.core.slide_id import patient_id_of
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
 
@@ -109,7 +109,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
         _convert(layout, collection, slide_id)
         sm_base = base_level_dataset(layout.sm_dir(slide_id))
         size = (int(sm_base.TotalPixelMatrixColumns), int(sm_base.TotalPixelMatrixRows))
-        bounds = slide_bounds(openslide_properties(layout.mrxs(slide_id)))
+        bounds = SlideBounds.of(openslide_properties(layout.mrxs(slide_id))).offset
         ref = SlideRef(slide_id, bounds, size, sm_base)
         result = _build(layout, collection.collection_id, ref)
         slides[slide_id] = ConvertedSlide(slide_id, bounds, size, sm_base, result)

@@ -24,7 +24,7 @@ import pydicom
 import pytest
 import yaml
 
-from bms_pipeline.core.annotations import base_level_dataset, build_ann_series, slide_bounds
+from bms_pipeline.core.annotations import base_level_dataset, build_ann_series
 from bms_pipeline.core.bigquery import bigquery_dir
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.dicom.idc import convert_layout_slide
@@ -32,6 +32,7 @@ from bms_pipeline.core.index import build_dicom_index
 from bms_pipeline.core.index.write import write_dicom_index
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.mirax.inventory import openslide_properties
+from bms_pipeline.core.slide_bounds import SlideBounds
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
 from bms_pipeline_tests.conftest import COLLECTION, SLIDE_ID, ConvertedSlide
 from bms_pipeline_tests.helpers import PATIENT
@@ -86,7 +87,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Written:
             layout,
             collection.collection_id,
             base,
-            slide_bounds(openslide_properties(layout.mrxs(slide_id))),
+            SlideBounds.of(openslide_properties(layout.mrxs(slide_id))).offset,
             (int(base.TotalPixelMatrixColumns), int(base.TotalPixelMatrixRows)),
             algorithm_name="nucleus detector",
             algorithm_version="1",
