@@ -23,7 +23,7 @@ COLLECTION_ID = "bonemarrowwsi_pediatricleukemia"
 def _convert_small_slide(root: Path) -> str:
     """Write and convert a one-slide demo dataset under `root`; returns its slide id."""
     from bms_pipeline.core.collection import CollectionConfig
-    from bms_pipeline.core.dicom.idc import convert_layout_slide
+    from bms_pipeline.core.dicom.idc_conversion import convert_layout_slide
     from bms_pipeline.core.synthetic.demo import write_demo_dataset
 
     dataset = write_demo_dataset(root, slides=1, seed=11)

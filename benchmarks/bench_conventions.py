@@ -32,7 +32,7 @@ VARIANTS = {
 def child(variant: str, root: str, out: str) -> None:
     from bms_pipeline.core.collection import CollectionConfig
     from bms_pipeline.core.dicom.convert import ConversionSettings
-    from bms_pipeline.core.dicom.idc import convert_layout_slide
+    from bms_pipeline.core.dicom.idc_conversion import convert_layout_slide
     from bms_pipeline.core.layout import DataLayout
 
     layout = DataLayout.at(root, out)

@@ -68,7 +68,7 @@ def child_ours(spec: dict[str, Any]) -> None:
     import bms_pipeline.core.dicom.convert as convert_module
     from bms_pipeline.core.collection import CollectionConfig
     from bms_pipeline.core.dicom.convert import ConversionSettings
-    from bms_pipeline.core.dicom.idc import convert_layout_slide
+    from bms_pipeline.core.dicom.idc_conversion import convert_layout_slide
     from bms_pipeline.core.dicom.publication import PublicationGate
     from bms_pipeline.core.layout import DataLayout
 

@@ -86,7 +86,7 @@ def _floor(unit: str) -> int:
 
 def test_the_import_reader_sees_imports_inside_functions():
     arrows = _arrows()
-    # `defs.resources` imports `core.storage` only inside a property (fsspec is not needed
+    # `defs.resources` imports `core.url_roots` only inside a property (fsspec is not needed
     # to load the definitions): the reader must see it, or the checks below prove nothing.
     assert any("defs/resources.py" in where for where in arrows[("defs", "core")])
     assert ("orchestration", "defs") in arrows and ("defs", "dagster") in arrows

@@ -22,7 +22,7 @@ from pydicom.encaps import encapsulate
 
 from bms_pipeline.core.clinical.patients import PatientClinical
 from bms_pipeline.core.dicom.convert import ConversionResult, ConversionSettings
-from bms_pipeline.core.dicom.idc import convert_with_idc_metadata
+from bms_pipeline.core.dicom.idc_conversion import convert_with_idc_metadata
 from bms_pipeline.core.dicom.metadata import SlideContext
 from bms_pipeline.core.dicom.thumbnail import (
     thumbnail_similarity,

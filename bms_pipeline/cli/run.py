@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import dagster as dg
 
     from bms_pipeline.cli.console import ProgressBoard
-    from bms_pipeline.orchestration.operations import SlideOutcome, SlidePlan
+    from bms_pipeline.orchestration.operations import PlannedSlide, SlideRunResult
     from bms_pipeline.orchestration.shutdown import GracefulStop
 
 NOT_RUNNABLE = ("not-ready", "skipped")
@@ -108,7 +108,7 @@ def _with_dicomweb(config: RunConfig) -> RunConfig | None:
 class SlidesDone:
     """What the slides of a run came to."""
 
-    outcomes: list[SlideOutcome]
+    outcomes: list[SlideRunResult]
     interrupted: bool
     any_ready: bool
     """A slide was ready (converted, fresh, refused or failed), not only missing inputs."""
@@ -176,12 +176,12 @@ def _run_collection(
     """The collection-wide tables and reports, when the decision says they are due (their
     versions hold the published files and patients: which of them run is decided there)."""
     from bms_pipeline.core.run_decision import collection_build_due
-    from bms_pipeline.orchestration.operations import SlideOutcome, run_collection
+    from bms_pipeline.orchestration.operations import SlideRunResult, run_collection
 
     if input_problems:
         print("collection tables skipped: see the input error(s) above", flush=True)
         done.outcomes.append(
-            SlideOutcome("(collection)", False, error="input error(s) reported above")
+            SlideRunResult("(collection)", False, error="input error(s) reported above")
         )
     elif collection_build_due(done.any_ready, any(o.withdrawn for o in done.outcomes)):
         print("collection-wide tables and reports ...", flush=True)
@@ -192,11 +192,11 @@ def _run_collection(
 
 def _plan(
     config: RunConfig, instance: dg.DagsterInstance, defs: dg.Definitions
-) -> tuple[list[SlidePlan], list[SlideOutcome]] | None:
+) -> tuple[list[PlannedSlide], list[SlideRunResult]] | None:
     """Every slide's plan, and the outcomes known without running: the slides withdrawn
     (no longer inputs), not ready, resting or fresh. None for an unknown --slide."""
     from bms_pipeline.orchestration.operations import (
-        SlideOutcome,
+        SlideRunResult,
         plan_slides,
         register_slides,
         withdraw_removed,
@@ -210,31 +210,33 @@ def _plan(
         print(f"error: no such slide under {layout.slides_dir}: {sorted(unknown)}", file=sys.stderr)
         return None
     register_slides(instance, [p.slide_id for p in plans if p.state not in NOT_RUNNABLE])
-    outcomes: list[SlideOutcome] = []
+    outcomes: list[SlideRunResult] = []
     if not wanted:
         for sid, why in withdraw_removed(defs, plans).items():
             print(f"{sid}: withdrawn from every output: {why}", flush=True)
-            outcomes.append(SlideOutcome(sid, True, skipped=True, withdrawn=why))
+            outcomes.append(SlideRunResult(sid, True, skipped=True, withdrawn=why))
     for plan in plans:
         if plan.state == "not-ready":
-            outcomes.append(SlideOutcome(plan.slide_id, False, error=plan.detail))
+            outcomes.append(SlideRunResult(plan.slide_id, False, error=plan.detail))
         elif _to_run(config, plan):
             continue
         elif plan.state in ("refused", "failed"):
             # Rests until its inputs or the code change (`--force` tries again).
             outcomes.append(
-                SlideOutcome(plan.slide_id, False, skipped=True, error=plan.detail, note=plan.state)
+                SlideRunResult(
+                    plan.slide_id, False, skipped=True, error=plan.detail, note=plan.state
+                )
             )
         else:
-            outcomes.append(SlideOutcome(plan.slide_id, True, skipped=True))
+            outcomes.append(SlideRunResult(plan.slide_id, True, skipped=True))
     return plans, outcomes
 
 
-def _to_run(config: RunConfig, plan: SlidePlan) -> bool:
+def _to_run(config: RunConfig, plan: PlannedSlide) -> bool:
     return plan.state not in NOT_RUNNABLE and (config.force or plan.needs_run)
 
 
-def _input_bytes(todo: list[SlidePlan]) -> int:
+def _input_bytes(todo: list[PlannedSlide]) -> int:
     """The size of the slides to run (their .mrxs and data files)."""
     return sum(
         p.stat().st_size
@@ -285,11 +287,11 @@ def _run_slides(
 def _convert_here(
     config: RunConfig,
     instance: dg.DagsterInstance,
-    todo: list[SlidePlan],
+    todo: list[PlannedSlide],
     stop: GracefulStop,
     speed: RunSpeedups,
     board: ProgressBoard,
-    outcomes: list[SlideOutcome],
+    outcomes: list[SlideRunResult],
 ) -> bool:
     """Each slide in turn in this process; True when a stop signal ended the loop."""
     from bms_pipeline.cli.summary import progress_detail
@@ -314,16 +316,16 @@ def _convert_here(
 
 def _convert_in_workers(
     config: RunConfig,
-    todo: list[SlidePlan],
+    todo: list[PlannedSlide],
     jobs: int,
     stop: GracefulStop,
     board: ProgressBoard,
-    outcomes: list[SlideOutcome],
+    outcomes: list[SlideRunResult],
 ) -> bool:
     """The slides in `jobs` worker processes, each given the configuration; True when a stop
     signal ended the pool."""
     from bms_pipeline.cli.summary import progress_detail
-    from bms_pipeline.orchestration.operations import SlideOutcome
+    from bms_pipeline.orchestration.operations import SlideRunResult
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
@@ -336,9 +338,9 @@ def _convert_in_workers(
             try:
                 outcome = future.result()
             except Exception as exc:  # noqa: BLE001 - a crashed worker fails its slide only
-                outcome = SlideOutcome(plan.slide_id, False, error=f"worker crashed: {exc}")
+                outcome = SlideRunResult(plan.slide_id, False, error=f"worker crashed: {exc}")
             if outcome is None:
-                outcome = SlideOutcome(plan.slide_id, False, error="stopped")
+                outcome = SlideRunResult(plan.slide_id, False, error="stopped")
             board.finish(plan.slide_id, outcome.ok, outcome.skipped, progress_detail(outcome))
             outcomes.append(outcome)
             if stop.requested.is_set():
@@ -347,7 +349,7 @@ def _convert_in_workers(
     return False
 
 
-def run_in_worker(config: RunConfig, plan: SlidePlan) -> SlideOutcome | None:
+def run_in_worker(config: RunConfig, plan: PlannedSlide) -> SlideRunResult | None:
     """One slide in a worker process, configured by `config` alone (the parent's settings,
     DICOMweb credentials included, travel in it: nothing through the environment), against
     the same persistent instance."""

@@ -41,14 +41,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 SLIDE_STEP_MODULES = (
-    "bms_pipeline.core.dicom.idc",  # wsidicomizer, wsidicom, OpenSlide, pydicom
-    "bms_pipeline.core.dicom.series",
+    "bms_pipeline.core.dicom.idc_conversion",  # wsidicomizer, wsidicom, OpenSlide, pydicom
+    "bms_pipeline.core.dicom.series_readback",
     "bms_pipeline.core.dicom.thumbnail",  # Pillow
     "bms_pipeline.core.annotations.ann",  # highdicom, polars
     "bms_pipeline.core.validation.slide",
     "bms_pipeline.core.clinical.tables",
     "bms_pipeline.core.index",
-    "bms_pipeline.core.store",  # DuckDB
+    "bms_pipeline.core.atomic_outputs",  # DuckDB
 )
 
 

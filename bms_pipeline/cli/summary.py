@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bms_pipeline.orchestration.operations import SlideOutcome
+    from bms_pipeline.orchestration.operations import SlideRunResult
 
 
-def progress_detail(outcome: SlideOutcome) -> str:
+def progress_detail(outcome: SlideRunResult) -> str:
     """The end of a slide's progress line: its first error, or what the conversion did."""
     md = outcome.metadata
     if not outcome.ok:
@@ -22,7 +22,7 @@ def progress_detail(outcome: SlideOutcome) -> str:
     return "nothing to do" if outcome.skipped else ""
 
 
-def _result(o: SlideOutcome) -> str:
+def _result(o: SlideRunResult) -> str:
     if o.withdrawn:
         return "gone"
     if o.ok:
@@ -30,7 +30,7 @@ def _result(o: SlideOutcome) -> str:
     return o.note.upper() if o.skipped and o.note else "FAILED"
 
 
-def _print_table(outcomes: list[SlideOutcome]) -> None:
+def _print_table(outcomes: list[SlideRunResult]) -> None:
     """One row per slide (passing checks counted, failing ones named)."""
     print()
     print(
@@ -54,7 +54,7 @@ def _print_table(outcomes: list[SlideOutcome]) -> None:
         )
 
 
-def _print_faults(outcomes: list[SlideOutcome]) -> None:
+def _print_faults(outcomes: list[SlideRunResult]) -> None:
     """Errors with every line, the values behind each failed check, the data warnings."""
     problems = [o for o in outcomes if o.error or o.check_details or o.warnings]
     if problems:
@@ -71,7 +71,7 @@ def _print_faults(outcomes: list[SlideOutcome]) -> None:
             print(f"{o.slide_id}: warning: {warning}")
 
 
-def print_summary(outcomes: list[SlideOutcome], elapsed: float) -> int:
+def print_summary(outcomes: list[SlideRunResult], elapsed: float) -> int:
     """The table, every fault, then one line of totals; the exit code (1 if anything failed
     or nothing was done)."""
     from bms_pipeline.orchestration.operations import COLLECTION

@@ -13,10 +13,10 @@ from pathlib import Path
 import polars as pl
 from polars.datatypes import DataTypeClass
 
-from bms_pipeline.core.layout import DataLayout
-from bms_pipeline.core.store import (
+from bms_pipeline.core.atomic_outputs import (
     atomic_write_text,
 )
+from bms_pipeline.core.layout import DataLayout
 
 BQ_PROJECT_ENV = "BMS_BQ_PROJECT"
 BQ_DATASET_ENV = "BMS_BQ_DATASET"

@@ -141,7 +141,7 @@ class DataLayout:
     @property
     def atomic_write_dirs(self) -> tuple[Path, ...]:
         """The folders whose files are written atomically beside a temporary file
-        (`core.store`), where a killed writer may have left one."""
+        (`core.atomic_outputs`), where a killed writer may have left one."""
         return (self.out, self.tables_dir, self.validation_dir, self.out / "index")
 
     @property

@@ -17,7 +17,7 @@ from typing import Literal
 
 from bms_pipeline.core.versions import InputVersion, digest
 
-SlideState = Literal[
+SlideVerdict = Literal[
     "not-ready", "skipped", "new", "changed", "stale", "failed", "refused", "up-to-date"
 ]
 INVENTORY_ASSET = "mrxs_slide"
@@ -60,7 +60,7 @@ class Decision:
     """Whether a slide (or the collection) needs a run, which assets, and why."""
 
     key: str
-    state: SlideState
+    state: SlideVerdict
     reason: str = ""
     assets: tuple[str, ...] = ()
     """The assets to materialize, in graph order (with `INVENTORY_ASSET` first for a new or
@@ -143,7 +143,7 @@ def decide_slide(facts: SlideFacts, slide_assets: Sequence[str]) -> Decision:
         return Decision(sid, "changed", "slide files changed on disk", (INVENTORY_ASSET,))
     if rests(facts.last_failure, facts.current):
         assert facts.last_failure is not None
-        state: SlideState = "refused" if facts.last_failure.refused else "failed"
+        state: SlideVerdict = "refused" if facts.last_failure.refused else "failed"
         return Decision(
             sid, state, f"{facts.last_failure.reason} (rests until its inputs or the code change)"
         )

@@ -134,7 +134,7 @@ def gather_slide_facts(
     settings: Any,
     versions_of: Mapping[str, str],
 ) -> list[SlideFacts]:
-    """The facts of every scanned slide (`SlideStatus`): `versions_of` maps each slide asset
+    """The facts of every scanned slide (`FoundSlide`): `versions_of` maps each slide asset
     below the inventory to its code version."""
     known = set(instance.get_dynamic_partitions("slides"))
     skipped = inputs.collection.skipped_slides
@@ -228,7 +228,7 @@ def plan_slides(
     slide_ids: set[str] | None = None,
     statuses: list[Any] | None = None,
 ) -> list[tuple[Any, Any]]:
-    """(SlideStatus, Decision) of every slide under raw/slides (or of `slide_ids`), through
+    """(FoundSlide, Decision) of every slide under raw/slides (or of `slide_ids`), through
     `bms` (a `BmsPipelineResource`); `versions_of`: slide asset -> code version. `statuses`:
     a scan already made (the sensor's, which waits for files to settle)."""
     from bms_pipeline.core.run_decision import INVENTORY_ASSET, decide_slide

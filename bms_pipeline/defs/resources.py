@@ -13,7 +13,7 @@ from pydantic import Field, PrivateAttr
 
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.layout import DataLayout
-from bms_pipeline.core.mirax.discovery import SlideStatus
+from bms_pipeline.core.mirax.discovery import FoundSlide
 
 if TYPE_CHECKING:
     from bms_pipeline.core.budget import MachineBudget
@@ -86,13 +86,13 @@ class BmsPipelineResource(dg.ConfigurableResource):
     # -- roots -----------------------------------------------------------------------------
     @property
     def inputs(self):  # -> StorageRoot (imported lazily: fsspec is not needed to load defs)
-        from bms_pipeline.core.storage import StorageRoot
+        from bms_pipeline.core.url_roots import StorageRoot
 
         return StorageRoot.of(self.data_root, self.scratch_dir)
 
     @property
     def outputs(self):  # -> StorageRoot
-        from bms_pipeline.core.storage import StorageRoot
+        from bms_pipeline.core.url_roots import StorageRoot
 
         url = self.output_root
         if url is None:
@@ -207,7 +207,7 @@ class BmsPipelineResource(dg.ConfigurableResource):
 
     def scan(
         self, settle_seconds: float = 0.0, previous: dict[str, str] | None = None
-    ) -> list[SlideStatus]:
+    ) -> list[FoundSlide]:
         """Every slide under raw/slides, ready or not with the reason (no download)."""
         from bms_pipeline.core.dicom.overrides import override_paths
         from bms_pipeline.core.mirax.discovery import scan_remote_slides, scan_slides

@@ -130,12 +130,12 @@ def root_run_lock(home: Path, on_wait: Callable[[str], None]) -> Iterator[None]:
 
 
 def remove_stale_outputs(out: Path, instance, me: str | None = None) -> list[Path]:
-    """Remove what killed runs left half-written (`core.store.leftovers`): staging folders
+    """Remove what killed runs left half-written (`core.atomic_outputs.leftovers`): staging folders
     and retired series (only when no other run is alive, since their names do not say whose
     they are) and atomic-write temp files whose writer process is gone. Anything modified
     after the check for live runs is kept, so a run that starts meanwhile keeps its staging
     folder."""
-    from bms_pipeline.core.store import leftovers, temp_file_writer
+    from bms_pipeline.core.atomic_outputs import leftovers, temp_file_writer
 
     now = time.time()
     from bms_pipeline.defs.runs import live_workers  # Dagster, only when outputs are swept

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from bms_pipeline.core.layout import DataLayout
-from bms_pipeline.core.mirax.discovery import SlideStatus
-from bms_pipeline.core.run_decision import INVENTORY_ASSET, Decision, SlideState
+from bms_pipeline.core.mirax.discovery import FoundSlide
+from bms_pipeline.core.run_decision import INVENTORY_ASSET, Decision, SlideVerdict
 from bms_pipeline.defs.facts import pending_withdrawals as _pending
 from bms_pipeline.defs.facts import plan_collection
 from bms_pipeline.defs.facts import plan_slides as _plan
@@ -28,11 +28,11 @@ PARTITION_TAG = "dagster/partition"
 
 
 @dataclass
-class SlidePlan:
+class PlannedSlide:
     slide_id: str
-    state: SlideState
+    state: SlideVerdict
     detail: str = ""
-    status: SlideStatus | None = None
+    status: FoundSlide | None = None
     decision: Decision | None = None
 
     @property
@@ -41,7 +41,7 @@ class SlidePlan:
 
 
 @dataclass
-class SlideOutcome:
+class SlideRunResult:
     slide_id: str
     success: bool
     skipped: bool = False
@@ -90,21 +90,21 @@ def plan_slides(
     defs: dg.Definitions,
     layout: DataLayout,
     slide_ids: set[str] | None = None,
-) -> list[SlidePlan]:
+) -> list[PlannedSlide]:
     """The decision for every slide under raw/slides (or for `slide_ids`)."""
     versions = code_versions(defs, slide_asset_keys(defs))
     return [
-        SlidePlan(status.slide_id, decision.state, decision.reason, status, decision)
+        PlannedSlide(status.slide_id, decision.state, decision.reason, status, decision)
         for status, decision in _plan(instance, _bms(defs, layout), versions, slide_ids)
     ]
 
 
-def pending_withdrawals(defs: dg.Definitions, plans: list[SlidePlan]) -> dict[str, str]:
+def pending_withdrawals(defs: dg.Definitions, plans: list[PlannedSlide]) -> dict[str, str]:
     """The published slides that are no longer inputs (what `withdraw_removed` takes out)."""
     return _pending(_bms(defs), {p.slide_id for p in plans})
 
 
-def withdraw_removed(defs: dg.Definitions, plans: list[SlidePlan]) -> dict[str, str]:
+def withdraw_removed(defs: dg.Definitions, plans: list[PlannedSlide]) -> dict[str, str]:
     """Withdraw from every output the published slides that are no longer inputs (removed
     or renamed under raw/slides, or skipped in collection.yaml): slide id -> why. The index
     and clinical tables follow on the collection's next build (their versions hold the
@@ -147,11 +147,11 @@ def _execute(
 def _outcome(
     slide_id: str,
     result: dg.ExecuteInProcessResult,
-    outcome: SlideOutcome | None = None,
-) -> SlideOutcome:
+    outcome: SlideRunResult | None = None,
+) -> SlideRunResult:
     """What `result` says of `slide_id` (or of the collection): its checks, the first line of
     each failure, data warnings."""
-    outcome = outcome or SlideOutcome(slide_id, True)
+    outcome = outcome or SlideRunResult(slide_id, True)
     failures = result.get_step_failure_events()
     outcome.success = outcome.success and result.success
     outcome.run_ids.append(result.run_id)
@@ -216,9 +216,9 @@ def _root_cause(error) -> str:
 def _slide_selection(
     instance: dg.DagsterInstance,
     defs: dg.Definitions,
-    plan: SlidePlan,
+    plan: PlannedSlide,
     force: bool,
-    outcome: SlideOutcome,
+    outcome: SlideRunResult,
     log_level: str,
 ) -> list[dg.AssetKey] | None:
     """The slide's assets to materialize: all of them with `force`; for a slide whose files
@@ -257,12 +257,12 @@ def _slide_selection(
 def run_slide(
     instance: dg.DagsterInstance,
     defs: dg.Definitions,
-    plan: SlidePlan,
+    plan: PlannedSlide,
     force: bool = False,
     log_level: str = DEFAULT_LOG_LEVEL,
-) -> SlideOutcome:
+) -> SlideRunResult:
     """Materialize what the slide's decision names (everything with `force`)."""
-    outcome = SlideOutcome(plan.slide_id, True)
+    outcome = SlideRunResult(plan.slide_id, True)
     selection = _slide_selection(instance, defs, plan, force, outcome, log_level)
     if selection is None:
         return outcome
@@ -296,14 +296,14 @@ def run_collection(
     defs: dg.Definitions,
     force: bool = False,
     log_level: str = DEFAULT_LOG_LEVEL,
-) -> SlideOutcome:
+) -> SlideRunResult:
     """Materialize the collection tables and reports whose inputs changed (all with `force`)."""
     keys = collection_asset_keys(defs)
     if not force:
         wanted = set(collection_plan(instance, defs).assets)
         keys = [k for k in keys if k.to_user_string() in wanted]
     if not keys:
-        return SlideOutcome(COLLECTION, True, skipped=True)
+        return SlideRunResult(COLLECTION, True, skipped=True)
     result = _execute(
         defs.resolve_job_def(COLLECTION_JOB), instance, log_level, asset_selection=keys
     )
@@ -323,7 +323,7 @@ def check_collection_inputs(layout: DataLayout) -> list[InputProblem]:
     problem is reported once with its file, line and reason instead of inside every slide's
     conversion. The first two are needed by every conversion; the workbook only by the
     collection tables."""
-    from bms_pipeline.core.clinical.lab import read_lab_values
+    from bms_pipeline.core.clinical.lab_cells import read_lab_values
     from bms_pipeline.core.clinical.patients import read_clinical_csv
     from bms_pipeline.core.collection import CollectionConfig
 

@@ -92,7 +92,7 @@ def worker_environment(settings: WorkerSettings, inherited: Mapping[str, str]) -
     `$BMS_DAGSTER_POSTGRES_URL` (dagster.yaml names the variable, so no password is written
     to disk), in the psycopg2 form it needs. Nothing is written to this process's own
     environment."""
-    from bms_pipeline.core.storage import SCRATCH_ENV
+    from bms_pipeline.core.url_roots import SCRATCH_ENV
 
     env = dict(inherited)
     env[DATA_ROOT_ENV] = settings.data_root

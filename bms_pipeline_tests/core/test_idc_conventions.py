@@ -17,7 +17,7 @@ import pytest
 
 from bms_pipeline.core.annotations.ann import base_level_dataset, build_ann_series
 from bms_pipeline.core.collection import CollectionConfig
-from bms_pipeline.core.dicom.idc import convert_layout_slide
+from bms_pipeline.core.dicom.idc_conversion import convert_layout_slide
 from bms_pipeline.core.dicom.phi import ALLOWED_MIRAX_PROPERTIES
 from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline.core.slide_bounds import SlideBounds

@@ -1,4 +1,4 @@
-"""What a killed writer leaves is recognised by the names `core.store` gives it, found in the
+"""What a killed writer leaves is recognised by the names `core.atomic_outputs` gives it, found in the
 folders `DataLayout` names: the rule that removes it (`remove_stale_outputs`) copies neither."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from bms_pipeline.core.layout import DataLayout
-from bms_pipeline.core.store import (
-    _temp_beside,  # the name under test: what every atomic write of core.store uses
+from bms_pipeline.core.atomic_outputs import (
+    _temp_beside,  # the name under test: what every atomic write of core.atomic_outputs uses
     leftovers,
     replace_dir_atomically,
     temp_file_writer,
 )
+from bms_pipeline.core.layout import DataLayout
 
 
 def test_a_temporary_file_names_its_writer(tmp_path: Path) -> None:

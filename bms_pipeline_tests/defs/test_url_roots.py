@@ -19,8 +19,8 @@ import pydicom
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from bms_pipeline.core.storage import StorageError, StorageRoot
 from bms_pipeline.core.synthetic.demo import write_demo_dataset
+from bms_pipeline.core.url_roots import StorageError, StorageRoot
 from bms_pipeline.definitions import build_definitions
 from bms_pipeline.defs.partitions import slides_partitions
 from bms_pipeline.defs.resources import BmsPipelineResource

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bms_pipeline.core.storage import StorageRoot
+from bms_pipeline.core.url_roots import StorageRoot
 
 pytestmark = pytest.mark.live
 

@@ -67,13 +67,13 @@ from bms_pipeline.core.annotations.labels import (
     LabelTable,
     cell_labels,
 )
+from bms_pipeline.core.atomic_outputs import replace_dir_atomically
 from bms_pipeline.core.conventions import AnnConventions
 from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
 from bms_pipeline.core.dicom.uids import series_uid, stable_uid, study_uid
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.series_numbers import SeriesNumbering
 from bms_pipeline.core.slide_id import patient_id_of
-from bms_pipeline.core.store import replace_dir_atomically
 
 __all__ = [
     "ALGORITHM_FAMILY",

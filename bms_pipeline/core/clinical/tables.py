@@ -56,13 +56,21 @@ from pathlib import Path
 
 import polars as pl
 
+from bms_pipeline.core.atomic_outputs import (
+    FOREIGN_WRITER_TIMEOUT,
+    atomic_write_parquet,
+    atomic_write_text,
+    duckdb_lock_path,
+    exclusive_lock,
+    rebuild_duckdb,
+)
 from bms_pipeline.core.bigquery import (
     BigQueryTarget,
     bigquery_schema,
     bigquery_schema_path,
     write_load_script,
 )
-from bms_pipeline.core.clinical.clinical import clinical_table
+from bms_pipeline.core.clinical.clinical_table import clinical_table
 from bms_pipeline.core.clinical.idc_metadata import (
     CLINICAL_INDEX,
     CLINICAL_INDEX_SQL,
@@ -76,12 +84,12 @@ from bms_pipeline.core.clinical.idc_metadata import (
     source_file_checked,
     table_row,
 )
-from bms_pipeline.core.clinical.lab import (
+from bms_pipeline.core.clinical.lab_cells import (
     LAB_SHEET,
     LabSheet,
     read_lab_values,
 )
-from bms_pipeline.core.clinical.laboratory import laboratory_table
+from bms_pipeline.core.clinical.laboratory_table import laboratory_table
 from bms_pipeline.core.clinical.patients import ClinicalDataError, read_clinical_source
 from bms_pipeline.core.clinical.qa import (
     duplicate_patients,
@@ -91,14 +99,6 @@ from bms_pipeline.core.clinical.qa import (
 )
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.layout import DataLayout
-from bms_pipeline.core.store import (
-    FOREIGN_WRITER_TIMEOUT,
-    atomic_write_parquet,
-    atomic_write_text,
-    duckdb_lock_path,
-    exclusive_lock,
-    rebuild_duckdb,
-)
 
 logger = logging.getLogger(__name__)
 

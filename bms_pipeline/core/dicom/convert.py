@@ -26,6 +26,7 @@ from wsidicomizer import WsiDicomizer
 from wsidicomizer.metadata import WsiDicomizerMetadata
 from wsidicomizer.wsidicomizer import SourceIdentifier
 
+from bms_pipeline.core.atomic_outputs import replace_dir_atomically
 from bms_pipeline.core.conventions import SmConventions
 from bms_pipeline.core.dicom.determinism import contributing_equipment, normalize_series
 from bms_pipeline.core.dicom.fast_source import (
@@ -37,7 +38,6 @@ from bms_pipeline.core.dicom.fast_source import (
 )
 from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
 from bms_pipeline.core.dicom.uids import SlideUidGenerator
-from bms_pipeline.core.store import replace_dir_atomically
 
 logger = logging.getLogger(__name__)
 

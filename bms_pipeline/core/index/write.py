@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bms_pipeline.core.bigquery import bigquery_schema, bigquery_schema_path, write_load_script
-from bms_pipeline.core.index.dicom_index import DicomIndex
-from bms_pipeline.core.index.schemas import DESCRIPTIONS
-from bms_pipeline.core.layout import DataLayout
-from bms_pipeline.core.store import (
+from bms_pipeline.core.atomic_outputs import (
     atomic_write_parquet,
     atomic_write_text,
     duckdb_lock_path,
     exclusive_lock,
     rebuild_duckdb,
 )
+from bms_pipeline.core.bigquery import bigquery_schema, bigquery_schema_path, write_load_script
+from bms_pipeline.core.index.dicom_index import DicomIndex
+from bms_pipeline.core.index.schemas import DESCRIPTIONS
+from bms_pipeline.core.layout import DataLayout
 
 
 def write_dicom_index(index: DicomIndex, layout: DataLayout) -> dict[str, Path]:

@@ -36,11 +36,11 @@ from bms_pipeline.core.mirax.inventory import (
 from bms_pipeline.core.slide_id import SlideId, patient_id_of
 
 if TYPE_CHECKING:
-    from bms_pipeline.core.storage import StorageRoot
+    from bms_pipeline.core.url_roots import StorageRoot
 
 
 @dataclass(frozen=True)
-class SlideStatus:
+class FoundSlide:
     slide_id: str
     mrxs_path: Path
     ready: bool
@@ -55,7 +55,7 @@ def scan_slides(
     now: float | None = None,
     extra_inputs: Callable[[str], Sequence[Path]] | None = None,
     data_root: Path | None = None,
-) -> list[SlideStatus]:
+) -> list[FoundSlide]:
     """Every `.mrxs` under `slides_dir`, each ready or not with the reason.
 
     A slide is ready when it is complete and not being written: its files are unchanged
@@ -77,29 +77,29 @@ def scan_slides(
         link = _link_problem(mrxs, roots)
         if link is not None:
             signature = hashlib.sha256(link.encode()).hexdigest()[:16]
-            statuses.append(SlideStatus(slide_id, mrxs, False, signature, link))
+            statuses.append(FoundSlide(slide_id, mrxs, False, signature, link))
             continue
         signature = file_signature(mrxs, extra_inputs(slide_id) if extra_inputs else ())
         try:
             patient_id_of(slide_id)
         except ValueError as exc:
-            statuses.append(SlideStatus(slide_id, mrxs, False, signature, f"{mrxs}: {exc}"))
+            statuses.append(FoundSlide(slide_id, mrxs, False, signature, f"{mrxs}: {exc}"))
             continue
         if slide_id in twins:
-            statuses.append(SlideStatus(slide_id, mrxs, False, signature, twins[slide_id]))
+            statuses.append(FoundSlide(slide_id, mrxs, False, signature, twins[slide_id]))
             continue
         try:
             check_complete(mrxs)
         except (SlideError, ValueError) as exc:
-            statuses.append(SlideStatus(slide_id, mrxs, False, signature, str(exc)))
+            statuses.append(FoundSlide(slide_id, mrxs, False, signature, str(exc)))
             continue
         settled = now - newest_mtime(mrxs) >= settle_seconds
         if not settled and previous.get(slide_id) != signature:
             statuses.append(
-                SlideStatus(slide_id, mrxs, False, signature, f"{mrxs}: files are still changing")
+                FoundSlide(slide_id, mrxs, False, signature, f"{mrxs}: files are still changing")
             )
             continue
-        statuses.append(SlideStatus(slide_id, mrxs, True, signature))
+        statuses.append(FoundSlide(slide_id, mrxs, True, signature))
     return statuses
 
 
@@ -164,7 +164,7 @@ def _link_problem(mrxs: Path, roots: Sequence[Path]) -> str | None:
 def _remote_slide_signature(
     slide_id: str, slides: dict[str, dict], overrides: dict[str, dict]
 ) -> tuple[str, list[str]]:
-    from bms_pipeline.core.storage import listing_signature
+    from bms_pipeline.core.url_roots import listing_signature
 
     prefix = f"raw/slides/{slide_id}"
     names = sorted(n for n in slides if n == f"{prefix}.mrxs" or n.startswith(f"{prefix}/"))
@@ -185,7 +185,7 @@ def scan_remote_slides(
     root: StorageRoot,
     settle_seconds: float = 0.0,
     previous_signatures: dict[str, str] | None = None,
-) -> list[SlideStatus]:
+) -> list[FoundSlide]:
     """`scan_slides` for a root in object storage, from one listing and without downloading.
 
     Completeness beyond the presence of Slidedat.ini and Index.dat is checked when the slide
@@ -207,21 +207,21 @@ def scan_remote_slides(
         try:
             patient_id_of(slide_id)
         except ValueError as exc:
-            statuses.append(SlideStatus(slide_id, local, False, signature, f"{url}: {exc}"))
+            statuses.append(FoundSlide(slide_id, local, False, signature, f"{url}: {exc}"))
             continue
         if slide_id in twins:
-            statuses.append(SlideStatus(slide_id, local, False, signature, twins[slide_id]))
+            statuses.append(FoundSlide(slide_id, local, False, signature, twins[slide_id]))
             continue
         missing = [
             f for f in ("Slidedat.ini", "Index.dat") if f"raw/slides/{slide_id}/{f}" not in names
         ]
         if missing:
             reason = f"{url}: slide folder lacks {', '.join(missing)}"
-            statuses.append(SlideStatus(slide_id, local, False, signature, reason))
+            statuses.append(FoundSlide(slide_id, local, False, signature, reason))
             continue
         if settle_seconds > 0 and previous.get(slide_id) != signature:
             reason = f"{url}: files are new or still changing"
-            statuses.append(SlideStatus(slide_id, local, False, signature, reason))
+            statuses.append(FoundSlide(slide_id, local, False, signature, reason))
             continue
-        statuses.append(SlideStatus(slide_id, local, True, signature))
+        statuses.append(FoundSlide(slide_id, local, True, signature))
     return statuses

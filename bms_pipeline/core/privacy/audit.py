@@ -169,8 +169,8 @@ def _lab_cells(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     """(free-text cells, the defined cells) of the lab workbook: sheet lab_values' columns
     other than patient_id and the LOINC columns, and every cell of sheets the collection does
     not define, are free text; idc_dictionary's labels are published. Cells are placed at
-    their Excel row and column (`core.clinical.lab.SheetGrid`)."""
-    from bms_pipeline.core.clinical.lab import (
+    their Excel row and column (`core.clinical.lab_cells.SheetGrid`)."""
+    from bms_pipeline.core.clinical.lab_cells import (
         DICTIONARY_SHEET,
         LAB_SHEET,
         loinc_lab_columns,
@@ -552,7 +552,7 @@ class ScanCache:
     def save(self) -> None:
         import json
 
-        from bms_pipeline.core.store import atomic_write_text
+        from bms_pipeline.core.atomic_outputs import atomic_write_text
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import polars as pl
 
+from bms_pipeline.core.atomic_outputs import replace_dir_atomically
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.qc.pictures import PICTURE_ERRORS, jpeg_bytes, thumbnail_picture
-from bms_pipeline.core.store import replace_dir_atomically
 
 THUMBNAILS = "thumbnails"
 

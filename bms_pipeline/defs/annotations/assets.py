@@ -27,9 +27,9 @@ def ann_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> d
 
     from bms_pipeline.core.annotations.ann import base_level_dataset, build_ann_series
     from bms_pipeline.core.annotations.consensus import disagreement_warnings
-    from bms_pipeline.core.dicom.idc import publication_gate
+    from bms_pipeline.core.dicom.idc_conversion import publication_gate
     from bms_pipeline.core.dicom.publication import PublicationRefused
-    from bms_pipeline.core.dicom.series import read_series, volume_levels
+    from bms_pipeline.core.dicom.series_readback import read_series, volume_levels
     from bms_pipeline.core.qc.pictures import annotation_pictures
     from bms_pipeline.core.slide_bounds import SlideBounds
 

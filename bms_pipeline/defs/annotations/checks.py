@@ -16,7 +16,7 @@ def ann_counts_match_input(
     """Per series and label, the annotations read back with pydicom (not highdicom, which wrote them) equal the input rows."""
     from bms_pipeline.core.annotations.ann import count_problems, expected_counts, read_back
     from bms_pipeline.core.annotations.inputs import read_slide_annotations
-    from bms_pipeline.core.dicom.series import read_series, volume_levels
+    from bms_pipeline.core.dicom.series_readback import read_series, volume_levels
     from bms_pipeline.core.slide_bounds import SlideBounds
 
     slide_id = context.partition_key

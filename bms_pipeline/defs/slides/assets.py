@@ -96,10 +96,10 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
     in any byte, no LABEL, de-identification attributes, a THUMBNAIL that is the slide).
     A refused slide is withdrawn from out/dicom entirely, and fails again on every rerun
     until its inputs, override files or the code change."""
-    from bms_pipeline.core.dicom.idc import convert_layout_slide
+    from bms_pipeline.core.dicom.idc_conversion import convert_layout_slide
     from bms_pipeline.core.dicom.overrides import load_overrides
     from bms_pipeline.core.dicom.publication import PublicationRefused
-    from bms_pipeline.core.dicom.series import read_series, volume_levels
+    from bms_pipeline.core.dicom.series_readback import read_series, volume_levels
     from bms_pipeline.core.qc.pictures import thumbnail_markdown
 
     slide_id = context.partition_key

@@ -15,7 +15,7 @@ def sm_series_matches_source(
     context: dg.AssetCheckExecutionContext, bms: BmsPipelineResource
 ) -> dg.AssetCheckResult:
     """Base level equals the OpenSlide bounds, no LABEL, PatientID and ContainerIdentifier set."""
-    from bms_pipeline.core.dicom.series import read_series, sm_series_problems
+    from bms_pipeline.core.dicom.series_readback import read_series, sm_series_problems
     from bms_pipeline.core.slide_bounds import SlideBounds
 
     slide_id = context.partition_key
@@ -35,7 +35,7 @@ def privacy_scan_result(
     bms: BmsPipelineResource, slide_id: str, folder: Path
 ) -> dg.AssetCheckResult:
     """The publication gate's byte scan, rerun on what is published under `folder`."""
-    from bms_pipeline.core.dicom.idc import privacy_policy
+    from bms_pipeline.core.dicom.idc_conversion import privacy_policy
 
     with bms.files(slides=[slide_id], read=[folder]) as local:
         policy = privacy_policy(

@@ -150,13 +150,17 @@ def releases(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg.
     import polars as pl
 
     from bms_pipeline.core.annotations.ann import converter_commit
+    from bms_pipeline.core.atomic_outputs import (
+        atomic_write_parquet,
+        atomic_write_text,
+        write_duckdb_tables,
+    )
     from bms_pipeline.core.releases import (
         Ledger,
         published_series,
         record_release,
         release_tables,
     )
-    from bms_pipeline.core.store import atomic_write_parquet, atomic_write_text, write_duckdb_tables
     from bms_pipeline.core.versions import file_digest
 
     layout = bms.layout

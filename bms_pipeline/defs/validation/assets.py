@@ -32,7 +32,7 @@ def dicom_validation(
 ) -> dg.MaterializeResult:
     """`dciodvfy -new` on every DICOM file of the slide and `dcentvfy` on each series and on the
     patient's study; every message is a row of `out/validation/<slide_id>.parquet`."""
-    from bms_pipeline.core.store import atomic_write_parquet
+    from bms_pipeline.core.atomic_outputs import atomic_write_parquet
     from bms_pipeline.core.validation.report import summarize
     from bms_pipeline.core.validation.slide import slide_series_files, validate_slide
 
@@ -81,7 +81,7 @@ def validation_report(
 ) -> dg.MaterializeResult:
     """All slides' validation messages in one table (parquet and the DuckDB table
     `validation_messages`), summarised by level and message."""
-    from bms_pipeline.core.store import atomic_write_parquet, write_duckdb_tables
+    from bms_pipeline.core.atomic_outputs import atomic_write_parquet, write_duckdb_tables
     from bms_pipeline.core.validation.report import (
         combine_slide_results,
         report_summary,

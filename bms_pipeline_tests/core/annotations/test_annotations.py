@@ -49,7 +49,7 @@ from bms_pipeline.core.annotations.labels import (
 )
 from bms_pipeline.core.collection import CollectionConfig
 from bms_pipeline.core.conventions import AnnConventions
-from bms_pipeline.core.dicom.idc import convert_layout_slide
+from bms_pipeline.core.dicom.idc_conversion import convert_layout_slide
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.mirax.inventory import openslide_properties
 from bms_pipeline.core.slide_bounds import SlideBounds

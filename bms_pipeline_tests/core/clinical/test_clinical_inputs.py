@@ -19,12 +19,12 @@ import polars as pl
 import pytest
 import xlsxwriter
 
-from bms_pipeline.core.clinical.lab import LAB_SHEET, read_lab_values, reference_label
+from bms_pipeline.core.atomic_outputs import OutputWriteError
+from bms_pipeline.core.clinical.lab_cells import LAB_SHEET, read_lab_values, reference_label
 from bms_pipeline.core.clinical.patients import ClinicalDataError, read_clinical_source
 from bms_pipeline.core.clinical.qa import free_text_phi_columns
 from bms_pipeline.core.clinical.tables import build_clinical_tables, write_outputs
 from bms_pipeline.core.layout import DataLayout
-from bms_pipeline.core.store import OutputWriteError
 from bms_pipeline_tests.core.clinical.test_clinical_tables import (
     COLLECTION,
     LAB_COLUMNS,
@@ -270,7 +270,7 @@ def test_a_workbook_unpacking_past_the_limit_is_refused_before_it_is_read(
     script = (
         "import resource, sys, time\n"
         "from pathlib import Path\n"
-        "from bms_pipeline.core.clinical.lab import read_lab_values\n"
+        "from bms_pipeline.core.clinical.lab_cells import read_lab_values\n"
         "from bms_pipeline.core.clinical.patients import ClinicalDataError\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "t = time.perf_counter()\n"

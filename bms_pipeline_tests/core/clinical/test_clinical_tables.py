@@ -19,9 +19,10 @@ import pytest
 import xlsxwriter
 import yaml
 
+from bms_pipeline.core.atomic_outputs import OutputWriteError, write_duckdb_tables
 from bms_pipeline.core.bigquery import BigQueryTarget
 from bms_pipeline.core.clinical.idc_metadata import CLINICAL_INDEX
-from bms_pipeline.core.clinical.lab import (
+from bms_pipeline.core.clinical.lab_cells import (
     LAB_SHEET,
     format_rows,
     loinc_lab_columns,
@@ -41,7 +42,6 @@ from bms_pipeline.core.clinical.qa import (
 from bms_pipeline.core.clinical.tables import ClinicalTables, build_clinical_tables, write_outputs
 from bms_pipeline.core.collection import DEFAULT_COLLECTION_YAML, CollectionConfig
 from bms_pipeline.core.layout import DataLayout
-from bms_pipeline.core.store import OutputWriteError, write_duckdb_tables
 from bms_pipeline.core.synthetic.tables import (
     make_patients,
     write_clinical_csv,

@@ -17,7 +17,7 @@ from bms_pipeline.core.clinical.patients import (
     read_clinical_csv,
 )
 from bms_pipeline.core.collection import CollectionConfig
-from bms_pipeline.core.dicom.idc import convert_with_idc_metadata
+from bms_pipeline.core.dicom.idc_conversion import convert_with_idc_metadata
 from bms_pipeline.core.dicom.metadata import SlideContext
 from bms_pipeline.core.dicom.overrides import OverrideError, load_overrides
 from bms_pipeline.core.dicom.phi import identifiers_of, scan_files

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from bms_pipeline.core.atomic_outputs import atomic_write_parquet
 from bms_pipeline.core.dicomweb.publish import DicomwebError, ensure_publishable
 from bms_pipeline.core.layout import DataLayout
-from bms_pipeline.core.store import atomic_write_parquet
 from bms_pipeline.core.validation.dicom3tools import Level, ValidationMessage, messages_frame
 
 SLIDE = "P_1_bm"

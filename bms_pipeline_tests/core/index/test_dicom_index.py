@@ -27,7 +27,7 @@ import yaml
 from bms_pipeline.core.annotations import base_level_dataset, build_ann_series
 from bms_pipeline.core.bigquery import bigquery_dir
 from bms_pipeline.core.collection import CollectionConfig
-from bms_pipeline.core.dicom.idc import convert_layout_slide
+from bms_pipeline.core.dicom.idc_conversion import convert_layout_slide
 from bms_pipeline.core.index import build_dicom_index
 from bms_pipeline.core.index.write import write_dicom_index
 from bms_pipeline.core.layout import DataLayout

@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from bms_pipeline.core.annotations.ann import read_back
+from bms_pipeline.core.atomic_outputs import atomic_write_parquet
 from bms_pipeline.core.index import build_dicom_index
 from bms_pipeline.core.index.write import write_dicom_index
 from bms_pipeline.core.layout import DataLayout
 from bms_pipeline.core.qc import page as qc_page
 from bms_pipeline.core.qc.page import NotPublished, build_collection_page
-from bms_pipeline.core.store import atomic_write_parquet
 from bms_pipeline.core.validation.report import combine_slide_results
 from bms_pipeline.core.validation.slide import validate_slide
 from bms_pipeline_tests.conftest import COLLECTION

@@ -15,7 +15,7 @@ from bms_pipeline.core.clinical.idc_metadata import (
     SourceFile,
     provenance_columns,
 )
-from bms_pipeline.core.clinical.lab import (
+from bms_pipeline.core.clinical.lab_cells import (
     HEMOGLOBIN_UNIT,
     LAB_SHEET,
     LabSheet,
