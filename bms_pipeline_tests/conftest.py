@@ -86,7 +86,7 @@ def _no_dagster_defs_state_from_another_test():
     garbage-collected fails with "Attempted to resolve undefined DagsterInstance weakref"
     (seen once in a full run, in whichever tests came later, never alone). Private API on
     purpose: it is Dagster's own state, reset here only between tests."""
-    from dagster._core.url_roots.defs_state.base import set_defs_state_storage
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
 
     with set_defs_state_storage(None):
         yield
