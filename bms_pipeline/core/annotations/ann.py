@@ -45,7 +45,6 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import polars as pl
-import pydicom
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
@@ -68,6 +67,7 @@ from bms_pipeline.core.annotations.labels import (
     cell_labels,
 )
 from bms_pipeline.core.conventions import AnnConventions
+from bms_pipeline.core.dicom.files import read_dataset, write_dataset
 from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
 from bms_pipeline.core.dicom.uids import series_uid, stable_uid, study_uid
 from bms_pipeline.core.layout import DataLayout
@@ -427,7 +427,7 @@ def _drop_wall_clock(ann: Dataset) -> None:
 
 def write_ann(ann: Dataset, path: Path) -> int:
     """Write one ANN object as a DICOM file; returns its size in bytes."""
-    pydicom.dcmwrite(path, ann, enforce_file_format=True)
+    write_dataset(path, ann, enforce_file_format=True)
     return path.stat().st_size
 
 
@@ -518,7 +518,7 @@ def base_level_dataset(sm_dir: Path) -> Dataset:
     """Header (no pixels) of the largest VOLUME instance of an SM series: what ANN refers to."""
     best: tuple[int, Dataset] | None = None
     for path in sorted(Path(sm_dir).glob("*.dcm")):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = read_dataset(path, stop_before_pixels=True)
         if "VOLUME" not in ds.get("ImageType", []):
             continue
         area = int(ds.TotalPixelMatrixColumns) * int(ds.TotalPixelMatrixRows)
@@ -764,7 +764,7 @@ def read_back(ann_dir: Path) -> dict[str, dict[str, int]]:
     otherwise is an error naming the file and the group."""
     out: dict[str, dict[str, int]] = {}
     for path in sorted(Path(ann_dir).glob("*.dcm")):
-        ann = pydicom.dcmread(path)
+        ann = read_dataset(path)
         per_point = _COORDINATES[str(ann.AnnotationCoordinateType)]
         pairs = []
         for group in ann.AnnotationGroupSequence:

@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-
+from bms_pipeline.core.dicom.files import read_dataset
 from bms_pipeline.core.slide_id import patient_id_of
 
 
@@ -31,7 +30,7 @@ class SmInstance:
 def read_series(sm_dir: Path) -> list[SmInstance]:
     instances = []
     for path in sorted(Path(sm_dir).glob("*.dcm")):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = read_dataset(path, stop_before_pixels=True)
         instances.append(
             SmInstance(
                 path=path,

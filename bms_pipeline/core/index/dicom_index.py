@@ -20,10 +20,10 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path, PurePosixPath
 
 import polars as pl
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from bms_pipeline.core.dicom.files import read_dataset
 from bms_pipeline.core.index import schemas
 
 SM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
@@ -239,7 +239,7 @@ def _read(dicom_root: Path) -> list[_Instance]:
     # are the same wherever the output root lies.
     return [
         _Instance(
-            pydicom.dcmread(path, stop_before_pixels=True, defer_size=1024),
+            read_dataset(path, stop_before_pixels=True, defer_size=1024),
             PurePosixPath("dicom", path.relative_to(root).as_posix()),
             path.stat().st_size,
         )

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.errors import InvalidDicomError
+
+from bms_pipeline.core.dicom.files import read_dataset
 
 THUMBNAIL_SIDE = 256
 """Long side of the thumbnail pictures (UI and collection page), in pixels."""
@@ -67,7 +68,7 @@ def sm_instances(files: Iterable[Path]) -> list[SmInstance]:
     """The instances of an SM series, VOLUME levels first from the largest."""
     out = []
     for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = read_dataset(path, stop_before_pixels=True)
         image_type = list(ds.get("ImageType", []))
         columns, rows = int(ds.Columns), int(ds.Rows)
         out.append(
@@ -209,7 +210,7 @@ def lab_to_rgb(dicom_lab: Sequence[int]) -> tuple[int, int, int]:
 def read_box_groups(ann_file: Path) -> list[BoxGroup]:
     """The RECTANGLE groups of a published ANN file (pydicom alone: no validation pass over
     every measurement), with each group's recommended colour."""
-    ds = pydicom.dcmread(ann_file)
+    ds = read_dataset(ann_file)
     if str(ds.get("AnnotationCoordinateType", "2D")) != "2D":
         raise ValueError(f"{ann_file}: only 2D (image) annotation coordinates are drawn")
     groups = []

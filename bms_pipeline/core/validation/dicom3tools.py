@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Literal
 
 import polars as pl
-import pydicom
 from pydicom.errors import InvalidDicomError
+
+from bms_pipeline.core.dicom.files import read_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -347,7 +348,7 @@ def _safe_arg(relative: Path) -> str:
 def _study_uid(path: Path) -> str | None:
     """The file's StudyInstanceUID, or None when it cannot be read (dciodvfy will say why)."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+        ds = read_dataset(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
     except (OSError, ValueError, EOFError, InvalidDicomError) as exc:
         logger.debug("no StudyInstanceUID from %s: %s", path, exc)
         return None
