@@ -20,7 +20,7 @@ default corrects it, and says why:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from bms_pipeline.core.series_numbers import ConventionError, SeriesNumbering, session_number
@@ -103,7 +103,7 @@ class Conventions:
             raise ConventionError(f"{source}: conventions: unknown keys {sorted(unknown)}")
         sm = _build(SmConventions, raw.get("sm"), f"{source}: conventions.sm")
         if sm.levels is not None:
-            sm = SmConventions(**{**_values(sm), "levels": tuple(int(v) for v in sm.levels)})
+            sm = replace(sm, levels=tuple(int(v) for v in sm.levels))
         return cls(
             sm=sm,
             ann=_build(AnnConventions, raw.get("ann"), f"{source}: conventions.ann"),

@@ -344,7 +344,7 @@ def _encode(
     content = content_key(spec, sm_base, series_number, conventions)
     scope = (collection_id, "slide", slide_id, f"ann/{spec.name}", content)
     manual = spec.algorithm is None
-    groups = []
+    groups: list[hd.ann.AnnotationGroup] = []
     for number, group in enumerate(spec.groups, start=1):
         groups.append(
             hd.ann.AnnotationGroup(
@@ -497,7 +497,7 @@ class AnnResult:
         default_factory=lambda: pl.DataFrame(schema=DISAGREEMENT_SCHEMA)
     )
     """Cells whose recomputed consensus differs from ``original_consensus_label``."""
-    input_rows: dict[str, int] = field(default_factory=dict)
+    input_rows: dict[str, int] = field(default_factory=dict[str, int])
     """Rows read per input file (rois, cells, detections)."""
     seconds: float = 0.0
 
@@ -729,11 +729,16 @@ def _read_group(group: hd.ann.AnnotationGroup) -> GroupContent:
     )
 
 
+def _read_ann(path: Path) -> hd.ann.MicroscopyBulkSimpleAnnotations:
+    """`hd.ann.annread`, whose path parameter highdicom types as a bare `os.PathLike`."""
+    return hd.ann.annread(path)  # pyright: ignore[reportUnknownMemberType]
+
+
 def read_series_content(ann_dir: Path) -> dict[str, SeriesContent]:
     """Every ``*.dcm`` in `ann_dir`, keyed by series name (the file stem)."""
     out: dict[str, SeriesContent] = {}
     for path in sorted(Path(ann_dir).glob("*.dcm")):
-        ann = hd.ann.annread(path)
+        ann = _read_ann(path)
         out[path.stem] = SeriesContent(
             name=path.stem,
             path=path,
@@ -745,7 +750,7 @@ def read_series_content(ann_dir: Path) -> dict[str, SeriesContent]:
                 ann.ReferencedImageSequence[0].ReferencedSOPInstanceUID
             ),
             coordinate_type=str(ann.AnnotationCoordinateType),
-            groups=tuple(_read_group(g) for g in ann.AnnotationGroupSequence),
+            groups=tuple(_read_group(g) for g in ann.get_annotation_groups()),
         )
     return out
 
@@ -766,7 +771,7 @@ def read_back(ann_dir: Path) -> dict[str, dict[str, int]]:
     for path in sorted(Path(ann_dir).glob("*.dcm")):
         ann = read_dataset(path)
         per_point = _COORDINATES[str(ann.AnnotationCoordinateType)]
-        pairs = []
+        pairs: list[tuple[str, int]] = []
         for group in ann.AnnotationGroupSequence:
             label = str(group.AnnotationGroupLabel)
             if group.GraphicType != "RECTANGLE":

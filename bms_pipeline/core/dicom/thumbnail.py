@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from openslide import AbstractSlide
 from PIL import Image
 from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import pixel_array
@@ -49,7 +50,7 @@ def thumbnail_size(width: int, height: int, max_side: int = THUMBNAIL_MAX_SIDE) 
 
 
 def render_thumbnail(
-    slide,  # openslide.OpenSlide
+    slide: AbstractSlide,
     bounds: tuple[int, int, int, int],
     background: tuple[int, int, int],
     max_side: int = THUMBNAIL_MAX_SIDE,
