@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pydicom
 from pydicom.tag import Tag
-from wsidicom.conceptcode import ContributingEquipmentPurposeCode
-from wsidicom.metadata import ContributingEquipment
+from wsidicom.conceptcode import ContributingEquipmentPurposeCode  # pyright: ignore[reportMissingTypeStubs]
+from wsidicom.metadata import ContributingEquipment  # pyright: ignore[reportMissingTypeStubs]
 
 from bms_pipeline.core.dicom.files import read_dataset
 

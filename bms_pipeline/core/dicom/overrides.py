@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from marshmallow import ValidationError
-from wsidicom.metadata import WsiMetadata
-from wsidicom.metadata.schema.json.wsi import WsiMetadataJsonSchema
-from wsidicomizer.metadata import WsiDicomizerMetadata
+from wsidicom.metadata import WsiMetadata  # pyright: ignore[reportMissingTypeStubs]
+from wsidicom.metadata.schema.json.wsi import WsiMetadataJsonSchema  # pyright: ignore[reportMissingTypeStubs]
+from wsidicomizer.metadata import WsiDicomizerMetadata  # pyright: ignore[reportMissingTypeStubs]
 
 from bms_pipeline.core.layout import DataLayout
 

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from wsidicom.geometry import PointMm, SizeMm
-from wsidicom.metadata import ImageCoordinateSystem
-from wsidicom.metadata.image import ImageType
-from wsidicomizer.metadata import WsiDicomizerMetadata
-from wsidicomizer.sources.openslide_like.openslide_like_image_data import (
+from wsidicom.geometry import PointMm, SizeMm  # pyright: ignore[reportMissingTypeStubs]
+from wsidicom.metadata import ImageCoordinateSystem  # pyright: ignore[reportMissingTypeStubs]
+from wsidicom.metadata.image import ImageType  # pyright: ignore[reportMissingTypeStubs]
+from wsidicomizer.metadata import WsiDicomizerMetadata  # pyright: ignore[reportMissingTypeStubs]
+from wsidicomizer.sources.openslide_like.openslide_like_image_data import (  # pyright: ignore[reportMissingTypeStubs]
     OpenSlideLikeAssociatedImageData,
 )
 
