@@ -66,7 +66,8 @@ def _rewrite(path: Path, updates: dict[str, str]) -> None:
     patches: list[tuple[int, bytes]] = []
     for keyword, value in updates.items():
         raw = ds.get_item(Tag(keyword))
-        if raw is None:
+        # pydicom types get_item as never None, but it is None for an absent tag.
+        if raw is None:  # pyright: ignore[reportUnnecessaryComparison]
             continue
         # A RawDataElement (not yet parsed) knows where its value lies and how long it is.
         tell = getattr(raw, "value_tell", None)

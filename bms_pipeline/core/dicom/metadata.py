@@ -243,7 +243,7 @@ def build_post_processor(context: SlideContext) -> Callable[[Dataset, WsiMetadat
         if trial.coordinating_center_name:
             dataset.ClinicalTrialCoordinatingCenterName = trial.coordinating_center_name
         if trial.other_protocol_ids:
-            items = []
+            items: list[Dataset] = []
             for other in trial.other_protocol_ids:
                 item = Dataset()
                 item.ClinicalTrialProtocolID = other.id

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from marshmallow import ValidationError
 from wsidicom.metadata import WsiMetadata  # pyright: ignore[reportMissingTypeStubs]
@@ -37,7 +37,8 @@ class MetadataOverride:
 
         def prune(value: Any) -> Any:
             if isinstance(value, dict):
-                kept = {k: prune(v) for k, v in value.items()}
+                # A JSON object; isinstance binds no type arguments.
+                kept = {k: prune(v) for k, v in cast("dict[str, Any]", value).items()}
                 return {k: v for k, v in kept.items() if v not in (None, [], {})}
             return value
 
@@ -53,7 +54,8 @@ def load_override(path: Path) -> MetadataOverride:
     try:
         text = path.read_text(encoding="utf-8")
         raw = json.loads(text)
-        metadata = WsiMetadataJsonSchema().loads(text)
+        # marshmallow leaves `loads`'s **kwargs unannotated; its post_load gives a WsiMetadata.
+        metadata: object = WsiMetadataJsonSchema().loads(text)  # pyright: ignore[reportUnknownMemberType]
     except (OSError, json.JSONDecodeError, ValidationError, TypeError, ValueError) as exc:
         raise OverrideError(f"{path}: not valid wsidicom metadata JSON ({exc})") from exc
     if not isinstance(metadata, WsiMetadata):

@@ -28,7 +28,7 @@ class SmInstance:
 
 
 def read_series(sm_dir: Path) -> list[SmInstance]:
-    instances = []
+    instances: list[SmInstance] = []
     for path in sorted(Path(sm_dir).glob("*.dcm")):
         ds = read_dataset(path, stop_before_pixels=True)
         instances.append(

@@ -65,7 +65,8 @@ def viewer_coordinate_systems(metadata: WsiDicomizerMetadata) -> WsiDicomizerMet
         ),
     )
     overview, label = metadata.overview, metadata.label
-    if overview is not None and overview.image is not None:
+    # wsidicom types these as always set; metadata built field by field can leave them None.
+    if overview is not None and overview.image is not None:  # pyright: ignore[reportUnnecessaryComparison]
         overview = replace(
             overview,
             image=replace(
@@ -75,7 +76,7 @@ def viewer_coordinate_systems(metadata: WsiDicomizerMetadata) -> WsiDicomizerMet
                 ),
             ),
         )
-    if label is not None and label.image is not None:
+    if label is not None and label.image is not None:  # pyright: ignore[reportUnnecessaryComparison]
         label = replace(
             label,
             image=replace(
