@@ -113,10 +113,6 @@ class Conventions:
         )
 
 
-def _values(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
-
-
 def _build(kind: type, raw: Mapping[str, Any] | None, where: str) -> Any:
     names = {f.name for f in fields(kind)}
     raw = dict(raw or {})

@@ -50,12 +50,17 @@ def override_paths(root: Path, slide_id: str) -> list[Path]:
     return [p for p in DataLayout(root).override_candidates(slide_id) if p.is_file()]
 
 
+def _load_metadata(text: str) -> object:
+    """wsidicom's JSON schema load (its post_load makes a `WsiMetadata`); marshmallow leaves
+    `Schema.loads`'s keyword arguments unannotated, hence partially unknown."""
+    return WsiMetadataJsonSchema().loads(text)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+
+
 def load_override(path: Path) -> MetadataOverride:
     try:
         text = path.read_text(encoding="utf-8")
         raw = json.loads(text)
-        # marshmallow leaves `loads`'s **kwargs unannotated; its post_load gives a WsiMetadata.
-        metadata: object = WsiMetadataJsonSchema().loads(text)  # pyright: ignore[reportUnknownMemberType]
+        metadata = _load_metadata(text)
     except (OSError, json.JSONDecodeError, ValidationError, TypeError, ValueError) as exc:
         raise OverrideError(f"{path}: not valid wsidicom metadata JSON ({exc})") from exc
     if not isinstance(metadata, WsiMetadata):

@@ -302,9 +302,13 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
     process.communicate()
 
 
+def _call(job: Callable[[], list[ValidationMessage]]) -> list[ValidationMessage]:
+    return job()
+
+
 def _existing(paths: Iterable[Path]) -> list[Path]:
     """Absolute paths, after checking each exists, so a typo is not reported as invalid DICOM."""
-    result = []
+    result: list[Path] = []
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"cannot validate {path}: no such file")
@@ -389,7 +393,7 @@ def validate_files(
         scope = _study_scope(study_files)
         jobs.append(partial(dcentvfy, list(study_files), scope, STUDY_SERIES, timeout=timeout))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda job: job(), jobs))
+        results = list(pool.map(_call, jobs))
     return [message for rows in results for message in rows]
 
 
