@@ -42,7 +42,7 @@ def child(variant: str, root: str, out: str) -> None:
     levels = values["include_levels"]
     settings = ConversionSettings.for_collection(
         collection.conventions.sm,
-        tile_size=int(values["tile_size"]),  # type: ignore[arg-type]
+        tile_size=int(values["tile_size"]),
         include_levels=tuple(levels) if isinstance(levels, list) else None,
     )
     started = time.perf_counter()

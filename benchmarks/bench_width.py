@@ -74,8 +74,8 @@ def child_ours(spec: dict[str, Any]) -> None:
 
     phases: dict[str, float] = {"normalize_s": 0.0, "gate_s": 0.0}
 
-    def timed(name: str, fn):  # type: ignore[no-untyped-def]
-        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def timed(name: str, fn):
+        def wrapper(*args, **kwargs):
             started = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
@@ -85,8 +85,8 @@ def child_ours(spec: dict[str, Any]) -> None:
         return wrapper
 
     # Timers only: the functions themselves run unchanged.
-    convert_module.normalize_series = timed("normalize_s", convert_module.normalize_series)  # type: ignore[assignment]
-    PublicationGate.sm_problems = timed("gate_s", PublicationGate.sm_problems)  # type: ignore[method-assign]
+    convert_module.normalize_series = timed("normalize_s", convert_module.normalize_series)
+    PublicationGate.sm_problems = timed("gate_s", PublicationGate.sm_problems)
 
     if spec.get("cap_mib"):
         from bms_pipeline.core.dicom import fast_source
@@ -153,7 +153,7 @@ def child_codec(spec: dict[str, Any]) -> None:
     )
 
 
-def run_child(  # type: ignore[no-untyped-def]
+def run_child(
     kind: str,
     spec: dict[str, Any],
     log: Path,

@@ -37,7 +37,7 @@ def patch_converter(
         if not hasattr(fast_source, "OpenSlideReadSource"):
             return "this tree has no OpenSlideReadSource (no direct MIRAX reader to turn off)"
         if openslide_reads:
-            convert.FastOpenSlideSource = fast_source.OpenSlideReadSource  # type: ignore[misc]
+            convert.FastOpenSlideSource = fast_source.OpenSlideReadSource
         if default_cache:
             fast_source.decoded_image_cache_bytes = lambda *args, **kwargs: 32 << 20
     if stock_source:
@@ -47,13 +47,13 @@ def patch_converter(
 
         if not hasattr(convert, "FastOpenSlideSource"):
             return "convert_slide has no FastOpenSlideSource to swap for the stock source"
-        convert.FastOpenSlideSource = OpenSlideSource  # type: ignore[attr-defined,misc]
+        convert.FastOpenSlideSource = OpenSlideSource
     if regenerate:
         from wsidicomizer import WsiDicomizer
 
-        original = WsiDicomizer.convert.__func__  # type: ignore[attr-defined]
+        original = WsiDicomizer.convert.__func__
 
-        def convert_regenerating(cls, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+        def convert_regenerating(cls, *args: Any, **kwargs: Any):
             kwargs["regenerate_pyramid"] = True
             return original(cls, *args, **kwargs)
 
@@ -275,7 +275,7 @@ def child_stages(spec: dict[str, Any]) -> None:
     stub = Stub()
     slide = OpenSlide(spec["mrxs"])
     reader = (
-        MiraxDirectReader.open(Path(spec["mrxs"]), decoded_image_cache_bytes(slide.dimensions[0]))  # pyright: ignore[reportPossiblyUnboundVariable]
+        MiraxDirectReader.open(Path(spec["mrxs"]), decoded_image_cache_bytes(slide.dimensions[0]))
         if MiraxDirectReader is not None
         else None
     )
@@ -330,10 +330,10 @@ def child_stages(spec: dict[str, Any]) -> None:
                     fast["read"] += t[1] - t[0]
                 if reader is not None:
                     t0 = time.perf_counter()
-                    verdict = FastOpenSlideLevelImageData._is_blank(  # pyright: ignore[reportPossiblyUnboundVariable]
+                    verdict = FastOpenSlideLevelImageData._is_blank(
                         stub,  # pyright: ignore[reportArgumentType]
                         bgra.view(np.uint32)[..., 0],
-                    )  # type: ignore[arg-type]
+                    )
                     fast["blank"] += time.perf_counter() - t0
                     if verdict != blank:
                         raise AssertionError(

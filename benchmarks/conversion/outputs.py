@@ -68,7 +68,7 @@ class TruthRegions:
                 continue
             self.regions.append((x, y, mask, truth.region(x + bx, y + by, size, size)[mask]))
 
-    def _psnr(self, read) -> float:  # type: ignore[no-untyped-def]
+    def _psnr(self, read) -> float:
         import numpy as np
 
         squared = 0.0

@@ -1,3 +1,4 @@
+# pyright: standard
 """Writing outputs safely: atomic files, one DuckDB writer at a time.
 
 Readers (and a crashed run) see the old file or the new one, never half of one; every

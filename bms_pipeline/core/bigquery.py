@@ -72,7 +72,7 @@ def bigquery_type(dtype: pl.DataType | DataTypeClass) -> str:
         return "DATE"
     if isinstance(dtype, pl.Datetime):
         return "TIMESTAMP"
-    if dtype in (pl.String, pl.Null, pl.Categorical):
+    if dtype == pl.String or dtype == pl.Null or dtype == pl.Categorical:
         return "STRING"
     raise TypeError(f"no BigQuery type for polars type {dtype}")
 

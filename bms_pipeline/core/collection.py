@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -104,7 +104,7 @@ class CollectionConfig:
         if not path.is_file():
             raise CollectionConfigError(f"{path}: collection.yaml does not exist")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             # One line, file:line:column first (PyYAML's own text spans lines with a caret).
             mark = getattr(exc, "problem_mark", None)
@@ -137,12 +137,13 @@ class CollectionConfig:
         missing = [key for key in required if key not in raw]
         if missing:
             raise CollectionConfigError(f"{source}: missing required keys {missing}")
-        trial = dict(raw["clinical_trial"])
-        others = tuple(OtherProtocolId(**o) for o in trial.pop("other_protocol_ids", []) or [])
+        trial: dict[str, Any] = dict(raw["clinical_trial"])
+        protocol_ids: list[dict[str, Any]] = trial.pop("other_protocol_ids", None) or []
+        others = tuple(OtherProtocolId(**o) for o in protocol_ids)
         try:
             clinical_trial = ClinicalTrial(**trial, other_protocol_ids=others)
-            deid = DeidentificationPolicy(**(raw.get("deidentification") or {}))
-            algorithm = DetectionAlgorithm(**(raw.get("detection_algorithm") or {}))
+            deid = DeidentificationPolicy(**_section(raw, "deidentification"))
+            algorithm = DetectionAlgorithm(**_section(raw, "detection_algorithm"))
             conventions = Conventions.from_dict(raw.get("conventions"), str(source))
         except ConventionError as exc:
             raise CollectionConfigError(str(exc)) from exc
@@ -165,6 +166,11 @@ class CollectionConfig:
         )
 
 
+def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    """A mapping section of collection.yaml, empty when absent or null."""
+    return raw.get(key) or {}
+
+
 def _skip_slides(raw: Any, source: Path | str) -> tuple[tuple[str, str], ...]:
     """`skip_slides: {<slide_id>: <reason>}`; every slide needs a reason."""
     if raw is None:
@@ -173,10 +179,11 @@ def _skip_slides(raw: Any, source: Path | str) -> tuple[tuple[str, str], ...]:
         raise CollectionConfigError(
             f"{source}: skip_slides must map each slide id to its reason, got {type(raw).__name__}"
         )
-    missing = sorted(str(k) for k, v in raw.items() if not str(v or "").strip())
+    reasons = cast("dict[object, object]", raw)  # isinstance binds no type arguments
+    missing = sorted(str(k) for k, v in reasons.items() if not str(v or "").strip())
     if missing:
         raise CollectionConfigError(f"{source}: skip_slides: give a reason for {missing}")
-    return tuple(sorted((str(k), str(v).strip()) for k, v in raw.items()))
+    return tuple(sorted((str(k), str(v).strip()) for k, v in reasons.items()))
 
 
 DEFAULT_COLLECTION_YAML = """\

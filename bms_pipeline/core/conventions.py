@@ -20,7 +20,7 @@ default corrects it, and says why:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from bms_pipeline.core.series_numbers import ConventionError, SeriesNumbering, session_number
@@ -103,7 +103,7 @@ class Conventions:
             raise ConventionError(f"{source}: conventions: unknown keys {sorted(unknown)}")
         sm = _build(SmConventions, raw.get("sm"), f"{source}: conventions.sm")
         if sm.levels is not None:
-            sm = SmConventions(**{**_values(sm), "levels": tuple(int(v) for v in sm.levels)})
+            sm = replace(sm, levels=tuple(int(v) for v in sm.levels))
         return cls(
             sm=sm,
             ann=_build(AnnConventions, raw.get("ann"), f"{source}: conventions.ann"),
@@ -111,10 +111,6 @@ class Conventions:
                 SeriesNumbering, raw.get("series_numbers"), f"{source}: conventions.series_numbers"
             ),
         )
-
-
-def _values(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 
 def _build(kind: type, raw: Mapping[str, Any] | None, where: str) -> Any:

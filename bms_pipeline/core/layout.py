@@ -1,3 +1,4 @@
+# pyright: standard
 """The data-root layout of DESIGN.md sections 2 and 3, in one place.
 
 Everything below `raw/` is input and is never written; everything below `out/` is output.

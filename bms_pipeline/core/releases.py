@@ -79,9 +79,9 @@ class Release:
 @dataclass(frozen=True)
 class Ledger:
     releases: tuple[Release, ...] = ()
-    current: Mapping[str, SeriesRecord] = field(default_factory=dict)
+    current: Mapping[str, SeriesRecord] = field(default_factory=dict[str, SeriesRecord])
     prior: tuple[PriorVersion, ...] = ()
-    tables: Mapping[str, str] = field(default_factory=dict)
+    tables: Mapping[str, str] = field(default_factory=dict[str, str])
     """Table name -> content digest as of the last release."""
 
     @property
@@ -104,7 +104,7 @@ class Ledger:
     @classmethod
     def from_json(cls, text: str) -> Ledger:
         raw = json.loads(text)
-        current = {}
+        current: dict[str, SeriesRecord] = {}
         for r in raw.get("current", []):
             record = SeriesRecord(
                 PublishedSeries(**r["series"]), r["init_release"], r["revised_release"]
@@ -112,7 +112,7 @@ class Ledger:
             current[record.series.series_uid] = record
         return cls(
             releases=tuple(
-                Release(**{**r, "tables_changed": tuple(r["tables_changed"])})
+                Release(**(r | {"tables_changed": tuple(r["tables_changed"])}))
                 for r in raw.get("releases", [])
             ),
             current=current,
@@ -198,7 +198,7 @@ def published_series(index: pl.DataFrame, paths: pl.DataFrame) -> list[Published
             named=True
         )
     }
-    found = []
+    found: list[PublishedSeries] = []
     for row in index.iter_rows(named=True):
         slide_id, role = places.get(row["SeriesInstanceUID"], ("", ""))
         found.append(

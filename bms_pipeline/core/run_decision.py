@@ -46,9 +46,11 @@ class SlideFacts:
     """Registered and inventoried at least once."""
     files_changed: bool = False
     """The slide's files (or override files) differ from its last inventory."""
-    current: Mapping[str, InputVersion] = field(default_factory=dict)
+    current: Mapping[str, InputVersion] = field(default_factory=dict[str, InputVersion])
     """Asset -> the version of its inputs now (known once the slide is inventoried)."""
-    published: Mapping[str, Mapping[str, str] | None] = field(default_factory=dict)
+    published: Mapping[str, Mapping[str, str] | None] = field(
+        default_factory=dict[str, Mapping[str, str] | None]
+    )
     """Asset -> the version parts of its last materialization (None: never materialized)."""
     last_failure: Attempt | None = None
     signature: str = ""
@@ -65,7 +67,7 @@ class Decision:
     assets: tuple[str, ...] = ()
     """The assets to materialize, in graph order (with `INVENTORY_ASSET` first for a new or
     changed slide, whose other versions are known only after it)."""
-    why: Mapping[str, str] = field(default_factory=dict)
+    why: Mapping[str, str] = field(default_factory=dict[str, str])
     """Asset -> why it needs a run (`never materialized`, `cells.csv changed`...)."""
     version_key: str = ""
     """A digest of the versions decided on: one request per distinct set of inputs."""
@@ -80,7 +82,7 @@ def outdated_assets(
 ) -> dict[str, list[str]]:
     """Asset -> the parts that changed since it was last materialized (every part when it
     never was), for each asset whose version is not the published one; in `current`'s order."""
-    outdated = {}
+    outdated: dict[str, list[str]] = {}
     for asset, version in current.items():
         changed = version.changed_parts(published.get(asset))
         if changed:
@@ -179,7 +181,7 @@ def slides_to_withdraw(
 ) -> dict[str, str]:
     """Published slides that are no longer inputs, with the reason: removed (or renamed)
     from raw/slides, or skipped in collection.yaml."""
-    withdraw = {}
+    withdraw: dict[str, str] = {}
     for sid in sorted(published):
         if sid in skipped:
             withdraw[sid] = f"skipped in collection.yaml: {skipped[sid]}"

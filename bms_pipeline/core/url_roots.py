@@ -1,3 +1,4 @@
+# pyright: standard
 """Data and output roots addressed by URL (fsspec): a local folder, or object storage.
 
 OpenSlide, dicom3tools and DuckDB need local files, so every root has a local side. A

@@ -19,11 +19,11 @@ import hashlib
 import io
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bms_pipeline.core.collection import CollectionConfig
 
@@ -42,12 +42,13 @@ def digest(*parts: object) -> str:
 
 
 def _plain(value: object) -> Any:
-    if hasattr(value, "__dataclass_fields__"):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}  # type: ignore[arg-type]
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    # isinstance binds no type arguments: the items are plain objects.
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v) for k, v in cast("Mapping[object, object]", value).items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [_plain(v) for v in cast("list[object] | tuple[object, ...]", value)]
     return value
 
 
@@ -65,7 +66,7 @@ def file_digest(path: Path) -> str:
 @cache
 def library_versions(names: tuple[str, ...]) -> str:
     """The installed releases of the libraries that shape an output's bytes."""
-    found = []
+    found: list[str] = []
     for name in names:
         try:
             found.append(f"{name}={metadata.version(name)}")

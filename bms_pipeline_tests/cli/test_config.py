@@ -47,7 +47,7 @@ def test_a_worker_is_handed_the_clean_url_and_the_credentials_apart(
     assert not any(os.environ.get(name) for name in SETTINGS_ENV)
     assert dicomweb.resolve_target(None) is None
     with pytest.raises(dataclasses.FrozenInstanceError):
-        handed.force = True  # type: ignore[misc]
+        handed.force = True
 
 
 def test_the_documented_variables_are_the_defaults_and_the_arguments_win(tmp_path: Path) -> None:

@@ -212,7 +212,7 @@ class _FailingUploads(MemoryFileSystem):
     protocol = ("bmsfailing",)
     budget = 2
 
-    def put_file(self, lpath, rpath, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def put_file(self, lpath, rpath, *args, **kwargs):
         if _FailingUploads.budget <= 0:
             raise OSError("connection reset by peer")
         _FailingUploads.budget -= 1

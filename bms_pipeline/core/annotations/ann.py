@@ -45,7 +45,6 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import polars as pl
-import pydicom
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
@@ -69,6 +68,7 @@ from bms_pipeline.core.annotations.labels import (
 )
 from bms_pipeline.core.atomic_outputs import replace_dir_atomically
 from bms_pipeline.core.conventions import AnnConventions
+from bms_pipeline.core.dicom.files import read_dataset, write_dataset
 from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
 from bms_pipeline.core.dicom.uids import series_uid, stable_uid, study_uid
 from bms_pipeline.core.layout import DataLayout
@@ -344,7 +344,7 @@ def _encode(
     content = content_key(spec, sm_base, series_number, conventions)
     scope = (collection_id, "slide", slide_id, f"ann/{spec.name}", content)
     manual = spec.algorithm is None
-    groups = []
+    groups: list[hd.ann.AnnotationGroup] = []
     for number, group in enumerate(spec.groups, start=1):
         groups.append(
             hd.ann.AnnotationGroup(
@@ -427,7 +427,7 @@ def _drop_wall_clock(ann: Dataset) -> None:
 
 def write_ann(ann: Dataset, path: Path) -> int:
     """Write one ANN object as a DICOM file; returns its size in bytes."""
-    pydicom.dcmwrite(path, ann, enforce_file_format=True)
+    write_dataset(path, ann, enforce_file_format=True)
     return path.stat().st_size
 
 
@@ -497,7 +497,7 @@ class AnnResult:
         default_factory=lambda: pl.DataFrame(schema=DISAGREEMENT_SCHEMA)
     )
     """Cells whose recomputed consensus differs from ``original_consensus_label``."""
-    input_rows: dict[str, int] = field(default_factory=dict)
+    input_rows: dict[str, int] = field(default_factory=dict[str, int])
     """Rows read per input file (rois, cells, detections)."""
     seconds: float = 0.0
 
@@ -518,7 +518,7 @@ def base_level_dataset(sm_dir: Path) -> Dataset:
     """Header (no pixels) of the largest VOLUME instance of an SM series: what ANN refers to."""
     best: tuple[int, Dataset] | None = None
     for path in sorted(Path(sm_dir).glob("*.dcm")):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = read_dataset(path, stop_before_pixels=True)
         if "VOLUME" not in ds.get("ImageType", []):
             continue
         area = int(ds.TotalPixelMatrixColumns) * int(ds.TotalPixelMatrixRows)
@@ -729,11 +729,16 @@ def _read_group(group: hd.ann.AnnotationGroup) -> GroupContent:
     )
 
 
+def _read_ann(path: Path) -> hd.ann.MicroscopyBulkSimpleAnnotations:
+    """`hd.ann.annread`, whose path parameter highdicom types as a bare `os.PathLike`."""
+    return hd.ann.annread(path)  # pyright: ignore[reportUnknownMemberType]
+
+
 def read_series_content(ann_dir: Path) -> dict[str, SeriesContent]:
     """Every ``*.dcm`` in `ann_dir`, keyed by series name (the file stem)."""
     out: dict[str, SeriesContent] = {}
     for path in sorted(Path(ann_dir).glob("*.dcm")):
-        ann = hd.ann.annread(path)
+        ann = _read_ann(path)
         out[path.stem] = SeriesContent(
             name=path.stem,
             path=path,
@@ -745,7 +750,7 @@ def read_series_content(ann_dir: Path) -> dict[str, SeriesContent]:
                 ann.ReferencedImageSequence[0].ReferencedSOPInstanceUID
             ),
             coordinate_type=str(ann.AnnotationCoordinateType),
-            groups=tuple(_read_group(g) for g in ann.AnnotationGroupSequence),
+            groups=tuple(_read_group(g) for g in ann.get_annotation_groups()),
         )
     return out
 
@@ -764,9 +769,9 @@ def read_back(ann_dir: Path) -> dict[str, dict[str, int]]:
     otherwise is an error naming the file and the group."""
     out: dict[str, dict[str, int]] = {}
     for path in sorted(Path(ann_dir).glob("*.dcm")):
-        ann = pydicom.dcmread(path)
+        ann = read_dataset(path)
         per_point = _COORDINATES[str(ann.AnnotationCoordinateType)]
-        pairs = []
+        pairs: list[tuple[str, int]] = []
         for group in ann.AnnotationGroupSequence:
             label = str(group.AnnotationGroupLabel)
             if group.GraphicType != "RECTANGLE":

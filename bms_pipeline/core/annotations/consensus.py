@@ -7,8 +7,12 @@ import csv
 from collections import Counter
 from collections.abc import Sequence
 from functools import cache
+from typing import TYPE_CHECKING
 
 from bms_pipeline.core.reference import reference_path
+
+if TYPE_CHECKING:
+    import polars as pl
 
 NO_CONSENSUS = "no_consensus_found"
 
@@ -57,7 +61,9 @@ def consensus_label(labels: Sequence[str]) -> str:
     return next(label for label, count in counts.items() if count == best)
 
 
-def disagreement_warnings(disagreements, csv_name: str = "cells.csv", shown: int = 5) -> list[str]:
+def disagreement_warnings(
+    disagreements: pl.DataFrame, csv_name: str = "cells.csv", shown: int = 5
+) -> list[str]:
     """The first `shown` rows of a disagreements frame (``SlideAnnotations.disagreements``)
     as warnings for the console: a finding about the source, not an error (the published
     consensus is the source's label). Each names the line and the cell, and both labels."""

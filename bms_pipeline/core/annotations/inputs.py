@@ -549,8 +549,8 @@ def read_cells(
             "line": [lines[int(r)] for r in records[disagree]],
             "cell_id": cell_id[disagree],
             "given": written[disagree].tolist(),
-            "given_renamed": [names[given[i]] for i in disagree],
-            "computed": [names[consensus[i]] for i in disagree],
+            "given_renamed": [names[int(given[i])] for i in disagree],
+            "computed": [names[int(consensus[i])] for i in disagree],
         },
         schema=DISAGREEMENT_SCHEMA,
     )

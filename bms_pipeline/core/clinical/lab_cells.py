@@ -373,16 +373,19 @@ class SheetGrid:
         )
 
 
+def _sheet_frame(reader: fastexcel.ExcelReader, name: str) -> pl.DataFrame:
+    """One sheet, every cell a string and no header row. fastexcel's eager overload of
+    `load_sheet` returns a pyarrow type its stubs leave unknown; this call is the lazy one."""
+    return reader.load_sheet(name, header_row=None, dtypes="string").to_polars()  # pyright: ignore[reportUnknownMemberType]
+
+
 def read_sheet_grids(workbook: Workbook, sheets: Sequence[str]) -> dict[str, SheetGrid]:
     """Sheets with every cell as a string, blank rows and columns kept, each placed at its
     Excel row and column (`SheetXml.origin`)."""
     path = workbook.path
     try:
         reader = fastexcel.read_excel(path)
-        frames = {
-            name: reader.load_sheet(name, header_row=None, dtypes="string").to_polars()
-            for name in sheets
-        }
+        frames = {name: _sheet_frame(reader, name) for name in sheets}
     except Exception as exc:  # fastexcel raises its own types for missing sheets/bad files
         raise ClinicalDataError(f"{path}: cannot read sheets {list(sheets)} ({exc})") from None
     grids: dict[str, SheetGrid] = {}

@@ -193,7 +193,7 @@ def column_metadata_matches_schema(tables: ClinicalTables) -> list[str]:
 
 def _provenance_problems(table: str, frame: pl.DataFrame, rows: pl.DataFrame) -> list[str]:
     """IDC's provenance labels, and one case_col: a source column dicom_patient_id is made from."""
-    problems = []
+    problems: list[str] = []
     labels = dict(zip(rows["column"], rows["column_label"], strict=True))
     for column, label in PROVENANCE_LABELS.items():
         if labels.get(column) != label:

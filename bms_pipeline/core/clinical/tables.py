@@ -113,11 +113,11 @@ class ClinicalTables:
     table_metadata: pl.DataFrame
     column_metadata: pl.DataFrame
     target: BigQueryTarget
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list[str])
     lab: LabSheet | None = None
-    left_out: dict[str, list[str]] = field(default_factory=dict)
+    left_out: dict[str, list[str]] = field(default_factory=dict[str, list[str]])
     """Patient ids left out of each table because they have no converted slide."""
-    columns_left_out: list[str] = field(default_factory=list)
+    columns_left_out: list[str] = field(default_factory=list[str])
     """Source columns the collection does not define, by file and position (never values)."""
 
     @property

@@ -1,3 +1,4 @@
+# pyright: standard
 """Convert one MIRAX slide to a DICOM VL Whole Slide Microscopy series with wsidicomizer.
 
 wsidicomizer does not refuse an existing output folder, so old and new files would mix:

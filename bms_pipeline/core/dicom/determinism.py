@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pydicom
 from pydicom.tag import Tag
-from wsidicom.conceptcode import ContributingEquipmentPurposeCode
-from wsidicom.metadata import ContributingEquipment
+from wsidicom.conceptcode import ContributingEquipmentPurposeCode  # pyright: ignore[reportMissingTypeStubs]
+from wsidicom.metadata import ContributingEquipment  # pyright: ignore[reportMissingTypeStubs]
+
+from bms_pipeline.core.dicom.files import read_dataset
 
 _FLAVOR_ORDER = {"VOLUME": 0, "THUMBNAIL": 1, "OVERVIEW": 2, "LABEL": 3}
 
@@ -60,11 +62,12 @@ def _padded(value: str, length: int, path: Path, keyword: str) -> bytes:
 
 
 def _rewrite(path: Path, updates: dict[str, str]) -> None:
-    ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=None)
+    ds = read_dataset(path, stop_before_pixels=True, defer_size=None)
     patches: list[tuple[int, bytes]] = []
     for keyword, value in updates.items():
         raw = ds.get_item(Tag(keyword))
-        if raw is None:
+        # pydicom types get_item as never None, but it is None for an absent tag.
+        if raw is None:  # pyright: ignore[reportUnnecessaryComparison]
             continue
         # A RawDataElement (not yet parsed) knows where its value lies and how long it is.
         tell = getattr(raw, "value_tell", None)
@@ -80,7 +83,7 @@ def _rewrite(path: Path, updates: dict[str, str]) -> None:
 
 def normalize_series(files: Sequence[Path]) -> None:
     """Make every wall-clock and write-order value of the staged series come from its inputs."""
-    headers = {Path(f): pydicom.dcmread(f, stop_before_pixels=True) for f in files}
+    headers = {Path(f): read_dataset(f, stop_before_pixels=True) for f in files}
     ordered = sorted(headers, key=lambda p: _instance_order(headers[p]))
     for number, path in enumerate(ordered, 1):
         ds = headers[path]

@@ -1,3 +1,4 @@
+# pyright: standard
 """A subclassed wsidicomizer OpenSlide source: direct MIRAX reads, cheaper compositing.
 
 wsidicomizer composites every tile OpenSlide returns over the background in int32 numpy

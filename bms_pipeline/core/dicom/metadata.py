@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pydicom import Dataset
 from pydicom.sr.coding import Code
-from wsidicom.conceptcode import (
+from wsidicom.conceptcode import (  # pyright: ignore[reportMissingTypeStubs]
     AnatomicPathologySpecimenTypesCode,
     ContainerTypeCode,
     IlluminationCode,
@@ -27,7 +27,7 @@ from wsidicom.conceptcode import (
     SpecimenSamplingProcedureCode,
     SpecimenStainsCode,
 )
-from wsidicom.metadata import (
+from wsidicom.metadata import (  # pyright: ignore[reportMissingTypeStubs]
     Equipment,
     Image,
     Objectives,
@@ -44,8 +44,8 @@ from wsidicom.metadata import (
     Study,
     WsiMetadata,
 )
-from wsidicom.metadata.sample import Collection
-from wsidicomizer.metadata import WsiDicomizerMetadata
+from wsidicom.metadata.sample import Collection  # pyright: ignore[reportMissingTypeStubs]
+from wsidicomizer.metadata import WsiDicomizerMetadata  # pyright: ignore[reportMissingTypeStubs]
 
 from bms_pipeline.core.clinical.patients import PatientClinical
 from bms_pipeline.core.collection import CollectionConfig
@@ -243,7 +243,7 @@ def build_post_processor(context: SlideContext) -> Callable[[Dataset, WsiMetadat
         if trial.coordinating_center_name:
             dataset.ClinicalTrialCoordinatingCenterName = trial.coordinating_center_name
         if trial.other_protocol_ids:
-            items = []
+            items: list[Dataset] = []
             for other in trial.other_protocol_ids:
                 item = Dataset()
                 item.ClinicalTrialProtocolID = other.id

@@ -12,12 +12,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from marshmallow import ValidationError
-from wsidicom.metadata import WsiMetadata
-from wsidicom.metadata.schema.json.wsi import WsiMetadataJsonSchema
-from wsidicomizer.metadata import WsiDicomizerMetadata
+from wsidicom.metadata import WsiMetadata  # pyright: ignore[reportMissingTypeStubs]
+from wsidicom.metadata.schema.json.wsi import WsiMetadataJsonSchema  # pyright: ignore[reportMissingTypeStubs]
+from wsidicomizer.metadata import WsiDicomizerMetadata  # pyright: ignore[reportMissingTypeStubs]
 
 from bms_pipeline.core.layout import DataLayout
 
@@ -37,7 +37,8 @@ class MetadataOverride:
 
         def prune(value: Any) -> Any:
             if isinstance(value, dict):
-                kept = {k: prune(v) for k, v in value.items()}
+                # A JSON object; isinstance binds no type arguments.
+                kept = {k: prune(v) for k, v in cast("dict[str, Any]", value).items()}
                 return {k: v for k, v in kept.items() if v not in (None, [], {})}
             return value
 
@@ -49,11 +50,17 @@ def override_paths(root: Path, slide_id: str) -> list[Path]:
     return [p for p in DataLayout(root).override_candidates(slide_id) if p.is_file()]
 
 
+def _load_metadata(text: str) -> object:
+    """wsidicom's JSON schema load (its post_load makes a `WsiMetadata`); marshmallow leaves
+    `Schema.loads`'s keyword arguments unannotated, hence partially unknown."""
+    return WsiMetadataJsonSchema().loads(text)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+
+
 def load_override(path: Path) -> MetadataOverride:
     try:
         text = path.read_text(encoding="utf-8")
         raw = json.loads(text)
-        metadata = WsiMetadataJsonSchema().loads(text)
+        metadata = _load_metadata(text)
     except (OSError, json.JSONDecodeError, ValidationError, TypeError, ValueError) as exc:
         raise OverrideError(f"{path}: not valid wsidicom metadata JSON ({exc})") from exc
     if not isinstance(metadata, WsiMetadata):

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the UI's checks import this module; wsidicomizer loads in the steps only
     from pydicom import Dataset
-    from wsidicomizer.metadata import WsiDicomizerMetadata
+    from wsidicomizer.metadata import WsiDicomizerMetadata  # pyright: ignore[reportMissingTypeStubs]
 
 # MIRAX properties that may pass into DICOM headers (through wsidicomizer's MIRAX
 # metadata or ours). Everything else, SLIDE_ID and SLIDE_NAME above all, stays out.
@@ -237,9 +237,9 @@ class PrivacyPolicy:
             hits += self._scan_file(Path(path))
         return hits
 
-    def _excuses(self, needle: bytes) -> list[tuple[bytes, list[int]]]:
+    def excuses(self, needle: bytes) -> list[tuple[bytes, list[int]]]:
         """Allowed values that contain `needle`, with every position it has in them."""
-        out = []
+        out: list[tuple[bytes, list[int]]] = []
         for value in self.allowed:
             positions = [
                 i for i in range(len(value) - len(needle) + 1) if value.startswith(needle, i)
@@ -254,7 +254,7 @@ class PrivacyPolicy:
         `_occur` reports, and each occurrence is judged against the whole file around it."""
         if not self.needles or path.stat().st_size == 0:
             return []
-        excuses = {n.name: self._excuses(n.value) for n in self.needles}
+        excuses = {n.name: self.excuses(n.value) for n in self.needles}
         overlap = max(len(n.value) for n in self.needles) - 1
         hits: list[IdentifierHit] = []
         seen: set[str] = set()
@@ -277,9 +277,9 @@ class PrivacyPolicy:
                     stop = end + len(needle.value) - 1
                     at = data.find(needle.value, start, stop)
                     while at >= 0:
-                        if not self._is_excused(
-                            data, at, excuses[needle.name]
-                        ) and not inside_token(data, at, needle):
+                        if not self.is_excused(data, at, excuses[needle.name]) and not inside_token(
+                            data, at, needle
+                        ):
                             seen.add(needle.name)
                             hits.append(IdentifierHit(path, needle.name, at))
                             break
@@ -287,7 +287,7 @@ class PrivacyPolicy:
         return hits
 
     @staticmethod
-    def _is_excused(
+    def is_excused(
         data: bytes | mmap.mmap, at: int, excuses: list[tuple[bytes, list[int]]]
     ) -> bool:
         for value, positions in excuses:
@@ -345,7 +345,7 @@ def _occur(window: bytes, needles: Sequence[Needle]) -> list[bool]:
         found = pl.Series([window.decode("latin-1")]).str.extract_many(patterns, overlapping=True)[
             0
         ]
-        present = set(found.to_list()) if found is not None else set()
+        present: set[str] = set(found.to_list()) if found is not None else set()
         return [p in present for p in patterns]
     frame = pl.DataFrame({"window": pl.Series([window], dtype=pl.Binary)})
     row = frame.select(

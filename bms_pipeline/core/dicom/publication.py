@@ -1,3 +1,4 @@
+# pyright: standard
 """The publication gate: what decides whether a staged series may leave staging.
 
 Every check that decides whether an output may be shared runs here, on the staged files of

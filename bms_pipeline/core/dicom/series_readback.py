@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-
+from bms_pipeline.core.dicom.files import read_dataset
 from bms_pipeline.core.slide_id import patient_id_of
 
 
@@ -28,9 +27,9 @@ class SmInstance:
 
 
 def read_series(sm_dir: Path) -> list[SmInstance]:
-    instances = []
+    instances: list[SmInstance] = []
     for path in sorted(Path(sm_dir).glob("*.dcm")):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = read_dataset(path, stop_before_pixels=True)
         instances.append(
             SmInstance(
                 path=path,

@@ -21,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import pydicom.pixels
+from openslide import AbstractSlide
 from PIL import Image
 from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import JPEGBaseline8Bit
+
+from bms_pipeline.core.dicom.files import read_dataset
 
 THUMBNAIL_MAX_SIDE = 1024
 """Long side of the THUMBNAIL in pixels (smaller slides keep their size)."""
@@ -48,7 +50,7 @@ def thumbnail_size(width: int, height: int, max_side: int = THUMBNAIL_MAX_SIDE) 
 
 
 def render_thumbnail(
-    slide,  # openslide.OpenSlide
+    slide: AbstractSlide,
     bounds: tuple[int, int, int, int],
     background: tuple[int, int, int],
     max_side: int = THUMBNAIL_MAX_SIDE,
@@ -126,7 +128,7 @@ def total_pixel_matrix(path: Path, raw: bool = False) -> np.ndarray:
     """The whole pixel matrix of a single- or multi-frame TILED_FULL WSM instance, decoded
     by pydicom (not by wsidicom, which wrote it). `raw`: in the stored colour space (YBR
     for JPEG), without pydicom's conversion to RGB."""
-    ds = pydicom.dcmread(path)
+    ds = read_dataset(path)
     frames = pixel_array(ds, raw=True) if raw else ds.pixel_array
     if int(getattr(ds, "NumberOfFrames", 1)) == 1:
         frames = frames[None]
@@ -149,7 +151,7 @@ def thumbnail_similarity(files: Sequence[Path]) -> tuple[float | None, str]:
     thumbnail: tuple[tuple[int, int], Path] | None = None
     levels: list[tuple[tuple[int, int], Path]] = []
     for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = read_dataset(path, stop_before_pixels=True)
         flavor = str(ds.ImageType[2]) if len(ds.ImageType) > 2 else ""
         grid = _TileGrid.of(ds)
         if flavor == "THUMBNAIL":
@@ -189,7 +191,7 @@ def _correlation_of_files(a: Path, b: Path) -> float:
     """`correlation` of two instances, on the luma they store where they store YBR: the
     Y channel is the luminance (the same BT.601 weights as Pillow's "L"), and pydicom's
     YBR to RGB conversion of a whole level was most of the publication gate's time."""
-    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in (a, b)]
+    headers = [read_dataset(path, stop_before_pixels=True) for path in (a, b)]
     grid = _TileGrid.of(headers[0])
     width, height = grid.width, grid.height
     scale = min(1.0, _COMPARE_SIDE / max(width, height))
@@ -226,7 +228,7 @@ def _jpeg_luma_plane(path: Path, grid: _TileGrid, size: tuple[int, int]) -> tupl
     resolution of `size`. The comparison does not need the whole level, and decoding it at
     full size through pydicom was 10x slower (measured on a 10-megapixel level); a 2x
     margin moved the wide slide's score by 0.012, 8x by 0.001."""
-    ds = pydicom.dcmread(path)
+    ds = read_dataset(path)
     count = int(getattr(ds, "NumberOfFrames", 1))
     grid.check(path, count)
     reduction = 1

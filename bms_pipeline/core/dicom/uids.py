@@ -18,8 +18,8 @@ from collections import Counter
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
-from wsidicom.metadata import Pyramid, Series, SlideSample, Study, WsiMetadata
-from wsidicom.metadata.uid_generator import UidGenerator
+from wsidicom.metadata import Pyramid, Series, SlideSample, Study, WsiMetadata  # pyright: ignore[reportMissingTypeStubs]
+from wsidicom.metadata.uid_generator import UidGenerator  # pyright: ignore[reportMissingTypeStubs]
 
 
 def stable_uid(*parts: str) -> UID:

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from wsidicom.geometry import PointMm, SizeMm
-from wsidicom.metadata import ImageCoordinateSystem
-from wsidicom.metadata.image import ImageType
-from wsidicomizer.metadata import WsiDicomizerMetadata
-from wsidicomizer.sources.openslide_like.openslide_like_image_data import (
+from wsidicom.geometry import PointMm, SizeMm  # pyright: ignore[reportMissingTypeStubs]
+from wsidicom.metadata import ImageCoordinateSystem  # pyright: ignore[reportMissingTypeStubs]
+from wsidicom.metadata.image import ImageType  # pyright: ignore[reportMissingTypeStubs]
+from wsidicomizer.metadata import WsiDicomizerMetadata  # pyright: ignore[reportMissingTypeStubs]
+from wsidicomizer.sources.openslide_like.openslide_like_image_data import (  # pyright: ignore[reportMissingTypeStubs]
     OpenSlideLikeAssociatedImageData,
 )
 
@@ -65,7 +65,8 @@ def viewer_coordinate_systems(metadata: WsiDicomizerMetadata) -> WsiDicomizerMet
         ),
     )
     overview, label = metadata.overview, metadata.label
-    if overview is not None and overview.image is not None:
+    # wsidicom types these as always set; metadata built field by field can leave them None.
+    if overview is not None and overview.image is not None:  # pyright: ignore[reportUnnecessaryComparison]
         overview = replace(
             overview,
             image=replace(
@@ -75,7 +76,7 @@ def viewer_coordinate_systems(metadata: WsiDicomizerMetadata) -> WsiDicomizerMet
                 ),
             ),
         )
-    if label is not None and label.image is not None:
+    if label is not None and label.image is not None:  # pyright: ignore[reportUnnecessaryComparison]
         label = replace(
             label,
             image=replace(

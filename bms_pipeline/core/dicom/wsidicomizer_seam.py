@@ -1,3 +1,4 @@
+# pyright: standard
 """The one place the project reaches past wsidicomizer's and OpenSlide's public interfaces.
 
 `core.dicom.fast_source` makes a conversion 2.6 times faster (docs/benchmarks.md, variants A

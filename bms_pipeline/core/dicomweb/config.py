@@ -1,3 +1,4 @@
+# pyright: standard
 """Where to publish: `--dicomweb-url`, else `$BMS_DICOMWEB_URL`, else `dicomweb.url` in
 collection.yaml; credentials from the environment (`$BMS_DICOMWEB_USER`/`_PASSWORD` or
 `_TOKEN`), never in config or run storage. A URL given with `user:password@` is split at once

@@ -1,3 +1,4 @@
+# pyright: standard
 """STOW-RS a slide's SM and ANN instances, idempotently, and prove they arrived.
 
 Per series: QIDO-RS lists what the server already holds. An instance it holds is retrieved

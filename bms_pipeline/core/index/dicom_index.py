@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import polars as pl
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from bms_pipeline.core.dicom.files import read_dataset
 from bms_pipeline.core.index import schemas
 
 SM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
@@ -48,7 +49,7 @@ TRANSFER_SYNTAX_NAMES = {
 EMBEDDING_MEDIUM = ("SCT", "430863003")
 TISSUE_FIXATIVE = ("SCT", "430864009")
 USING_SUBSTANCE = ("SCT", "424361007")
-_PREPARATION_COLUMNS = {
+_PREPARATION_COLUMNS: dict[tuple[str, str], str] = {
     EMBEDDING_MEDIUM: "embeddingMedium",
     TISSUE_FIXATIVE: "tissueFixative",
     USING_SUBSTANCE: "staining_usingSubstance",
@@ -144,14 +145,14 @@ def _preparation(ds: Dataset) -> dict[str, list[str]]:
     """
     found: dict[str, set[tuple[str, str, str]]] = defaultdict(set)
     description = _first(ds.get("SpecimenDescriptionSequence"))
-    steps = description.get("SpecimenPreparationSequence", []) if description else []
+    steps = description.get("SpecimenPreparationSequence", ()) if description else ()
     for step in steps:
-        for item in step.get("SpecimenPreparationStepContentItemSequence", []):
-            for name in item.get("ConceptNameCodeSequence", []):
+        for item in step.get("SpecimenPreparationStepContentItemSequence", ()):
+            for name in item.get("ConceptNameCodeSequence", ()):
                 key = (str(name.get("CodingSchemeDesignator", "")), str(name.get("CodeValue", "")))
                 if key not in _PREPARATION_COLUMNS:
                     continue
-                for concept in item.get("ConceptCodeSequence", []):
+                for concept in item.get("ConceptCodeSequence", ()):
                     found[_PREPARATION_COLUMNS[key]].add(
                         (
                             str(concept.get("CodeMeaning", "")),
@@ -199,9 +200,9 @@ def transfer_syntax_name(uid: str) -> str:
     return TRANSFER_SYNTAX_NAMES.get(uid) or UID(uid).name
 
 
-def _joined(values: Iterable[str | None], key: object = None) -> str | None:
+def _joined(values: Iterable[str | None], key: Callable[[str], Any] | None = None) -> str | None:
     """STRING_AGG(DISTINCT x, ',' ORDER BY x): null when every value is null."""
-    distinct = sorted({v for v in values if v is not None}, key=key)  # type: ignore[arg-type]
+    distinct = sorted({v for v in values if v is not None}, key=key)
     return ",".join(distinct) if distinct else None
 
 
@@ -239,7 +240,7 @@ def _read(dicom_root: Path) -> list[_Instance]:
     # are the same wherever the output root lies.
     return [
         _Instance(
-            pydicom.dcmread(path, stop_before_pixels=True, defer_size=1024),
+            read_dataset(path, stop_before_pixels=True, defer_size=1024),
             PurePosixPath("dicom", path.relative_to(root).as_posix()),
             path.stat().st_size,
         )
@@ -393,19 +394,19 @@ def _ann_rows(
     referenced = _first(ds.get("ReferencedSeriesSequence")) or Dataset()
     referenced_instance = _first(referenced.get("ReferencedInstanceSequence")) or Dataset()
     group_items = list(ds.get("AnnotationGroupSequence", []))
-    series = {
+    series: dict[str, object] = {
         "SeriesInstanceUID": instance.series_uid,
         "AnnotationCoordinateType": _text(ds, "AnnotationCoordinateType"),
         "referenced_SeriesInstanceUID": _text(referenced, "SeriesInstanceUID"),
     }
-    references = {
+    references: dict[str, object] = {
         "SeriesInstanceUID": instance.series_uid,
         "SOPInstanceUID": str(ds.SOPInstanceUID),
         "referenced_SeriesInstanceUID": series["referenced_SeriesInstanceUID"],
         "referenced_SOPInstanceUID": _text(referenced_instance, "ReferencedSOPInstanceUID"),
         "numberOfAnnotationGroups": len(group_items),
     }
-    groups = []
+    groups: list[dict[str, object]] = []
     for group in group_items:
         category = _code_tuple(_first(group.get("AnnotationPropertyCategoryCodeSequence")))
         prop_type = _code_tuple(_first(group.get("AnnotationPropertyTypeCodeSequence")))
@@ -429,7 +430,9 @@ def _ann_rows(
     return series, references, groups
 
 
-def _frame(rows: list[dict[str, object]], schema: pl.Schema, order: Sequence[str]) -> pl.DataFrame:
+def _frame(
+    rows: Sequence[Mapping[str, object]], schema: pl.Schema, order: Sequence[str]
+) -> pl.DataFrame:
     frame = pl.DataFrame(rows, schema=schema, orient="row")
     return frame.sort(list(order), nulls_last=True, maintain_order=True) if rows else frame
 
@@ -450,7 +453,9 @@ def build_dicom_index(
         if any(_text(i.ds, "Modality") == "SM" for i in m)
     ]
     sm_instances = [i for i in instances if _text(i.ds, "Modality") == "SM"]
-    anns, references, groups = [], [], []
+    anns: list[dict[str, object]] = []
+    references: list[dict[str, object]] = []
+    groups: list[dict[str, object]] = []
     for instance in instances:
         if instance.sop_class == ANN_SOP_CLASS:
             series, reference, items = _ann_rows(instance)

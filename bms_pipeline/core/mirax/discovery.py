@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bms_pipeline.core.layout import override_names
 from bms_pipeline.core.mirax.inventory import (
@@ -71,7 +71,7 @@ def scan_slides(
     twins = _second_spellings(
         [p.stem for p in paths], lambda stem: str(slides_dir / f"{stem}.mrxs")
     )
-    statuses = []
+    statuses: list[FoundSlide] = []
     for mrxs in paths:
         slide_id = mrxs.stem
         link = _link_problem(mrxs, roots)
@@ -112,7 +112,7 @@ def _second_spellings(stems: Sequence[str], name: Callable[[str], str]) -> dict[
             spellings.setdefault(SlideId.parse(stem), []).append(stem)
         except ValueError:
             continue  # reported as a malformed slide id
-    reasons = {}
+    reasons: dict[str, str] = {}
     for slide, stems_of_slide in spellings.items():
         if len(stems_of_slide) < 2:
             continue
@@ -162,7 +162,7 @@ def _link_problem(mrxs: Path, roots: Sequence[Path]) -> str | None:
 
 
 def _remote_slide_signature(
-    slide_id: str, slides: dict[str, dict], overrides: dict[str, dict]
+    slide_id: str, slides: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]
 ) -> tuple[str, list[str]]:
     from bms_pipeline.core.url_roots import listing_signature
 
@@ -194,7 +194,7 @@ def scan_remote_slides(
     previous = previous_signatures or {}
     slides = root.listing("raw/slides")
     overrides = root.listing("overrides")
-    statuses = []
+    statuses: list[FoundSlide] = []
     names = sorted(n for n in slides if n.count("/") == 2 and n.endswith(".mrxs"))
     twins = _second_spellings(
         [PurePosixPath(n).stem for n in names], lambda stem: root.url_of(f"raw/slides/{stem}.mrxs")

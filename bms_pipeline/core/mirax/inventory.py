@@ -180,7 +180,7 @@ def file_signature(mrxs_path: Path, extra: Sequence[Path] = ()) -> str:
     as metadata override files), for sensors and `status`."""
     mrxs_path = Path(mrxs_path)
     folder = mrxs_path.with_suffix("")
-    parts = []
+    parts: list[str] = []
     slide_paths = [mrxs_path, *sorted(folder.glob("*"))] if folder.is_dir() else [mrxs_path]
     for path in [*slide_paths, *extra]:
         try:
@@ -193,7 +193,7 @@ def file_signature(mrxs_path: Path, extra: Sequence[Path] = ()) -> str:
 
 def newest_mtime(mrxs_path: Path) -> float:
     folder = Path(mrxs_path).with_suffix("")
-    paths = [Path(mrxs_path), *(folder.glob("*") if folder.is_dir() else [])]
+    paths = [Path(mrxs_path), *(folder.glob("*") if folder.is_dir() else ())]
     return max((p.stat().st_mtime for p in paths if p.exists()), default=0.0)
 
 

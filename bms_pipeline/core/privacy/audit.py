@@ -36,6 +36,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from bms_pipeline.core.dicom.phi import (
     MANY_NEEDLES,
@@ -66,14 +67,14 @@ class AuditHit:
 
 @dataclass
 class AuditReport:
-    hits: list[AuditHit] = field(default_factory=list)
+    hits: list[AuditHit] = field(default_factory=list[AuditHit])
     needles: int = 0
     excused: int = 0  # input values not searched for: they equal a carried value
     files: int = 0
     bytes: int = 0
     cells: int = 0  # decoded cells read (Parquet, DuckDB, database rows)
     unchanged: int = 0  # files found clean before and unchanged since, not read again
-    warnings: list[str] = field(default_factory=list)  # places only read raw, inputs unread
+    warnings: list[str] = field(default_factory=list[str])  # places only read raw, inputs unread
     seconds: float = 0.0
 
     @property
@@ -151,7 +152,7 @@ def _clinical_cells(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     carried: list[str] = []
     with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter=";")
-        header = next(reader, [])
+        header: list[str] = next(reader, None) or []
         # Columns by number: an undefined column's header is free text too.
         for position, column in enumerate(header, start=1):
             if column.strip() not in CLINICAL_COLUMNS:
@@ -205,7 +206,7 @@ def _lab_cells(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     return free, carried
 
 
-def _safe(fn, value: str) -> str | None:
+def _safe(fn: Callable[[str], str], value: str) -> str | None:
     try:
         return fn(value)
     except ValueError:
@@ -293,12 +294,12 @@ class _Finder:
 
     def __init__(self, policy: PrivacyPolicy) -> None:
         self.needles = policy.needles
-        self.excuses = {n.name: policy._excuses(n.value) for n in policy.needles}  # noqa: SLF001
+        self.excuses = {n.name: policy.excuses(n.value) for n in policy.needles}
 
     def first(self, data: bytes, needle: Needle) -> int | None:
         at = data.find(needle.value)
         while at >= 0:
-            if not PrivacyPolicy._is_excused(  # noqa: SLF001
+            if not PrivacyPolicy.is_excused(
                 data, at, self.excuses[needle.name]
             ) and not inside_token(data, at, needle):
                 return at
@@ -325,7 +326,7 @@ class _Finder:
 
 def _as_bytes(value: object) -> bytes | None:
     if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
+        return bytes(cast("bytes | bytearray | memoryview[int]", value))
     if isinstance(value, str):
         return value.encode("utf-8", "surrogatepass")
     return None
@@ -435,7 +436,11 @@ def _parquet_cells(path: Path) -> Iterator[Row]:
         series = frame[column]
         if series.dtype == pl.Binary:
             values: list[object] = series.to_list()
-        elif series.dtype in (pl.String, pl.Categorical) or isinstance(series.dtype, pl.Enum):
+        elif (
+            series.dtype == pl.String
+            or series.dtype == pl.Categorical
+            or isinstance(series.dtype, pl.Enum)
+        ):
             values = series.cast(pl.String).to_list()
         elif series.dtype.is_nested():
             values = [None if v is None else str(v) for v in series.to_list()]
@@ -513,13 +518,16 @@ class ScanCache:
         import secrets
 
         self.path = path
-        stored: dict = {}
         try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
+            loaded: object = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            stored = {}
-        if not isinstance(stored, dict) or stored.get("version") != self.VERSION:
-            stored = {}
+            loaded = None
+        stored: dict[str, Any] = {}
+        if isinstance(loaded, dict):
+            # A JSON object; isinstance binds no type arguments.
+            candidate = cast("dict[str, Any]", loaded)
+            if candidate.get("version") == self.VERSION:
+                stored = candidate
         self.salt = str(stored.get("salt") or secrets.token_hex(16))
         digest = hashlib.sha256(self.salt.encode())
         for value in sorted(n.value for n in policy.needles):
@@ -528,18 +536,20 @@ class ScanCache:
             digest.update(b"\0a" + value)
         self.digest = digest.hexdigest()
         files = stored.get("files") if stored.get("digest") == self.digest else None
-        self.files: dict[str, list[int]] = dict(files) if isinstance(files, dict) else {}
+        self.files: dict[str, list[int]] = (
+            dict(cast("dict[str, list[int]]", files)) if isinstance(files, dict) else {}
+        )
         self.clean: dict[str, list[int]] = {}
         self.skipped = 0
 
     @staticmethod
-    def _identity(path: Path) -> list[int]:
+    def identity(path: Path) -> list[int]:
         stat = path.stat()
         return [stat.st_size, stat.st_mtime_ns]
 
     def fresh(self, path: Path) -> bool:
         """Scanned clean before, unchanged since: recorded again and skipped."""
-        identity = self._identity(path)
+        identity = self.identity(path)
         if self.files.get(str(path)) == identity:
             self.clean[str(path)] = identity
             self.skipped += 1
@@ -604,7 +614,7 @@ def scan_places(
                 if kept is not None and kept.fresh(path):
                     report.unchanged += 1
                     continue
-                identity = ScanCache._identity(path)  # noqa: SLF001 - before the read
+                identity = ScanCache.identity(path)  # before the read
                 report.bytes += identity[0]
                 raw: list[IdentifierHit] = policy.scan([path])
             except (OSError, ValueError) as exc:

@@ -88,7 +88,7 @@ def slide_rows(out_dir: Path) -> list[SlideRow]:
         ann = ann.join(per_series, on="SeriesInstanceUID", how="left")
     else:
         ann = ann.with_columns(pl.lit(0).alias("NumberOfAnnotations"))
-    rows = []
+    rows: list[SlideRow] = []
     for slide_id in sorted(sm["slide_id"].unique().to_list()):
         mine = sm.filter(pl.col("slide_id") == slide_id)
         flavors = [

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.errors import InvalidDicomError
+
+from bms_pipeline.core.dicom.files import read_dataset
 
 THUMBNAIL_SIDE = 256
 """Long side of the thumbnail pictures (UI and collection page), in pixels."""
@@ -65,9 +66,9 @@ class SmInstance:
 
 def sm_instances(files: Iterable[Path]) -> list[SmInstance]:
     """The instances of an SM series, VOLUME levels first from the largest."""
-    out = []
+    out: list[SmInstance] = []
     for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = read_dataset(path, stop_before_pixels=True)
         image_type = list(ds.get("ImageType", []))
         columns, rows = int(ds.Columns), int(ds.Rows)
         out.append(
@@ -202,17 +203,17 @@ def lab_to_rgb(dicom_lab: Sequence[int]) -> tuple[int, int, int]:
     """A RecommendedDisplayCIELabValue (PS3.3 C.10.7.1.1, scaled to 0-65535) as sRGB."""
     from highdicom.color import CIELabColor
 
-    r, g, b = CIELabColor.from_dicom_value(tuple(int(v) for v in dicom_lab)).to_rgb()  # type: ignore[arg-type]
+    r, g, b = CIELabColor.from_dicom_value(tuple(int(v) for v in dicom_lab)).to_rgb()
     return int(r), int(g), int(b)
 
 
 def read_box_groups(ann_file: Path) -> list[BoxGroup]:
     """The RECTANGLE groups of a published ANN file (pydicom alone: no validation pass over
     every measurement), with each group's recommended colour."""
-    ds = pydicom.dcmread(ann_file)
+    ds = read_dataset(ann_file)
     if str(ds.get("AnnotationCoordinateType", "2D")) != "2D":
         raise ValueError(f"{ann_file}: only 2D (image) annotation coordinates are drawn")
-    groups = []
+    groups: list[BoxGroup] = []
     for group in ds.AnnotationGroupSequence:
         if group.GraphicType != "RECTANGLE":
             continue
@@ -435,7 +436,7 @@ def thumbnail_markdown(sm_files: Sequence[Path]) -> str:
 
 def thumbnail_check_markdown(sm_files: Sequence[Path]) -> str:
     """The two pictures the THUMBNAIL check compares, side by side, with their captions."""
-    parts = []
+    parts: list[str] = []
     for caption, make in (
         ("THUMBNAIL", thumbnail_picture),
         ("the level it is compared with", compared_level_picture),

@@ -1,3 +1,4 @@
+# pyright: standard
 """The embedded demo dataset: BMDeep's input contract with synthetic slides and tables.
 
 One generator makes the demo data and every test fixture, so what the tests prove is

@@ -1,3 +1,4 @@
+# pyright: standard
 """Synthetic clinical, lab and annotation tables in the real BMDeep source layout.
 
 The MIRAX writer makes the pixels; this module writes everything else below ``raw/clinical``

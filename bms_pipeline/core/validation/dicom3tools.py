@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Literal
 
 import polars as pl
-import pydicom
 from pydicom.errors import InvalidDicomError
+
+from bms_pipeline.core.dicom.files import read_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -301,9 +302,13 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
     process.communicate()
 
 
+def _call(job: Callable[[], list[ValidationMessage]]) -> list[ValidationMessage]:
+    return job()
+
+
 def _existing(paths: Iterable[Path]) -> list[Path]:
     """Absolute paths, after checking each exists, so a typo is not reported as invalid DICOM."""
-    result = []
+    result: list[Path] = []
     for path in paths:
         if not Path(path).is_file():
             raise FileNotFoundError(f"cannot validate {path}: no such file")
@@ -347,7 +352,7 @@ def _safe_arg(relative: Path) -> str:
 def _study_uid(path: Path) -> str | None:
     """The file's StudyInstanceUID, or None when it cannot be read (dciodvfy will say why)."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+        ds = read_dataset(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
     except (OSError, ValueError, EOFError, InvalidDicomError) as exc:
         logger.debug("no StudyInstanceUID from %s: %s", path, exc)
         return None
@@ -388,7 +393,7 @@ def validate_files(
         scope = _study_scope(study_files)
         jobs.append(partial(dcentvfy, list(study_files), scope, STUDY_SERIES, timeout=timeout))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda job: job(), jobs))
+        results = list(pool.map(_call, jobs))
     return [message for rows in results for message in rows]
 
 

@@ -185,7 +185,7 @@ def test_transparent_fill_encodes_as_wsidicomizers_compositing(
     partial[:, :10] = 0
     partial[5, 20, 3] = 128
     before = partial.copy()
-    assert not FastOpenSlideLevelImageData._fill_transparent(  # type: ignore[arg-type]
+    assert not FastOpenSlideLevelImageData._fill_transparent(
         holder,  # pyright: ignore[reportArgumentType]
         partial.view(np.uint32)[..., 0],
     )

@@ -1,3 +1,4 @@
+# pyright: standard
 """The reader: level regions painted from the tile map in OpenSlide's order, with the cache."""
 
 from __future__ import annotations
