@@ -14,7 +14,8 @@ name the speed-up needs behind a small public surface:
   the BGRA encode can be had without two more copies per tile.
 * `OpenSlideLevel`: wsidicomizer's OpenSlide level (`OpenSlideLevelImageData`) with the
   geometry it keeps privately (`_level_index`, `_downsample`, `_offset`) as public names,
-  and its compositing hook (`_composite_over_background`) as the public `composite`.
+  and its compositing hook (`_composite_over_background`) as the public `composite`; its
+  `encoder` and `transcoder` typed (wsidicom annotates them with a bare generic `Encoder`).
 * `OpenSlideSourceSeam`: wsidicomizer's OpenSlide source (`OpenSlideSource`) with its
   OpenSlide handle, tile size, background colour, converted region and encoder (`_slide`,
   `_tile_size`, `_blank_color`, `_base_level_offset`, `_base_level_size`, `_encoder`) as
