@@ -1,4 +1,3 @@
-# pyright: standard
 """Writing outputs safely: atomic files, one DuckDB writer at a time.
 
 Readers (and a crashed run) see the old file or the new one, never half of one; every
@@ -17,7 +16,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +120,7 @@ def duckdb_lock_path(db_path: Path) -> Path:
 
 
 @contextmanager
-def exclusive_lock(path: Path, timeout: float = 600.0) -> Iterator[None]:
+def exclusive_lock(path: Path, timeout: float = 600.0) -> Generator[None]:
     """Hold an exclusive flock on ``path`` (created if missing), waiting up to ``timeout`` s.
 
     flock locks belong to the open file, so two threads of one process exclude each other
@@ -162,7 +161,7 @@ def _ofd_lock(fd: int, kind: int, command: int) -> tuple[int, int]:
 
 
 @contextmanager
-def no_foreign_writer(db_path: Path, timeout: float = FOREIGN_WRITER_TIMEOUT) -> Iterator[None]:
+def no_foreign_writer(db_path: Path, timeout: float = FOREIGN_WRITER_TIMEOUT) -> Generator[None]:
     """Keep other DuckDB clients from writing ``db_path`` while it is copied and replaced.
 
     DuckDB takes a POSIX write lock (fcntl) on a database it opens for writing, a read lock
@@ -330,7 +329,7 @@ def keep_unchanged(staged: Path, final: Path) -> list[str]:
     file, in place of the staged copy; the names kept. Any error leaves the staged copy."""
     import filecmp
 
-    kept = []
+    kept: list[str] = []
     if not final.is_dir():
         return kept
     for new in sorted(staged.iterdir()):

@@ -1,4 +1,3 @@
-# pyright: standard
 """The data-root layout of DESIGN.md sections 2 and 3, in one place.
 
 Everything below `raw/` is input and is never written; everything below `out/` is output.
@@ -159,7 +158,7 @@ def override_names(slide_id: str) -> tuple[str, str]:
 def published_slide_ids(relative_dicom_files: Iterable[str]) -> set[str]:
     """Slides with a published SM series, from file paths relative to the output root
     (`dicom/<slide_id>/sm/<file>.dcm`); staging and withdrawn folders start with a dot."""
-    found = set()
+    found: set[str] = set()
     for name in relative_dicom_files:
         parts = PurePosixPath(name).parts
         if (

@@ -1,4 +1,3 @@
-# pyright: standard
 """Data and output roots addressed by URL (fsspec): a local folder, or object storage.
 
 OpenSlide, dicom3tools and DuckDB need local files, so every root has a local side. A
@@ -26,15 +25,16 @@ import re
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal, Protocol, cast, overload
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
+import fsspec  # pyright: ignore[reportMissingTypeStubs]
+from fsspec.core import url_to_fs  # pyright: ignore[reportMissingTypeStubs, reportUnknownVariableType]
+from fsspec.implementations.local import LocalFileSystem  # pyright: ignore[reportMissingTypeStubs]
 
 SCRATCH_ENV = "BMS_SCRATCH"
 MANIFEST = ".bms-fetched.json"
@@ -60,6 +60,30 @@ class StorageError(RuntimeError):
     """A fetch or publish failed; the message names the URL."""
 
 
+class _FileSystem(Protocol):
+    """The `fsspec.AbstractFileSystem` methods this module calls, with the types fsspec
+    documents for them (its code carries no annotations, so strict checking sees Unknown)."""
+
+    def invalidate_cache(self, path: str | None = None) -> None: ...
+    def isfile(self, path: str) -> bool: ...
+    def isdir(self, path: str) -> bool: ...
+    def exists(self, path: str) -> bool: ...
+    def info(self, path: str) -> dict[str, Any]: ...
+    @overload
+    def find(
+        self, path: str, *, withdirs: bool = ..., detail: Literal[False] = ...
+    ) -> list[str]: ...
+    @overload
+    def find(
+        self, path: str, *, withdirs: bool = ..., detail: Literal[True]
+    ) -> dict[str, dict[str, Any]]: ...
+    def glob(self, path: str) -> list[str]: ...
+    def rm(self, path: str | list[str], recursive: bool = False) -> None: ...
+    def copy(self, path1: str, path2: str) -> None: ...
+    def get_file(self, rpath: str, lpath: str) -> None: ...
+    def put_file(self, lpath: str, rpath: str) -> None: ...
+
+
 def default_scratch() -> Path:
     return Path(
         os.environ.get(SCRATCH_ENV) or Path(os.environ.get("TMPDIR", "/tmp"))  # noqa: S108 (a folder of its own below) / "bms-pipeline"
@@ -79,7 +103,7 @@ def listing_signature(entries: dict[str, dict[str, Any]]) -> str:
 
 
 @contextmanager
-def _mirror_lock(root: Path) -> Iterator[None]:
+def _mirror_lock(root: Path) -> Generator[None]:
     """One fetch or publish at a time per mirror, across threads and processes."""
     import fcntl
 
@@ -113,12 +137,19 @@ class StorageRoot:
 
     @cached_property
     def _fs_and_path(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        fs, path = fsspec.core.url_to_fs(self.url)
+        # fsspec documents `url_to_fs` as returning (filesystem, urlpath).
+        fs, path = cast("tuple[fsspec.AbstractFileSystem, str]", url_to_fs(self.url))
         return fs, path.rstrip("/") or "/"
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
         return self._fs_and_path[0]
+
+    @property
+    def _files(self) -> _FileSystem:
+        """`fs` seen through the methods this module calls, typed as fsspec documents them
+        (`find` and `glob` return lists of paths, `find(detail=True)` a path -> info dict)."""
+        return cast("_FileSystem", self._fs_and_path[0])
 
     @property
     def is_local(self) -> bool:
@@ -143,7 +174,7 @@ class StorageRoot:
     # -- listing ---------------------------------------------------------------------------
     def listing(self, rel: str) -> dict[str, dict[str, Any]]:
         """Every file at or below `rel`, keyed by path relative to the root."""
-        fs, base = self._fs_and_path
+        fs, base = self._files, self._fs_and_path[1]
         target = self.remote(rel)
         if not self.is_local:
             fs.invalidate_cache(target)  # another worker may have written since we last listed
@@ -156,7 +187,7 @@ class StorageRoot:
                 return {}
         except FileNotFoundError:
             return {}
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for path, info in found.items():
             path = path if path.startswith("/") or not base.startswith("/") else "/" + path
             name = str(PurePosixPath(path).relative_to(base)) if base != "/" else path.lstrip("/")
@@ -201,7 +232,7 @@ class StorageRoot:
             if required and not remote:
                 raise FileNotFoundError(f"{self.url_of(rel)}: not found")
             manifest = self._manifest()
-            fs = self.fs
+            fs = self._files
             for name, info in remote.items():
                 target = self.local_root / name
                 stamp = _fingerprint(info)
@@ -260,7 +291,7 @@ class StorageRoot:
                     retired.unlink()
                 removed = True
             if not self.is_local:
-                fs, target = self.fs, self.remote(rel)
+                fs, target = self._files, self.remote(rel)
                 try:
                     if fs.exists(target):
                         fs.rm(target, recursive=True)
@@ -281,10 +312,10 @@ class StorageRoot:
         copied server-side to its final key, overwriting the old version in one PUT, and
         only then are the target's objects that the new version lacks removed, then the
         partial. A reader sees each object old or new, never half of one."""
-        fs = self.fs
+        fs = self._files
         finals = [target + dest[len(partial) :] for dest in uploaded]
         fs.invalidate_cache(target)
-        old = set(fs.find(target)) if fs.exists(target) else set()
+        old: set[str] = set(fs.find(target)) if fs.exists(target) else set()
         if fs.isfile(target) and uploaded != [partial]:
             fs.rm(target)  # a file replaced by a folder
         for dest, final in zip(uploaded, finals, strict=True):
@@ -308,7 +339,7 @@ class StorageRoot:
         if self.is_local:
             return
         local = self.local_root / rel
-        fs = self.fs
+        fs = self._files
         target = self.remote(rel)
         partial = f"{target}.partial-{uuid.uuid4().hex[:12]}"
         with _mirror_lock(self.local_root):

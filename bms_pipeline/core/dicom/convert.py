@@ -1,4 +1,3 @@
-# pyright: standard
 """Convert one MIRAX slide to a DICOM VL Whole Slide Microscopy series with wsidicomizer.
 
 wsidicomizer does not refuse an existing output folder, so old and new files would mix:
@@ -19,13 +18,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydicom import Dataset
-from wsidicom.codec import JpegSettings
-from wsidicom.metadata import WsiMetadata
-from wsidicomizer import WsiDicomizer
-from wsidicomizer.metadata import WsiDicomizerMetadata
-from wsidicomizer.wsidicomizer import SourceIdentifier
+from wsidicom.codec import JpegSettings  # pyright: ignore[reportMissingTypeStubs]
+from wsidicom.metadata import WsiMetadata  # pyright: ignore[reportMissingTypeStubs]
+from wsidicomizer import WsiDicomizer  # pyright: ignore[reportMissingTypeStubs]
+from wsidicomizer.metadata import WsiDicomizerMetadata  # pyright: ignore[reportMissingTypeStubs]
+from wsidicomizer.wsidicomizer import SourceIdentifier  # pyright: ignore[reportMissingTypeStubs]
 
 from bms_pipeline.core.atomic_outputs import replace_dir_atomically
 from bms_pipeline.core.conventions import SmConventions
@@ -37,8 +37,12 @@ from bms_pipeline.core.dicom.fast_source import (
     ReaderLog,
     recording_reads,
 )
+from bms_pipeline.core.dicom.files import read_dataset
 from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
 from bms_pipeline.core.dicom.uids import SlideUidGenerator
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +78,7 @@ class ConversionSettings:
     def for_collection(cls, sm: SmConventions, **changes: object) -> ConversionSettings:
         """The collection's SM conventions (tile size, levels, THUMBNAIL), then `changes`."""
         base = cls(tile_size=sm.tile_size, include_levels=sm.levels, include_thumbnail=sm.thumbnail)
-        return replace(base, **changes)  # type: ignore[arg-type]
+        return replace(base, **changes)
 
     def present_levels(self, mrxs_path: Path) -> list[int] | None:
         """The kept levels that the slide has (IDC's list names levels up to 10)."""
@@ -221,8 +225,9 @@ def _convert(
     metadata_post_processor: MetadataPostProcessor | None,
     metadata_pre_processor: MetadataPreProcessor | None,
     settings: ConversionSettings,
-) -> list:
-    return WsiDicomizer.convert(
+) -> list[UPath]:
+    # wsidicomizer annotates `encoding` with a bare generic `Encoder`.
+    return WsiDicomizer.convert(  # pyright: ignore[reportUnknownMemberType]
         mrxs_path,
         target,
         metadata=metadata,
@@ -254,11 +259,9 @@ def _convert(
 
 
 def _base_size(files: list[Path]) -> tuple[int, int]:
-    import pydicom
-
     best = (0, 0)
     for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = read_dataset(path, stop_before_pixels=True)
         if "VOLUME" in ds.ImageType:
             size = (int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows))
             best = max(best, size, key=lambda s: s[0] * s[1])

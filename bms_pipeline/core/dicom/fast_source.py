@@ -1,4 +1,3 @@
-# pyright: standard
 """A subclassed wsidicomizer OpenSlide source: direct MIRAX reads, cheaper compositing.
 
 wsidicomizer composites every tile OpenSlide returns over the background in int32 numpy
@@ -25,7 +24,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -35,13 +34,13 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from imagecodecs import JPEG8, jpeg8_encode
 from openslide import OpenSlideCache
-from wsidicom.codec import Encoder, JpegSettings
-from wsidicom.codec.settings import Channels
-from wsidicom.errors import WsiDicomNotFoundError
-from wsidicom.geometry import Point, Region, Size, SizeMm
-from wsidicom.metadata import ImageCoordinateSystem
-from wsidicomizer.image_data import BaseDicomizerImageData
-from wsidicomizer.sources.openslide_like.openslide_like_image_data import (
+from wsidicom.codec import Encoder, JpegSettings, Settings  # pyright: ignore[reportMissingTypeStubs]
+from wsidicom.codec.settings import Channels  # pyright: ignore[reportMissingTypeStubs]
+from wsidicom.errors import WsiDicomNotFoundError  # pyright: ignore[reportMissingTypeStubs]
+from wsidicom.geometry import Point, Region, Size, SizeMm  # pyright: ignore[reportMissingTypeStubs]
+from wsidicom.metadata import ImageCoordinateSystem  # pyright: ignore[reportMissingTypeStubs]
+from wsidicomizer.image_data import BaseDicomizerImageData  # pyright: ignore[reportMissingTypeStubs]
+from wsidicomizer.sources.openslide_like.openslide_like_image_data import (  # pyright: ignore[reportMissingTypeStubs]
     OpenSlideLikeSingleImageData,
 )
 
@@ -167,7 +166,7 @@ class ReaderLog:
 
     def levels(self) -> tuple[LevelReads, ...]:
         """The levels something was read from, from the base up."""
-        out = []
+        out: list[LevelReads] = []
         for index in sorted(self._levels):
             c = self._levels[index]
             if c.direct + c.fallback == 0:
@@ -184,7 +183,7 @@ _READER_LOG: ContextVar[ReaderLog | None] = ContextVar("bms_reader_log", default
 
 
 @contextmanager
-def recording_reads(log: ReaderLog) -> Iterator[ReaderLog]:
+def recording_reads(log: ReaderLog) -> Generator[ReaderLog]:
     """Sources opened in this block (in this thread) record their reads in `log`."""
     token = _READER_LOG.set(log)
     try:
@@ -257,7 +256,7 @@ class FastOpenSlideLevelImageData(OpenSlideLevel):
         return cached[1]
 
     @property
-    def transcoder(self) -> Encoder | None:
+    def transcoder(self) -> Encoder[Settings] | None:
         """None when tiles are encoded here, so wsidicom asks for encoded tiles (its
         passthrough path) instead of decoded ones to encode itself."""
         return None if self._direct_jpeg() is not None else super().transcoder
@@ -363,14 +362,15 @@ class PyramidThumbnailImageData(OpenSlideLikeSingleImageData):
         self,
         pixels: np.ndarray,
         blank_color: int | tuple[int, int, int] | None,
-        encoder: Encoder,
+        encoder: Encoder[Settings],
         base_spacing: SizeMm,
         bounds_size: tuple[int, int],
         image_coordinate_system: ImageCoordinateSystem | None,
     ) -> None:
         from PIL import Image as PilImage
 
-        super().__init__(PilImage.fromarray(pixels), blank_color, encoder)
+        # wsidicomizer annotates `encoder` as a bare generic `Encoder`.
+        super().__init__(PilImage.fromarray(pixels), blank_color, encoder)  # pyright: ignore[reportUnknownMemberType]
         height, width = pixels.shape[:2]
         self._pixel_spacing = SizeMm(
             base_spacing.width * bounds_size[0] / width,
@@ -404,7 +404,8 @@ class FastOpenSlideSource(OpenSlideSourceSeam):
     _slide_path: Path = Path()
 
     def __init__(self, filepath: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(filepath, *args, **kwargs)
+        # wsidicomizer annotates `encoder` as a bare generic `Encoder`.
+        super().__init__(filepath, *args, **kwargs)  # pyright: ignore[reportUnknownMemberType]
         self._reader_log = _READER_LOG.get()
         tile_size = self.requested_tile_size or 512
         path = self._slide_path = Path(str(filepath))

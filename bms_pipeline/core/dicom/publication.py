@@ -1,4 +1,3 @@
-# pyright: standard
 """The publication gate: what decides whether a staged series may leave staging.
 
 Every check that decides whether an output may be shared runs here, on the staged files of
@@ -26,9 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
+from pydicom.dataset import Dataset
 
 from bms_pipeline.core.collection import DeidentificationPolicy
+from bms_pipeline.core.dicom.files import read_dataset
 from bms_pipeline.core.dicom.phi import PrivacyPolicy
 from bms_pipeline.core.dicom.thumbnail import MIN_THUMBNAIL_CORRELATION, thumbnail_similarity
 
@@ -79,7 +79,7 @@ class PublicationGate:
 
     def sm_problems(self, files: Sequence[Path]) -> list[GateProblem]:
         problems = self._common(files)
-        flavors = [_flavor(pydicom.dcmread(f, stop_before_pixels=True)) for f in files]
+        flavors = [_flavor(read_dataset(f, stop_before_pixels=True)) for f in files]
         if not self.deidentification.include_label and "LABEL" in flavors:
             label = files[flavors.index("LABEL")]
             problems.append(
@@ -97,7 +97,7 @@ class PublicationGate:
     def _common(self, files: Sequence[Path]) -> list[GateProblem]:
         problems = [GateProblem("identifiers", hit.describe()) for hit in self.privacy.scan(files)]
         for path in files:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds = read_dataset(path, stop_before_pixels=True)
             name = f"{path.parent.name}/{path.name}"
             problems += [
                 GateProblem("deidentification", f"{name}: {p}") for p in _deid_problems(ds)
@@ -139,12 +139,12 @@ def thumbnail_problems(files: Sequence[Path], flavors: Sequence[str]) -> list[Ga
     ]
 
 
-def _flavor(ds: pydicom.Dataset) -> str:
+def _flavor(ds: Dataset) -> str:
     return str(ds.ImageType[2]) if len(ds.get("ImageType", [])) > 2 else ""
 
 
-def _deid_problems(ds: pydicom.Dataset) -> list[str]:
-    problems = []
+def _deid_problems(ds: Dataset) -> list[str]:
+    problems: list[str] = []
     if ds.get("PatientIdentityRemoved") != "YES":
         problems.append("PatientIdentityRemoved is not YES")
     codes = {
@@ -155,8 +155,8 @@ def _deid_problems(ds: pydicom.Dataset) -> list[str]:
     return problems
 
 
-def _date_problems(ds: pydicom.Dataset) -> list[str]:
-    problems = []
+def _date_problems(ds: Dataset) -> list[str]:
+    problems: list[str] = []
     if ds.get("StudyDate"):
         problems.append("StudyDate is set although dates are not kept")
     if ds.get("SeriesDate"):

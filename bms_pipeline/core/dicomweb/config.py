@@ -1,4 +1,3 @@
-# pyright: standard
 """Where to publish: `--dicomweb-url`, else `$BMS_DICOMWEB_URL`, else `dicomweb.url` in
 collection.yaml; credentials from the environment (`$BMS_DICOMWEB_USER`/`_PASSWORD` or
 `_TOKEN`), never in config or run storage. A URL given with `user:password@` is split at once
@@ -12,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import yaml
 
@@ -56,11 +56,12 @@ def url_from_collection_yaml(path: Path) -> str | None:
     """`dicomweb: {url: ...}` of a local collection.yaml, or None."""
     if not path.is_file():
         return None
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    section = data.get("dicomweb") or {}
+    data: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    section: object = data.get("dicomweb") or {}
     if not isinstance(section, dict):
         raise ValueError(f"{path}: `dicomweb` must be a mapping with a `url` key")  # noqa: TRY004
-    url = section.get("url")
+    # A YAML mapping's keys and values may be any YAML scalar or node.
+    url = cast("dict[object, object]", section).get("url")
     return str(url) if url else None
 
 

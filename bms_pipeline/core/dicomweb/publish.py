@@ -1,4 +1,3 @@
-# pyright: standard
 """STOW-RS a slide's SM and ANN instances, idempotently, and prove they arrived.
 
 Per series: QIDO-RS lists what the server already holds. An instance it holds is retrieved
@@ -27,15 +26,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import requests
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.encaps import get_frame
 
+from bms_pipeline.core.dicom.files import read_dataset
 from bms_pipeline.core.dicomweb.config import TIMEOUT_ENV, auth_from_env
 from bms_pipeline.core.privacy.credentials import Credentials, redact
 
@@ -47,6 +47,47 @@ T = TypeVar("T")
 RETRIABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 STORED_TRANSFER_SYNTAX = (("application/dicom", "*"),)  # as stored: no transcoding
 ANY_FRAME = (("application/octet-stream", "*"),)
+
+
+class DicomwebClient(Protocol):
+    """The `dicomweb_client.DICOMwebClient` methods this module calls, typed as that library
+    annotates them: pyright cannot resolve its `pydicom.dataset.Dataset` annotations (it
+    imports only `pydicom`), so strict checking would see them as Unknown."""
+
+    _timeout: float | tuple[float, float]
+
+    def search_for_studies(
+        self, *, limit: int | None = None
+    ) -> list[dict[str, dict[str, Any]]]: ...
+    def search_for_instances(
+        self,
+        study_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+        *,
+        fields: Sequence[str] | None = None,
+        get_remaining: bool = False,
+    ) -> list[dict[str, dict[str, Any]]]: ...
+    def retrieve_instance(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        sop_instance_uid: str,
+        media_types: tuple[str | tuple[str, str], ...] | None = None,
+    ) -> Dataset: ...
+    def retrieve_instance_frames(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        sop_instance_uid: str,
+        frame_numbers: Sequence[int],
+        media_types: tuple[str | tuple[str, str], ...] | None = None,
+    ) -> list[bytes]: ...
+    def store_instances(
+        self, datasets: Sequence[Dataset], study_instance_uid: str | None = None
+    ) -> Dataset: ...
+    def delete_instance(
+        self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str
+    ) -> None: ...
 
 
 class DicomwebError(RuntimeError):
@@ -126,15 +167,16 @@ class PublishReport:
     server: str
     auth: str
     instances: int = 0  # ours, SM + ANN
-    stored: list[str] = field(default_factory=list)  # new on the server
-    replaced: list[str] = field(default_factory=list)  # were there with other content
-    unchanged: list[str] = field(default_factory=list)
-    left_on_server: list[str] = field(default_factory=list)  # in our series there, not ours
+    stored: list[str] = field(default_factory=list[str])  # new on the server
+    replaced: list[str] = field(default_factory=list[str])  # were there with other content
+    unchanged: list[str] = field(default_factory=list[str])
+    left_on_server: list[str] = field(default_factory=list[str])  # in our series there, not ours
     bytes_sent: int = 0
     seconds: float = 0.0
     verified_frames: int = 0
     verified_objects: int = 0
-    series: dict[str, int] = field(default_factory=dict)  # series UID -> instances on the server
+    # series UID -> instances on the server
+    series: dict[str, int] = field(default_factory=dict[str, int])
 
 
 def ensure_publishable(layout: DataLayout, slide_id: str) -> None:
@@ -153,10 +195,10 @@ def ensure_publishable(layout: DataLayout, slide_id: str) -> None:
 
 def slide_instances(sm_dir: Path, ann_dir: Path) -> list[LocalInstance]:
     """Every .dcm of the slide's sm/ and ann/ folders (headers only)."""
-    found = []
+    found: list[LocalInstance] = []
     for folder in (sm_dir, ann_dir):
         for path in sorted(folder.glob("*.dcm")) if folder.is_dir() else []:
-            ds = dcmread(
+            ds = read_dataset(
                 path,
                 stop_before_pixels=True,
                 specific_tags=[
@@ -185,18 +227,21 @@ def make_client(
     url: str,
     timeout: float | tuple[float, float] = PublishLimits().request_timeout,
     credentials: Credentials | None = None,
-):
+) -> tuple[DicomwebClient, str]:
     """A dicomweb-client for `url` (without credentials), authenticated by the URL's own
     credentials or the environment; its own retries are off (this module retries, boundedly,
     so that each attempt is logged against its instance)."""
     from dicomweb_client.api import DICOMwebClient
-    from dicomweb_client.session_utils import create_session, create_session_from_auth
+    from dicomweb_client.session_utils import (
+        create_session,
+        create_session_from_auth,  # pyright: ignore[reportUnknownVariableType]
+    )
 
     description, auth, headers = auth_from_env(credentials)
     session = create_session_from_auth(auth) if auth is not None else create_session()
     client = DICOMwebClient(url, session=session, headers=headers or None, timeout=timeout)
     client.set_http_retry_params(retry=False)
-    return client, description
+    return cast("DicomwebClient", client), description
 
 
 def _answer(exc: BaseException) -> str:
@@ -261,14 +306,16 @@ def _check_time(what: str, server: str, deadline: float | None, budget: float) -
         )
 
 
-def _fail_fast_if_given_up(client, url: str, limits: PublishLimits) -> None:
+def _fail_fast_if_given_up(client: DicomwebClient, url: str, limits: PublishLimits) -> None:
     """A server given up earlier in this process: one brief request; if it still does not
     answer, fail now with the first reason (no minutes of retries per slide)."""
     reason = _UNREACHABLE.get(url)
     if reason is None:
         return
-    saved = client._timeout  # noqa: SLF001 - dicomweb-client has no setter for it
-    client._timeout = (min(limits.probe_seconds, 10.0), limits.probe_seconds)  # noqa: SLF001
+    # dicomweb-client has no setter for its timeout.
+    saved = client._timeout  # noqa: SLF001  # pyright: ignore[reportPrivateUsage]
+    probe = (min(limits.probe_seconds, 10.0), limits.probe_seconds)
+    client._timeout = probe  # noqa: SLF001  # pyright: ignore[reportPrivateUsage]
     try:
         client.search_for_studies(limit=1)
     except requests.HTTPError:
@@ -279,19 +326,19 @@ def _fail_fast_if_given_up(client, url: str, limits: PublishLimits) -> None:
             f"still no answer within {limits.probe_seconds:.0f} s ({_answer(exc)})"
         ) from None
     finally:
-        client._timeout = saved  # noqa: SLF001
+        client._timeout = saved  # noqa: SLF001  # pyright: ignore[reportPrivateUsage]
     forget_unreachable(url)
 
 
 def _uids_on_server(
-    client,
+    client: DicomwebClient,
     server: str,
     study_uid: str,
     series_uid: str,
     attempts: int = 3,
     deadline: float | None = None,
 ) -> set[str]:
-    def search() -> list[dict]:
+    def search() -> list[dict[str, dict[str, Any]]]:
         try:
             return client.search_for_instances(
                 study_instance_uid=study_uid,
@@ -311,7 +358,11 @@ def _uids_on_server(
 
 
 def _retrieve(
-    client, server: str, inst: LocalInstance, attempts: int = 3, deadline: float | None = None
+    client: DicomwebClient,
+    server: str,
+    inst: LocalInstance,
+    attempts: int = 3,
+    deadline: float | None = None,
 ) -> Dataset:
     return with_retries(
         f"WADO-RS {inst.label}",
@@ -351,7 +402,7 @@ def _frames_equal(ours: bytes, theirs: bytes) -> bool:
 def publish_slide(
     instances: Iterable[LocalInstance],
     url: str,
-    client=None,
+    client: DicomwebClient | None = None,
     attempts: int | None = None,
     delete_strays: bool = False,
     credentials: Credentials | None = None,
@@ -384,7 +435,7 @@ def publish_slide(
 
 
 def _publish(
-    client,
+    client: DicomwebClient,
     url: str,
     instances: list[LocalInstance],
     report: PublishReport,
@@ -404,7 +455,7 @@ def _publish(
         ours = {m.sop_uid for m in members}
         report.left_on_server.extend(sorted(present - ours))
         for inst in members:
-            local = dcmread(inst.path)
+            local = read_dataset(inst.path)
             if inst.sop_uid not in present:
                 to_store.append((inst, local, False))
             elif _same_content(local, _retrieve(client, url, inst, attempts, deadline)):
@@ -431,7 +482,7 @@ def _publish(
             attempts,
             deadline=deadline,
         )
-        failed = answer.get("FailedSOPSequence") or []
+        failed: Sequence[Dataset] = answer.get("FailedSOPSequence") or []
         if failed:
             reason = failed[0].get("FailureReason", "no reason given")
             raise DicomwebError(f"STOW-RS {inst.label}: {url} refused it (FailureReason {reason})")
@@ -453,7 +504,7 @@ def _publish(
 
 
 def _verify(
-    client,
+    client: DicomwebClient,
     url: str,
     by_series: dict[tuple[str, str], list[LocalInstance]],
     replaced: set[str],
@@ -461,7 +512,7 @@ def _verify(
     attempts: int,
     deadline: float | None = None,
 ) -> None:
-    missing = []
+    missing: list[str] = []
     for (study_uid, series_uid), members in by_series.items():
         present = _uids_on_server(client, url, study_uid, series_uid, attempts, deadline)
         missing.extend(m.label for m in members if m.sop_uid not in present)
@@ -474,7 +525,7 @@ def _verify(
     for members in by_series.values():
         for inst in members:
             if inst.modality == "SM":
-                local = dcmread(inst.path)
+                local = read_dataset(inst.path)
                 ours = first_frame(local)
                 theirs = with_retries(
                     f"WADO-RS frame 1 of {inst.label}",
@@ -507,7 +558,7 @@ def _verify(
                     )
             else:
                 if not _same_content(
-                    dcmread(inst.path), _retrieve(client, url, inst, attempts, deadline)
+                    read_dataset(inst.path), _retrieve(client, url, inst, attempts, deadline)
                 ):
                     raise DicomwebError(
                         f"WADO-RS {inst.label} from {url}: differs from the file"
