@@ -503,8 +503,10 @@ class _LevelMaker:
         order _level_problem reports the first misplaced tile in)."""
         lv = self.lv
         lv.grid = self.grid
-        lv.tile_dx = np.frombuffer(self.dx, np.float64).copy()
-        lv.tile_dy = np.frombuffer(self.dy, np.float64).copy()
+        # Views of the arrays filled, not copies: a copy would free the filled ones and
+        # leave holes in the heap that the process keeps.
+        lv.tile_dx = np.frombuffer(self.dx, np.float64)
+        lv.tile_dy = np.frombuffer(self.dy, np.float64)
         lv.tile_image = _int32(self.image)
         lv.tile_src_x = _int32(self.src_x)
         lv.tile_src_y = _int32(self.src_y)
@@ -522,7 +524,7 @@ class _LevelMaker:
 
 
 def _int32(values: array[int]) -> np.ndarray:
-    return np.frombuffer(values, np.int32).copy()
+    return np.frombuffer(values, np.int32)
 
 
 def _positive(values: np.ndarray) -> np.ndarray:
