@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bms_pipeline_tests.benchmarks.bench_width import conversion_seconds, job_phases
-from bms_pipeline_tests.benchmarks.conversion.common import cores
+from bms_pipeline_tests.benchmarks.conversion.common import PROJECT_ROOT, cores
 from bms_pipeline_tests.benchmarks.conversion.datasets import run_root, single_slide
 from bms_pipeline_tests.benchmarks.conversion.measuring import (
     Proc,
@@ -55,6 +55,7 @@ from bms_pipeline_tests.benchmarks.conversion.measuring import (
 from bms_pipeline_tests.benchmarks.conversion.outputs import base_size, dicom_files
 
 QUALITY = 80
+TIMEOUT_S = 8 * 3600  # per measured step
 
 
 def _tree_rss_bytes(root_pid: int) -> int:
@@ -127,7 +128,8 @@ def measured(cmd: list[str], log: Path, folder: Path, cwd: Path | None = None) -
     start_runner()
     folder.mkdir(parents=True, exist_ok=True)
     with Sampler(folder) as sampler:
-        proc: Proc = run_measured(cmd, log, cwd=cwd) if cwd else run_measured(cmd, log)
+        # A full-height job takes about an hour on a loaded 2-core machine: no 1 h timeout.
+        proc: Proc = run_measured(cmd, log, cwd=cwd or PROJECT_ROOT, timeout=TIMEOUT_S)
     return {
         "wall_s": round(proc.wall, 1),
         "cpu_s": round(proc.user + proc.sys, 1),
