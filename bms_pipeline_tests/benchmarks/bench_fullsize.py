@@ -140,6 +140,43 @@ def measured(cmd: list[str], log: Path, folder: Path, cwd: Path | None = None) -
     }
 
 
+def s3_job(source_root: Path, scratch: Path, logs: Path) -> dict[str, Any]:
+    """`run --force --output-root s3://...` against moto's S3 server on this machine."""
+    from bms_pipeline_tests.live.services import s3_server
+
+    with s3_server(logs / "moto.log") as server:
+        bucket = server.new_bucket()
+        root = run_root(source_root, scratch)
+        saved = dict(os.environ)
+        os.environ.update(server.env())  # the measured child inherits them
+        try:
+            sample = measured(
+                [
+                    sys.executable,
+                    "-m",
+                    "bms_pipeline.cli",
+                    "run",
+                    "--data-root",
+                    str(root),
+                    "--force",
+                    "--output-root",
+                    f"s3://{bucket}/out",
+                ],
+                logs / "job-s3.log",
+                root,
+                cwd=Path.cwd(),
+            )
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        fs = server.filesystem()
+        keys = fs.find(f"{bucket}/out")
+        sample["objects"] = len(keys)
+        sample["dcm_objects"] = sum(1 for key in keys if key.endswith(".dcm"))
+        sample["uploaded_gb"] = round(sum(fs.size(key) for key in keys) / 1e9, 2)
+    return sample
+
+
 def readers(path: Path, scratch: Path) -> dict[str, Any]:
     """The last frame of the file through each reader: its decoded mean and whether all agree."""
     import numpy as np
@@ -234,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", nargs="*", default=[], help="job orthanc dciodvfy readers")
     parser.add_argument("--keep", action="store_true", help="keep the outputs")
     parser.add_argument(
+        "--s3",
+        action="store_true",
+        help="also run the job with an s3:// output root on a local moto S3 server (which "
+        "keeps every object in memory: not for a full-height slide on a 24 GB machine)",
+    )
+    parser.add_argument(
         "--orthanc-max-size",
         type=int,
         default=0,
@@ -311,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - a survey: record it and go on
             results["readers"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         print(f"readers: {json.dumps(results['readers'])}", flush=True)
+        (logs / "results.json").write_text(json.dumps(results, indent=2))
+    if args.s3:
+        results["job_s3"] = s3_job(source_root, scratch, logs)
+        print(f"job_s3: {json.dumps(results['job_s3'])}", flush=True)
         (logs / "results.json").write_text(json.dumps(results, indent=2))
     if "orthanc" not in args.skip:
         exe, why = ensure_orthanc(install=False)
