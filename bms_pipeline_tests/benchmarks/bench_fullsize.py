@@ -173,7 +173,7 @@ def s3_job(source_root: Path, scratch: Path, logs: Path) -> dict[str, Any]:
         keys = fs.find(f"{bucket}/out")
         sample["objects"] = len(keys)
         sample["dcm_objects"] = sum(1 for key in keys if key.endswith(".dcm"))
-        sample["uploaded_gb"] = round(sum(fs.size(key) for key in keys) / 1e9, 2)
+        sample["uploaded_gb"] = round(sum(int(fs.size(key) or 0) for key in keys) / 1e9, 2)
     return sample
 
 
