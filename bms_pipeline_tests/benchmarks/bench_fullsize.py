@@ -33,13 +33,16 @@ variant's output folder (staging included; the source is counted once, apart). R
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,11 +143,36 @@ def measured(cmd: list[str], log: Path, folder: Path, cwd: Path | None = None) -
     }
 
 
+@contextlib.contextmanager
+def _s3_server(log: Path) -> Iterator[Any]:
+    """moto's S3 server, as the live tests start it, given longer to start on a loaded
+    machine (it imported for over 30 s, niced, beside the full-height job)."""
+    from bms_pipeline_tests.live.services import S3Server, free_port, port_open, wait_for
+
+    port = free_port()
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("moto_server")),
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port), 300, "moto's S3 server to listen")
+        yield S3Server(f"http://127.0.0.1:{port}", process)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def s3_job(source_root: Path, scratch: Path, logs: Path) -> dict[str, Any]:
     """`run --force --output-root s3://...` against moto's S3 server on this machine."""
-    from bms_pipeline_tests.live.services import s3_server
-
-    with s3_server(logs / "moto.log") as server:
+    with _s3_server(logs / "moto.log") as server:
         bucket = server.new_bucket()
         root = run_root(source_root, scratch)
         saved = dict(os.environ)
