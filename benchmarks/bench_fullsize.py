@@ -13,10 +13,17 @@ CPU and the largest process's peak RSS from `os.wait4`):
   validation, index and clinical tables, checks, Dagster); each step's wall time from the
   run's event log;
 * **orthanc**: OrthancWSIDicomizer 1.1 through OpenSlide, 1024 px tiles, q80, a thread per
-  core, all of its levels (`--max-size=0`);
+  core, all of its levels; `--orthanc-max-size` MB per instance (default 0: one instance a
+  level, which OrthancWSIDicomizer keeps whole in memory, about 33 GB at full height: use
+  1024 there);
 * **dciodvfy**: on the job's largest file alone (its time and memory on the biggest file);
 * **readers**: the last frame of level 0 of that file through pydicom (lazily, frame by
-  frame), wsidicom, OpenSlide, highdicom and dcmtk (`dcmdump +M`), compared with each other.
+  frame), wsidicom, OpenSlide, highdicom and dcmtk (`dcmj2pnm +F`, measured), compared
+  with each other.
+
+The free disk is checked first: the source stays, and the job's output and
+OrthancWSIDicomizer's are on disk at once (about 2x the source; the run says how much it
+needs when there is less).
 
 A sampler polls every 2 s: the summed RSS of the whole process tree and the bytes under the
 variant's output folder (staging included; the source is counted once, apart). Results go to
@@ -26,6 +33,7 @@ variant's output folder (staging included; the source is counted once, apart). R
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -34,11 +42,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_width import conversion_seconds, job_phases
-from benchmarks.conversion.common import cores
+from benchmarks.conversion.common import PROJECT_ROOT, cores
 from benchmarks.conversion.datasets import run_root, single_slide
 from benchmarks.conversion.measuring import (
     Proc,
@@ -49,6 +58,7 @@ from benchmarks.conversion.measuring import (
 from benchmarks.conversion.outputs import base_size, dicom_files
 
 QUALITY = 80
+TIMEOUT_S = 8 * 3600  # per measured step
 
 
 def _tree_rss_bytes(root_pid: int) -> int:
@@ -121,7 +131,8 @@ def measured(cmd: list[str], log: Path, folder: Path, cwd: Path | None = None) -
     start_runner()
     folder.mkdir(parents=True, exist_ok=True)
     with Sampler(folder) as sampler:
-        proc: Proc = run_measured(cmd, log, cwd=cwd) if cwd else run_measured(cmd, log)
+        # A full-height job takes about an hour on a loaded 2-core machine: no 1 h timeout.
+        proc: Proc = run_measured(cmd, log, cwd=cwd or PROJECT_ROOT, timeout=TIMEOUT_S)
     return {
         "wall_s": round(proc.wall, 1),
         "cpu_s": round(proc.user + proc.sys, 1),
@@ -132,7 +143,69 @@ def measured(cmd: list[str], log: Path, folder: Path, cwd: Path | None = None) -
     }
 
 
-def readers(path: Path) -> dict[str, Any]:
+@contextlib.contextmanager
+def _s3_server(log: Path) -> Iterator[Any]:
+    """moto's S3 server, as the live tests start it, given longer to start on a loaded
+    machine (it imported for over 30 s, niced, beside the full-height job)."""
+    from bms_pipeline_tests.live.services import S3Server, free_port, port_open, wait_for
+
+    port = free_port()
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("moto_server")),
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port), 300, "moto's S3 server to listen")
+        yield S3Server(f"http://127.0.0.1:{port}", process)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def s3_job(source_root: Path, scratch: Path, logs: Path) -> dict[str, Any]:
+    """`run --force --output-root s3://...` against moto's S3 server on this machine."""
+    with _s3_server(logs / "moto.log") as server:
+        bucket = server.new_bucket()
+        root = run_root(source_root, scratch)
+        saved = dict(os.environ)
+        os.environ.update(server.env())  # the measured child inherits them
+        try:
+            sample = measured(
+                [
+                    sys.executable,
+                    "-m",
+                    "bms_pipeline.cli",
+                    "run",
+                    "--data-root",
+                    str(root),
+                    "--force",
+                    "--output-root",
+                    f"s3://{bucket}/out",
+                ],
+                logs / "job-s3.log",
+                root,
+                cwd=Path.cwd(),
+            )
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        fs = server.filesystem()
+        keys = fs.find(f"{bucket}/out")
+        sample["objects"] = len(keys)
+        sample["dcm_objects"] = sum(1 for key in keys if key.endswith(".dcm"))
+        sample["uploaded_gb"] = round(sum(int(fs.size(key) or 0) for key in keys) / 1e9, 2)
+    return sample
+
+
+def readers(path: Path, scratch: Path) -> dict[str, Any]:
     """The last frame of the file through each reader: its decoded mean and whether all agree."""
     import numpy as np
     import pydicom
@@ -195,20 +268,22 @@ def readers(path: Path) -> dict[str, Any]:
             pixels["highdicom"] = np.asarray(reader.read_frame(last, correct_color=False))
     except Exception as exc:  # noqa: BLE001
         out["highdicom_error"] = f"{type(exc).__name__}: {exc}"[:200]
-    dcmdump = shutil.which("dcmdump")
-    if dcmdump:
-        started = time.perf_counter()
-        proc = subprocess.run(
-            [dcmdump, "+M", "+P", "NumberOfFrames", str(path)],
-            capture_output=True,
-            text=True,
-            check=False,
+    dcmj2pnm = shutil.which("dcmj2pnm")
+    if dcmj2pnm:
+        ppm = Path(tempfile.mkdtemp(prefix="dcmj2pnm-", dir=scratch)) / "last.ppm"
+        sample = measured(
+            [dcmj2pnm, "+F", str(frames), str(path), str(ppm)],  # 1-based frame number
+            scratch / "dcmj2pnm.log",
+            ppm.parent,
         )
-        out["dcmdump"] = {
-            "rc": proc.returncode,
-            "s": round(time.perf_counter() - started, 1),
-            "frames": proc.stdout.strip()[:80],
-        }
+        out["dcmtk"] = sample
+        if sample["rc"] == 0 and ppm.exists():
+            from PIL import Image
+
+            with Image.open(ppm) as image:
+                pixels["dcmtk"] = np.asarray(image.convert("RGB"))
+        else:
+            out["dcmtk_error"] = (scratch / "dcmj2pnm.log").read_text(errors="replace")[-300:]
     base = pixels["pydicom"].astype(np.int16)
     for name, image in pixels.items():
         h, w = min(base.shape[0], image.shape[0]), min(base.shape[1], image.shape[1])
@@ -223,6 +298,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", default=".bench", help="scratch and logs (default .bench)")
     parser.add_argument("--skip", nargs="*", default=[], help="job orthanc dciodvfy readers")
     parser.add_argument("--keep", action="store_true", help="keep the outputs")
+    parser.add_argument(
+        "--s3",
+        action="store_true",
+        help="also run the job with an s3:// output root on a local moto S3 server (which "
+        "keeps every object in memory: not for a full-height slide on a 24 GB machine)",
+    )
+    parser.add_argument(
+        "--orthanc-max-size",
+        type=int,
+        default=0,
+        help="OrthancWSIDicomizer --max-size in MB (0: one instance a level, held in memory)",
+    )
     args = parser.parse_args(argv)
     source_root = Path(args.root).resolve()
     slide_id, mrxs = single_slide(source_root)
@@ -231,7 +318,21 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"fullsize-{name}-", dir=args.cache)).resolve()
     source_bytes = _folder_bytes(mrxs.with_suffix(""))
-    results: dict[str, Any] = {"slide": slide_id, "source_gb": round(source_bytes / 1e9, 2)}
+    need = 2 * source_bytes + 2 * 10**9  # job output + OrthancWSIDicomizer's, with headroom
+    free = shutil.disk_usage(scratch).free
+    if free < need:
+        shutil.rmtree(scratch, ignore_errors=True)
+        print(
+            f"needs about {need / 1e9:.1f} GB free under {scratch.parent} (twice the "
+            f"{source_bytes / 1e9:.1f} GB source, plus 2 GB); {free / 1e9:.1f} GB free",
+            file=sys.stderr,
+        )
+        return 2
+    results: dict[str, Any] = {
+        "slide": slide_id,
+        "source_gb": round(source_bytes / 1e9, 2),
+        "free_gb_at_start": round(free / 1e9, 1),
+    }
     import openslide
 
     with openslide.OpenSlide(str(mrxs)) as slide:
@@ -263,6 +364,29 @@ def main(argv: list[str] | None = None) -> int:
             sample["base"] = list(base_size(files))
         results["job"] = sample
         print(f"job: {json.dumps(sample)}", flush=True)
+        (logs / "results.json").write_text(json.dumps(results, indent=2))
+    if largest is not None and "dciodvfy" not in args.skip:
+        from bms_pipeline.core.validation.dicom3tools import find_tool
+
+        sample = measured(
+            [str(find_tool("dciodvfy")), str(largest)], logs / "dciodvfy.log", scratch / "none"
+        )
+        text = (logs / "dciodvfy.log").read_text(errors="replace")
+        sample["errors"] = sum(1 for line in text.splitlines() if line.startswith("Error"))
+        results["dciodvfy"] = sample
+        print(f"dciodvfy: {json.dumps(sample)}", flush=True)
+        (logs / "results.json").write_text(json.dumps(results, indent=2))
+    if largest is not None and "readers" not in args.skip:
+        try:
+            results["readers"] = readers(largest, scratch)
+        except Exception as exc:  # noqa: BLE001 - a survey: record it and go on
+            results["readers"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        print(f"readers: {json.dumps(results['readers'])}", flush=True)
+        (logs / "results.json").write_text(json.dumps(results, indent=2))
+    if args.s3:
+        results["job_s3"] = s3_job(source_root, scratch, logs)
+        print(f"job_s3: {json.dumps(results['job_s3'])}", flush=True)
+        (logs / "results.json").write_text(json.dumps(results, indent=2))
     if "orthanc" not in args.skip:
         exe, why = ensure_orthanc(install=False)
         if exe:
@@ -278,30 +402,18 @@ def main(argv: list[str] | None = None) -> int:
                     "--tile-height=1024",
                     "--compression=jpeg",
                     f"--jpeg-quality={QUALITY}",
-                    "--max-size=0",
+                    f"--max-size={args.orthanc_max_size}",
                 ],
                 logs / "orthanc.log",
                 out,
             )
             results["orthanc"]["output_gb"] = round(_folder_bytes(out) / 1e9, 2)
+            results["orthanc"]["max_size_mb"] = args.orthanc_max_size
             print(f"orthanc: {json.dumps(results['orthanc'])}", flush=True)
             if not args.keep:
                 shutil.rmtree(out, ignore_errors=True)
         else:
             results["orthanc"] = {"skipped": why}
-    if largest is not None and "dciodvfy" not in args.skip:
-        from bms_pipeline.core.validation.dicom3tools import find_tool
-
-        sample = measured(
-            [str(find_tool("dciodvfy")), str(largest)], logs / "dciodvfy.log", scratch / "none"
-        )
-        text = (logs / "dciodvfy.log").read_text(errors="replace")
-        sample["errors"] = sum(1 for line in text.splitlines() if line.startswith("Error"))
-        results["dciodvfy"] = sample
-        print(f"dciodvfy: {json.dumps(sample)}", flush=True)
-    if largest is not None and "readers" not in args.skip:
-        results["readers"] = readers(largest)
-        print(f"readers: {json.dumps(results['readers'])}", flush=True)
     (logs / "results.json").write_text(json.dumps(results, indent=2))
     if not args.keep:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -49,6 +49,10 @@ def thumbnail_size(width: int, height: int, max_side: int = THUMBNAIL_MAX_SIDE) 
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+_OPENSLIDE_PIECE = 4096
+"""`openslide_read_region` paints a read in pieces of at most 4096 x 4096 level pixels."""
+
+
 def render_thumbnail(
     slide: AbstractSlide,
     bounds: tuple[int, int, int, int],
@@ -56,7 +60,17 @@ def render_thumbnail(
     max_side: int = THUMBNAIL_MAX_SIDE,
 ) -> np.ndarray:
     """The converted region (`bounds` in level-0 pixels) as RGB, composited over the
-    background the way the pyramid is, resized so its long side is `max_side`."""
+    background the way the pyramid is, resized so its long side is `max_side`.
+
+    Read whole, the region of a full-height BMDeep slide (5,954 x 14,024 px at level 5)
+    took about 750 MB at once (OpenSlide's RGBA, the RGB canvas and the mask, 4 bytes a
+    pixel each), the converter's peak memory, growing with the slide's height. So it is
+    read in the 4096 x 4096 pieces `openslide_read_region` paints anyway (the same calls,
+    so the same pixels), each composited the same way, kept as three 1-byte channel
+    planes, and each plane resized alone: Pillow resizes every channel with the same
+    coefficients, whichever pass it runs first, so the bytes are those of the whole
+    canvas resized (`test_thumbnail_bands`).
+    """
     x, y, width, height = bounds
     size = thumbnail_size(width, height, max_side)
     downsample = width / size[0]
@@ -66,12 +80,30 @@ def render_thumbnail(
         max(1, math.ceil(width / level_downsample)),
         max(1, math.ceil(height / level_downsample)),
     )
-    rgba = slide.read_region((x, y), level, region)
-    canvas = Image.new("RGB", rgba.size, background)
-    canvas.paste(rgba, mask=rgba.getchannel("A"))
-    if canvas.size != size:
-        canvas = canvas.resize(size, Image.Resampling.LANCZOS)
-    return np.asarray(canvas)
+    planes = np.empty((3, region[1], region[0]), np.uint8)
+    piece = _OPENSLIDE_PIECE
+    for row in range(math.ceil(region[1] / piece)):
+        for col in range(math.ceil(region[0] / piece)):
+            # openslide_read_region's own arithmetic for the origin of a piece
+            piece_x = int(x + col * piece * level_downsample)
+            piece_y = int(y + row * piece * level_downsample)
+            piece_w = min(region[0] - col * piece, piece)
+            piece_h = min(region[1] - row * piece, piece)
+            rgba = slide.read_region((piece_x, piece_y), level, (piece_w, piece_h))
+            canvas = Image.new("RGB", rgba.size, background)
+            canvas.paste(rgba, mask=rgba.getchannel("A"))
+            del rgba
+            at = np.s_[row * piece : row * piece + piece_h, col * piece : col * piece + piece_w]
+            for channel in range(3):
+                planes[channel][at] = np.asarray(canvas.getchannel(channel))
+            del canvas
+    if region == size:
+        return np.ascontiguousarray(planes.transpose(1, 2, 0))
+    out = np.empty((size[1], size[0], 3), np.uint8)
+    for channel in range(3):
+        plane = Image.fromarray(planes[channel])
+        out[..., channel] = np.asarray(plane.resize(size, Image.Resampling.LANCZOS))
+    return out
 
 
 def _luminance(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

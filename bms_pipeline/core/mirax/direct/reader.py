@@ -21,13 +21,15 @@ from bms_pipeline.core.mirax.direct.tile_map import (
     Level,
     SlidedatReader,
     StoredImage,
-    Tile,
     build_levels,
 )
 from bms_pipeline.core.mirax.format import SLIDEDAT
 from bms_pipeline.core.mirax.inventory import SlideError, read_slidedat
 
 _READ_PIECE = 4096  # openslide_read_region paints at most 4096 x 4096 pixels at a time
+
+_Paint = tuple[int, int, int, int, int]
+"""A tile to paste: image number, source x and y in the image, destination x and y."""
 
 
 class MiraxDirectReader:
@@ -194,28 +196,43 @@ class MiraxDirectReader:
         base_x = -lv.extra_left * adv_x + tx
         base_y = -lv.extra_top * adv_y + ty
         tile_w, tile_h = lv.tile_w, lv.tile_h
-        tiles = lv.tiles
+        # The tiles of the requested range that exist, in raster order; cells outside the
+        # map hold none.
+        rows_n, cols_n = lv.grid.shape
+        r0, r1 = max(start_y, 0), min(end_y, rows_n)
+        c0, c1 = max(start_x, 0), min(end_x, cols_n)
+        if r0 >= r1 or c0 >= c1:
+            return
+        block = lv.grid[r0:r1, c0:c1]
+        at_rows, at_cols = np.nonzero(block >= 0)
+        numbers = block[at_rows, at_cols]
+        found = zip(
+            (at_rows + r0).tolist(),
+            (at_cols + c0).tolist(),
+            lv.tile_dx[numbers].tolist(),
+            lv.tile_dy[numbers].tolist(),
+            lv.tile_image[numbers].tolist(),
+            lv.tile_src_x[numbers].tolist(),
+            lv.tile_src_y[numbers].tolist(),
+            strict=True,
+        )
         # Forward raster order with overwrite == OpenSlide's reverse order with SATURATE.
-        paints: list[tuple[Tile, int, int]] = []
-        for row in range(start_y, end_y):
-            cy = ((row - start_y) * adv_y - region_off_y) + base_y
-            for col in range(start_x, end_x):
-                tile = tiles.get((col, row))
-                if tile is None:
-                    continue
-                px = col * adv_x + tile.offset_x
-                py = row * adv_y + tile.offset_y
-                if px + tile_w <= rx or py + tile_h <= ry or px >= rx + w or py >= ry + h:
-                    continue
-                dest_x = (((col - start_x) * adv_x - region_off_x) + base_x) + tile.offset_x
-                dest_y = cy + tile.offset_y
-                if not (dest_x.is_integer() and dest_y.is_integer()):
-                    raise MiraxDirectUnsupported(
-                        f"{self._path}: level {lv.index}: read at ({x}, {y}) would place "
-                        f"image ({tile.image.x}, {tile.image.y}) at the fractional offset "
-                        f"({dest_x}, {dest_y}), which OpenSlide resamples"
-                    )
-                paints.append((tile, int(dest_x), int(dest_y)))
+        paints: list[_Paint] = []
+        for row, col, offset_x, offset_y, image, src_x, src_y in found:
+            px = col * adv_x + offset_x
+            py = row * adv_y + offset_y
+            if px + tile_w <= rx or py + tile_h <= ry or px >= rx + w or py >= ry + h:
+                continue
+            dest_x = (((col - start_x) * adv_x - region_off_x) + base_x) + offset_x
+            dest_y = (((row - start_y) * adv_y - region_off_y) + base_y) + offset_y
+            if not (dest_x.is_integer() and dest_y.is_integer()):
+                stored = lv.image(image)
+                raise MiraxDirectUnsupported(
+                    f"{self._path}: level {lv.index}: read at ({x}, {y}) would place "
+                    f"image ({stored.x}, {stored.y}) at the fractional offset "
+                    f"({dest_x}, {dest_y}), which OpenSlide resamples"
+                )
+            paints.append((image, src_x, src_y, int(dest_x), int(dest_y)))
         if not paints:
             return
         pinned: dict[tuple[int, int], CacheEntry] = {}
@@ -229,24 +246,26 @@ class MiraxDirectReader:
         self,
         lv: Level,
         view: np.ndarray,
-        paints: list[tuple[Tile, int, int]],
+        paints: list[_Paint],
         pinned: dict[tuple[int, int], CacheEntry],
     ) -> None:
         surface_h, surface_w = view.shape[:2]
         needed: dict[tuple[int, int], StoredImage] = {}
         carries: set[tuple[int, int]] = set()
         copies: list[tuple[tuple[int, int], int, int, int, int, int, int]] = []
-        for tile, dx, dy in paints:
+        for number, src_x, src_y, dx, dy in paints:
+            paint_w, paint_h = lv.paint_size(src_x, src_y)
             x0, y0 = max(dx, 0), max(dy, 0)
-            x1 = min(dx + tile.paint_w, surface_w)
-            y1 = min(dy + tile.paint_h, surface_h)
+            x1 = min(dx + paint_w, surface_w)
+            y1 = min(dy + paint_h, surface_h)
             if x0 >= x1 or y0 >= y1:
                 continue
-            key = (tile.image.fileno, tile.image.offset)
-            needed.setdefault(key, tile.image)
-            if dy - tile.src_y + lv.image_h > surface_h:
+            image = lv.image(number)
+            key = (image.fileno, image.offset)
+            needed.setdefault(key, image)
+            if dy - src_y + lv.image_h > surface_h:
                 carries.add(key)  # the image reaches below this read: the next row reads it
-            copies.append((key, x0, y0, x1, y1, tile.src_x + x0 - dx, tile.src_y + y0 - dy))
+            copies.append((key, x0, y0, x1, y1, src_x + x0 - dx, src_y + y0 - dy))
         # Decode what no other thread is decoding first, then wait for the rest: threads
         # on neighbouring tiles share images, and waiting in painting order would make
         # them take turns instead of decoding side by side.
