@@ -1,4 +1,3 @@
-# pyright: standard
 """The embedded demo dataset: BMDeep's input contract with synthetic slides and tables.
 
 One generator makes the demo data and every test fixture, so what the tests prove is
@@ -32,7 +31,7 @@ from bms_pipeline.core.synthetic.mirax_writer import (
     PreviewExtent,
     write_mirax,
 )
-from bms_pipeline.core.synthetic.smear_content import scatter_cells
+from bms_pipeline.core.synthetic.smear_content import SmearCells, scatter_cells
 from bms_pipeline.core.synthetic.tables import (
     SlideAnnotationSource,
     SyntheticPatient,
@@ -209,7 +208,7 @@ def write_demo_dataset(
     sources: list[SlideAnnotationSource] = []
     slides_dir = tmp / "slides"
     slides_dir.mkdir(parents=True)
-    plans = []
+    plans: list[tuple[int, str, SmearCells | None, MiraxSlideSpec]] = []
     for index, slide_id in enumerate(slide_ids):
         rng = np.random.default_rng([seed, 100 + index])
         geometry = slide_geometry(rng, size, index, dimensions)

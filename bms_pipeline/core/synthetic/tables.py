@@ -1,4 +1,3 @@
-# pyright: standard
 """Synthetic clinical, lab and annotation tables in the real BMDeep source layout.
 
 The MIRAX writer makes the pixels; this module writes everything else below ``raw/clinical``
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import xlsxwriter
+import xlsxwriter  # pyright: ignore[reportMissingTypeStubs]
 
 from bms_pipeline.core.annotations.consensus import (
     apply_rename,
@@ -309,9 +308,10 @@ def _write_text_xlsx(
     path.parent.mkdir(parents=True, exist_ok=True)
     # in_memory: xlsxwriter then stamps every zip member 1980-01-01, so the bytes repeat.
     with xlsxwriter.Workbook(str(path), {"in_memory": True}) as workbook:
-        workbook.set_properties({"created": _XLSX_CREATED})
+        # xlsxwriter leaves some parameters unannotated (strict mode calls them Unknown).
+        workbook.set_properties({"created": _XLSX_CREATED})  # pyright: ignore[reportUnknownMemberType]
         for name, (header, body) in sheets.items():
-            sheet = workbook.add_worksheet(name)
+            sheet = workbook.add_worksheet(name)  # pyright: ignore[reportUnknownMemberType]
             for c, value in enumerate(header):
                 sheet.write_string(0, c, value)
             for r, row in enumerate(body, start=1):
@@ -401,7 +401,7 @@ def _draw_annotations(rng: np.random.Generator, lineage: int) -> list[str]:
     sessions = int(rng.choice(len(_SESSION_COUNT_P), p=_SESSION_COUNT_P)) + 1
     pool = LINEAGE_LABELS[lineage]
     truth = _weighted(rng, pool)
-    labels = []
+    labels: list[str] = []
     for _ in range(sessions):
         u = rng.random()
         if u < _ANY_LINEAGE_P:

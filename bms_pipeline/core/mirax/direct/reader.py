@@ -1,4 +1,3 @@
-# pyright: standard
 """The reader: level regions painted from the tile map in OpenSlide's order, with the cache."""
 
 from __future__ import annotations
@@ -270,7 +269,7 @@ class MiraxDirectReader:
         # on neighbouring tiles share images, and waiting in painting order would make
         # them take turns instead of decoding side by side.
         shape = (lv.image_h, lv.image_w, 4)
-        deferred = []
+        deferred: list[tuple[int, int]] = []
         for key, image in needed.items():
             entry = self._cache.acquire(
                 key,

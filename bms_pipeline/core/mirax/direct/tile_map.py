@@ -1,4 +1,3 @@
-# pyright: standard
 """OpenSlide 4's MIRAX tile map, rebuilt from Slidedat.ini, Index.dat and the camera positions."""
 
 from __future__ import annotations
