@@ -115,6 +115,9 @@ class ConversionResult:
     """Optional instances the publication gate left out, and why."""
     readers: tuple[LevelReads, ...] = ()
     """Which reader served each converted level, and why it fell back to OpenSlide."""
+    openslide_handle: dict[str, object] | None = None
+    """Whether OpenSlide's handle (and its tile map) was released while the tiles were
+    written, and how often refused reads opened it again (None: kept open throughout)."""
 
     @property
     def base_megapixels(self) -> float:
@@ -191,6 +194,7 @@ def convert_slide(
         base_height=base_height,
         warnings=tuple(warnings),
         readers=log.levels(),
+        openslide_handle=log.openslide_handle.summary() if log.openslide_handle else None,
     )
 
 

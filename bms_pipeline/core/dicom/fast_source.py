@@ -21,6 +21,8 @@ surface and the libraries' public interfaces.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import sys
 import threading
@@ -49,6 +51,8 @@ from bms_pipeline.core.dicom.thumbnail import render_thumbnail
 from bms_pipeline.core.dicom.wsidicomizer_seam import (
     OpenSlideLevel,
     OpenSlideSourceSeam,
+    ReleasableOpenSlide,
+    holding_open,
     unpremultiply_to_rgba,
 )
 
@@ -158,6 +162,9 @@ class ReaderLog:
     def __init__(self, note: str | None = None) -> None:
         self.note = note
         self._levels: dict[int, _LevelCounter] = {}
+        self.openslide_handle: OpenSlideHandleUse | None = None
+        """What became of the OpenSlide handle while the tiles were written (None: no
+        source recorded here)."""
 
     def level(self, index: int, width: int, height: int, reason: str | None) -> _LevelCounter:
         counter = self._levels.setdefault(index, _LevelCounter(width, height))
@@ -177,6 +184,61 @@ class ReaderLog:
             reason = (c.reason or self.note) if c.fallback else None
             out.append(LevelReads(index, c.width, c.height, reader, c.direct, c.fallback, reason))
         return tuple(out)
+
+
+class OpenSlideHandleUse:
+    """Releases a conversion's OpenSlide handle once the levels read through OpenSlide have
+    had every tile read: OpenSlide keeps the slide's whole tile map while it is open (about
+    124 MiB of a 1 GiB job for a full-height BMDeep slide, growing with the height), and
+    wsidicom writes the levels side by side, so the small levels the direct reader does not
+    serve finish within minutes of a conversion that takes half an hour. With every level
+    direct, the handle goes at the first tile (the THUMBNAIL and the overview are read
+    before). A read the direct reader refuses afterwards opens it again
+    (`ReleasableOpenSlide`); a level whose tiles were read more often than it has only
+    releases the handle early, which costs such a reopen, never a wrong pixel."""
+
+    def __init__(self, slide: ReleasableOpenSlide) -> None:
+        self.slide = slide
+        self._lock = threading.Lock()
+        self._remaining = 0
+        self._released = False
+
+    def count_openslide_level(self, tiles: int) -> None:
+        """A level read through OpenSlide, with `tiles` tiles to read (before the writing)."""
+        with self._lock:
+            self._remaining += tiles
+
+    def tile_read(self, through_openslide_level: bool) -> None:
+        """A tile was read (of a level read through OpenSlide, or else a direct level)."""
+        with self._lock:
+            if through_openslide_level:
+                self._remaining -= 1
+            if self._released or self._remaining > 0:
+                return
+            self._released = True
+        if self.slide.release():
+            release_freed_heap()
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "released_while_writing": self.slide.releases > 0,
+            "reopened": self.slide.opens - 1,
+        }
+
+
+def release_freed_heap() -> None:
+    """Give the pages of freed memory back to the system (glibc's `malloc_trim`): OpenSlide
+    frees its tile map as many small blocks amid others, which glibc keeps for reuse, and
+    the worker threads allocate from arenas of their own, so without this the release
+    would not lower the job's resident memory (measured: 324 MiB after the release on the
+    full-height slide, 170 after the trim). Nothing on other C libraries."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
 
 
 _READER_LOG: ContextVar[ReaderLog | None] = ContextVar("bms_reader_log", default=None)
@@ -213,6 +275,13 @@ class FastOpenSlideLevelImageData(OpenSlideLevel):
     _reads: _LevelCounter | None = None
     _slide_path: Path = Path()
     _blank_tile: tuple[Size, bytes] | None = None
+    _handle_use: OpenSlideHandleUse | None = None
+
+    def count_reads_in(self, handle_use: OpenSlideHandleUse) -> None:
+        """Report each tile read to `handle_use`, which releases OpenSlide when it can."""
+        self._handle_use = handle_use
+        if self._direct is None:
+            handle_use.count_openslide_level(self.tiled_size.area)
 
     def attach_direct_reader(
         self,
@@ -336,6 +405,8 @@ class FastOpenSlideLevelImageData(OpenSlideLevel):
         if path not in self.optical_paths:
             raise WsiDicomNotFoundError(f"optical path {path}", str(self))
         bgra = self._read_bgra(Region(tile * self.tile_size, self.tile_size))
+        if self._handle_use is not None:
+            self._handle_use.tile_read(self._direct is None)
         pixels = bgra.view(np.uint32)[..., 0]
         if self._is_blank(pixels):
             return self._blank_encoded_tile()
@@ -406,7 +477,10 @@ class FastOpenSlideSource(OpenSlideSourceSeam):
     def __init__(self, filepath: Any, *args: Any, **kwargs: Any) -> None:
         # wsidicomizer annotates `encoder` as a bare generic `Encoder`.
         super().__init__(filepath, *args, **kwargs)  # pyright: ignore[reportUnknownMemberType]
+        self._handle_use = OpenSlideHandleUse(self.make_slide_releasable())
         self._reader_log = _READER_LOG.get()
+        if self._reader_log is not None:
+            self._reader_log.openslide_handle = self._handle_use
         tile_size = self.requested_tile_size or 512
         path = self._slide_path = Path(str(filepath))
         if not self.direct_mirax:
@@ -466,7 +540,8 @@ class FastOpenSlideSource(OpenSlideSourceSeam):
         x, y, width, height = self.converted_region
         color = self.background if self.background is not None else 255
         background = (color, color, color) if isinstance(color, int) else color
-        pixels = render_thumbnail(self.slide, (x, y, width, height), background)
+        with holding_open(self.slide):
+            pixels = render_thumbnail(self.slide, (x, y, width, height), background)
         return PyramidThumbnailImageData(
             pixels,
             color,
@@ -481,6 +556,9 @@ class FastOpenSlideSource(OpenSlideSourceSeam):
         image_data.attach_direct_reader(
             self._direct, self._reader_log, self._why_not_direct, self._slide_path
         )
+        if self._direct is not None:
+            # Without the direct reader every read goes through OpenSlide: nothing to release.
+            image_data.count_reads_in(self._handle_use)
         return image_data
 
 

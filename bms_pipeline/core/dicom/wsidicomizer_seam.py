@@ -33,10 +33,13 @@ from __future__ import annotations
 
 import ctypes
 import inspect
+import threading
+from collections.abc import Generator, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from openslide import OpenSlide
+from openslide import OpenSlide, OpenSlideCache
 from wsidicom.codec import Encoder, Settings  # pyright: ignore[reportMissingTypeStubs]
 from wsidicom.geometry import Region  # pyright: ignore[reportMissingTypeStubs]
 from wsidicomizer.extras.openslide.openslide_image_data import (  # pyright: ignore[reportMissingTypeStubs]
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OpenSlideLevel",
+    "ReleasableOpenSlide",
     "OpenSlideSourceSeam",
     "library_problems",
     "read_premultiplied_bgra",
@@ -77,16 +81,27 @@ def read_premultiplied_bgra(
     """The (height, width, 4) buffer `openslide_read_region` fills for the region: premultiplied
     ARGB words, i.e. BGRA bytes on a little-endian machine; (x, y) in level-0 pixels."""
     buffer = np.empty((height, width, 4), dtype=np.uint8)
-    _READ_REGION(
-        slide._osr,  # pyright: ignore[reportPrivateUsage]
-        buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
-        x,
-        y,
-        level,
-        width,
-        height,
-    )
+    with holding_open(slide) as handle:
+        _READ_REGION(
+            handle,
+            buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
+            x,
+            y,
+            level,
+            width,
+            height,
+        )
     return buffer
+
+
+@contextmanager
+def holding_open(slide: OpenSlide) -> Generator[Any]:
+    """`slide`'s C handle, which a `ReleasableOpenSlide` keeps open until the block ends."""
+    if isinstance(slide, ReleasableOpenSlide):
+        with slide.reading() as handle:
+            yield handle
+    else:
+        yield slide._osr  # pyright: ignore[reportPrivateUsage]
 
 
 def unpremultiply_to_rgba(bgra: np.ndarray) -> np.ndarray:
@@ -94,6 +109,133 @@ def unpremultiply_to_rgba(bgra: np.ndarray) -> np.ndarray:
     composites (OpenSlide's own conversion, as wsidicomizer calls it); returns `bgra`."""
     _ARGB2RGBA(bgra.view(ctypes.c_uint32))
     return bgra
+
+
+class ReleasableOpenSlide(OpenSlide):
+    """An OpenSlide handle whose C handle can be released while nobody reads through it and
+    is opened again, with its cache, on the next read.
+
+    OpenSlide keeps its whole tile map in memory while a slide is open: 105 MiB for a
+    full-height BMDeep slide (585,219 camera images), which grows with the slide's height.
+    When the direct MIRAX reader serves every level, wsidicomizer's handle is only needed
+    for metadata and the THUMBNAIL, all read before the first tile, so the conversion
+    releases it for the hours of writing (`FastOpenSlideSource`). A read that must go
+    through OpenSlide after all (a read the direct reader refuses) opens it again.
+
+    Built with `adopt` from the handle wsidicomizer opened (openslide-python's private
+    `_filename`, `_osr` and `_profile`): every OpenSlide method goes through `_osr`, here a
+    property that reopens on demand.
+    """
+
+    _handle: Any = None
+    _cache: OpenSlideCache | None = None
+    _lock: threading.RLock
+    _users: int
+    _closed: bool
+    _filename: Any
+    _profile: Any
+    opens: int
+    """How many times the C handle was opened (1: never reopened)."""
+    releases: int
+
+    @classmethod
+    def adopt(cls, slide: OpenSlide) -> ReleasableOpenSlide:
+        """This class around `slide`'s open C handle (`slide` must not be used afterwards)."""
+        adopted = cls.__new__(cls)
+        adopted._lock = threading.RLock()
+        adopted._users = 0
+        adopted.opens = 1
+        adopted.releases = 0
+        adopted._closed = False
+        adopted._filename = slide._filename
+        adopted._profile = getattr(slide, "_profile", None)
+        adopted._handle = slide._osr
+        return adopted
+
+    @property
+    def _osr(self) -> Any:
+        with self._lock:
+            if self._handle is None:
+                if self._closed:
+                    raise ValueError(f"{self._filename}: the slide is closed")
+                self._handle = _openslide_lowlevel().open(self._filename)
+                self.opens += 1
+                if self._cache is not None:
+                    OpenSlide.set_cache(self, self._cache)
+            return self._handle
+
+    @_osr.setter
+    def _osr(self, handle: Any) -> None:
+        self._handle = handle
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the C handle (and OpenSlide's tile map) is held now."""
+        return self._handle is not None
+
+    def set_cache(self, cache: OpenSlideCache) -> None:
+        self._cache = cache
+        super().set_cache(cache)
+
+    @property
+    def associated_images(self) -> Mapping[str, Image]:
+        """The associated images, read through whatever handle is open when asked (a map
+        bound to one C handle would fail once it is released)."""
+        return _ReopeningImages(self)
+
+    @contextmanager
+    def reading(self) -> Generator[Any]:
+        """The open C handle, kept open (`release` waits its turn) until the block ends."""
+        with self._lock:
+            self._users += 1
+            handle = self._osr
+        try:
+            yield handle
+        finally:
+            with self._lock:
+                self._users -= 1
+
+    def release(self) -> bool:
+        """Close the C handle if nobody is reading through it; False if it was kept."""
+        with self._lock:
+            if self._handle is None or self._users:
+                return False
+            _openslide_lowlevel().close(self._handle)
+            self._handle = None
+            self.releases += 1
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._handle is not None:
+                _openslide_lowlevel().close(self._handle)
+                self._handle = None
+
+
+class _ReopeningImages(Mapping[str, "Image"]):
+    """OpenSlide's associated images, each read through the slide's current handle."""
+
+    def __init__(self, slide: ReleasableOpenSlide) -> None:
+        self._slide = slide
+
+    def _map(self) -> Mapping[str, Image]:
+        return OpenSlide.associated_images.fget(self._slide)  # pyright: ignore[reportOptionalCall]
+
+    def __getitem__(self, key: str) -> Image:
+        return self._map()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._map()))
+
+    def __len__(self) -> int:
+        return len(self._map())
+
+
+def _openslide_lowlevel() -> Any:
+    from openslide import lowlevel
+
+    return lowlevel
 
 
 class OpenSlideLevel(OpenSlideLevelImageData):
@@ -113,6 +255,16 @@ class OpenSlideLevel(OpenSlideLevelImageData):
             source.encoder,
         )
         self._seam_slide = source.slide
+
+    @property
+    def _osr(self) -> Any:
+        """wsidicomizer's reads of this level take the handle from the slide each time: a
+        `ReleasableOpenSlide` may have released and reopened it since the level was made."""
+        return self._seam_slide._osr  # pyright: ignore[reportPrivateUsage]
+
+    @_osr.setter
+    def _osr(self, handle: Any) -> None:
+        pass  # wsidicomizer's __init__ keeps the handle it was given; ours is the slide's
 
     @property
     def level_index(self) -> int:
@@ -161,10 +313,21 @@ class OpenSlideSourceSeam(OpenSlideSource):
     and its construction hooks as public methods (`level_image_data`,
     `overview_image_data`, `thumbnail_image_data`), each wsidicomizer's by default."""
 
+    _releasable: ReleasableOpenSlide | None = None
+
     @property
     def slide(self) -> OpenSlide:
         """The source's own OpenSlide handle (its cache and reads are the conversion's)."""
         return self._slide
+
+    def make_slide_releasable(self) -> ReleasableOpenSlide:
+        """Turn the source's OpenSlide handle into a `ReleasableOpenSlide` (before any level
+        is made), its associated images included."""
+        if self._releasable is None:
+            self._releasable = ReleasableOpenSlide.adopt(self._slide)
+            self._slide = self._releasable
+            self._associated_images = self._releasable.associated_images
+        return self._releasable
 
     @property
     def requested_tile_size(self) -> int | None:
@@ -232,6 +395,7 @@ _SOURCE_HOOKS = (
 )
 _SOURCE_STATE = (
     "_slide",
+    "_associated_images",
     "_tile_size",
     "_blank_color",
     "_base_level_offset",
@@ -276,8 +440,10 @@ def library_problems(
             for name in _SOURCE_STATE
             if not hasattr(source, name)
         ]
-        if not hasattr(source, "_slide") or not hasattr(source._slide, "_osr"):  # pyright: ignore[reportPrivateUsage]
-            problems.append("openslide-python's OpenSlide no longer keeps its handle in _osr")
+        slide = getattr(source, "_slide", None)
+        for name in ("_osr", "_filename"):
+            if not hasattr(slide, name):
+                problems.append(f"openslide-python's OpenSlide no longer sets {name}")
     if level is not None:
         problems += [
             f"wsidicomizer's OpenSlideLevelImageData no longer sets {name}"

@@ -158,6 +158,9 @@ def sm_series(context: dg.AssetExecutionContext, bms: BmsPipelineResource) -> dg
             ),
             "study_instance_uid": instances[0].study_instance_uid,
             "readers": dg.MetadataValue.json([r.summary() for r in result.readers]),
+            "openslide_handle": dg.MetadataValue.json(
+                result.openslide_handle or {"kept_open": True}
+            ),
             "warnings": len(result.warnings),
             "warning_examples": dg.MetadataValue.json(list(result.warnings)),
         },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -95,13 +96,51 @@ def test_direct_mirax_reads_write_the_same_pixels_as_openslide_reads(tmp_path: P
     )
     truth = write_test_slide(tmp_path / "raw", geometry=geometry, image_format="JPEG")
     with MiraxDirectReader.open(truth.mrxs_path) as reader:
-        assert reader.supports_level(0), "the test needs level 0 read directly"
+        assert all(reader.supports_level(level) for level in range(3)), (
+            "the test needs every level read directly"
+        )
     direct = convert_test_slide(truth, tmp_path / "direct", settings=ConversionSettings())
     via_openslide = convert_test_slide(
         truth, tmp_path / "openslide", settings=ConversionSettings(direct_mirax=False)
     )
     assert [p.name for p in direct.files] == [p.name for p in via_openslide.files]
     for a, b in zip(direct.files, via_openslide.files, strict=True):
+        assert pydicom.dcmread(a).PixelData == pydicom.dcmread(b).PixelData, a.name
+    # Every level direct: OpenSlide's tile map was dropped while writing, never reopened
+    # (the THUMBNAIL and the overview were read before the first tile).
+    assert direct.openslide_handle == {"released_while_writing": True, "reopened": 0}
+    assert via_openslide.openslide_handle == {"released_while_writing": False, "reopened": 0}
+
+
+def test_openslide_is_released_once_the_levels_read_through_it_are_written(
+    tmp_path: Path,
+) -> None:
+    """Level 2 here is read through OpenSlide (its images sit at fractional positions), 0
+    and 1 directly: the handle goes once level 2's tiles are all read, and the pixels are
+    OpenSlide's throughout."""
+    geometry = MiraxGeometry(
+        image_width=256,
+        image_height=192,
+        fields_x=5,
+        fields_y=4,
+        divisions=2,
+        overlap_x=10,
+        overlap_y=6,
+        levels=3,
+    )
+    truth = write_test_slide(tmp_path / "raw", geometry=geometry, image_format="JPEG")
+    with MiraxDirectReader.open(truth.mrxs_path) as reader:
+        served = [reader.supports_level(level) for level in range(3)]
+    assert served == [True, True, False], "the test needs level 2 read through OpenSlide"
+    settings = ConversionSettings(tile_size=128, include_levels=(0, 1, 2))
+    mixed = convert_test_slide(truth, tmp_path / "mixed", settings=settings)
+    via_openslide = convert_test_slide(
+        truth, tmp_path / "openslide", settings=replace(settings, direct_mirax=False)
+    )
+    assert [r.reader for r in mixed.readers] == ["direct", "direct", "openslide"]
+    assert mixed.openslide_handle == {"released_while_writing": True, "reopened": 0}
+    assert len(mixed.files) == len(via_openslide.files) >= 3
+    for a, b in zip(mixed.files, via_openslide.files, strict=True):
         assert pydicom.dcmread(a).PixelData == pydicom.dcmread(b).PixelData, a.name
 
 

@@ -26,6 +26,7 @@ from wsidicomizer.image_data import BaseDicomizerImageData
 from bms_pipeline.core.dicom.wsidicomizer_seam import (
     OpenSlideLevel,
     OpenSlideSourceSeam,
+    ReleasableOpenSlide,
     library_problems,
     read_premultiplied_bgra,
     unpremultiply_to_rgba,
@@ -102,6 +103,45 @@ def test_the_raw_read_is_openslides_public_read_before_unpremultiplying(
             expected = np.asarray(slide.read_region((x, y), level, (w, h)))
             np.testing.assert_array_equal(unpremultiply_to_rgba(raw.copy()), expected)
     slide.close()
+
+
+def test_a_released_handle_reopens_for_reads_levels_and_associated_images(
+    truth: MiraxGroundTruth,
+) -> None:
+    """Releasing drops the C handle (and OpenSlide's tile map); every later read, through
+    the slide, a level made before the release or the associated images, opens it again and
+    gives the same pixels."""
+    encoder = Encoder.create_for_settings(JpegSettings(quality=80))
+    source = OpenSlideSourceSeam(UPath(str(truth.mrxs_path)), encoder, tile_size=TILE)
+    slide = source.make_slide_releasable()
+    assert isinstance(slide, ReleasableOpenSlide)
+    assert source.slide is slide and slide.is_open
+    level = source.level_image_data(0)
+    assert isinstance(level, OpenSlideLevel)
+    region = Region(Point(3, 5), Size(200, 150))
+    before = level.read_openslide_bgra(region)
+    wsidicomizers = level.read_region(region, 0.0, "1")
+    names = sorted(slide.associated_images)
+    assert "macro" in names
+    macro = np.asarray(source.macro_image())
+
+    assert slide.release() and not slide.is_open
+    assert not slide.release(), "a second release has nothing to close"
+    np.testing.assert_array_equal(level.read_openslide_bgra(region), before)
+    assert slide.is_open and slide.opens == 2
+    assert slide.release()
+    np.testing.assert_array_equal(level.read_region(region, 0.0, "1"), wsidicomizers)
+    assert slide.release()
+    np.testing.assert_array_equal(np.asarray(source.macro_image()), macro)
+    assert sorted(slide.associated_images) == names
+    assert slide.opens == 4
+
+    with slide.reading():
+        assert not slide.release(), "a read in progress keeps the handle"
+        assert slide.is_open
+    source.close()
+    with pytest.raises(ValueError, match="closed"):
+        slide.read_region((0, 0), 0, (4, 4))
 
 
 def test_a_levels_read_is_wsidicomizers_own(source, truth: MiraxGroundTruth) -> None:
