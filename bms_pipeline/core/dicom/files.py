@@ -6,19 +6,21 @@ meets that gap, with the arguments this package uses.
 """
 
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread, dcmwrite  # pyright: ignore[reportUnknownVariableType]
 from pydicom.dataset import Dataset, FileDataset
 
 
 def read_dataset(
-    path: Path | str,
+    path: Path | str | BinaryIO,
     *,
     stop_before_pixels: bool = False,
     defer_size: int | None = None,
     specific_tags: list[str] | None = None,
 ) -> FileDataset:
-    """`pydicom.dcmread` of a file path, with the options the package uses."""
+    """`pydicom.dcmread` of a file path (or an open file, left where pydicom stopped: at the
+    PixelData element with `stop_before_pixels`), with the options the package uses."""
     return dcmread(
         path,
         defer_size=defer_size,

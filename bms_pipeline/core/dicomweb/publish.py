@@ -1,10 +1,11 @@
 """STOW-RS a slide's SM and ANN instances, idempotently, and prove they arrived.
 
 Per series: QIDO-RS lists what the server already holds. An instance it holds is retrieved
-(WADO-RS, stored transfer syntax) and compared with our file: equal -> nothing is sent; different
--> it is stored again under the same SOP Instance UID, replacing the old copy (the UIDs are
-deterministic, so a reconverted slide keeps its UIDs). Only missing or changed instances are
-sent, one per request, so a failure names its instance and memory stays at one instance.
+(WADO-RS, stored transfer syntax) and compared with our file as it arrives: equal -> nothing is
+sent; different -> it is stored again under the same SOP Instance UID, replacing the old copy
+(the UIDs are deterministic, so a reconverted slide keeps its UIDs). Only missing or changed
+instances are sent, one per request, straight from the file (`streaming`): a failure names its
+instance, and memory stays at a few MiB even for the 13.5 GB level 0 of a full BMDeep slide.
 
 After storing: QIDO-RS must list every instance of ours; WADO-RS must return, for each image,
 its first frame byte for byte as our file holds it, and for each annotation object (no frames)
@@ -33,10 +34,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import requests
 from pydicom import Dataset
-from pydicom.encaps import get_frame
 
 from bms_pipeline.core.dicom.files import read_dataset
 from bms_pipeline.core.dicomweb.config import TIMEOUT_ENV, auth_from_env
+from bms_pipeline.core.dicomweb.streaming import (
+    first_frame_of_file,
+    server_copy_matches,
+    stow_file,
+)
 from bms_pipeline.core.privacy.credentials import Credentials, redact
 
 if TYPE_CHECKING:
@@ -136,6 +141,18 @@ class PublishLimits:
     def slide_seconds(self, total_bytes: int) -> float:
         return self.base_seconds + total_bytes / self.min_bytes_per_second
 
+    def transfer_timeout(self, size: int) -> tuple[float, float]:
+        """(connect, read) for sending or fetching one instance of `size` bytes: the server
+        may take a while to answer after the last byte of a large one (Orthanc parses and
+        writes it first), so the wait grows with the size, within the slide's budget."""
+        return (min(10.0, self.timeout), self.timeout + size / self.min_bytes_per_second)
+
+
+SMALL_INSTANCE = 64 << 20
+"""Instances up to this size whose bytes differ from the server's copy are compared as data
+sets too (read whole), so a server that encodes the same content differently is not sent
+every small object again; larger ones are sent again (the log says why)."""
+
 
 _UNREACHABLE: dict[str, str] = {}  # server URL -> why it was given up, for this process
 
@@ -223,23 +240,32 @@ def slide_instances(sm_dir: Path, ann_dir: Path) -> list[LocalInstance]:
     return found
 
 
+def make_session(credentials: Credentials | None = None) -> tuple[requests.Session, str]:
+    """A requests session authenticated by the URL's own credentials or the environment,
+    and how (the kind only)."""
+    description, auth, headers = auth_from_env(credentials)
+    session = requests.Session()
+    if auth is not None:
+        session.auth = auth  # pyright: ignore[reportAttributeAccessIssue]
+    session.headers.update(headers)
+    return session, description
+
+
 def make_client(
     url: str,
     timeout: float | tuple[float, float] = PublishLimits().request_timeout,
     credentials: Credentials | None = None,
+    session: requests.Session | None = None,
 ) -> tuple[DicomwebClient, str]:
-    """A dicomweb-client for `url` (without credentials), authenticated by the URL's own
-    credentials or the environment; its own retries are off (this module retries, boundedly,
-    so that each attempt is logged against its instance)."""
+    """A dicomweb-client for `url` (without credentials), on `session` (by default one
+    authenticated by the URL's own credentials or the environment); its own retries are off
+    (this module retries, boundedly, so that each attempt is logged against its instance)."""
     from dicomweb_client.api import DICOMwebClient
-    from dicomweb_client.session_utils import (
-        create_session,
-        create_session_from_auth,  # pyright: ignore[reportUnknownVariableType]
-    )
 
-    description, auth, headers = auth_from_env(credentials)
-    session = create_session_from_auth(auth) if auth is not None else create_session()
-    client = DICOMwebClient(url, session=session, headers=headers or None, timeout=timeout)
+    description = "given session"
+    if session is None:
+        session, description = make_session(credentials)
+    client = DICOMwebClient(url, session=session, timeout=timeout)
     client.set_http_retry_params(retry=False)
     return cast("DicomwebClient", client), description
 
@@ -380,20 +406,6 @@ def _same_content(local: Dataset, remote: Dataset) -> bool:
     return local == remote
 
 
-def first_frame(ds: Dataset) -> bytes:
-    """Frame 1 of an image as the file stores it (an encapsulated fragment, or native bytes)."""
-    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
-        frames = int(ds.get("NumberOfFrames", 1))
-        extended = None
-        if "ExtendedOffsetTable" in ds:
-            extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
-        return get_frame(ds.PixelData, 0, extended_offsets=extended, number_of_frames=frames)
-    frame_bytes = (
-        int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * (int(ds.BitsAllocated) // 8)
-    )
-    return bytes(ds.PixelData[:frame_bytes])
-
-
 def _frames_equal(ours: bytes, theirs: bytes) -> bool:
     # A fragment is padded to even length; a server may return the frame without the pad byte.
     return ours == theirs or ours.rstrip(b"\0") == theirs.rstrip(b"\0")
@@ -418,15 +430,18 @@ def publish_slide(
     instances = list(instances)
     limits = limits or PublishLimits.from_env()
     attempts = attempts or limits.attempts
-    auth = "given client"
+    session, auth = make_session(credentials)
     if client is None:
-        client, auth = make_client(url, limits.request_timeout, credentials)
+        client, _ = make_client(url, limits.request_timeout, session=session)
+    else:
+        auth = "given client"
     budget = limits.slide_seconds(sum(i.size for i in instances))
     deadline = time.monotonic() + budget
     _fail_fast_if_given_up(client, url, limits)
     report = PublishReport(server=url, auth=auth, instances=len(instances))
+    wire = _Wire(client, session, url, limits, attempts, deadline)
     try:
-        _publish(client, url, instances, report, attempts, delete_strays, deadline, budget)
+        _publish(wire, instances, report, delete_strays, budget)
     except ServerUnreachable as exc:
         _UNREACHABLE[url] = str(exc)
         raise
@@ -434,34 +449,71 @@ def publish_slide(
     return report
 
 
+@dataclass(frozen=True)
+class _Wire:
+    """One publication's connection: the DICOMweb client (QIDO-RS, frames, DELETE), the
+    session the whole-file transfers stream on, and its limits."""
+
+    client: DicomwebClient
+    session: requests.Session
+    url: str
+    limits: PublishLimits
+    attempts: int
+    deadline: float
+
+    def server_has_ours(self, inst: LocalInstance) -> bool:
+        """Whether the server's copy of `inst` holds our file's content (see `streaming`)."""
+        compared = with_retries(
+            f"WADO-RS {inst.label}",
+            self.url,
+            lambda: server_copy_matches(
+                self.session,
+                self.url,
+                inst.study_uid,
+                inst.series_uid,
+                inst.sop_uid,
+                inst.path,
+                self.limits.transfer_timeout(inst.size),
+            ),
+            self.attempts,
+            deadline=self.deadline,
+        )
+        if compared.same:
+            return True
+        if inst.size <= SMALL_INSTANCE and _same_content(
+            read_dataset(inst.path),
+            _retrieve(self.client, self.url, inst, self.attempts, self.deadline),
+        ):
+            return True
+        logger.info("%s: the server's copy differs (%s)", inst.label, compared.why)
+        return False
+
+
 def _publish(
-    client: DicomwebClient,
-    url: str,
+    wire: _Wire,
     instances: list[LocalInstance],
     report: PublishReport,
-    attempts: int,
     delete_strays: bool,
-    deadline: float,
     budget: float,
 ) -> None:
+    client, url, attempts, deadline = wire.client, wire.url, wire.attempts, wire.deadline
     by_series: dict[tuple[str, str], list[LocalInstance]] = {}
     for inst in instances:
         by_series.setdefault((inst.study_uid, inst.series_uid), []).append(inst)
 
-    to_store: list[tuple[LocalInstance, Dataset, bool]] = []  # (instance, dataset, replacing)
+    to_store: list[tuple[LocalInstance, bool]] = []  # (instance, replacing)
     for (study_uid, series_uid), members in by_series.items():
         _check_time(f"QIDO-RS series {series_uid}", url, deadline, budget)
         present = _uids_on_server(client, url, study_uid, series_uid, attempts, deadline)
         ours = {m.sop_uid for m in members}
         report.left_on_server.extend(sorted(present - ours))
         for inst in members:
-            local = read_dataset(inst.path)
             if inst.sop_uid not in present:
-                to_store.append((inst, local, False))
-            elif _same_content(local, _retrieve(client, url, inst, attempts, deadline)):
+                to_store.append((inst, False))
+            elif wire.server_has_ours(inst):
                 report.unchanged.append(inst.sop_uid)
             else:
-                to_store.append((inst, local, True))
+                to_store.append((inst, True))
         if delete_strays:
             for stray in sorted(present - ours):
                 with_retries(
@@ -473,12 +525,18 @@ def _publish(
                 )
                 report.left_on_server.remove(stray)
 
-    for inst, ds, replacing in to_store:
+    for inst, replacing in to_store:
         _check_time(f"STOW-RS {inst.label}", url, deadline, budget)
         answer = with_retries(
             f"STOW-RS {inst.label}",
             url,
-            lambda ds=ds, inst=inst: client.store_instances([ds], inst.study_uid),
+            lambda inst=inst: stow_file(
+                wire.session,
+                url,
+                inst.study_uid,
+                inst.path,
+                wire.limits.transfer_timeout(inst.size),
+            ),
             attempts,
             deadline=deadline,
         )
@@ -492,26 +550,16 @@ def _publish(
             "stored %s%s", inst.label, " (replacing the server's copy)" if replacing else ""
         )
 
-    _verify(
-        client,
-        url,
-        by_series,
-        {i.sop_uid for i, _, r in to_store if r},
-        report,
-        attempts,
-        deadline,
-    )
+    _verify(wire, by_series, {i.sop_uid for i, r in to_store if r}, report)
 
 
 def _verify(
-    client: DicomwebClient,
-    url: str,
+    wire: _Wire,
     by_series: dict[tuple[str, str], list[LocalInstance]],
     replaced: set[str],
     report: PublishReport,
-    attempts: int,
-    deadline: float | None = None,
 ) -> None:
+    client, url, attempts, deadline = wire.client, wire.url, wire.attempts, wire.deadline
     missing: list[str] = []
     for (study_uid, series_uid), members in by_series.items():
         present = _uids_on_server(client, url, study_uid, series_uid, attempts, deadline)
@@ -522,11 +570,14 @@ def _verify(
             f"QIDO-RS after STOW-RS: {url} accepted but does not list {', '.join(missing)} "
             "(the server dropped them; its log says why)"
         )
+    old_copy = (
+        " (the server kept its old copy: it must overwrite instances stored again, e.g. "
+        "Orthanc's OverwriteInstances)"
+    )
     for members in by_series.values():
         for inst in members:
             if inst.modality == "SM":
-                local = read_dataset(inst.path)
-                ours = first_frame(local)
+                ours = first_frame_of_file(inst.path)
                 theirs = with_retries(
                     f"WADO-RS frame 1 of {inst.label}",
                     url,
@@ -540,33 +591,19 @@ def _verify(
                     raise DicomwebError(
                         f"WADO-RS frame 1 of {inst.label} from {url}: {len(theirs)} bytes that differ "
                         f"from the file's {len(ours)}"
-                        + (
-                            " (the server kept its old copy: it must overwrite instances stored "
-                            "again, e.g. Orthanc's OverwriteInstances)"
-                            if inst.sop_uid in replaced
-                            else ""
-                        )
+                        + (old_copy if inst.sop_uid in replaced else "")
                     )
                 report.verified_frames += 1
-                if inst.sop_uid in replaced and not _same_content(
-                    local, _retrieve(client, url, inst, attempts, deadline)
-                ):
+                if inst.sop_uid in replaced and not wire.server_has_ours(inst):
                     raise DicomwebError(
                         f"WADO-RS {inst.label} from {url}: still the old copy after storing the changed "
                         "one (the server must overwrite instances stored again, e.g. Orthanc's "
                         "OverwriteInstances)"
                     )
             else:
-                if not _same_content(
-                    read_dataset(inst.path), _retrieve(client, url, inst, attempts, deadline)
-                ):
+                if not wire.server_has_ours(inst):
                     raise DicomwebError(
                         f"WADO-RS {inst.label} from {url}: differs from the file"
-                        + (
-                            " (the server kept its old copy: it must overwrite instances stored "
-                            "again, e.g. Orthanc's OverwriteInstances)"
-                            if inst.sop_uid in replaced
-                            else ""
-                        )
+                        + (old_copy if inst.sop_uid in replaced else "")
                     )
                 report.verified_objects += 1

@@ -17,67 +17,20 @@ import openslide
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import UID, JPEGBaseline8Bit, generate_uid
 
 from bms_pipeline.core.dicom.determinism import normalize_series
 from bms_pipeline.core.dicom.phi import PrivacyPolicy
 from bms_pipeline.core.synthetic.mirax_writer import _DataFiles
 from bms_pipeline_tests.helpers import write_test_slide
-
-FILLER = 0xFFFF_FF00  # an item length (32-bit, even) just under 4 GiB
-NEEDLE = "MUSTERMANN^ERIKA"
-
-
-def _jpeg(value: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(buffer, "JPEG", quality=90)
-    data = buffer.getvalue()
-    return data + b"\0" * (len(data) % 2)
-
-
-def _item(payload: bytes) -> bytes:
-    return b"\xfe\xff\x00\xe0" + struct.pack("<I", len(payload)) + payload
+from bms_pipeline_tests.sparse_dicom import NEEDLE, write_sparse_sm
 
 
 @pytest.fixture
 def big_dicom(tmp_path: Path) -> tuple[Path, bytes, int]:
     """A sparse > 4 GiB SM-like file: frames 16 px, the last one past 4 GiB, found through
     the EOT. Returns the path, the last frame's bytes and the file offset of that frame."""
-    first, last = _jpeg(40), _jpeg(200) + NEEDLE.encode()  # the needle after the EOI
-    offsets = [0, 8 + len(first), 8 + len(first) + 8 + FILLER]
-    lengths = [len(first), FILLER, len(last)]
-    ds = pydicom.Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.77.1.6")
-    ds.file_meta.MediaStorageSOPInstanceUID = uid = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, uid
-    ds.ImageType = ["DERIVED", "PRIMARY", "VOLUME", "NONE"]
-    ds.InstanceCreationDate, ds.InstanceCreationTime = "20261207", "021500.123456"
-    ds.ContentDate, ds.ContentTime = "20190314", "092653"
-    ds.InstanceNumber = "7"
-    ds.Rows = ds.Columns = 16
-    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = 48, 16
-    ds.NumberOfFrames = 3
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_FULL_422"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation, ds.PlanarConfiguration = 7, 0, 0
-    ds.ExtendedOffsetTable = struct.pack("<3Q", *offsets)
-    ds.ExtendedOffsetTableLengths = struct.pack("<3Q", *lengths)
-    path = tmp_path / "level0.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    with open(path, "r+b") as handle:
-        handle.seek(0, 2)
-        handle.write(b"\xe0\x7f\x10\x00OB\0\0\xff\xff\xff\xff")  # PixelData, undefined length
-        handle.write(_item(b""))  # empty Basic Offset Table: the EOT is used
-        items_start = handle.tell()
-        handle.write(_item(first))
-        handle.write(b"\xfe\xff\x00\xe0" + struct.pack("<I", FILLER))
-        handle.seek(FILLER, 1)  # a hole: no disk
-        handle.write(_item(last))
-        handle.write(b"\xfe\xff\xdd\xe0\0\0\0\0")  # sequence delimiter
-    at = items_start + offsets[2] + 8
+    sparse = write_sparse_sm(tmp_path / "level0.dcm")
+    path, last, at = sparse.path, sparse.last, sparse.last_at
     assert at > 2**32 and path.stat().st_size > 2**32
     return path, last, at
 
@@ -155,3 +108,17 @@ def test_a_slide_split_over_many_data_files_reads_as_one_in_a_single_file(
                 np.asarray(a.read_region((x, y), level, (w // f, h // f))),
                 np.asarray(b.read_region((x, y), level, (w // f, h // f))),
             )
+
+
+def test_frame_one_of_a_file_past_4_gib_is_read_without_its_pixel_data(tmp_path: Path) -> None:
+    """The DICOMweb check of frame 1 reads the header and the frame only: on a 4.3 GB file
+    reading the pixel data whole would take gigabytes of memory."""
+    from bms_pipeline.core.dicomweb.streaming import StowBody, first_frame_of_file
+
+    sparse = write_sparse_sm(tmp_path / "level0.dcm")
+    assert first_frame_of_file(sparse.path) == sparse.first
+    body = StowBody(sparse.path)
+    assert len(body) == sparse.path.stat().st_size + len(body.head) + len(body.tail)
+    pieces = iter(body)
+    assert next(pieces) == body.head
+    assert next(pieces)[128:132] == b"DICM"
