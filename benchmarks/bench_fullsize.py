@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_width import conversion_seconds, job_phases
+from benchmarks.bench_width import conversion_seconds, job_phases, step_windows
 from benchmarks.conversion.common import PROJECT_ROOT, cores
 from benchmarks.conversion.datasets import run_root, single_slide
 from benchmarks.conversion.measuring import (
@@ -61,8 +61,9 @@ QUALITY = 80
 TIMEOUT_S = 8 * 3600  # per measured step
 
 
-def _tree_rss_bytes(root_pid: int) -> int:
-    """Summed RSS of `root_pid`'s descendants (not itself: the measuring runner), from /proc."""
+def _tree_rss(root_pid: int) -> tuple[int, int, int]:
+    """(summed RSS, the largest process's RSS, its pid) of `root_pid`'s descendants (not
+    itself: the measuring runner), from /proc."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
@@ -77,12 +78,14 @@ def _tree_rss_bytes(root_pid: int) -> int:
             continue
         children.setdefault(ppid, []).append(int(entry))
         rss[int(entry)] = pages * page
-    total, todo = 0, list(children.get(root_pid, []))
+    total, largest, largest_pid, todo = 0, 0, 0, list(children.get(root_pid, []))
     while todo:
         pid = todo.pop()
         total += rss.get(pid, 0)
+        if rss.get(pid, 0) > largest:
+            largest, largest_pid = rss[pid], pid
         todo += children.get(pid, [])
-    return total
+    return total, largest, largest_pid
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -107,13 +110,24 @@ class Sampler:
         self.runner = measuring._runner.pid if measuring._runner else os.getpid()  # noqa: SLF001
         self.peak_rss = 0
         self.peak_disk = 0
+        self.series: list[tuple[float, int, int]] = []
+        """(time, the largest process's RSS MiB, the tree's RSS MiB), every second."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(2.0):
-            self.peak_rss = max(self.peak_rss, _tree_rss_bytes(self.runner))
-            self.peak_disk = max(self.peak_disk, _folder_bytes(self.folder))
+        ticks = 0
+        while not self._stop.wait(1.0):
+            total, largest, _pid = _tree_rss(self.runner)
+            self.peak_rss = max(self.peak_rss, total)
+            self.series.append((round(time.time(), 1), largest >> 20, total >> 20))
+            ticks += 1
+            if ticks % 5 == 0:  # walking the output folder costs more than /proc
+                self.peak_disk = max(self.peak_disk, _folder_bytes(self.folder))
+
+    def peak_time(self) -> float | None:
+        """When the largest process was at its highest RSS."""
+        return max(self.series, key=lambda sample: sample[1])[0] if self.series else None
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -133,6 +147,7 @@ def measured(cmd: list[str], log: Path, folder: Path, cwd: Path | None = None) -
     with Sampler(folder) as sampler:
         # A full-height job takes about an hour on a loaded 2-core machine: no 1 h timeout.
         proc: Proc = run_measured(cmd, log, cwd=cwd or PROJECT_ROOT, timeout=TIMEOUT_S)
+    log.with_suffix(".rss.json").write_text(json.dumps(sampler.series))
     return {
         "wall_s": round(proc.wall, 1),
         "cpu_s": round(proc.user + proc.sys, 1),
@@ -140,7 +155,13 @@ def measured(cmd: list[str], log: Path, folder: Path, cwd: Path | None = None) -
         "tree_rss_mib": round(sampler.peak_rss / 2**20),
         "peak_disk_gb": round(sampler.peak_disk / 1e9, 2),
         "rc": proc.returncode,
+        "rss_peak_at": sampler.peak_time(),
     }
+
+
+def steps_at(home: Path, moment: float) -> list[str]:
+    """The job's steps running at `moment` (from its instance's step events)."""
+    return sorted(key for key, (start, end) in step_windows(home).items() if start <= moment <= end)
 
 
 @contextlib.contextmanager
@@ -355,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         sample["conversion_s"] = conversion_seconds(logs / "job.log", slide_id)
         if sample["rc"] == 0:
             sample.update(job_phases(root / ".dagster", began, ended))
+            if sample["rss_peak_at"] is not None:
+                sample["rss_peak_in_steps"] = steps_at(root / ".dagster", sample["rss_peak_at"])
         # `run` writes under <root>/out (DataLayout's default output root).
         files = [f for f in dicom_files(root / "out" / "dicom") if f.suffix == ".dcm"]
         if files:

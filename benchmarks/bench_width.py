@@ -363,18 +363,14 @@ class SlideBench:
             self.extra["profile_wall"] = proc.wall
 
 
-def job_phases(home: Path, began: float, ended: float) -> dict[str, float]:
-    """Where a `run --force` spent its wall time, from the step events in its instance
-    (read after the run, untimed): before the `sm_series` step starts (interpreter, imports,
-    instance, planning, inventory), the `sm_series` step (its imports, the conversion, the
-    publication gate, publishing), and after it (checks, annotations, validation, the
-    collection job, the summary), with every other step's own duration."""
+def step_windows(home: Path) -> dict[str, tuple[float, float]]:
+    """Each step's (start, end) wall-clock time, from the step events in the instance at
+    `home` (every run of it)."""
     import dagster as dg
 
     instance = dg.DagsterInstance.from_config(str(home))
     starts: dict[str, float] = {}
-    steps: dict[str, float] = {}
-    ends: dict[str, float] = {}
+    windows: dict[str, tuple[float, float]] = {}
     for run in instance.get_runs():
         for record in instance.get_records_for_run(run.run_id, limit=100_000).records:
             entry = record.event_log_entry
@@ -384,17 +380,26 @@ def job_phases(home: Path, began: float, ended: float) -> dict[str, float]:
             if event.event_type_value == "STEP_START":
                 starts[event.step_key] = entry.timestamp
             elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
-                ends[event.step_key] = entry.timestamp
-                steps[event.step_key] = entry.timestamp - starts.get(
-                    event.step_key, entry.timestamp
-                )
-    if "sm_series" not in starts or "sm_series" not in ends:
+                start = starts.get(event.step_key, entry.timestamp)
+                windows[event.step_key] = (start, entry.timestamp)
+    return windows
+
+
+def job_phases(home: Path, began: float, ended: float) -> dict[str, float]:
+    """Where a `run --force` spent its wall time, from the step events in its instance
+    (read after the run, untimed): before the `sm_series` step starts (interpreter, imports,
+    instance, planning, inventory), the `sm_series` step (its imports, the conversion, the
+    publication gate, publishing), and after it (checks, annotations, validation, the
+    collection job, the summary), with every other step's own duration."""
+    windows = step_windows(home)
+    if "sm_series" not in windows:
         return {}
+    start, end = windows["sm_series"]
     return {
-        "before_sm_s": starts["sm_series"] - began,
-        "sm_step_s": ends["sm_series"] - starts["sm_series"],
-        "after_sm_s": ended - ends["sm_series"],
-        **{f"step:{k}": round(v, 3) for k, v in steps.items()},
+        "before_sm_s": start - began,
+        "sm_step_s": end - start,
+        "after_sm_s": ended - end,
+        **{f"step:{k}": round(b - a, 3) for k, (a, b) in windows.items()},
     }
 
 

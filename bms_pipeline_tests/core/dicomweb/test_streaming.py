@@ -11,8 +11,8 @@ import pytest
 
 from bms_pipeline.core.dicomweb.streaming import (
     StowBody,
-    _compare_stream,  # pyright: ignore[reportPrivateUsage]
-    _PartReader,  # pyright: ignore[reportPrivateUsage]
+    _compare_stream,
+    _PartReader,
     dataset_start,
 )
 from bms_pipeline_tests.sparse_dicom import write_sparse_sm
