@@ -151,6 +151,8 @@ def convert_slide(
     started = time.perf_counter()
     log = ReaderLog(_reader_note(settings))
     try:
+        levels = settings.present_levels(mrxs_path)
+        log.written_levels = None if levels is None else frozenset(levels)
         with recording_reads(log):
             files = _convert(
                 mrxs_path,
@@ -160,6 +162,7 @@ def convert_slide(
                 metadata_post_processor,
                 metadata_pre_processor,
                 settings,
+                levels,
             )
         seconds = time.perf_counter() - started
         written = sorted(Path(str(f)) for f in files)
@@ -229,6 +232,7 @@ def _convert(
     metadata_post_processor: MetadataPostProcessor | None,
     metadata_pre_processor: MetadataPreProcessor | None,
     settings: ConversionSettings,
+    levels: list[int] | None,
 ) -> list[UPath]:
     # wsidicomizer annotates `encoding` with a bare generic `Encoder`.
     return WsiDicomizer.convert(  # pyright: ignore[reportUnknownMemberType]
@@ -244,7 +248,7 @@ def _convert(
             content_key=identity.content_key,
             frame_key=identity.frame_key,
         ),
-        include_levels=settings.present_levels(mrxs_path),
+        include_levels=levels,
         include_label=settings.include_label,
         include_overview=settings.include_overview,
         include_thumbnail=settings.include_thumbnail,

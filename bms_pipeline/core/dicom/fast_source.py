@@ -26,7 +26,7 @@ import ctypes.util
 import logging
 import sys
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -159,8 +159,15 @@ class ReaderLog:
     the first reason a level or read fell back. `note`: a reason that holds for every level
     (the direct reader is turned off), else the reason it did not open for the slide."""
 
-    def __init__(self, note: str | None = None) -> None:
+    def __init__(
+        self, note: str | None = None, written_levels: Sequence[int] | None = None
+    ) -> None:
         self.note = note
+        self.written_levels: frozenset[int] | None = (
+            None if written_levels is None else frozenset(written_levels)
+        )
+        """OpenSlide's indices of the levels the conversion writes (None: all): wsidicomizer
+        makes a level for every one OpenSlide has, and only these are read."""
         self._levels: dict[int, _LevelCounter] = {}
         self.openslide_handle: OpenSlideHandleUse | None = None
         """What became of the OpenSlide handle while the tiles were written (None: no
@@ -556,7 +563,9 @@ class FastOpenSlideSource(OpenSlideSourceSeam):
         image_data.attach_direct_reader(
             self._direct, self._reader_log, self._why_not_direct, self._slide_path
         )
-        if self._direct is not None:
+        log = self._reader_log
+        written = log is None or log.written_levels is None or level_index in log.written_levels
+        if self._direct is not None and written:
             # Without the direct reader every read goes through OpenSlide: nothing to release.
             image_data.count_reads_in(self._handle_use)
         return image_data
