@@ -40,6 +40,7 @@ from bms_pipeline.core.dicom.fast_source import (
 from bms_pipeline.core.dicom.files import read_dataset
 from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
 from bms_pipeline.core.dicom.uids import SlideUidGenerator
+from bms_pipeline.core.heap import release_freed_heap
 
 if TYPE_CHECKING:
     from upath import UPath
@@ -88,6 +89,7 @@ class ConversionSettings:
 
         with openslide.OpenSlide(str(mrxs_path)) as slide:
             count = slide.level_count
+        release_freed_heap()  # OpenSlide's tile map, just freed (`core.heap`)
         present = [level for level in self.include_levels if level < count]
         return present or [0]
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bms_pipeline.core.heap import release_freed_heap
 from bms_pipeline.core.mirax.format import (
     INDEX_VERSION,
     IndexRecord,
@@ -209,3 +210,7 @@ def openslide_properties(mrxs_path: Path) -> dict[str, str]:
             return dict(slide.properties)
     except openslide.OpenSlideError as exc:
         raise SlideError(Path(mrxs_path), f"OpenSlide cannot open the slide ({exc})") from exc
+    finally:
+        # OpenSlide's tile map, freed amid live blocks, would stay resident: 132 MiB for a
+        # full-height slide, measured.
+        release_freed_heap()

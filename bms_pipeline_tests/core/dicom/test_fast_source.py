@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -108,8 +109,16 @@ def test_direct_mirax_reads_write_the_same_pixels_as_openslide_reads(tmp_path: P
         assert pydicom.dcmread(a).PixelData == pydicom.dcmread(b).PixelData, a.name
     # Every level direct: OpenSlide's tile map was dropped while writing, never reopened
     # (the THUMBNAIL and the overview were read before the first tile).
-    assert direct.openslide_handle == {"released_while_writing": True, "reopened": 0}
-    assert via_openslide.openslide_handle == {"released_while_writing": False, "reopened": 0}
+    assert direct.openslide_handle == {
+        "released_while_writing": True,
+        "reopened": 0,
+        "tiles_read_ahead": 0,
+    }
+    assert via_openslide.openslide_handle == {
+        "released_while_writing": False,
+        "reopened": 0,
+        "tiles_read_ahead": 0,
+    }
 
 
 def test_openslide_is_released_once_the_levels_read_through_it_are_written(
@@ -139,7 +148,14 @@ def test_openslide_is_released_once_the_levels_read_through_it_are_written(
         truth, tmp_path / "openslide", settings=replace(settings, direct_mirax=False)
     )
     assert [(r.level, r.reader) for r in mixed.readers] == [(0, "direct"), (2, "openslide")]
-    assert mixed.openslide_handle == {"released_while_writing": True, "reopened": 0}
+    (level2,) = [r for r in mixed.readers if r.level == 2]
+    assert mixed.openslide_handle == {
+        "released_while_writing": True,
+        "reopened": 0,
+        # Level 2's tiles, encoded before the writing began (then served once each).
+        "tiles_read_ahead": math.ceil(level2.width / 128) * math.ceil(level2.height / 128),
+    }
+    assert level2.openslide_reads == mixed.openslide_handle["tiles_read_ahead"]
     assert len(mixed.files) == len(via_openslide.files) >= 2
     for a, b in zip(mixed.files, via_openslide.files, strict=True):
         assert pydicom.dcmread(a).PixelData == pydicom.dcmread(b).PixelData, a.name
