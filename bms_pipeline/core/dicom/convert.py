@@ -60,7 +60,11 @@ class ConversionSettings:
     tile_size: int = 1024
     jpeg_quality: int = 80
     workers: int | None = None
-    chunk_size: int | None = None
+    chunk_size: int | None = 16
+    """Tiles per batch of wsidicom's source reads (a horizontal run). wsidicom 0.36 keeps the
+    future of every batch until the level is written, about 1 KiB each: with its default of
+    2 tiles a batch, that grew the job by about 80 MiB over a full-height slide's 82,093
+    level-0 tiles. The same bytes and speed with 16 (measured on the `wide` slide)."""
     include_label: bool = False
     include_overview: bool = True
     include_levels: tuple[int, ...] | None = (0, 2, 4, 6, 8, 10)
@@ -167,6 +171,10 @@ def convert_slide(
                 levels,
             )
         seconds = time.perf_counter() - started
+        # The decoded-image cache and the tiles, freed by the writer threads in arenas of
+        # their own, would stay resident under the publication gate's reads: 1,067 MiB
+        # at its peak on the full-height slide, against 914 at the end of the writing.
+        release_freed_heap()
         written = sorted(Path(str(f)) for f in files)
         if not written:
             raise ConversionError(f"{mrxs_path}: wsidicomizer wrote no files")
