@@ -268,8 +268,9 @@ class OpenSlideHandleUse:
         }
 
 
-READ_AHEAD_TILES = 1024
-"""The most tiles of OpenSlide levels encoded ahead (about 0.2 MB each at 1024 px)."""
+READ_AHEAD_TILES = 512
+"""The most tiles of OpenSlide levels encoded ahead (about 0.2 MB each at 1024 px, so at most
+about 100 MB held, less than the direct reader's cache that fills after them)."""
 
 
 class PeriodicHeapTrim:
