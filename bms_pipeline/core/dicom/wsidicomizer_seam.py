@@ -24,6 +24,13 @@ name the speed-up needs behind a small public surface:
   wsidicomizer's `DicomizerSource`, whose subclasses `WsiDicomizer.convert` accepts as
   `preferred_source`) as public methods to override.
 
+* `ReleasableOpenSlide`: an OpenSlide whose C handle (and the whole tile map OpenSlide keeps
+  with it: 124 MiB for a full-height BMDeep slide) can be let go and reopened, built around
+  the handle wsidicomizer opened (openslide-python's `_filename`, `_osr`, `_profile`; its
+  methods all go through `_osr`, here a property), with wsidicomizer's `_associated_images`
+  replaced by a map that reads through whatever handle is open; `holding_open` keeps it
+  open during a read.
+
 `library_problems()` lists what of this the installed libraries no longer have;
 bms_pipeline_tests/core/test_wsidicomizer_seam.py fails naming it, and checks on a small
 slide that the wrapped names still behave as this module assumes.
@@ -55,8 +62,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OpenSlideLevel",
-    "ReleasableOpenSlide",
     "OpenSlideSourceSeam",
+    "ReleasableOpenSlide",
+    "holding_open",
     "library_problems",
     "read_premultiplied_bgra",
     "unpremultiply_to_rgba",
