@@ -38,6 +38,7 @@ from pydicom import Dataset
 from bms_pipeline.core.dicom.files import read_dataset
 from bms_pipeline.core.dicomweb.config import TIMEOUT_ENV, auth_from_env
 from bms_pipeline.core.dicomweb.streaming import (
+    Comparison,
     first_frame_of_file,
     server_copy_matches,
     stow_file,
@@ -463,21 +464,24 @@ class _Wire:
 
     def server_has_ours(self, inst: LocalInstance) -> bool:
         """Whether the server's copy of `inst` holds our file's content (see `streaming`)."""
-        compared = with_retries(
-            f"WADO-RS {inst.label}",
-            self.url,
-            lambda: server_copy_matches(
-                self.session,
+        try:
+            compared = with_retries(
+                f"WADO-RS {inst.label}",
                 self.url,
-                inst.study_uid,
-                inst.series_uid,
-                inst.sop_uid,
-                inst.path,
-                self.limits.transfer_timeout(inst.size),
-            ),
-            self.attempts,
-            deadline=self.deadline,
-        )
+                lambda: server_copy_matches(
+                    self.session,
+                    self.url,
+                    inst.study_uid,
+                    inst.series_uid,
+                    inst.sop_uid,
+                    inst.path,
+                    self.limits.transfer_timeout(inst.size),
+                ),
+                self.attempts,
+                deadline=self.deadline,
+            )
+        except ValueError as exc:  # an answer that is not one Part-10 file: not ours
+            compared = Comparison(False, f"the server's answer: {exc}")
         if compared.same:
             return True
         if inst.size <= SMALL_INSTANCE and _same_content(
