@@ -22,14 +22,16 @@ surface and the libraries' public interfaces.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 import threading
 from collections.abc import Generator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import IO, Any, ClassVar, Literal
 
 import numpy as np
 from imagecodecs import JPEG8, jpeg8_encode
@@ -332,7 +334,9 @@ class FastOpenSlideLevelImageData(OpenSlideLevel):
     _blank_tile: tuple[Size, bytes] | None = None
     _handle_use: OpenSlideHandleUse | None = None
     _heap_trim: PeriodicHeapTrim | None = None
-    _ahead: dict[tuple[int, int], bytes]
+    _ahead: dict[tuple[int, int], tuple[int, int]]
+    """Tiles encoded ahead: (offset, length) in `_ahead_file`."""
+    _ahead_file: IO[bytes] | None = None
     _ahead_lock: threading.Lock
 
     def __init__(self, source: OpenSlideSourceSeam, level_index: int) -> None:
@@ -351,9 +355,31 @@ class FastOpenSlideLevelImageData(OpenSlideLevel):
             handle_use.count_openslide_level(self)
 
     def keep_encoded(self, tile: Point, data: bytes) -> None:
-        """Hold tile `tile` encoded until wsidicom asks for it (once)."""
+        """Keep tile `tile` encoded until wsidicom asks for it (once), in an unnamed
+        temporary file: held in memory, the 336 tiles of level 4 of a full-height slide
+        (about 57 MB) were still there while the direct reader's cache filled."""
         with self._ahead_lock:
-            self._ahead[(int(tile.x), int(tile.y))] = data
+            if self._ahead_file is None:
+                # Closed once its last tile is taken; unnamed, so nothing stays on disk.
+                self._ahead_file = tempfile.TemporaryFile(prefix="bms-read-ahead-")  # noqa: SIM115
+            spill = self._ahead_file
+            offset = spill.seek(0, os.SEEK_END)
+            spill.write(data)
+            self._ahead[(int(tile.x), int(tile.y))] = (offset, len(data))
+
+    def _take_encoded(self, tile: Point) -> bytes | None:
+        """Tile `tile` if it was encoded ahead (then forgotten), else None."""
+        with self._ahead_lock:
+            where = self._ahead.pop((int(tile.x), int(tile.y)), None)
+            spill = self._ahead_file
+            if where is None or spill is None:
+                return None
+            spill.seek(where[0])
+            data = spill.read(where[1])
+            if not self._ahead:
+                spill.close()
+                self._ahead_file = None
+            return data
 
     def attach_direct_reader(
         self,
@@ -479,8 +505,7 @@ class FastOpenSlideLevelImageData(OpenSlideLevel):
         if self._handle_use is not None:
             self._handle_use.before_first_tile()
         if self._ahead:
-            with self._ahead_lock:
-                data = self._ahead.pop((int(tile.x), int(tile.y)), None)
+            data = self._take_encoded(tile)
             if data is not None:
                 return data
         return self.encode_tile(tile)
