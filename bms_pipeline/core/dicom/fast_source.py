@@ -26,7 +26,7 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -160,13 +160,9 @@ class ReaderLog:
     the first reason a level or read fell back. `note`: a reason that holds for every level
     (the direct reader is turned off), else the reason it did not open for the slide."""
 
-    def __init__(
-        self, note: str | None = None, written_levels: Sequence[int] | None = None
-    ) -> None:
+    def __init__(self, note: str | None = None) -> None:
         self.note = note
-        self.written_levels: frozenset[int] | None = (
-            None if written_levels is None else frozenset(written_levels)
-        )
+        self.written_levels: frozenset[int] | None = None
         """OpenSlide's indices of the levels the conversion writes (None: all): wsidicomizer
         makes a level for every one OpenSlide has, and only these are read."""
         self._levels: dict[int, _LevelCounter] = {}

@@ -25,13 +25,11 @@ from typing import Any, BinaryIO, cast
 import requests
 from pydicom import Dataset
 from pydicom.encaps import get_frame
-from pydicom.tag import Tag
 
 from bms_pipeline.core.dicom.files import read_dataset
 
 CHUNK = 1 << 20
 BOUNDARY = "bms-pipeline-part-5f0c2a9e"
-PIXEL_DATA = Tag("PixelData")
 _PREAMBLE = 128
 
 
