@@ -25,8 +25,10 @@ The free disk is checked first: the source stays, and the job's output and
 OrthancWSIDicomizer's are on disk at once (about 2x the source; the run says how much it
 needs when there is less).
 
-A sampler polls every 2 s: the summed RSS of the whole process tree and the bytes under the
-variant's output folder (staging included; the source is counted once, apart). Results go to
+A sampler polls every second: the summed RSS of the whole process tree and the largest
+process's (kept as `<step>.rss.json`: time, largest MiB, tree MiB; the job's result names the
+steps running at the largest process's peak), and every 5 s the bytes under the variant's
+output folder (staging included; the source is counted once, apart). Results go to
 `<cache>/logs/fullsize-<name>/results.json` and are printed as markdown.
 """
 
