@@ -62,14 +62,16 @@ def render_thumbnail(
     """The converted region (`bounds` in level-0 pixels) as RGB, composited over the
     background the way the pyramid is, resized so its long side is `max_side`.
 
-    Read whole, the region of a full-height BMDeep slide (5,954 x 14,024 px at level 5)
+    Read whole, the region of a full-height BMDeep slide (5,985 x 14,057 px at level 5)
     took about 750 MB at once (OpenSlide's RGBA, the RGB canvas and the mask, 4 bytes a
-    pixel each), the converter's peak memory, growing with the slide's height. So it is
-    read in the 4096 x 4096 pieces `openslide_read_region` paints anyway (the same calls,
-    so the same pixels), each composited the same way, kept as three 1-byte channel
-    planes, and each plane resized alone: Pillow resizes every channel with the same
-    coefficients, whichever pass it runs first, so the bytes are those of the whole
-    canvas resized (`test_thumbnail_bands`).
+    pixel each), the converter's peak memory, growing with the slide's height; kept whole as
+    three 1-byte planes it was still 252 MB. So it is read one band of the 4096 x 4096
+    pieces `openslide_read_region` paints anyway at a time (the same calls, so the same
+    pixels), each piece composited the same way, and each band's three planes narrowed to
+    the THUMBNAIL's width at once; only the narrowed planes (1/14 of the region at full
+    height) are kept for the resize in height. The two passes are Pillow's own
+    (`resize_in_two_passes`), so the bytes are those of the whole canvas resized that way
+    (`test_thumbnail_bands`).
     """
     x, y, width, height = bounds
     size = thumbnail_size(width, height, max_side)
@@ -80,30 +82,56 @@ def render_thumbnail(
         max(1, math.ceil(width / level_downsample)),
         max(1, math.ceil(height / level_downsample)),
     )
-    planes = np.empty((3, region[1], region[0]), np.uint8)
     piece = _OPENSLIDE_PIECE
+    narrowed = np.empty((3, region[1], size[0]), np.uint8)
+    band = np.empty((3, min(piece, region[1]), region[0]), np.uint8)
     for row in range(math.ceil(region[1] / piece)):
+        band_h = min(region[1] - row * piece, piece)
         for col in range(math.ceil(region[0] / piece)):
             # openslide_read_region's own arithmetic for the origin of a piece
             piece_x = int(x + col * piece * level_downsample)
             piece_y = int(y + row * piece * level_downsample)
             piece_w = min(region[0] - col * piece, piece)
-            piece_h = min(region[1] - row * piece, piece)
-            rgba = slide.read_region((piece_x, piece_y), level, (piece_w, piece_h))
+            rgba = slide.read_region((piece_x, piece_y), level, (piece_w, band_h))
             canvas = Image.new("RGB", rgba.size, background)
             canvas.paste(rgba, mask=rgba.getchannel("A"))
             del rgba
-            at = np.s_[row * piece : row * piece + piece_h, col * piece : col * piece + piece_w]
             for channel in range(3):
-                planes[channel][at] = np.asarray(canvas.getchannel(channel))
+                band[channel, :band_h, col * piece : col * piece + piece_w] = np.asarray(
+                    canvas.getchannel(channel)
+                )
             del canvas
-    if region == size:
-        return np.ascontiguousarray(planes.transpose(1, 2, 0))
+        rows = np.s_[row * piece : row * piece + band_h]
+        for channel in range(3):
+            plane = Image.fromarray(band[channel, :band_h])
+            narrowed[channel, rows] = np.asarray(_narrow(plane, size[0]))
+    del band
     out = np.empty((size[1], size[0], 3), np.uint8)
     for channel in range(3):
-        plane = Image.fromarray(planes[channel])
-        out[..., channel] = np.asarray(plane.resize(size, Image.Resampling.LANCZOS))
+        plane = Image.fromarray(narrowed[channel])
+        out[..., channel] = np.asarray(_shorten(plane, size[1]))
     return out
+
+
+def _narrow(image: Image.Image, width: int) -> Image.Image:
+    """Pillow's LANCZOS resize in width only: each row alone, into 8-bit rows."""
+    return image.resize((width, image.height), Image.Resampling.LANCZOS)
+
+
+def _shorten(image: Image.Image, height: int) -> Image.Image:
+    """Pillow's LANCZOS resize in height only: each column alone."""
+    return image.resize((image.width, height), Image.Resampling.LANCZOS)
+
+
+def resize_in_two_passes(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The THUMBNAIL's resize: LANCZOS in width, then in height, as two calls.
+
+    One `Image.resize` call runs the two passes in an order Pillow chooses (measured with
+    Pillow 13: in height first for some tall images), rounding to 8 bits in between, so
+    its bytes cannot be made band by band. The fixed order can: the width pass treats each
+    row alone. It differs from the one call by at most one grey level.
+    """
+    return _shorten(_narrow(image, size[0]), size[1])
 
 
 def _luminance(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
