@@ -21,9 +21,12 @@ CPU and the largest process's peak RSS from `os.wait4`):
   frame), wsidicom, OpenSlide, highdicom and dcmtk (`dcmj2pnm +F`, measured), compared
   with each other.
 
+* **job_s3** (`--s3`, `--s3 s3rver` at full height): the job with an `s3://` output root
+  on a local S3 server, after the others.
+
 The free disk is checked first: the source stays, and the job's output and
-OrthancWSIDicomizer's are on disk at once (about 2x the source; the run says how much it
-needs when there is less).
+OrthancWSIDicomizer's are on disk at once (about 2x the source), and more for `--s3`; the
+run says how much it needs when there is less.
 
 A sampler polls every second: the summed RSS of the whole process tree and the largest
 process's (kept as `<step>.rss.json`: time, largest MiB, tree MiB; the job's result names the
@@ -193,13 +196,26 @@ def _s3_server(log: Path) -> Iterator[Any]:
         process.wait(30)
 
 
-def s3_job(source_root: Path, scratch: Path, logs: Path) -> dict[str, Any]:
-    """`run --force --output-root s3://...` against moto's S3 server on this machine."""
-    with _s3_server(logs / "moto.log") as server:
+def s3_job(source_root: Path, scratch: Path, logs: Path, server_kind: str) -> dict[str, Any]:
+    """`run --force --output-root s3://...` against a local S3 server: moto's (as the live
+    tests) or s3rver (disk-backed, for a full-height slide; `benchmarks/s3rver.py`). The
+    job's local mirror of the root is put under the measured folder, so peak disk counts it;
+    the server's own files and memory are reported apart."""
+    from bms_pipeline.core.url_roots import SCRATCH_ENV
+
+    server_context: contextlib.AbstractContextManager[Any]
+    if server_kind == "s3rver":
+        from benchmarks.s3rver import s3rver_server
+
+        server_context = s3rver_server(scratch / "s3rver", logs / "s3rver.log")
+    else:
+        server_context = _s3_server(logs / "moto.log")
+    with server_context as server:
         bucket = server.new_bucket()
         root = run_root(source_root, scratch)
         saved = dict(os.environ)
         os.environ.update(server.env())  # the measured child inherits them
+        os.environ[SCRATCH_ENV] = str(root / "s3-mirror")
         try:
             sample = measured(
                 [
@@ -220,12 +236,32 @@ def s3_job(source_root: Path, scratch: Path, logs: Path) -> dict[str, Any]:
         finally:
             os.environ.clear()
             os.environ.update(saved)
-        fs = server.filesystem()
-        keys = fs.find(f"{bucket}/out")
-        sample["objects"] = len(keys)
-        sample["dcm_objects"] = sum(1 for key in keys if key.endswith(".dcm"))
-        sample["uploaded_gb"] = round(sum(int(fs.size(key) or 0) for key in keys) / 1e9, 2)
+        sample["server"] = server_kind
+        sample["server_peak_rss_mib"] = _peak_rss_mib(server.process.pid)
+        try:
+            fs = server.filesystem()
+            keys = fs.find(f"{bucket}/out")
+            sizes = [int(fs.size(key) or 0) for key in keys]
+        except Exception as exc:  # noqa: BLE001 - a survey: record it and go on
+            sample["listing_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        else:
+            sample["objects"] = len(keys)
+            sample["dcm_objects"] = sum(1 for key in keys if key.endswith(".dcm"))
+            sample["uploaded_gb"] = round(sum(sizes) / 1e9, 2)
+            sample["largest_object_gb"] = round(max(sizes, default=0) / 1e9, 2)
+        shutil.rmtree(root, ignore_errors=True)
     return sample
+
+
+def _peak_rss_mib(pid: int) -> int | None:
+    """VmHWM of a running process (the S3 server's), from /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024)
+    except OSError:
+        return None
+    return None
 
 
 def readers(path: Path, scratch: Path) -> dict[str, Any]:
@@ -323,9 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the outputs")
     parser.add_argument(
         "--s3",
-        action="store_true",
-        help="also run the job with an s3:// output root on a local moto S3 server (which "
-        "keeps every object in memory: not for a full-height slide on a 24 GB machine)",
+        nargs="?",
+        const="moto",
+        choices=("moto", "s3rver"),
+        help="also run the job with an s3:// output root on a local S3 server: moto's (which "
+        "assembles each upload in memory: not for a full-height slide on a 24 GB machine) or "
+        "s3rver (npm, objects on disk; about 3.5x the source of free disk more)",
     )
     parser.add_argument(
         "--orthanc-max-size",
@@ -341,13 +380,18 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"fullsize-{name}-", dir=args.cache)).resolve()
     source_bytes = _folder_bytes(mrxs.with_suffix(""))
-    need = 2 * source_bytes + 2 * 10**9  # job output + OrthancWSIDicomizer's, with headroom
+    # The outputs stay until the end: the job's and OrthancWSIDicomizer's (each under the
+    # source's size), and for the s3 run its local mirror plus, on s3rver, the upload, the
+    # parts of its server-side copy and the copy at once (about 3.3x the source).
+    shares = {"job": 1.0, "orthanc": 1.0}
+    need = int(sum(share for step, share in shares.items() if step not in args.skip) * source_bytes)
+    need += int({None: 0, "moto": 1, "s3rver": 3.5}[args.s3] * source_bytes) + 2 * 10**9
     free = shutil.disk_usage(scratch).free
     if free < need:
         shutil.rmtree(scratch, ignore_errors=True)
         print(
-            f"needs about {need / 1e9:.1f} GB free under {scratch.parent} (twice the "
-            f"{source_bytes / 1e9:.1f} GB source, plus 2 GB); {free / 1e9:.1f} GB free",
+            f"needs about {need / 1e9:.1f} GB free under {scratch.parent} for the outputs of "
+            f"a {source_bytes / 1e9:.1f} GB source, plus 2 GB; {free / 1e9:.1f} GB free",
             file=sys.stderr,
         )
         return 2
@@ -409,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"readers: {json.dumps(results['readers'])}", flush=True)
         (logs / "results.json").write_text(json.dumps(results, indent=2))
     if args.s3:
-        results["job_s3"] = s3_job(source_root, scratch, logs)
+        results["job_s3"] = s3_job(source_root, scratch, logs, args.s3)
         print(f"job_s3: {json.dumps(results['job_s3'])}", flush=True)
         (logs / "results.json").write_text(json.dumps(results, indent=2))
     if "orthanc" not in args.skip:
