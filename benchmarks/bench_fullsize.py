@@ -196,7 +196,9 @@ def _s3_server(log: Path) -> Iterator[Any]:
         process.wait(30)
 
 
-def s3_job(source_root: Path, scratch: Path, logs: Path, server_kind: str) -> dict[str, Any]:
+def s3_job(
+    source_root: Path, scratch: Path, logs: Path, server_kind: str, cache: Path, keep: bool
+) -> dict[str, Any]:
     """`run --force --output-root s3://...` against a local S3 server: moto's (as the live
     tests) or s3rver (disk-backed, for a full-height slide; `benchmarks/s3rver.py`). The
     job's local mirror of the root is put under the measured folder, so peak disk counts it;
@@ -207,7 +209,9 @@ def s3_job(source_root: Path, scratch: Path, logs: Path, server_kind: str) -> di
     if server_kind == "s3rver":
         from benchmarks.s3rver import s3rver_server
 
-        server_context = s3rver_server(scratch / "s3rver", logs / "s3rver.log")
+        server_context = s3rver_server(
+            cache / "s3rver", scratch / "s3rver-store", logs / "s3rver.log"
+        )
     else:
         server_context = _s3_server(logs / "moto.log")
     with server_context as server:
@@ -249,7 +253,8 @@ def s3_job(source_root: Path, scratch: Path, logs: Path, server_kind: str) -> di
             sample["dcm_objects"] = sum(1 for key in keys if key.endswith(".dcm"))
             sample["uploaded_gb"] = round(sum(sizes) / 1e9, 2)
             sample["largest_object_gb"] = round(max(sizes, default=0) / 1e9, 2)
-        shutil.rmtree(root, ignore_errors=True)
+        if not keep:  # its mirror (the output's size) need not wait for the others
+            shutil.rmtree(root, ignore_errors=True)
     return sample
 
 
@@ -453,7 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"readers: {json.dumps(results['readers'])}", flush=True)
         (logs / "results.json").write_text(json.dumps(results, indent=2))
     if args.s3:
-        results["job_s3"] = s3_job(source_root, scratch, logs, args.s3)
+        results["job_s3"] = s3_job(
+            source_root, scratch, logs, args.s3, Path(args.cache).resolve(), args.keep
+        )
         print(f"job_s3: {json.dumps(results['job_s3'])}", flush=True)
         (logs / "results.json").write_text(json.dumps(results, indent=2))
     if "orthanc" not in args.skip:

@@ -27,8 +27,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,7 +119,9 @@ _STORE_ABORT = """  async abortUpload(bucket, uploadId) {
 
 
 def install(folder: Path) -> Path:
-    """s3rver in `folder` (npm, pinned), with the two calls added; its CLI."""
+    """s3rver in `folder` (npm, pinned, once), with the calls added and the listing fixed;
+    its CLI. Each file is patched on its own, so an interrupted install is finished by the
+    next one."""
     folder.mkdir(parents=True, exist_ok=True)
     lib = folder / "node_modules" / "s3rver" / "lib"
     if not (lib / "controllers" / "object.js").exists():
@@ -130,23 +132,28 @@ def install(folder: Path) -> Path:
             check=True,
             stdout=subprocess.DEVNULL,
         )
+    _patch(lib / "routes.js", [_ROUTE_PART_COPY, _ROUTE_ABORT])
+    _patch(
+        lib / "stores" / "filesystem.js",
+        [_STORE_LISTING, (_STORE_ANCHOR, _STORE_ABORT + _STORE_ANCHOR)],
+    )
     controllers = lib / "controllers" / "object.js"
-    if _PATCHED not in controllers.read_text():
-        routes = lib / "routes.js"
-        text = routes.read_text()
-        for old, new in (_ROUTE_PART_COPY, _ROUTE_ABORT):
-            if old not in text:
-                raise RuntimeError(f"{routes}: not the s3rver {S3RVER_VERSION} this expects")
-            text = text.replace(old, new)
-        store = lib / "stores" / "filesystem.js"
-        store_text = store.read_text()
-        if _STORE_ANCHOR not in store_text or _STORE_LISTING[0] not in store_text:
-            raise RuntimeError(f"{store}: not the s3rver {S3RVER_VERSION} this expects")
-        store_text = store_text.replace(*_STORE_LISTING)
-        store.write_text(store_text.replace(_STORE_ANCHOR, _STORE_ABORT + _STORE_ANCHOR))
-        routes.write_text(text)
-        controllers.write_text(controllers.read_text() + f"\n{_PATCHED}\n{_CONTROLLERS}")
+    text = controllers.read_text()
+    if _PATCHED not in text:
+        controllers.write_text(text + f"\n{_PATCHED}\n{_CONTROLLERS}")
     return folder / "node_modules" / ".bin" / "s3rver"
+
+
+def _patch(path: Path, edits: list[tuple[str, str]]) -> None:
+    """Apply `edits` (old, new) to `path` unless each new text is there already."""
+    text = path.read_text()
+    for old, new in edits:
+        if new in text:
+            continue
+        if old not in text:
+            raise RuntimeError(f"{path}: not the s3rver {S3RVER_VERSION} this expects")
+        text = text.replace(old, new)
+    path.write_text(text)
 
 
 class S3rver:
@@ -182,38 +189,41 @@ class S3rver:
 
 
 @contextlib.contextmanager
-def s3rver_server(folder: Path, log: Path) -> Iterator[S3rver]:
-    """s3rver on a free port, its objects under `folder`/store (removed afterwards)."""
-    cli = install(folder)
-    store = folder / "store"
+def s3rver_server(install_folder: Path, store: Path, log: Path) -> Iterator[S3rver]:
+    """s3rver (installed once in `install_folder`) on a free port, its objects under `store`
+    (removed afterwards, the server stopped whatever happens)."""
+    cli = install(install_folder)
     store.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [
-                str(cli),
-                "--directory",
-                str(store),
-                "--address",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--configure-bucket",
-                BUCKET,
-            ],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            # Its listing continuation tokens are DES-encrypted, which OpenSSL 3 keeps in
-            # its legacy provider (without it: 500 on a listing that has more keys).
-            env={**os.environ, "NODE_OPTIONS": "--openssl-legacy-provider"},
-        )
     try:
-        wait_for(lambda: port_open("127.0.0.1", port), 60, "s3rver to listen")
-        time.sleep(0.5)  # the bucket is made after the port opens
-        yield S3rver(f"http://127.0.0.1:{port}", process, store)
+        with open(log, "wb") as handle:
+            process = subprocess.Popen(
+                [
+                    str(cli),
+                    "--directory",
+                    str(store),
+                    "--address",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--configure-bucket",  # made before it listens
+                    BUCKET,
+                ],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                # Its listing continuation tokens are DES-encrypted, which OpenSSL 3 keeps in
+                # its legacy provider (without it: 500 on a listing that has more keys).
+                env={**os.environ, "NODE_OPTIONS": "--openssl-legacy-provider"},
+            )
+        try:
+            wait_for(lambda: port_open("127.0.0.1", port), 60, "s3rver to listen")
+            yield S3rver(f"http://127.0.0.1:{port}", process, store)
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
     finally:
-        process.terminate()
-        process.wait(30)
-        import shutil
-
         shutil.rmtree(store, ignore_errors=True)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import openslide
+import pytest
 from PIL import Image
 
+from bms_pipeline.core.dicom import thumbnail
 from bms_pipeline.core.dicom.thumbnail import (
     render_thumbnail,
     resize_in_two_passes,
@@ -47,11 +49,18 @@ def _whole(slide: openslide.OpenSlide, bounds: tuple[int, int, int, int]) -> Ima
     return canvas
 
 
-def test_a_thumbnail_rendered_in_bands_equals_one_rendered_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("piece", [4096, 128], ids=["openslide-pieces", "several-columns"])
+def test_a_thumbnail_rendered_in_bands_equals_one_rendered_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int
+) -> None:
+    # 128-px pieces put several piece columns and a short last band in every region; the
+    # region is read at level 0, where the pieces' origins do not change the pixels.
+    monkeypatch.setattr(thumbnail, "_OPENSLIDE_PIECE", piece)
     truth = write_test_slide(tmp_path, geometry=TALL)
     with openslide.OpenSlide(str(truth.mrxs_path)) as slide:
         bounds = truth.bounds
-        assert bounds[3] > 2 * 4096, "the region must span several bands"
+        assert bounds[3] > 2 * piece, "the region must span several bands"
+        assert piece > 1000 or bounds[2] > 2 * piece, "and, with small pieces, several columns"
         for region in (bounds, (0, 0, *slide.dimensions), (bounds[0] + 5, 3, 301, bounds[3])):
             banded = render_thumbnail(slide, region, (255, 255, 255))
             assert banded.shape[:2] == thumbnail_size(region[2], region[3])[::-1]
