@@ -10,7 +10,9 @@ which a truncated data file cannot hold.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,11 @@ __all__ = [
 ]
 
 _HASH_CHUNK = 8 << 20
+
+HASH_THREADS = 2
+"""Files hashed at once. hashlib releases the GIL on large updates, and hashing is bound by
+the CPU (SHA-256 and the page-cache copy), not the disk: the 17 GB of a full-height slide's
+20 files took 20.2 s on one thread and 10.4 s on two, from a cold page cache (2 cores)."""
 
 
 @dataclass(frozen=True)
@@ -161,9 +168,13 @@ def inventory(mrxs_path: Path) -> SlideInventory:
     """Check completeness and hash every file; the content hash is the slide's data version."""
     files = check_complete(mrxs_path)
     root = files.mrxs_path.parent
+    paths = list(files.all_paths)
+    threads = max(1, min(HASH_THREADS, len(paths), len(os.sched_getaffinity(0))))
+    with ThreadPoolExecutor(threads, thread_name_prefix="bms-hash") as pool:
+        digests = list(pool.map(sha256_file, paths))
     entries = tuple(
-        FileEntry(str(p.relative_to(root)), p.stat().st_size, sha256_file(p))
-        for p in files.all_paths
+        FileEntry(str(p.relative_to(root)), p.stat().st_size, digest)
+        for p, digest in zip(paths, digests, strict=True)
     )
     combined = hashlib.sha256()
     for entry in sorted(entries, key=lambda e: e.relative_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -33,6 +34,16 @@ def test_complete_slide_lists_every_file_with_sha256(slide: Path) -> None:
         f"{folder}/{p.name}" for p in slide.with_suffix("").glob("Data*.dat")
     }
     assert all(len(f.sha256) == 64 for f in inv.files)
+
+
+def test_each_file_keeps_its_own_hash_when_hashed_on_several_threads(slide: Path) -> None:
+    inv = inventory(slide)
+    root = slide.parent
+    assert len(inv.files) >= 4, "enough files for the threads to interleave"
+    for entry in inv.files:
+        data = (root / entry.relative_path).read_bytes()
+        assert entry.sha256 == hashlib.sha256(data).hexdigest(), entry.relative_path
+        assert entry.size == len(data)
 
 
 def test_missing_index_is_named(slide: Path) -> None:
