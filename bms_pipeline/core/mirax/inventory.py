@@ -10,6 +10,7 @@ which a truncated data file cannot hold.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -147,10 +148,22 @@ def check_complete(mrxs_path: Path) -> SlideFiles:
 
 
 def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read into one anonymous mapping of `_HASH_CHUNK` bytes.
+
+    Reading 8 MiB `bytes` objects made glibc raise its mmap threshold after the first was
+    freed, so the rest came from the hashing threads' arenas, which the conversion that
+    follows in the same process then kept resident (+15 MiB over the quarter-height
+    slide's writing, measured). A mapping of our own is returned whole when closed.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
+    with mmap.mmap(-1, _HASH_CHUNK) as buffer, open(path, "rb", buffering=0) as handle:
+        view = memoryview(buffer)
+        try:
+            while count := handle.readinto(view):
+                with view[:count] as chunk:
+                    digest.update(chunk)
+        finally:
+            view.release()
     return digest.hexdigest()
 
 
