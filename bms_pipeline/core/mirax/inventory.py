@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import mmap
-import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -182,8 +181,7 @@ def inventory(mrxs_path: Path) -> SlideInventory:
     files = check_complete(mrxs_path)
     root = files.mrxs_path.parent
     paths = list(files.all_paths)
-    threads = max(1, min(HASH_THREADS, len(paths), len(os.sched_getaffinity(0))))
-    with ThreadPoolExecutor(threads, thread_name_prefix="bms-hash") as pool:
+    with ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="bms-hash") as pool:
         digests = list(pool.map(sha256_file, paths))
     entries = tuple(
         FileEntry(str(p.relative_to(root)), p.stat().st_size, digest)
