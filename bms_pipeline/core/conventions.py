@@ -47,6 +47,22 @@ class SmConventions:
     specimen_identifiers: SpecimenIdentifiers = "patient"
     """`patient`: specimen and slide sample carry the patient id (IDC); `slide`:
     `<slide>_aspirate` and `<slide>_smear`."""
+    concatenate_frames: int | None = None
+    """None: one instance per level, as IDC published (13.5 GB for a full BMDeep level 0).
+    N: each level of more than N frames is written as a DICOM Concatenation of instances of
+    at most N frames (wsidicomizer's `--concatenate-frames`), for DICOMweb servers that
+    cannot hold a 13 GB instance: Orthanc keeps about three times an instance in memory
+    and returns nothing past 2 GiB. Split by frames, not bytes, so that each part streams
+    to its file (wsidicom buffers a byte-split part in a scratch file and copies it)."""
+
+    def __post_init__(self) -> None:
+        frames = self.concatenate_frames
+        # As read from YAML: a bool or a float would pass for an int.
+        if frames is not None and (type(frames) is not int or frames < 1):
+            raise ConventionError(
+                f"concatenate_frames must be a whole number of frames of at least 1, or null;"
+                f" got a {type(frames).__name__}"
+            )
 
 
 @dataclass(frozen=True)
@@ -121,5 +137,5 @@ def _build(kind: type, raw: Mapping[str, Any] | None, where: str) -> Any:
         raise ConventionError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(names)})")
     try:
         return kind(**raw)
-    except TypeError as exc:
+    except (TypeError, ConventionError) as exc:
         raise ConventionError(f"{where}: {exc}") from exc

@@ -515,18 +515,21 @@ class AnnResult:
 
 
 def base_level_dataset(sm_dir: Path) -> Dataset:
-    """Header (no pixels) of the largest VOLUME instance of an SM series: what ANN refers to."""
-    best: tuple[int, Dataset] | None = None
+    """Header (no pixels) of the largest VOLUME instance of an SM series: what ANN refers to.
+    A base level concatenated over several instances (`core.dicom.levels`) is referred to by
+    its first part, which every part shares the total pixel matrix with."""
+    best: tuple[int, int, Dataset] | None = None
     for path in sorted(Path(sm_dir).glob("*.dcm")):
         ds = read_dataset(path, stop_before_pixels=True)
         if "VOLUME" not in ds.get("ImageType", []):
             continue
         area = int(ds.TotalPixelMatrixColumns) * int(ds.TotalPixelMatrixRows)
-        if best is None or area > best[0]:
-            best = (area, ds)
+        offset = int(ds.get("ConcatenationFrameOffsetNumber", 0))
+        if best is None or (area, -offset) > (best[0], -best[1]):
+            best = (area, offset, ds)
     if best is None:
         raise FileNotFoundError(f"{sm_dir}: no VOLUME instance of an SM series")
-    return best[1]
+    return best[2]
 
 
 def _check_reference(

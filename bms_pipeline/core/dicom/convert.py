@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from pydicom import Dataset
 from wsidicom.codec import JpegSettings  # pyright: ignore[reportMissingTypeStubs]
 from wsidicom.metadata import WsiMetadata  # pyright: ignore[reportMissingTypeStubs]
+from wsidicom.options import ConcatenationByFrames  # pyright: ignore[reportMissingTypeStubs]
 from wsidicomizer import WsiDicomizer  # pyright: ignore[reportMissingTypeStubs]
 from wsidicomizer.metadata import WsiDicomizerMetadata  # pyright: ignore[reportMissingTypeStubs]
 from wsidicomizer.wsidicomizer import SourceIdentifier  # pyright: ignore[reportMissingTypeStubs]
@@ -69,6 +70,9 @@ class ConversionSettings:
     include_overview: bool = True
     include_levels: tuple[int, ...] | None = (0, 2, 4, 6, 8, 10)
     """Pyramid levels kept, those that exist (None: all)."""
+    concatenate_frames: int | None = None
+    """Split each level into a Concatenation of at most this many frames
+    (`SmConventions.concatenate_frames`); None: one instance per level."""
     include_thumbnail: bool = True
     """A THUMBNAIL rendered from the pyramid (`core.dicom.thumbnail`); with the stock
     source (`fast_composite=False`) wsidicomizer's copy of the MIRAX preview instead."""
@@ -82,7 +86,12 @@ class ConversionSettings:
     @classmethod
     def for_collection(cls, sm: SmConventions, **changes: object) -> ConversionSettings:
         """The collection's SM conventions (tile size, levels, THUMBNAIL), then `changes`."""
-        base = cls(tile_size=sm.tile_size, include_levels=sm.levels, include_thumbnail=sm.thumbnail)
+        base = cls(
+            tile_size=sm.tile_size,
+            include_levels=sm.levels,
+            include_thumbnail=sm.thumbnail,
+            concatenate_frames=sm.concatenate_frames,
+        )
         return replace(base, **changes)
 
     def present_levels(self, mrxs_path: Path) -> list[int] | None:
@@ -268,6 +277,11 @@ def _convert(
         chunk_size=settings.chunk_size,
         encoding=JpegSettings(quality=settings.jpeg_quality),
         offset_table=settings.offset_table,
+        concatenation=(
+            None
+            if settings.concatenate_frames is None
+            else ConcatenationByFrames(settings.concatenate_frames)
+        ),
         preferred_source=(
             (FastOpenSlideSource if settings.direct_mirax else OpenSlideReadSource)
             if settings.fast_composite

@@ -20,6 +20,8 @@ class SmInstance:
     container_identifier: str
     series_instance_uid: str
     study_instance_uid: str
+    concatenation_frame_offset: int = 0
+    """A part of a concatenated level (`core.dicom.levels`) after the first: more than 0."""
 
     @property
     def flavor(self) -> str:
@@ -41,14 +43,19 @@ def read_series(sm_dir: Path) -> list[SmInstance]:
                 container_identifier=str(ds.get("ContainerIdentifier", "")),
                 series_instance_uid=str(ds.SeriesInstanceUID),
                 study_instance_uid=str(ds.StudyInstanceUID),
+                concatenation_frame_offset=int(ds.get("ConcatenationFrameOffsetNumber", 0)),
             )
         )
     return instances
 
 
 def volume_levels(instances: list[SmInstance]) -> list[SmInstance]:
-    """VOLUME instances, largest (base) first."""
-    return sorted((i for i in instances if i.flavor == "VOLUME"), key=lambda i: -i.columns * i.rows)
+    """VOLUME levels, largest (base) first, each by its instance or its concatenation's
+    first part."""
+    return sorted(
+        (i for i in instances if i.flavor == "VOLUME" and i.concatenation_frame_offset == 0),
+        key=lambda i: -i.columns * i.rows,
+    )
 
 
 def sm_series_problems(

@@ -23,11 +23,11 @@ import numpy as np
 import pydicom
 from openslide import AbstractSlide
 from PIL import Image
-from pydicom.encaps import generate_frames
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import JPEGBaseline8Bit
 
 from bms_pipeline.core.dicom.files import read_dataset
+from bms_pipeline.core.dicom.levels import WsmLevel, levels_of, volume_levels
 
 THUMBNAIL_MAX_SIDE = 1024
 """Long side of the THUMBNAIL in pixels (smaller slides keep their size)."""
@@ -184,16 +184,20 @@ class _TileGrid:
             raise ValueError(f"{path}: {frames} frames for a {self.across}x{down} tile grid")
 
 
-def total_pixel_matrix(path: Path, raw: bool = False) -> np.ndarray:
-    """The whole pixel matrix of a single- or multi-frame TILED_FULL WSM instance, decoded
-    by pydicom (not by wsidicom, which wrote it). `raw`: in the stored colour space (YBR
-    for JPEG), without pydicom's conversion to RGB."""
-    ds = read_dataset(path)
-    frames = pixel_array(ds, raw=True) if raw else ds.pixel_array
-    if int(getattr(ds, "NumberOfFrames", 1)) == 1:
-        frames = frames[None]
-    grid = _TileGrid.of(ds)
-    grid.check(path, len(frames))
+def total_pixel_matrix(source: Path | WsmLevel, raw: bool = False) -> np.ndarray:
+    """The whole pixel matrix of a single- or multi-frame TILED_FULL WSM instance, or of a
+    level concatenated over several (`core.dicom.levels`), decoded by pydicom (not by
+    wsidicom, which wrote it). `raw`: in the stored colour space (YBR for JPEG), without
+    pydicom's conversion to RGB."""
+    level = source if isinstance(source, WsmLevel) else levels_of([Path(source)])[0]
+    pieces: list[np.ndarray] = []
+    for part in level.parts:
+        ds = read_dataset(part.path)
+        frames = pixel_array(ds, raw=True) if raw else ds.pixel_array
+        pieces.append(frames[None] if part.frames == 1 else frames)
+    frames = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    grid = _TileGrid(level.tile_height, level.tile_width, level.width, level.height)
+    grid.check(level.path, len(frames))
     rows, columns = grid.rows, grid.columns
     image = np.zeros(
         (math.ceil(len(frames) / grid.across) * rows, grid.across * columns, 3), dtype=np.uint8
@@ -208,26 +212,22 @@ def thumbnail_similarity(files: Sequence[Path]) -> tuple[float | None, str]:
     """Correlation of the series' THUMBNAIL with the pyramid where it has the detail: the
     smallest VOLUME level at least as large as the THUMBNAIL, reduced to the comparison size
     (`compared_level`); and what was compared. None when the series has no THUMBNAIL."""
-    thumbnail: tuple[tuple[int, int], Path] | None = None
-    levels: list[tuple[tuple[int, int], Path]] = []
-    for path in files:
-        ds = read_dataset(path, stop_before_pixels=True)
-        flavor = str(ds.ImageType[2]) if len(ds.ImageType) > 2 else ""
-        grid = _TileGrid.of(ds)
-        if flavor == "THUMBNAIL":
-            thumbnail = ((grid.width, grid.height), Path(path))
-        elif flavor == "VOLUME":
-            levels.append(((grid.width, grid.height), Path(path)))
+    all_levels = levels_of(files)
+    thumbnail = next((lv for lv in all_levels if lv.flavor == "THUMBNAIL"), None)
+    levels = volume_levels(all_levels)
     if thumbnail is None:
         return None, "no THUMBNAIL instance"
-    level = compared_level(thumbnail[0], [size for size, _ in levels])
-    if level is None:
+    index = compared_level(
+        (thumbnail.width, thumbnail.height), [(lv.width, lv.height) for lv in levels]
+    )
+    if index is None:
         return 0.0, "no VOLUME instance to compare the THUMBNAIL with"
-    size, path = levels[level]
-    score = _correlation_of_files(thumbnail[1], path)
+    level = levels[index]
+    score = _correlation_of_levels(thumbnail, level)
+    parts = f" in {len(level.parts)} instances" if level.concatenated else ""
     return score, (
-        f"{thumbnail[1].name} ({thumbnail[0][0]}x{thumbnail[0][1]}) against "
-        f"{path.name} ({size[0]}x{size[1]})"
+        f"{thumbnail.path.name} ({thumbnail.width}x{thumbnail.height}) against "
+        f"{level.path.name}{parts} ({level.width}x{level.height})"
     )
 
 
@@ -247,50 +247,44 @@ def compared_level(thumbnail: tuple[int, int], levels: Sequence[tuple[int, int]]
     return order[-1]
 
 
-def _correlation_of_files(a: Path, b: Path) -> float:
-    """`correlation` of two instances, on the luma they store where they store YBR: the
+def _correlation_of_levels(a: WsmLevel, b: WsmLevel) -> float:
+    """`correlation` of two levels, on the luma they store where they store YBR: the
     Y channel is the luminance (the same BT.601 weights as Pillow's "L"), and pydicom's
     YBR to RGB conversion of a whole level was most of the publication gate's time."""
-    headers = [read_dataset(path, stop_before_pixels=True) for path in (a, b)]
-    grid = _TileGrid.of(headers[0])
-    width, height = grid.width, grid.height
-    scale = min(1.0, _COMPARE_SIDE / max(width, height))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    la, lb = (
-        _compared_luminance(path, header, size).ravel()
-        for path, header in zip((a, b), headers, strict=True)
-    )
+    scale = min(1.0, _COMPARE_SIDE / max(a.width, a.height))
+    size = (max(1, round(a.width * scale)), max(1, round(a.height * scale)))
+    la, lb = (_compared_luminance(level, size).ravel() for level in (a, b))
     return _pearson(la, lb)
 
 
-def _compared_luminance(path: Path, header: pydicom.Dataset, size: tuple[int, int]) -> np.ndarray:
-    """The instance's luminance resized to `size` (BOX)."""
+def _compared_luminance(level: WsmLevel, size: tuple[int, int]) -> np.ndarray:
+    """The level's luminance resized to `size` (BOX)."""
+    header = read_dataset(level.path, stop_before_pixels=True)
     photometric = str(header.PhotometricInterpretation)
     luma = photometric.startswith("YBR_FULL")
     if luma and header.file_meta.TransferSyntaxUID == JPEGBaseline8Bit:
-        grid = _TileGrid.of(header)
-        plane, reduction = _jpeg_luma_plane(path, grid, size)
+        plane, reduction = _jpeg_luma_plane(level, size)
         # The region the whole matrix covers at this scale, to the fraction of a pixel, so
         # that the boxes average the same pixels as at full size.
-        region = (0.0, 0.0, grid.width / reduction, grid.height / reduction)
+        region = (0.0, 0.0, level.width / reduction, level.height / reduction)
         image = Image.fromarray(plane)
         return np.asarray(image.resize(size, Image.Resampling.BOX, box=region), dtype=np.float64)
-    matrix = total_pixel_matrix(path, raw=luma)
+    matrix = total_pixel_matrix(level, raw=luma)
     if not luma:
         return _luminance(matrix, size)
     image = Image.fromarray(np.ascontiguousarray(matrix[..., 0]))
     return np.asarray(image.resize(size, Image.Resampling.BOX), dtype=np.float64)
 
 
-def _jpeg_luma_plane(path: Path, grid: _TileGrid, size: tuple[int, int]) -> tuple[np.ndarray, int]:
-    """The Y plane of a baseline-JPEG YBR instance and its reduction: its frames decoded by
+def _jpeg_luma_plane(level: WsmLevel, size: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """The Y plane of a baseline-JPEG YBR level and its reduction: its frames decoded by
     Pillow's libjpeg at the smallest DCT scale (1/1 to 1/8) that keeps at least 8x the
     resolution of `size`. The comparison does not need the whole level, and decoding it at
     full size through pydicom was 10x slower (measured on a 10-megapixel level); a 2x
     margin moved the wide slide's score by 0.012, 8x by 0.001."""
-    ds = read_dataset(path)
-    count = int(getattr(ds, "NumberOfFrames", 1))
-    grid.check(path, count)
+    grid = _TileGrid(level.tile_height, level.tile_width, level.width, level.height)
+    count = level.frames
+    grid.check(level.path, count)
     reduction = 1
     while (
         reduction < 8
@@ -301,12 +295,12 @@ def _jpeg_luma_plane(path: Path, grid: _TileGrid, size: tuple[int, int]) -> tupl
     tile_w, tile_h = math.ceil(grid.columns / reduction), math.ceil(grid.rows / reduction)
     draft = (max(1, grid.columns // reduction), max(1, grid.rows // reduction))
     plane = np.zeros((math.ceil(count / grid.across) * tile_h, grid.across * tile_w), np.uint8)
-    for index, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=count)):
+    for index, frame in enumerate(level.encapsulated_frames()):
         with Image.open(io.BytesIO(frame)) as image:
             # Without a colour transform: the stored Y channel, as pixel_array(raw=True).
             image.draft("YCbCr", draft)
             if image.size != (tile_w, tile_h):
-                raise ValueError(f"{path}: frame {index + 1} decodes to {image.size}")
+                raise ValueError(f"{level.path}: frame {index + 1} decodes to {image.size}")
             ty, tx = divmod(index, grid.across)
             plane[ty * tile_h : (ty + 1) * tile_h, tx * tile_w : (tx + 1) * tile_w] = np.asarray(
                 image.getchannel(0)

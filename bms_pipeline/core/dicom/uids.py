@@ -97,10 +97,19 @@ class SlideUidGenerator(UidGenerator):
         return self._uid(*key, str(occurrence))
 
     def concatenation_uid(self, dataset: Dataset) -> UID:
-        return self._uid("concatenation", str(dataset.get("TotalPixelMatrixColumns", "")))
+        return self._uid("concatenation", *self._level_key(dataset))
 
     def concatenation_source_uid(self, dataset: Dataset) -> UID:
-        return self._uid("concatenation-source", str(dataset.get("TotalPixelMatrixColumns", "")))
+        return self._uid("concatenation-source", *self._level_key(dataset))
+
+    @staticmethod
+    def _level_key(dataset: Dataset) -> tuple[str, ...]:
+        """What tells one level's concatenation from another's."""
+        return (
+            "\\".join(dataset.get("ImageType", [])),
+            str(dataset.get("TotalPixelMatrixColumns", "")),
+            str(dataset.get("TotalPixelMatrixRows", "")),
+        )
 
     def annotation_group_uid(self) -> UID:
         with self._lock:

@@ -119,7 +119,10 @@ def slide_rows(out_dir: Path) -> list[SlideRow]:
                 series_instance_uid=str(mine["SeriesInstanceUID"][0]),
                 thumbnail=thumbnail[0] if thumbnail else None,
                 instances=mine.height,
-                levels=volume.height,
+                # A level concatenated over several instances is one level.
+                levels=volume.select("TotalPixelMatrixColumns", "TotalPixelMatrixRows")
+                .unique()
+                .height,
                 base_size=(
                     (int(base["TotalPixelMatrixColumns"][0]), int(base["TotalPixelMatrixRows"][0]))
                     if base.height

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.errors import InvalidDicomError
 
 from bms_pipeline.core.dicom.files import read_dataset
+from bms_pipeline.core.dicom.levels import WsmLevel, levels_of
 
 THUMBNAIL_SIDE = 256
 """Long side of the thumbnail pictures (UI and collection page), in pixels."""
@@ -43,46 +44,14 @@ ROI_OUTLINE = (20, 20, 20)
 # -- SM instances ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SmInstance:
-    """What a picture needs of one published SM instance's header."""
-
-    path: Path
-    flavor: str  # ImageType value 3: VOLUME, THUMBNAIL, OVERVIEW, LABEL
-    width: int  # TotalPixelMatrixColumns
-    height: int
-    tile_width: int  # Columns
-    tile_height: int
-    tiled_full: bool
-
-    @property
-    def across(self) -> int:
-        return math.ceil(self.width / self.tile_width)
-
-    @property
-    def down(self) -> int:
-        return math.ceil(self.height / self.tile_height)
+SmInstance = WsmLevel
+"""What a picture needs of a published SM image: one instance, or a level concatenated over
+several (`core.dicom.levels`)."""
 
 
-def sm_instances(files: Iterable[Path]) -> list[SmInstance]:
-    """The instances of an SM series, VOLUME levels first from the largest."""
-    out: list[SmInstance] = []
-    for path in files:
-        ds = read_dataset(path, stop_before_pixels=True)
-        image_type = list(ds.get("ImageType", []))
-        columns, rows = int(ds.Columns), int(ds.Rows)
-        out.append(
-            SmInstance(
-                path=Path(path),
-                flavor=str(image_type[2]) if len(image_type) > 2 else "",
-                width=int(ds.get("TotalPixelMatrixColumns", columns)),
-                height=int(ds.get("TotalPixelMatrixRows", rows)),
-                tile_width=columns,
-                tile_height=rows,
-                tiled_full=str(ds.get("DimensionOrganizationType", "TILED_FULL")) == "TILED_FULL",
-            )
-        )
-    return sorted(out, key=lambda i: (i.flavor != "VOLUME", -i.width * i.height, i.path.name))
+def sm_instances(files: Iterable[Path]) -> list[WsmLevel]:
+    """The images of an SM series, VOLUME levels first from the largest."""
+    return levels_of(files)
 
 
 def _volume_levels(instances: Sequence[SmInstance]) -> list[SmInstance]:
@@ -106,11 +75,17 @@ def _read_tiles(
         )
     tw, th = math.ceil(instance.tile_width / reduction), math.ceil(instance.tile_height / reduction)
     canvas = np.full((len(rows) * th, len(columns) * tw, 3), 255, dtype=np.uint8)
-    with hd.io.ImageFileReader(instance.path) as reader:
+    readers: dict[Path, hd.io.ImageFileReader] = {}
+    try:
         for j, ty in enumerate(rows):
             for i, tx in enumerate(columns):
+                part, index = instance.part_of_frame(ty * instance.across + tx)
+                reader = readers.get(part.path)
+                if reader is None:
+                    reader = readers[part.path] = hd.io.ImageFileReader(part.path)
+                    reader.open()
                 # Stored colours: the pictures show the data as published (ICC sRGB).
-                frame = reader.read_frame(ty * instance.across + tx, correct_color=False)
+                frame = reader.read_frame(index, correct_color=False)
                 if frame.ndim == 2:
                     frame = np.stack([frame] * 3, axis=-1)
                 tile = Image.fromarray(np.ascontiguousarray(frame[..., :3]))
@@ -119,6 +94,9 @@ def _read_tiles(
                 canvas[j * th : j * th + tile.height, i * tw : i * tw + tile.width] = np.asarray(
                     tile
                 )
+    finally:
+        for reader in readers.values():
+            reader.close()
     return canvas
 
 

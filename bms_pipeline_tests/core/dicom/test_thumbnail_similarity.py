@@ -7,13 +7,13 @@ import io
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, VLWholeSlideMicroscopyImageStorage, generate_uid
 
 from bms_pipeline.core.dicom import thumbnail
+from bms_pipeline.core.dicom.levels import levels_of
 
 TILE = 512
 
@@ -84,11 +84,11 @@ def test_a_reduced_decode_of_a_large_level_sees_what_the_full_decode_sees(
     path = tmp_path / "level.dcm"
     width, height = 8_301, 1_101  # not a multiple of the tile or of any DCT scale
     _write_tiled_jpeg(path, _smear_like(width, height, seed=3))
-    header = pydicom.dcmread(path, stop_before_pixels=True)
+    level = levels_of([path])[0]
     size = (256, 34)
-    plane, reduction = thumbnail._jpeg_luma_plane(path, thumbnail._TileGrid.of(header), size)
+    plane, reduction = thumbnail._jpeg_luma_plane(level, size)
     assert reduction > 1, "the level is large enough to be decoded at a reduced scale"
-    fast = thumbnail._compared_luminance(path, header, size)
+    fast = thumbnail._compared_luminance(level, size)
     full = _full_decode_luminance(path, size)
     assert fast.shape == full.shape == (34, 256)
     assert thumbnail._pearson(fast.ravel(), full.ravel()) > 0.998
@@ -101,5 +101,6 @@ def test_a_shifted_picture_still_scores_low_after_the_reduced_decode(tmp_path: P
     a, b = tmp_path / "a.dcm", tmp_path / "b.dcm"
     _write_tiled_jpeg(a, picture)
     _write_tiled_jpeg(b, other)
-    assert thumbnail._correlation_of_files(a, a) > 0.999
-    assert thumbnail._correlation_of_files(a, b) < thumbnail.MIN_THUMBNAIL_CORRELATION
+    (level_a,), (level_b,) = levels_of([a]), levels_of([b])
+    assert thumbnail._correlation_of_levels(level_a, level_a) > 0.999
+    assert thumbnail._correlation_of_levels(level_a, level_b) < thumbnail.MIN_THUMBNAIL_CORRELATION
