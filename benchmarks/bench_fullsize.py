@@ -23,6 +23,10 @@ CPU and the largest process's peak RSS from `os.wait4`):
 
 * **job_s3** (`--s3`, `--s3 s3rver` at full height): the job with an `s3://` output root
   on a local S3 server, after the others.
+* **job_dicomweb** (`--dicomweb N`): the job publishing to a local Orthanc (Debian's, with
+  its DICOMweb plugin, storage on this disk) with `conventions.sm.concatenate_frames: N`
+  (levels of more than N frames as Concatenations); Orthanc's peak memory, what it holds,
+  and the last frame of level 0 retrieved from it by WADO-RS against the file's.
 
 The free disk is checked first: the source stays, and the job's output and
 OrthancWSIDicomizer's are on disk at once (about 2x the source), and more for `--s3`; the
@@ -258,6 +262,103 @@ def s3_job(
     return sample
 
 
+def dicomweb_job(
+    source_root: Path, scratch: Path, logs: Path, frames: int, keep: bool
+) -> dict[str, Any]:
+    """`run --force --dicomweb-url` against a local Orthanc, with the SM levels written as
+    Concatenations of at most `frames` frames: Orthanc holds about three times an instance
+    in memory and returns nothing past 2 GiB, so a 13.5 GB level 0 cannot go in whole."""
+    import yaml
+
+    from bms_pipeline.core.dicom.levels import levels_of
+    from bms_pipeline.core.dicomweb.config import PASSWORD_ENV, USER_ENV
+    from bms_pipeline_tests.orthanc import PASSWORD, USER, running_orthanc
+
+    root = run_root(source_root, scratch)
+    config = yaml.safe_load((root / "collection.yaml").read_text()) or {}
+    config.setdefault("conventions", {}).setdefault("sm", {})["concatenate_frames"] = frames
+    (root / "collection.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    with running_orthanc(scratch / "orthanc-server") as server:
+        saved = dict(os.environ)
+        os.environ[USER_ENV], os.environ[PASSWORD_ENV] = USER, PASSWORD
+        began = time.time()
+        try:
+            sample = measured(
+                [
+                    sys.executable,
+                    "-m",
+                    "bms_pipeline.cli",
+                    "run",
+                    "--data-root",
+                    str(root),
+                    "--force",
+                    "--dicomweb-url",
+                    server.dicomweb_url,
+                ],
+                logs / "job-dicomweb.log",
+                root,
+                cwd=Path.cwd(),
+            )
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        ended = time.time()
+        sample["concatenate_frames"] = frames
+        if sample["rc"] == 0:
+            sample.update(job_phases(root / ".dagster", began, ended))
+        sample["server_peak_rss_mib"] = _peak_rss_mib(server.process.pid)
+        stats = server.rest("/statistics")
+        assert isinstance(stats, dict)
+        sample["server_instances"] = stats.get("CountInstances")
+        sample["server_disk_gb"] = round(int(stats.get("TotalDiskSize", 0)) / 1e9, 2)
+        files = [f for f in dicom_files(root / "out" / "dicom") if f.suffix == ".dcm"]
+        if files:
+            sample["output_gb"] = round(sum(f.stat().st_size for f in files) / 1e9, 2)
+            sample["largest_file_gb"] = round(max(f.stat().st_size for f in files) / 1e9, 2)
+            base = [lv for lv in levels_of(f for f in files if "/sm/" in str(f))][0]
+            sample["base_parts"] = len(base.parts)
+            sample["base_frames"] = base.frames
+            sample["last_frame_from_server"] = _last_frame_from_server(server, base)
+    if not keep:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(scratch / "orthanc-server", ignore_errors=True)
+    return sample
+
+
+def _last_frame_from_server(server: Any, base: Any) -> dict[str, Any]:
+    """The last frame of level 0, by WADO-RS from the server, against the file's bytes."""
+    import requests
+    from pydicom import dcmread
+    from pydicom.encaps import get_frame
+
+    from bms_pipeline_tests.orthanc import PASSWORD, USER
+
+    part = base.parts[-1]
+    with open(part.path, "rb") as handle:
+        ds = dcmread(handle, stop_before_pixels=False, defer_size=1024)
+        ours = get_frame(ds.PixelData, part.frames - 1, number_of_frames=part.frames)
+        study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+    started = time.perf_counter()
+    response = requests.get(
+        f"{server.dicomweb_url}/studies/{study}/series/{series}/instances/"
+        f"{part.sop_instance_uid}/frames/{part.frames}",
+        headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'},
+        auth=(USER, PASSWORD),
+        timeout=600,
+    )
+    seconds = time.perf_counter() - started
+    body = response.content
+    return {
+        "status": response.status_code,
+        "seconds": round(seconds, 2),
+        "part": part.number,
+        "frame_in_part": part.frames,
+        "frame_in_level": part.frame_offset + part.frames,
+        "bytes": len(ours),
+        "equal": response.ok and ours in body,
+    }
+
+
 def _peak_rss_mib(pid: int) -> int | None:
     """VmHWM of a running process (the S3 server's), from /proc."""
     try:
@@ -372,6 +473,13 @@ def main(argv: list[str] | None = None) -> int:
         "s3rver (npm, objects on disk; about 3.5x the source of free disk more)",
     )
     parser.add_argument(
+        "--dicomweb",
+        type=int,
+        metavar="FRAMES",
+        help="also run the job publishing to a local Orthanc, levels as Concatenations of at "
+        "most FRAMES frames (4096: about 0.7 GB parts at full size)",
+    )
+    parser.add_argument(
         "--orthanc-max-size",
         type=int,
         default=0,
@@ -391,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     shares = {"job": 1.0, "orthanc": 1.0}
     need = int(sum(share for step, share in shares.items() if step not in args.skip) * source_bytes)
     need += int({None: 0, "moto": 1, "s3rver": 3.5}[args.s3] * source_bytes) + 2 * 10**9
+    # The job's output and Orthanc's stored copy of it.
+    need += int((2.0 if args.dicomweb else 0.0) * source_bytes)
     free = shutil.disk_usage(scratch).free
     if free < need:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -462,6 +572,10 @@ def main(argv: list[str] | None = None) -> int:
             source_root, scratch, logs, args.s3, Path(args.cache).resolve(), args.keep
         )
         print(f"job_s3: {json.dumps(results['job_s3'])}", flush=True)
+        (logs / "results.json").write_text(json.dumps(results, indent=2))
+    if args.dicomweb:
+        results["job_dicomweb"] = dicomweb_job(source_root, scratch, logs, args.dicomweb, args.keep)
+        print(f"job_dicomweb: {json.dumps(results['job_dicomweb'])}", flush=True)
         (logs / "results.json").write_text(json.dumps(results, indent=2))
     if "orthanc" not in args.skip:
         exe, why = ensure_orthanc(install=False)
