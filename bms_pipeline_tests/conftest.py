@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -61,6 +61,35 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> ConvertedSlide:
     return ConvertedSlide(truth, convert_test_slide(truth, root / "out"))
 
 
+@dataclass(frozen=True)
+class ConcatenatedPair:
+    """One slide converted twice with 128 px tiles: each level as one instance, and each
+    level of more than 2 frames as a Concatenation of 2-frame parts."""
+
+    truth: MiraxGroundTruth
+    single: ConversionResult
+    concatenated: ConversionResult
+
+
+CONCATENATED_TILE, CONCATENATED_FRAMES = 128, 2
+
+
+@pytest.fixture(scope="session")
+def concatenated_pair(tmp_path_factory: pytest.TempPathFactory) -> ConcatenatedPair:
+    root = tmp_path_factory.mktemp("concatenated")
+    truth = write_test_slide(root / "raw", slide_id=SLIDE_ID)
+    single = ConversionSettings(tile_size=CONCATENATED_TILE)
+    return ConcatenatedPair(
+        truth,
+        convert_test_slide(truth, root / "single", settings=single),
+        convert_test_slide(
+            truth,
+            root / "concatenated",
+            settings=replace(single, concatenate_frames=CONCATENATED_FRAMES),
+        ),
+    )
+
+
 @pytest.fixture(scope="session")
 def pipeline_output(tmp_path_factory: pytest.TempPathFactory):
     """The demo collection converted by the pipeline once per session (no DICOMweb server)."""
@@ -71,6 +100,25 @@ def pipeline_output(tmp_path_factory: pytest.TempPathFactory):
     saved = os.environ.pop("BMS_DICOMWEB_URL", None)  # converting only; publishing is tested apart
     try:
         return convert_demo(tmp_path_factory.mktemp("pipeline") / "data")
+    finally:
+        if saved is not None:
+            os.environ["BMS_DICOMWEB_URL"] = saved
+
+
+@pytest.fixture(scope="session")
+def concatenated_pipeline_output(tmp_path_factory: pytest.TempPathFactory):
+    """The demo collection converted by the pipeline with every level of more than 2 frames
+    as a Concatenation (`conventions.sm.concatenate_frames`)."""
+    import os
+
+    from bms_pipeline_tests.pipeline_output import convert_demo
+
+    saved = os.environ.pop("BMS_DICOMWEB_URL", None)
+    try:
+        return convert_demo(
+            tmp_path_factory.mktemp("pipeline-concatenated") / "data",
+            sm_conventions={"concatenate_frames": CONCATENATED_FRAMES},
+        )
     finally:
         if saved is not None:
             os.environ["BMS_DICOMWEB_URL"] = saved

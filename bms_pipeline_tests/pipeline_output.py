@@ -37,11 +37,21 @@ class PipelineOutput:
         return sorted(self.dataset.layout.out.joinpath("dicom").rglob("*.dcm"))
 
 
-def convert_demo(root: Path, slides: int = 2, seed: int = 5) -> PipelineOutput:
+def convert_demo(
+    root: Path, slides: int = 2, seed: int = 5, sm_conventions: dict[str, object] | None = None
+) -> PipelineOutput:
+    """`sm_conventions`: set under `conventions.sm` in the demo's collection.yaml."""
+    import yaml
+
     from bms_pipeline.definitions import build_definitions
     from bms_pipeline.orchestration.operations import plan_slides, register_slides, run_slide
 
     dataset = write_demo_dataset(root, slides=slides, seed=seed)
+    if sm_conventions:
+        path = dataset.layout.root / "collection.yaml"
+        config = yaml.safe_load(path.read_text())
+        config.setdefault("conventions", {}).setdefault("sm", {}).update(sm_conventions)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
     defs = build_definitions(str(root))
     with dg.instance_for_test() as instance:
         plans = plan_slides(instance, defs, dataset.layout)

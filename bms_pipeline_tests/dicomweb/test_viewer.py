@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,24 +35,50 @@ def _skip_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def screenshot(
-    pipeline_output: PipelineOutput, orthanc: OrthancServer, tmp_path_factory
-) -> tuple[Path, dict]:
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
+@pytest.fixture(scope="module", params=["one instance a level", "concatenated levels"])
+def viewed(request: pytest.FixtureRequest) -> PipelineOutput:
+    """The demo as IDC publishes it, and with its levels split into Concatenations (what a
+    server that cannot hold a 13 GB instance is given)."""
+    if request.param == "one instance a level":
+        return request.getfixturevalue("pipeline_output")
+    return request.getfixturevalue("concatenated_pipeline_output")
+
+
+@dataclass(frozen=True)
+class Shot:
+    """What the viewer drew of one output: fitted to the window, then zoomed in to the base
+    level with the mouse wheel, and its state (tiles loaded, errors) after each."""
+
+    path: Path
+    state: dict
+    zoomed: Path
+    zoomed_state: dict
+
+
+_SHOTS: dict[Path, Shot] = {}
+
+
+def _shoot(output: PipelineOutput, orthanc: OrthancServer, profile: Path) -> Shot:
+    """Publish the output's slide alone to Orthanc and let the viewer draw it (once per
+    output: both parametrizations and the comparison reuse it)."""
+    if output.root in _SHOTS:
+        return _SHOTS[output.root]
     import os
 
     os.environ.setdefault("BMS_DICOMWEB_USER", USER)
     os.environ.setdefault("BMS_DICOMWEB_PASSWORD", PASSWORD)
     orthanc.delete_everything()
-    slide = pipeline_output.slide_dir
+    slide = output.slide_dir
     publish_slide(slide_instances(slide / "sm", slide / "ann"), orthanc.dicomweb_url)
-    study = str(dcmread(pipeline_output.sm_files[0], stop_before_pixels=True).StudyInstanceUID)
+    study = str(dcmread(output.sm_files[0], stop_before_pixels=True).StudyInstanceUID)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    out = ARTIFACTS / "dicom-microscopy-viewer.png"
-    profile = tmp_path_factory.mktemp("chromium-profile")
+    concatenated = any(
+        "ConcatenationUID" in dcmread(f, stop_before_pixels=True) for f in output.sm_files
+    )
+    out = ARTIFACTS / (
+        "dicom-microscopy-viewer" + ("-concatenated" if concatenated else "") + ".png"
+    )
+    zoomed = out.with_name(out.stem + "-zoomed.png")
     with viewer_origin(orthanc.url, USER, PASSWORD) as origin:
         done = subprocess.run(  # pyright: ignore[reportCallIssue]
             [  # pyright: ignore[reportArgumentType]
@@ -61,17 +88,67 @@ def screenshot(
                 str(out),
                 CHROMIUM,
                 str(profile),
+                str(zoomed),
             ],
             capture_output=True,
             text=True,
-            timeout=240,
+            timeout=300,
             check=False,
             cwd=VIEWER_DIR,
         )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert done.returncode == 0 and lines, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    (ARTIFACTS / "viewer-log.txt").write_text(done.stdout + done.stderr)
-    return out, json.loads(lines[-1].removeprefix("RESULT "))
+    out.with_suffix(".log.txt").write_text(done.stdout + done.stderr)
+    results = {
+        key: json.loads(line.removeprefix(f"{key} "))
+        for line in done.stdout.splitlines()
+        for key in ("RESULT", "RESULT_ZOOMED")
+        if line.startswith(f"{key} ")
+    }
+    assert done.returncode == 0 and len(results) == 2, (
+        f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
+    _SHOTS[output.root] = Shot(out, results["RESULT"], zoomed, results["RESULT_ZOOMED"])
+    return _SHOTS[output.root]
+
+
+@pytest.fixture(scope="module")
+def shot(viewed: PipelineOutput, orthanc: OrthancServer, tmp_path_factory) -> Shot:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    return _shoot(viewed, orthanc, tmp_path_factory.mktemp("chromium-profile"))
+
+
+@pytest.fixture(scope="module")
+def screenshot(shot: Shot) -> tuple[Path, dict]:
+    return shot.path, shot.state
+
+
+def test_zoomed_in_the_base_level_tiles_are_drawn_without_errors(shot: Shot) -> None:
+    """A concatenated level's frames are asked of the part that holds them."""
+    state = shot.zoomed_state
+    assert not state["errors"] and state["frameErrors"] == 0, state["errors"]
+    assert state["frames"] > shot.state["frames"], "zooming in loaded no finer tiles"
+    rgb = np.asarray(Image.open(shot.zoomed).convert("RGB"))
+    assert rgb.astype(float).std() > 10, "the zoomed view is blank"
+
+
+def test_a_concatenated_slide_is_drawn_as_the_single_instance_one(
+    pipeline_output: PipelineOutput,
+    concatenated_pipeline_output: PipelineOutput,
+    orthanc: OrthancServer,
+    tmp_path_factory,
+) -> None:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    one = _shoot(pipeline_output, orthanc, tmp_path_factory.mktemp("chromium-profile"))
+    parts = _shoot(
+        concatenated_pipeline_output, orthanc, tmp_path_factory.mktemp("chromium-profile")
+    )
+    for a, b in ((one.path, parts.path), (one.zoomed, parts.zoomed)):
+        pa, pb = (np.asarray(Image.open(p).convert("RGB")).astype(int) for p in (a, b))
+        assert pa.shape == pb.shape
+        assert np.abs(pa - pb).max() <= 2, (a, b)
 
 
 MAGENTA = np.array([255, 0, 255])
@@ -139,13 +216,13 @@ def test_tiles_are_drawn(screenshot: tuple[Path, dict]) -> None:
 
 
 def test_slide_is_shown_as_openslide_shows_it(
-    screenshot: tuple[Path, dict], pipeline_output: PipelineOutput
+    screenshot: tuple[Path, dict], viewed: PipelineOutput
 ) -> None:
     """The drawn slide matches OpenSlide's image better unturned than turned or mirrored."""
     path, _ = screenshot
     rgb = np.asarray(Image.open(path).convert("RGB"))
     x0, y0, x1, y1 = _slide_region(rgb)
-    reference, (width, height) = _openslide_image(pipeline_output)
+    reference, (width, height) = _openslide_image(viewed)
     assert ((x1 - x0) > (y1 - y0)) == (width > height), ((x0, y0, x1, y1), (width, height))
     shown = rgb[y0:y1, x0:x1].mean(axis=2)
     keep = ~_magenta(rgb[y0:y1, x0:x1])
@@ -173,8 +250,9 @@ def test_slide_is_shown_as_openslide_shows_it(
 
 
 def test_annotation_boxes_are_drawn_over_their_cells(
-    screenshot: tuple[Path, dict], pipeline_output: PipelineOutput
+    screenshot: tuple[Path, dict], viewed: PipelineOutput
 ) -> None:
+    pipeline_output = viewed
     path, state = screenshot
     rgb = np.asarray(Image.open(path).convert("RGB"))
     x0, y0, x1, y1 = _slide_region(rgb)

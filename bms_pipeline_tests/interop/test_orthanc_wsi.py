@@ -1,5 +1,6 @@
-"""Orthanc's whole-slide-imaging plugin (Debian `orthanc-wsi`) serves our SM series: its pyramid
-is ours level for level, its tiles are our frames, and its viewer page loads."""
+"""Orthanc's whole-slide-imaging plugin (Debian `orthanc-wsi`) serves our SM series, with its
+levels whole or concatenated: its pyramid is ours level for level, its tiles are our frames,
+and its viewer page loads."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import io
 import urllib.request
 
 import numpy as np
+import pytest
 from PIL import Image
 from pydicom import dcmread
-from pydicom.pixels import pixel_array  # pyright: ignore[reportPrivateImportUsage]
 
+from bms_pipeline.core.dicom.levels import levels_of, volume_levels
+from bms_pipeline.core.dicom.thumbnail import total_pixel_matrix
 from bms_pipeline.core.dicomweb.config import PASSWORD_ENV, USER_ENV
 from bms_pipeline.core.dicomweb.publish import publish_slide, slide_instances
 from bms_pipeline_tests.helpers import psnr
@@ -28,34 +31,44 @@ def _get(server: OrthancServer, path: str) -> tuple[int, str, bytes]:
         return response.status, response.headers.get("Content-Type", ""), response.read()
 
 
+@pytest.fixture(params=["one instance a level", "concatenated levels"])
+def served(request: pytest.FixtureRequest) -> PipelineOutput:
+    """The demo as IDC publishes it, and with its levels split into Concatenations."""
+    if request.param == "one instance a level":
+        return request.getfixturevalue("pipeline_output")
+    return request.getfixturevalue("concatenated_pipeline_output")
+
+
 def test_orthanc_wsi_serves_our_pyramid_and_tiles(
-    pipeline_output: PipelineOutput, empty_orthanc: OrthancServer, monkeypatch
+    served: PipelineOutput, empty_orthanc: OrthancServer, monkeypatch
 ) -> None:
+    """Every tile of every level, the concatenated ones included (assembled by the plugin
+    from the parts' stated frame positions)."""
     monkeypatch.setenv(USER_ENV, USER)
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    slide = pipeline_output.slide_dir
+    slide = served.slide_dir
     publish_slide(slide_instances(slide / "sm", slide / "ann"), empty_orthanc.dicomweb_url)
-    volumes = [
-        dcmread(p)
-        for p in pipeline_output.sm_files
-        if dcmread(p, stop_before_pixels=True).ImageType[2] == "VOLUME"
-    ]
-    volumes.sort(key=lambda ds: -int(ds.TotalPixelMatrixColumns))
-    series_uid = str(volumes[0].SeriesInstanceUID)
+    volumes = volume_levels(levels_of(served.sm_files))
+    series_uid = str(dcmread(volumes[0].path, stop_before_pixels=True).SeriesInstanceUID)
     (series,) = [
         h["ID"]
         for h in empty_orthanc.rest("/tools/lookup", "POST", series_uid.encode())  # pyright: ignore[reportGeneralTypeIssues]
         if h["Type"] == "Series"
     ]
     pyramid = empty_orthanc.rest(f"/wsi/pyramids/{series}")
-    assert [tuple(s) for s in pyramid["Sizes"]] == [  # pyright: ignore[reportIndexIssue]
-        (int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)) for ds in volumes
-    ]
-    for level, ds in enumerate(volumes):
-        status, content_type, body = _get(empty_orthanc, f"/wsi/tiles/{series}/{level}/0/0")
-        tile = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
-        assert status == 200 and content_type.startswith("image/"), (level, content_type)
-        ours = pixel_array(ds, index=0)
-        assert tile.shape == ours.shape and psnr(tile, ours) > 40, level
+    assert [tuple(s) for s in pyramid["Sizes"]] == [(lv.width, lv.height) for lv in volumes]  # pyright: ignore[reportIndexIssue]
+    for index, level in enumerate(volumes):
+        ours = total_pixel_matrix(level)
+        for ty in range(level.down):
+            for tx in range(level.across):
+                status, content_type, body = _get(
+                    empty_orthanc, f"/wsi/tiles/{series}/{index}/{tx}/{ty}"
+                )
+                assert status == 200 and content_type.startswith("image/"), (index, tx, ty)
+                tile = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+                y0, x0 = ty * level.tile_height, tx * level.tile_width
+                expected = ours[y0 : y0 + level.tile_height, x0 : x0 + level.tile_width]
+                h, w = expected.shape[:2]
+                assert psnr(tile[:h, :w], expected) > 40, (index, tx, ty)
     status, content_type, page = _get(empty_orthanc, f"/wsi/app/viewer.html?series={series}")
     assert status == 200 and "text/html" in content_type and b"<html" in page.lower()

@@ -40,6 +40,7 @@ from bms_pipeline.core.dicom.fast_source import (
 )
 from bms_pipeline.core.dicom.files import read_dataset
 from bms_pipeline.core.dicom.publication import GateProblem, PublicationRefused
+from bms_pipeline.core.dicom.tiled_sparse import make_concatenations_sparse
 from bms_pipeline.core.dicom.uids import SlideUidGenerator
 from bms_pipeline.core.heap import release_freed_heap
 
@@ -187,6 +188,7 @@ def convert_slide(
         written = sorted(Path(str(f)) for f in files)
         if not written:
             raise ConversionError(f"{mrxs_path}: wsidicomizer wrote no files")
+        make_concatenations_sparse(written)
         base_width, base_height = _base_size(written)
         normalize_series(written)
         problems = list(gate(written)) if gate is not None else []

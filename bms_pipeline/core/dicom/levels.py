@@ -3,10 +3,12 @@
 A level of more frames than `SmConventions.concatenate_frames` is written as a Concatenation
 (PS3.3 C.7.6.16.2.2.4): several instances sharing a ConcatenationUID, numbered by
 InConcatenationNumber, each holding NumberOfFrames frames from ConcatenationFrameOffsetNumber
-on. For TILED_FULL the frames keep the level's raster order across the parts, so frame
-`offset + i` of a part is tile `offset + i` of the level. Everything that reads a level's
-pixels or counts levels goes through `levels_of`, so a concatenated level reads exactly as
-the single instance it replaces.
+on, in the level's raster order across the parts (TILED_FULL, C.7.6.17.3), so frame
+`offset + i` of a part is tile `offset + i` of the level. Our parts also state each frame's
+position (TILED_SPARSE, `core.dicom.tiled_sparse`, for the viewers); `WsmLevel.problems`
+checks that those positions are that raster order. Everything that reads a level's pixels or
+counts levels goes through `levels_of`, so a concatenated level reads exactly as the single
+instance it replaces.
 """
 
 from __future__ import annotations
@@ -47,8 +49,15 @@ class WsmLevel:
     tile_width: int  # Columns
     tile_height: int
     tiled_full: bool
+    """DimensionOrganizationType TILED_FULL (else the parts state each frame's position)."""
     parts: tuple[LevelPart, ...]
     """In frame order."""
+
+    @property
+    def raster_order(self) -> bool:
+        """Frames in the level's raster order: TILED_FULL, or our TILED_SPARSE parts (whose
+        stated positions `problems` holds to that order)."""
+        return self.tiled_full or self.concatenated
 
     @property
     def path(self) -> Path:
@@ -108,11 +117,40 @@ class WsmLevel:
                         f" but {len(self.parts)} parts"
                     )
                 offset += part.frames
-        if self.tiled_full and self.frames != self.across * self.down:
+        if self.raster_order and self.frames != self.across * self.down:
             found.append(
                 f"{self.path.name}: {self.frames} frames in {len(self.parts)} instance(s)"
                 f" for a {self.across}x{self.down} tile grid"
             )
+        if not self.tiled_full and self.concatenated:
+            found += self._position_problems()
+        return found
+
+    def _position_problems(self) -> list[str]:
+        """Where a part's stated frame positions are not the raster order (the first one
+        per part: one is enough to refuse it)."""
+        found: list[str] = []
+        for part in self.parts:
+            ds = read_dataset(part.path, stop_before_pixels=True)
+            items = ds.get("PerFrameFunctionalGroupsSequence") or []
+            if len(items) != part.frames:
+                found.append(
+                    f"{part.path.name}: {len(items)} frame positions for {part.frames} frames"
+                )
+                continue
+            for index, item in enumerate(items):
+                ty, tx = divmod(part.frame_offset + index, self.across)
+                position = item.PlanePositionSlideSequence[0]
+                stated = (
+                    int(position.ColumnPositionInTotalImagePixelMatrix),
+                    int(position.RowPositionInTotalImagePixelMatrix),
+                )
+                if stated != (tx * self.tile_width + 1, ty * self.tile_height + 1):
+                    found.append(
+                        f"{part.path.name}: frame {index + 1} at column/row {stated}, expected"
+                        f" {(tx * self.tile_width + 1, ty * self.tile_height + 1)}"
+                    )
+                    break
         return found
 
 

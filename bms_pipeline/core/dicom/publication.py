@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 
 from bms_pipeline.core.collection import DeidentificationPolicy
 from bms_pipeline.core.dicom.files import read_dataset
+from bms_pipeline.core.dicom.levels import levels_of
 from bms_pipeline.core.dicom.phi import PrivacyPolicy
 from bms_pipeline.core.dicom.thumbnail import MIN_THUMBNAIL_CORRELATION, thumbnail_similarity
 
@@ -87,6 +88,11 @@ class PublicationGate:
                     "label", f"{label.parent.name}/{label.name}: a LABEL instance was written"
                 )
             )
+        problems += [
+            GateProblem("levels", detail)
+            for level in levels_of(files)
+            for detail in level.problems()
+        ]
         if self.expect_thumbnail:
             problems += thumbnail_problems(files, flavors)
         return problems

@@ -68,10 +68,10 @@ def _read_tiles(
     factor (Pillow's box filter), pasted edge to edge."""
     import highdicom as hd
 
-    if not instance.tiled_full:
+    if not instance.raster_order:
         raise ValueError(
             f"{instance.path}: DimensionOrganizationType is not TILED_FULL; "
-            "only tiled-full instances are read"
+            "only tiled-full instances and our concatenations are read"
         )
     tw, th = math.ceil(instance.tile_width / reduction), math.ceil(instance.tile_height / reduction)
     canvas = np.full((len(rows) * th, len(columns) * tw, 3), 255, dtype=np.uint8)

@@ -32,7 +32,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -41,7 +41,6 @@ import polars as pl
 from pydicom.errors import InvalidDicomError
 
 from bms_pipeline.core.dicom.files import read_dataset
-from bms_pipeline.core.dicom.levels import levels_of
 
 logger = logging.getLogger(__name__)
 
@@ -395,56 +394,7 @@ def validate_files(
         jobs.append(partial(dcentvfy, list(study_files), scope, STUDY_SERIES, timeout=timeout))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(_call, jobs))
-    return reconcile_concatenations(
-        [message for rows in results for message in rows], files_by_series
-    )
-
-
-_CONCATENATION_FRAMES_RE = re.compile(
-    r"^</NumberOfFrames\(0028,0008\)> - NumberOfFrames does not match expected value for tiled "
-    r"total pixel matrix for TILED_FULL with Concatenation = <(?P<frames>\d+) ?> - "
-    r"expected (?P<expected>\d+) for "
-)
-
-CONCATENATION_REASON = (
-    "dciodvfy holds each part of a TILED_FULL Concatenation to the whole level's frame count; "
-    "a part holds only its share (PS3.3 C.7.6.16.2.2.4). The parts together were checked "
-    "(`core.dicom.levels`): numbered 1..n, each starting where the one before ends, and "
-    "holding exactly the expected frames of the tile grid."
-)
-
-
-def reconcile_concatenations(
-    messages: Sequence[ValidationMessage], files_by_series: Mapping[str, Sequence[Path]]
-) -> list[ValidationMessage]:
-    """dciodvfy's per-part frame-count Error, checked again on the whole Concatenation.
-
-    The row stays an Error unless the file is a part of a concatenated level whose parts
-    have no problem (`WsmLevel.problems`) and hold together the frame count dciodvfy
-    expected; then it becomes a Warning with `CONCATENATION_REASON` as its known noise."""
-    checked: dict[str, dict[str, tuple[int, bool]]] = {}
-
-    def whole_level(series: str, file: str) -> tuple[int, bool] | None:
-        if series not in checked:
-            files = files_by_series.get(series, ())
-            levels = levels_of(Path(f) for f in files)
-            checked[series] = {
-                str(part.path): (level.frames, not level.problems())
-                for level in levels
-                if level.concatenated
-                for part in level.parts
-            }
-        return checked[series].get(file)
-
-    out: list[ValidationMessage] = []
-    for message in messages:
-        match = _CONCATENATION_FRAMES_RE.search(message.message)
-        if match is not None and message.level == "Error" and message.tool == "dciodvfy":
-            level = whole_level(message.series, message.file)
-            if level is not None and level[1] and level[0] == int(match["expected"]):
-                message = replace(message, level="Warning", known_noise=CONCATENATION_REASON)
-        out.append(message)
-    return out
+    return [message for rows in results for message in rows]
 
 
 def messages_frame(messages: Sequence[ValidationMessage], slide_id: str) -> pl.DataFrame:

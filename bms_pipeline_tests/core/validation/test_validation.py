@@ -12,6 +12,7 @@ import polars as pl
 import pydicom
 import pytest
 
+from bms_pipeline.core.dicom.levels import levels_of
 from bms_pipeline.core.validation.dicom3tools import (
     COLUMNS,
     KNOWN_NOISE,
@@ -28,7 +29,7 @@ from bms_pipeline.core.validation.dicom3tools import (
     validate_files,
     warning_count,
 )
-from bms_pipeline_tests.conftest import SLIDE_ID, ConvertedSlide
+from bms_pipeline_tests.conftest import SLIDE_ID, ConcatenatedPair, ConvertedSlide
 from bms_pipeline_tests.helpers import PATIENT
 
 # Captured from `dciodvfy -new` on a converted test slide (stderr, verbatim).
@@ -308,3 +309,15 @@ def test_the_wheels_console_script_is_bypassed_for_its_program_with_the_same_out
         assert runs[0].returncode == runs[1].returncode
         assert runs[0].stdout + runs[0].stderr == runs[1].stdout + runs[1].stderr
         assert runs[0].stderr  # dciodvfy reports at least its warnings: a real comparison
+
+
+def test_a_series_with_concatenated_levels_has_no_errors(
+    concatenated_pair: ConcatenatedPair,
+) -> None:
+    """Parts of a level state their frames' positions (TILED_SPARSE) and what the IOD then
+    requires; dciodvfy and dcentvfy find nothing wrong."""
+    files = sorted(concatenated_pair.concatenated.files)
+    assert any(level.concatenated for level in levels_of(files))
+    messages = validate_files({"sm": files}, study_files=files)
+    unexplained = [m for m in messages if m.known_noise is None]
+    assert unexplained == [], "\n".join(f"{m.level}: {m.message}" for m in unexplained)
