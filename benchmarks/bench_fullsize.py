@@ -319,6 +319,10 @@ def dicomweb_job(
             sample["base_parts"] = len(base.parts)
             sample["base_frames"] = base.frames
             sample["last_frame_from_server"] = _last_frame_from_server(server, base)
+            try:
+                sample["readers"] = readers(base.parts[-1].path, scratch)
+            except Exception as exc:  # noqa: BLE001 - a survey: record it and go on
+                sample["readers"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(scratch / "orthanc-server", ignore_errors=True)
@@ -408,7 +412,10 @@ def readers(path: Path, scratch: Path) -> dict[str, Any]:
     cols, rows = int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows)
     tile = int(ds.Columns)
     tiles_x = -(-cols // tile)
-    tx, ty = last % tiles_x, last // tiles_x
+    # The last part of a concatenated level holds the level's last frames.
+    in_level = int(ds.get("ConcatenationFrameOffsetNumber", 0)) + last
+    out["frame_in_level"] = in_level + 1
+    tx, ty = in_level % tiles_x, in_level // tiles_x
     try:
         from wsidicom import WsiDicom
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom import Dataset
 from pydicom.encaps import generate_frames
 
 from bms_pipeline.core.dicom.files import read_dataset
@@ -132,7 +133,7 @@ class WsmLevel:
         found: list[str] = []
         for part in self.parts:
             ds = read_dataset(part.path, stop_before_pixels=True)
-            items = ds.get("PerFrameFunctionalGroupsSequence") or []
+            items: list[Dataset] = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
             if len(items) != part.frames:
                 found.append(
                     f"{part.path.name}: {len(items)} frame positions for {part.frames} frames"
@@ -140,10 +141,10 @@ class WsmLevel:
                 continue
             for index, item in enumerate(items):
                 ty, tx = divmod(part.frame_offset + index, self.across)
-                position = item.PlanePositionSlideSequence[0]
+                position: Dataset = item["PlanePositionSlideSequence"].value[0]
                 stated = (
-                    int(position.ColumnPositionInTotalImagePixelMatrix),
-                    int(position.RowPositionInTotalImagePixelMatrix),
+                    int(position["ColumnPositionInTotalImagePixelMatrix"].value),
+                    int(position["RowPositionInTotalImagePixelMatrix"].value),
                 )
                 if stated != (tx * self.tile_width + 1, ty * self.tile_height + 1):
                     found.append(

@@ -25,10 +25,11 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 
+from bms_pipeline.core.dicom.files import read_dataset
 from bms_pipeline.core.dicom.levels import LevelPart, WsmLevel, levels_of
 
 _COPY_CHUNK = 16 * 2**20
@@ -112,7 +113,7 @@ def _rewrite_part(level: WsmLevel, part: LevelPart) -> None:
     """The part with its frames' positions: a new header, then its Pixel Data as stored,
     into a temporary file that replaces the part."""
     with open(part.path, "rb") as source:
-        header = dcmread(source, stop_before_pixels=True)
+        header = read_dataset(source, stop_before_pixels=True)
         pixel_data_at = source.tell()  # pydicom leaves the file at the Pixel Data tag
         _make_sparse(header, level, part)
         temporary = part.path.with_name(part.path.name + ".sparse")
