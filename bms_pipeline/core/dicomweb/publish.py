@@ -116,6 +116,9 @@ class PublishLimits:
     base_seconds: float = 180.0
     min_bytes_per_second: float = 1 << 20  # a slide's upload may take bytes / 1 MiB/s on top
     probe_seconds: float = 5.0
+    large_instance_bytes: int = 1 << 31
+    """A failed STOW-RS of an instance this large says how to split it: more than servers
+    such as Orthanc hold (`LARGE_INSTANCE_HINT`)."""
 
     @classmethod
     def from_env(cls) -> PublishLimits:
@@ -147,6 +150,14 @@ class PublishLimits:
         may take a while to answer after the last byte of a large one (Orthanc parses and
         writes it first), so the wait grows with the size, within the slide's budget."""
         return (min(10.0, self.timeout), self.timeout + size / self.min_bytes_per_second)
+
+
+LARGE_INSTANCE_HINT = (
+    "more than some servers and proxies take in one request (Orthanc keeps about three times "
+    "an instance in memory; nginx refuses bodies over client_max_body_size): "
+    "`conventions.sm.concatenate_frames` in collection.yaml writes the levels as Concatenations "
+    "of smaller instances (README: Full-size slides on Orthanc)"
+)
 
 
 SMALL_INSTANCE = 64 << 20
@@ -531,19 +542,25 @@ def _publish(
 
     for inst, replacing in to_store:
         _check_time(f"STOW-RS {inst.label}", url, deadline, budget)
-        answer = with_retries(
-            f"STOW-RS {inst.label}",
-            url,
-            lambda inst=inst: stow_file(
-                wire.session,
+        try:
+            answer = with_retries(
+                f"STOW-RS {inst.label}",
                 url,
-                inst.study_uid,
-                inst.path,
-                wire.limits.transfer_timeout(inst.size),
-            ),
-            attempts,
-            deadline=deadline,
-        )
+                lambda inst=inst: stow_file(
+                    wire.session,
+                    url,
+                    inst.study_uid,
+                    inst.path,
+                    wire.limits.transfer_timeout(inst.size),
+                ),
+                attempts,
+                deadline=deadline,
+            )
+        except DicomwebError as exc:
+            if inst.size < wire.limits.large_instance_bytes:
+                raise
+            size = f"{inst.size / 1e9:.2f} GB"
+            raise type(exc)(f"{exc} (the instance is {size}, {LARGE_INSTANCE_HINT})") from None
         failed: Sequence[Dataset] = answer.get("FailedSOPSequence") or []
         if failed:
             reason = failed[0].get("FailureReason", "no reason given")
