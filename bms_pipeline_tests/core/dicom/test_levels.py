@@ -176,3 +176,17 @@ def test_the_publication_gate_refuses_a_part_whose_positions_are_out_of_order(
     ds.save_as(part.path)
     refusing = [p for p in gate.sm_problems(files) if p.check == "levels"]
     assert refusing and refusing[0].refuses and part.path.name in refusing[0].detail
+
+
+def test_positions_read_off_the_bytes_are_what_pydicom_reads(
+    concatenated_pair: ConcatenatedPair,
+) -> None:
+    from bms_pipeline.core.dicom.levels import stated_positions
+
+    base = volume_levels(levels_of(concatenated_pair.concatenated.files))[0]
+    for part in base.parts:
+        columns, rows = stated_positions(part.path)
+        items = pydicom.dcmread(part.path, stop_before_pixels=True).PerFrameFunctionalGroupsSequence
+        planes = [item.PlanePositionSlideSequence[0] for item in items]
+        assert columns.tolist() == [p.ColumnPositionInTotalImagePixelMatrix for p in planes]
+        assert rows.tolist() == [p.RowPositionInTotalImagePixelMatrix for p in planes]
