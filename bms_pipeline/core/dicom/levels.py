@@ -97,9 +97,9 @@ class WsmLevel:
             del ds
 
     def problems(self) -> list[str]:
-        """What makes the parts not one TILED_FULL level: gaps or overlaps between the
-        parts' frames, part numbers out of order, a total that disagrees, or a frame count
-        other than the tile grid's."""
+        """What makes the parts not one level in raster order: gaps or overlaps between the
+        parts' frames, part numbers out of order, a total that disagrees, a frame count
+        other than the tile grid's, or a stated frame position off that order."""
         found: list[str] = []
         if self.concatenated:
             offset = 0
