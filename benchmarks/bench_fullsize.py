@@ -200,6 +200,24 @@ def _s3_server(log: Path) -> Iterator[Any]:
         process.wait(30)
 
 
+def measured_job(root: Path, args: list[str], env: dict[str, str], log: Path) -> dict[str, Any]:
+    """`run --data-root root --force *args`, measured, with `env` in its environment (the
+    measured child inherits this process's, restored after)."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        return measured(
+            [sys.executable, "-m", "bms_pipeline.cli", "run", "--data-root", str(root), "--force"]
+            + args,
+            log,
+            root,
+            cwd=Path.cwd(),
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def s3_job(
     source_root: Path, scratch: Path, logs: Path, server_kind: str, cache: Path, keep: bool
 ) -> dict[str, Any]:
@@ -221,29 +239,10 @@ def s3_job(
     with server_context as server:
         bucket = server.new_bucket()
         root = run_root(source_root, scratch)
-        saved = dict(os.environ)
-        os.environ.update(server.env())  # the measured child inherits them
-        os.environ[SCRATCH_ENV] = str(root / "s3-mirror")
-        try:
-            sample = measured(
-                [
-                    sys.executable,
-                    "-m",
-                    "bms_pipeline.cli",
-                    "run",
-                    "--data-root",
-                    str(root),
-                    "--force",
-                    "--output-root",
-                    f"s3://{bucket}/out",
-                ],
-                logs / "job-s3.log",
-                root,
-                cwd=Path.cwd(),
-            )
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        env = {**server.env(), SCRATCH_ENV: str(root / "s3-mirror")}
+        sample = measured_job(
+            root, ["--output-root", f"s3://{bucket}/out"], env, logs / "job-s3.log"
+        )
         sample["server"] = server_kind
         sample["server_peak_rss_mib"] = _peak_rss_mib(server.process.pid)
         try:
@@ -279,29 +278,13 @@ def dicomweb_job(
     config.setdefault("conventions", {}).setdefault("sm", {})["concatenate_frames"] = frames
     (root / "collection.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     with running_orthanc(scratch / "orthanc-server") as server:
-        saved = dict(os.environ)
-        os.environ[USER_ENV], os.environ[PASSWORD_ENV] = USER, PASSWORD
         began = time.time()
-        try:
-            sample = measured(
-                [
-                    sys.executable,
-                    "-m",
-                    "bms_pipeline.cli",
-                    "run",
-                    "--data-root",
-                    str(root),
-                    "--force",
-                    "--dicomweb-url",
-                    server.dicomweb_url,
-                ],
-                logs / "job-dicomweb.log",
-                root,
-                cwd=Path.cwd(),
-            )
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        sample = measured_job(
+            root,
+            ["--dicomweb-url", server.dicomweb_url],
+            {USER_ENV: USER, PASSWORD_ENV: PASSWORD},
+            logs / "job-dicomweb.log",
+        )
         ended = time.time()
         sample["concatenate_frames"] = frames
         if sample["rc"] == 0:
