@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +82,11 @@ class WsmLevel:
     def down(self) -> int:
         return math.ceil(self.height / self.tile_height)
 
+    def raster_tiles(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tile rows, tile columns), from 0, of the level's frames `first` ..
+        `first + count - 1` in raster order: along a row, then down."""
+        return np.divmod(np.arange(first, first + count), self.across)
+
     def part_of_frame(self, index: int) -> tuple[LevelPart, int]:
         """The part that holds the level's frame `index` (from 0), and its index there."""
         for part in self.parts:
@@ -140,9 +145,7 @@ class WsmLevel:
                     f" for {part.frames} frames"
                 )
                 continue
-            tile_rows, tile_columns = np.divmod(
-                np.arange(part.frame_offset, part.frame_offset + part.frames), self.across
-            )
+            tile_rows, tile_columns = self.raster_tiles(part.frame_offset, part.frames)
             expected_columns = tile_columns * self.tile_width + 1
             expected_rows = tile_rows * self.tile_height + 1
             wrong = np.flatnonzero((columns != expected_columns) | (rows != expected_rows))
@@ -218,18 +221,7 @@ def levels_of(files: Iterable[Path]) -> list[WsmLevel]:
             groups.setdefault(part.concatenation_uid, []).append((part, level))
     for members in groups.values():
         members.sort(key=lambda m: (m[0].frame_offset, m[0].number or 0))
-        first = members[0][1]
-        single.append(
-            WsmLevel(
-                flavor=first.flavor,
-                width=first.width,
-                height=first.height,
-                tile_width=first.tile_width,
-                tile_height=first.tile_height,
-                tiled_full=first.tiled_full,
-                parts=tuple(part for part, _ in members),
-            )
-        )
+        single.append(replace(members[0][1], parts=tuple(part for part, _ in members)))
     return sorted(
         single, key=lambda lv: (lv.flavor != "VOLUME", -lv.width * lv.height, lv.path.name)
     )

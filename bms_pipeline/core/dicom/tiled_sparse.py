@@ -11,11 +11,12 @@ a Plane Position (Slide) per frame), which is also what OrthancWSIDicomizer writ
 
 So each part of a concatenated level gets DimensionOrganizationType TILED_SPARSE and what
 the VL WSI IOD then requires (dciodvfy holds it to that): per frame, its Plane Position
-(Slide), computed by highdicom from the level's origin, orientation and spacing, and its
+(Slide), by highdicom's transform from the level's origin, orientation and spacing, and its
 Frame Content (DimensionIndexValues: tile row and column); a DimensionIndexSequence naming
-those two dimensions; and the Optical Path Identification, shared by all frames. The frames stay in the level's
-raster order, so what `core.dicom.levels` reads does not change. The header grows, so the
-part is written again: the new header, then its Pixel Data copied as stored (no decoding).
+those two dimensions; and the Optical Path Identification, shared by all frames. The frames
+stay in the level's raster order, so what `core.dicom.levels` reads does not change. The
+header grows, so the part is written again: the new header, then its Pixel Data copied as
+stored (no decoding).
 """
 
 from __future__ import annotations
@@ -73,8 +74,7 @@ def frame_positions(header: Dataset, level: WsmLevel, first: int, count: int) ->
 
     origin = header.TotalPixelMatrixOriginSequence[0]
     measures = header.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-    index = np.arange(first, first + count)
-    tile_rows, tile_columns = np.divmod(index, level.across)
+    tile_rows, tile_columns = level.raster_tiles(first, count)
     column_offsets = tile_columns * level.tile_width
     row_offsets = tile_rows * level.tile_height
     transform = PixelToReferenceTransformer(
